@@ -1,0 +1,90 @@
+//! The record and configuration types shared by leaktrace's BPF programs and its userspace:
+//! one `#[repr(C)]` definition of each, used by both sides.
+#![no_std]
+
+/// What userspace tells the BPF programs before it attaches them: which process to follow
+/// and where the runtime keeps the fields they read. Written once into the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Thread-group id of the target in the initial PID namespace (what the kernel reports).
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Offset of `runtime.g.goid` (u64).
+    pub g_goid: u64,
+    /// Offset of `runtime.g.m` (*m).
+    pub g_m: u64,
+    /// Offset of `runtime.m.curg` (*g).
+    pub m_curg: u64,
+}
+
+/// What a record says happened.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A goroutine entered `runtime.gopark`: it is about to block.
+    Park = 1,
+    /// `runtime.ready` made a parked goroutine runnable again.
+    Wake = 2,
+}
+
+impl RecordKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Park),
+            2 => Some(Self::Wake),
+            _ => None,
+        }
+    }
+}
+
+/// One event from the target, sent through the `RECORDS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the probe fired.
+    pub ts_ns: u64,
+    /// The goroutine the record is about: the one parking, or the one woken.
+    pub goid: u64,
+    /// Wake: the goroutine that did the waking (0 when it ran on a system stack with no user
+    /// goroutine, such as the scheduler or a timer).
+    pub other_goid: u64,
+    /// Park: gopark's `lock` argument; for a channel operation it is the `hchan`.
+    pub addr: u64,
+    /// Park: the return address into gopark's caller (a runtime-absolute PC).
+    pub pc: u64,
+    /// The kernel thread that hit the probe.
+    pub tid: u32,
+    /// A [`RecordKind`].
+    pub kind: u8,
+    /// Park: gopark's `reason` argument, a `runtime.waitReason` value of the target's version.
+    pub reason: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Indexes of the per-CPU `COUNTERS` array: hits per probe, and records that did not fit in
+/// the ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    GoparkHits = 0,
+    ReadyHits = 1,
+    /// Records dropped because the ring buffer was full (userspace fell behind).
+    Lost = 2,
+    /// Probe hits whose reads of target memory failed (the record was not sent).
+    ReadErrors = 3,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 4;
+}
+
+/// Default size of the ring buffer, in bytes (a power of two, as the kernel requires).
+pub const RING_BYTES: u32 = 1 << 22;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are plain `repr(C)` integers with explicit padding fields.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Record {}
+}
