@@ -1,0 +1,318 @@
+//! Shared by the integration tests: Go toolchains from the project's cache, fixtures built
+//! from `testdata/go/<name>` with any Go version and cached by content hash, and helpers to
+//! run leaktrace against them.
+#![allow(dead_code)]
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    fs,
+    hash::Hasher as _,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LEAKTRACE_CACHE") {
+        return d.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+    base.join("leaktrace")
+}
+
+/// The Go versions under test: scripts/versions.sh's GO_VERSIONS, or LEAKTRACE_GO_VERSIONS
+/// (space separated) to run a subset.
+pub fn go_versions() -> Vec<String> {
+    if let Ok(v) = std::env::var("LEAKTRACE_GO_VERSIONS") {
+        return v.split_whitespace().map(String::from).collect();
+    }
+    let text = fs::read_to_string(repo_root().join("scripts/versions.sh")).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("GO_VERSIONS="))
+        .expect("GO_VERSIONS in versions.sh");
+    line.trim_matches('"')
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+pub fn go_binary(version: &str) -> PathBuf {
+    let go = cache_dir().join("go").join(version).join("go/bin/go");
+    assert!(
+        go.exists(),
+        "Go {version} is not installed at {}: run scripts/setup.sh",
+        go.display()
+    );
+    go
+}
+
+/// Builds `testdata/go/<name>` with Go `version` and extra `go build` flags; cached under
+/// the project's cache by a hash of the sources, the version and the flags.
+pub fn build_fixture(name: &str, version: &str, flags: &[&str]) -> PathBuf {
+    let src = repo_root().join("testdata/go").join(name);
+    let mut files: Vec<PathBuf> = fs::read_dir(&src)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", src.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    h.update(version.as_bytes());
+    for f in flags {
+        h.update(b"\0flag\0");
+        h.update(f.as_bytes());
+    }
+    for f in &files {
+        h.update(f.file_name().unwrap().as_encoded_bytes());
+        h.update(fs::read(f).unwrap());
+    }
+    let hash: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = cache_dir()
+        .join("fixtures")
+        .join(format!("{name}-{version}-{hash}"));
+    let out = dir.join(name);
+    if out.exists() {
+        return out;
+    }
+    fs::create_dir_all(&dir).unwrap();
+    // Build to a unique name and rename, so parallel tests never see a half-written binary.
+    let mut tmp_name = DefaultHasher::new();
+    tmp_name.write_u32(std::process::id());
+    tmp_name.write_u64(Instant::now().elapsed().as_nanos() as u64 ^ thread_id());
+    let tmp = dir.join(format!(".{name}.{:x}", tmp_name.finish()));
+    let cache = cache_dir();
+    let output = Command::new(go_binary(version))
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(".")
+        .current_dir(&src)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTELEMETRY", "off")
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", cache.join("gocache"))
+        .env("GOPATH", cache.join("gopath"))
+        .output()
+        .expect("running go build");
+    assert!(
+        output.status.success(),
+        "go build of {name} with Go {version} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+fn thread_id() -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(format!("{:?}", thread::current().id()).as_bytes());
+    h.finish()
+}
+
+pub fn leaktrace_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_leaktrace"))
+}
+
+/// Lines of a child's stderr, read on a thread so that a test can wait for one with a
+/// timeout while the rest is kept.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(r: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; panics with everything seen after `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?} within {timeout:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Everything until the writer closes.
+    pub fn rest(mut self) -> Vec<String> {
+        while let Ok(line) = self.rx.recv() {
+            self.seen.push(line);
+        }
+        self.seen
+    }
+}
+
+/// A Go fixture started with piped stdio; `go_on()` writes the line it waits for.
+pub struct Fixture {
+    pub child: Child,
+    pub stderr: Lines,
+}
+
+impl Fixture {
+    pub fn start(bin: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting fixture");
+        let stderr: ChildStderr = child.stderr.take().unwrap();
+        Self {
+            child,
+            stderr: Lines::new(stderr),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn go_on(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes stdin and collects stdout and the exit code.
+    pub fn finish(mut self) -> (String, Option<i32>) {
+        drop(self.child.stdin.take());
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        (out, status.code())
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// leaktrace started against a PID, with its stdout and stderr piped.
+pub struct Tracer {
+    pub child: Child,
+    pub stderr: Lines,
+}
+
+impl Tracer {
+    pub fn attach(pid: u32, extra: &[&str]) -> Self {
+        let mut child = Command::new(leaktrace_bin())
+            .arg("-p")
+            .arg(pid.to_string())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leaktrace");
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        let mut t = Self { child, stderr };
+        t.stderr
+            .wait_for("attached to PID", Duration::from_secs(30));
+        t
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for leaktrace to exit; returns (stdout, stderr lines, exit code).
+    pub fn finish(mut self, timeout: Duration) -> (String, Vec<String>, Option<i32>) {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut out = String::new();
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                let Tracer { stderr, .. } = self;
+                return (out, stderr.rest(), status.code());
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("leaktrace did not exit within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The first byte of a function in the target's memory: 0xCC (int3) while a uprobe sits
+/// there, the original instruction byte otherwise.
+pub fn first_byte_in_target(pid: u32, addr: u64) -> u8 {
+    use std::os::unix::fs::FileExt;
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut b = [0u8; 1];
+    mem.read_exact_at(&mut b, addr).unwrap();
+    b[0]
+}
+
+/// The address of a function symbol in a non-PIE binary, from its symbol table.
+pub fn symbol_address(bin: &Path, name: &str) -> u64 {
+    use object::{Object, ObjectSymbol};
+    let data = fs::read(bin).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    file.symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap_or_else(|| panic!("{name} not in {}", bin.display()))
+        .address()
+}
