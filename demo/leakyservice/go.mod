@@ -1,0 +1,3 @@
+module demo/leakyservice
+
+go 1.21

@@ -1,0 +1,203 @@
+//! The model: what leaktrace knows about the target's goroutines, kept current by records.
+//! A plain data structure; it neither reads the target nor prints anything.
+
+use std::collections::{BTreeMap, HashMap};
+
+use leaktrace_common::{Record, RecordKind};
+
+/// Where a goroutine stands, as far as the records say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Blocked in gopark since `since_ns`, with `reason` (a raw waitReason value).
+    Parked { reason: u8, since_ns: u64 },
+    /// Made runnable by `ready` at `since_ns`.
+    Runnable { since_ns: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Goroutine {
+    pub goid: u64,
+    pub state: State,
+    /// gopark's lock argument at the last park (the hchan for channel operations).
+    pub wait_addr: u64,
+    /// Return address into gopark's caller at the last park (runtime address).
+    pub park_pc: u64,
+    pub parks: u64,
+    pub wakes: u64,
+}
+
+/// Counts per wait reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub parks: BTreeMap<u8, u64>,
+    /// Wake-ups, by the wait reason of the park they ended.
+    pub wakes: BTreeMap<u8, u64>,
+    /// Wake-ups of goroutines whose park was not seen (they blocked before we attached).
+    pub wakes_unseen_park: u64,
+}
+
+impl Tally {
+    pub fn total_parks(&self) -> u64 {
+        self.parks.values().sum()
+    }
+    pub fn total_wakes(&self) -> u64 {
+        self.wakes.values().sum::<u64>() + self.wakes_unseen_park
+    }
+}
+
+/// What applying a record did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Parked,
+    /// A second gopark entry for a goroutine already parked with the same reason and site:
+    /// the entry probe fires again when gopark's prologue grows the stack and restarts the
+    /// function (Go's morestack re-entry), so it is not a new park.
+    ReEntry,
+    Woken {
+        reason: Option<u8>,
+    },
+    Unknown,
+}
+
+#[derive(Debug, Default)]
+pub struct Model {
+    pub goroutines: HashMap<u64, Goroutine>,
+    /// Since the last [`Model::take_interval`].
+    pub interval: Tally,
+    pub total: Tally,
+}
+
+impl Model {
+    pub fn apply(&mut self, r: &Record) -> Applied {
+        match RecordKind::from_u8(r.kind) {
+            Some(RecordKind::Park) => self.park(r),
+            Some(RecordKind::Wake) => self.wake(r),
+            None => Applied::Unknown,
+        }
+    }
+
+    fn park(&mut self, r: &Record) -> Applied {
+        let g = self.goroutines.entry(r.goid).or_insert(Goroutine {
+            goid: r.goid,
+            state: State::Runnable { since_ns: r.ts_ns },
+            wait_addr: 0,
+            park_pc: 0,
+            parks: 0,
+            wakes: 0,
+        });
+        if let State::Parked { reason, .. } = g.state
+            && reason == r.reason
+            && g.park_pc == r.pc
+        {
+            return Applied::ReEntry;
+        }
+        g.state = State::Parked {
+            reason: r.reason,
+            since_ns: r.ts_ns,
+        };
+        g.wait_addr = r.addr;
+        g.park_pc = r.pc;
+        g.parks += 1;
+        for t in [&mut self.interval, &mut self.total] {
+            *t.parks.entry(r.reason).or_default() += 1;
+        }
+        Applied::Parked
+    }
+
+    fn wake(&mut self, r: &Record) -> Applied {
+        let reason = match self.goroutines.get_mut(&r.goid) {
+            Some(g) => {
+                let reason = match g.state {
+                    State::Parked { reason, .. } => Some(reason),
+                    State::Runnable { .. } => None,
+                };
+                g.state = State::Runnable { since_ns: r.ts_ns };
+                g.wakes += 1;
+                reason
+            }
+            None => {
+                self.goroutines.insert(
+                    r.goid,
+                    Goroutine {
+                        goid: r.goid,
+                        state: State::Runnable { since_ns: r.ts_ns },
+                        wait_addr: 0,
+                        park_pc: 0,
+                        parks: 0,
+                        wakes: 1,
+                    },
+                );
+                None
+            }
+        };
+        for t in [&mut self.interval, &mut self.total] {
+            match reason {
+                Some(reason) => *t.wakes.entry(reason).or_default() += 1,
+                None => t.wakes_unseen_park += 1,
+            }
+        }
+        Applied::Woken { reason }
+    }
+
+    /// Returns the tallies since the last call and starts a new interval.
+    pub fn take_interval(&mut self) -> Tally {
+        std::mem::take(&mut self.interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: RecordKind, goid: u64, reason: u8, pc: u64, ts: u64) -> Record {
+        Record {
+            ts_ns: ts,
+            goid,
+            kind: kind as u8,
+            reason,
+            pc,
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn park_then_wake_is_counted_under_the_parks_reason() {
+        let mut m = Model::default();
+        assert_eq!(
+            m.apply(&rec(RecordKind::Park, 7, 15, 0x10, 1)),
+            Applied::Parked
+        );
+        assert_eq!(
+            m.apply(&rec(RecordKind::Wake, 7, 0, 0, 2)),
+            Applied::Woken { reason: Some(15) }
+        );
+        assert_eq!(m.total.parks[&15], 1);
+        assert_eq!(m.total.wakes[&15], 1);
+        assert_eq!(m.goroutines[&7].state, State::Runnable { since_ns: 2 });
+    }
+
+    #[test]
+    fn a_second_entry_at_the_same_site_is_a_reentry_not_a_park() {
+        let mut m = Model::default();
+        m.apply(&rec(RecordKind::Park, 7, 15, 0x10, 1));
+        assert_eq!(
+            m.apply(&rec(RecordKind::Park, 7, 15, 0x10, 2)),
+            Applied::ReEntry
+        );
+        assert_eq!(m.total.total_parks(), 1);
+        // A different site is a real new park (the earlier one was abandoned).
+        assert_eq!(
+            m.apply(&rec(RecordKind::Park, 7, 15, 0x20, 3)),
+            Applied::Parked
+        );
+    }
+
+    #[test]
+    fn waking_an_unseen_goroutine_is_counted_apart() {
+        let mut m = Model::default();
+        m.apply(&rec(RecordKind::Wake, 9, 0, 0, 1));
+        assert_eq!(m.total.wakes_unseen_park, 1);
+        assert_eq!(m.take_interval().total_wakes(), 1);
+        assert_eq!(m.interval.total_wakes(), 0);
+    }
+}

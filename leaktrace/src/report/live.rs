@@ -1,0 +1,121 @@
+//! The live view: one line per interval on stdout, and a summary table when tracing stops.
+
+use std::{fmt::Write as _, time::Duration};
+
+use crate::model::Tally;
+
+/// Go's wording for a raw waitReason value, from the target's own table.
+pub fn reason_name(wait_reasons: &[String], reason: u8) -> String {
+    match wait_reasons.get(reason as usize) {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => format!("waitReason({reason})"),
+    }
+}
+
+fn by_reason(counts: &std::collections::BTreeMap<u8, u64>, wait_reasons: &[String]) -> String {
+    let mut v: Vec<_> = counts
+        .iter()
+        .map(|(r, n)| (*n, reason_name(wait_reasons, *r)))
+        .collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    v.iter()
+        .map(|(n, name)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `[   3s] parked 12 (chan receive 8, select 4) | woken 11 (chan receive 8, ...) | lost 0`
+pub fn interval_line(elapsed: Duration, t: &Tally, wait_reasons: &[String], lost: u64) -> String {
+    let mut line = format!("[{:>5}s] parked {}", elapsed.as_secs(), t.total_parks());
+    if !t.parks.is_empty() {
+        let _ = write!(line, " ({})", by_reason(&t.parks, wait_reasons));
+    }
+    let _ = write!(line, " | woken {}", t.total_wakes());
+    let mut parts = by_reason(&t.wakes, wait_reasons);
+    if t.wakes_unseen_park > 0 {
+        if !parts.is_empty() {
+            parts.push_str(", ");
+        }
+        let _ = write!(parts, "parked before attach {}", t.wakes_unseen_park);
+    }
+    if !parts.is_empty() {
+        let _ = write!(line, " ({parts})");
+    }
+    let _ = write!(line, " | lost {lost}");
+    line
+}
+
+/// The end-of-trace table: parks and wake-ups per wait reason over the whole trace.
+pub fn summary(
+    total: &Tally,
+    wait_reasons: &[String],
+    lost: u64,
+    goroutines_seen: usize,
+) -> String {
+    let mut reasons: Vec<u8> = total
+        .parks
+        .keys()
+        .chain(total.wakes.keys())
+        .copied()
+        .collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    reasons.sort_by_key(|r| std::cmp::Reverse(total.parks.get(r).copied().unwrap_or(0)));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<28} {:>10} {:>10}",
+        "wait reason", "parked", "woken"
+    );
+    for r in reasons {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>10} {:>10}",
+            reason_name(wait_reasons, r),
+            total.parks.get(&r).copied().unwrap_or(0),
+            total.wakes.get(&r).copied().unwrap_or(0)
+        );
+    }
+    if total.wakes_unseen_park > 0 {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>10} {:>10}",
+            "(parked before attach)", "-", total.wakes_unseen_park
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<28} {:>10} {:>10}",
+        "total",
+        total.total_parks(),
+        total.total_wakes()
+    );
+    let _ = writeln!(
+        out,
+        "goroutines seen: {goroutines_seen}; records lost: {lost}"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_use_gos_wording_and_fall_back_to_the_number() {
+        let reasons = vec!["".into(), "GC assist marking".into(), "IO wait".into()];
+        let mut t = Tally::default();
+        t.parks.insert(2, 3);
+        t.parks.insert(99, 1);
+        t.wakes.insert(2, 2);
+        t.wakes_unseen_park = 4;
+        let line = interval_line(Duration::from_secs(3), &t, &reasons, 5);
+        assert_eq!(
+            line,
+            "[    3s] parked 4 (IO wait 3, waitReason(99) 1) | woken 6 (IO wait 2, parked before attach 4) | lost 5"
+        );
+        let s = summary(&t, &reasons, 5, 10);
+        assert!(s.contains("IO wait"), "{s}");
+        assert!(s.contains("records lost: 5"), "{s}");
+    }
+}

@@ -1,0 +1,5 @@
+//! What leaktrace prints: the live line each interval and the summary at the end (`live`),
+//! and the goroutine and memory snapshot (`dump`).
+
+pub mod dump;
+pub mod live;

@@ -1,0 +1,84 @@
+//! Everything about the traced Go binary and process, learnt without touching the target:
+//! its Go version and build settings, function addresses, the runtime's struct layout, and
+//! the process's mappings.
+
+pub mod binary;
+pub mod buildinfo;
+pub mod layout;
+pub mod pclntab;
+pub mod process;
+
+use anyhow::{Context as _, anyhow};
+
+use crate::report::live;
+use binary::GoBinary;
+use process::Process;
+
+/// What leaktrace learnt about the target before attaching.
+pub struct Target {
+    pub process: Process,
+    pub binary: GoBinary,
+    pub layout: layout::RuntimeLayout,
+    /// Added to link-time addresses to get the target's runtime addresses (0 unless PIE).
+    pub load_bias: u64,
+}
+
+impl Target {
+    /// Identifies PID's binary, Go version and runtime layout, refusing what leaktrace
+    /// cannot trace with a message that says why.
+    pub fn inspect(pid: u32) -> anyhow::Result<Self> {
+        let process = Process::open(pid)?;
+        let exe = process.exe_path();
+        let binary =
+            GoBinary::open(&exe).map_err(|e| anyhow!("PID {pid} ({}): {e}", process.exe_name()))?;
+        let v = binary.version();
+        let layout = layout::for_binary(binary.data(), v.major, v.minor)
+            .map_err(|e| anyhow!("PID {pid} ({}): {e}", process.exe_name()))?;
+        let load_bias = process.load_bias(first_load_vaddr(binary.data())?)?;
+        Ok(Self {
+            process,
+            binary,
+            layout,
+            load_bias,
+        })
+    }
+
+    /// Go's wording for a raw waitReason of this target.
+    pub fn reason_name(&self, reason: u8) -> String {
+        live::reason_name(&self.layout.wait_reasons, reason)
+    }
+
+    /// The innermost function at a runtime return address, for messages and event logs.
+    pub fn function_at_return(&self, pc: u64) -> Option<String> {
+        let link = pc.checked_sub(self.load_bias)?.checked_sub(1)?;
+        self.binary
+            .symbolize(link)
+            .last()
+            .map(|f| f.function.clone())
+    }
+}
+
+/// The link-time address of the segment that maps file offset 0: with the address the
+/// kernel mapped it at, it gives the load bias.
+fn first_load_vaddr(elf: &[u8]) -> anyhow::Result<u64> {
+    use object::{Object as _, ObjectSegment as _};
+    let file = object::File::parse(elf).context("parsing the target's ELF headers")?;
+    file.segments()
+        .find(|s| s.file_range().0 == 0)
+        .map(|s| s.address())
+        .ok_or_else(|| anyhow!("the target binary has no segment mapping its ELF header"))
+}
+
+impl Target {
+    /// The target's runtime address of a data symbol (a global such as `runtime.allgs`).
+    pub fn data_addr(&self, name: &str) -> Option<u64> {
+        self.binary
+            .data_symbol(name)
+            .map(|s| s.addr.wrapping_add(self.load_bias))
+    }
+
+    /// A runtime address back to the binary's link-time address.
+    pub fn link_addr(&self, runtime_addr: u64) -> u64 {
+        runtime_addr.wrapping_sub(self.load_bias)
+    }
+}

@@ -1,0 +1,298 @@
+//! The live trace (`leaktrace -p PID`) against real Go processes and the real kernel, for
+//! every Go version under test.
+
+mod support;
+
+use std::{collections::BTreeMap, fs, time::Duration};
+
+use support::*;
+
+fn events(path: &std::path::Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// N goroutines each block once on an unbuffered send; main then receives N values. leaktrace
+/// must see exactly N parks with wait reason "chan send" on exactly those goroutine ids, and
+/// exactly one wake-up of each, done by main (goroutine 1).
+#[test]
+fn blocking_sends_are_parked_and_woken_on_the_right_goroutines() {
+    const N: usize = 25;
+    for version in go_versions() {
+        let bin = build_fixture("chansend", &version, &[]);
+        let mut fixture = Fixture::start(&bin, &["-n", &N.to_string()]);
+        fixture.stderr.wait_for("ready", Duration::from_secs(10));
+        let log = tempfile(&format!("chansend-{version}.jsonl"));
+        let tracer = Tracer::attach(fixture.pid(), &["--events", log.to_str().unwrap()]);
+        let gopark = symbol_address(&bin, "runtime.gopark");
+        assert_eq!(
+            first_byte_in_target(fixture.pid(), gopark),
+            0xcc,
+            "Go {version}: no uprobe on gopark"
+        );
+        fixture.go_on();
+        let (out, code) = fixture.finish();
+        assert_eq!(code, Some(0), "Go {version}: fixture failed: {out}");
+        let senders: Vec<u64> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("sender goid "))
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(senders.len(), N);
+        let (stdout, stderr, code) = tracer.finish(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "Go {version}: {stderr:?}");
+        assert!(
+            stderr.iter().any(|l| l.contains("exited")),
+            "Go {version}: {stderr:?}"
+        );
+        assert!(
+            stdout.contains("chan send"),
+            "Go {version}: summary lacks chan send:\n{stdout}"
+        );
+
+        let evs = events(&log);
+        let mut parks: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut wakes: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for e in &evs {
+            let goid = e["goid"].as_u64().unwrap();
+            match e["kind"].as_str().unwrap() {
+                "park" if e["reason"] == "chan send" => *parks.entry(goid).or_default() += 1,
+                "wake" if senders.contains(&goid) => wakes
+                    .entry(goid)
+                    .or_default()
+                    .push(e["waker_goid"].as_u64().unwrap()),
+                _ => {}
+            }
+        }
+        let expected: BTreeMap<u64, usize> = senders.iter().map(|&g| (g, 1)).collect();
+        assert_eq!(
+            parks, expected,
+            "Go {version}: chan send parks by goroutine"
+        );
+        for &g in &senders {
+            assert_eq!(
+                wakes.get(&g),
+                Some(&vec![1]),
+                "Go {version}: wake-ups of goroutine {g}"
+            );
+        }
+        let park = evs.iter().find(|e| e["reason"] == "chan send").unwrap();
+        assert_eq!(park["caller"], "runtime.chansend", "Go {version}: {park}");
+    }
+}
+
+/// The target behaves the same traced and untraced: same output, same exit status.
+#[test]
+fn traced_and_untraced_runs_print_the_same() {
+    for version in go_versions() {
+        for name in ["classicleak", "classicleak-fixed"] {
+            let bin = build_fixture(name, &version, &[]);
+            let args = ["-wait-stdin", "-requests", "20"];
+            let mut plain = Fixture::start(&bin, &args);
+            plain.stderr.wait_for("ready", Duration::from_secs(10));
+            plain.go_on();
+            let untraced = plain.finish();
+
+            let mut traced = Fixture::start(&bin, &args);
+            traced.stderr.wait_for("ready", Duration::from_secs(10));
+            let tracer = Tracer::attach(traced.pid(), &[]);
+            traced.go_on();
+            let traced_result = traced.finish();
+            let (stdout, _, code) = tracer.finish(Duration::from_secs(20));
+            assert_eq!(code, Some(0));
+            assert_eq!(traced_result, untraced, "Go {version} {name}");
+            assert_eq!(
+                untraced.1,
+                Some(1),
+                "the fixture reports its failed requests"
+            );
+            assert!(
+                stdout.contains("chan receive"),
+                "Go {version} {name}: {stdout}"
+            );
+        }
+    }
+}
+
+/// The ids of the BPF programs a process holds open, from its fdinfo.
+fn programs_held_by(pid: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.unwrap().path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn still_loaded(ids: &[u32]) -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .filter(|id| ids.contains(id))
+        .collect()
+}
+
+/// After leaktrace exits, by --duration or by SIGINT mid-trace, the target's code is as it
+/// was (no int3 left at the probed functions) and none of leaktrace's programs is loaded.
+#[test]
+fn no_probe_remains_after_exit() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("classicleak", &version, &[]);
+    let mut fixture = Fixture::start(&bin, &["-hold"]);
+    fixture.stderr.wait_for("holding", Duration::from_secs(10));
+    let pid = fixture.pid();
+    let addrs = [
+        symbol_address(&bin, "runtime.gopark"),
+        symbol_address(&bin, "runtime.ready"),
+    ];
+    let before: Vec<u8> = addrs
+        .iter()
+        .map(|&a| first_byte_in_target(pid, a))
+        .collect();
+    assert!(before.iter().all(|&b| b != 0xcc));
+
+    for how in ["duration", "sigint", "sigterm"] {
+        let extra: &[&str] = if how == "duration" {
+            &["-d", "1500ms"]
+        } else {
+            &[]
+        };
+        let tracer = Tracer::attach(pid, extra);
+        let during: Vec<u8> = addrs
+            .iter()
+            .map(|&a| first_byte_in_target(pid, a))
+            .collect();
+        assert_eq!(
+            during,
+            vec![0xcc, 0xcc],
+            "{how}: uprobes in place while tracing"
+        );
+        let programs = programs_held_by(tracer.child.id());
+        assert_eq!(
+            programs.len(),
+            2,
+            "{how}: leaktrace holds its gopark and ready programs"
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        match how {
+            "sigint" => tracer.signal(libc::SIGINT),
+            "sigterm" => tracer.signal(libc::SIGTERM),
+            _ => {}
+        }
+        let (stdout, stderr, code) = tracer.finish(Duration::from_secs(10));
+        assert_eq!(code, Some(0), "{how}: {stderr:?}");
+        assert!(
+            stderr.iter().any(|l| l.contains("all probes detached")),
+            "{how}: {stderr:?}"
+        );
+        assert!(
+            stdout.contains("[    1s] parked"),
+            "{how}: one live line per second:\n{stdout}"
+        );
+        let after: Vec<u8> = addrs
+            .iter()
+            .map(|&a| first_byte_in_target(pid, a))
+            .collect();
+        assert_eq!(after, before, "{how}: the target's code is restored");
+        assert_eq!(
+            still_loaded(&programs),
+            Vec::<u32>::new(),
+            "{how}: programs left loaded"
+        );
+    }
+    let (out, _) = fixture.finish();
+    assert!(out.contains("5 requests, 5 failed"));
+}
+
+fn run_leaktrace(args: &[&str]) -> (String, Option<i32>) {
+    let out = std::process::Command::new(leaktrace_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+#[test]
+fn a_pid_that_does_not_exist_is_refused() {
+    let (err, code) = run_leaktrace(&["-p", "4194305"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no process with PID 4194305"), "{err}");
+}
+
+#[test]
+fn a_program_that_is_not_go_is_refused() {
+    let mut sleep = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let (err, code) = run_leaktrace(&["-p", &sleep.id().to_string()]);
+    sleep.kill().unwrap();
+    sleep.wait().unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not a Go program"), "{err}");
+    assert!(err.contains("sleep"), "names the binary: {err}");
+}
+
+#[test]
+fn missing_privileges_are_named() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("classicleak", &version, &[]);
+    let mut fixture = Fixture::start(&bin, &["-hold"]);
+    fixture.stderr.wait_for("holding", Duration::from_secs(10));
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(leaktrace_bin())
+        .args(["-p", &fixture.pid().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("missing privileges: CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE"),
+        "{err}"
+    );
+    assert!(err.contains("run leaktrace as root"), "{err}");
+}
+
+#[test]
+fn a_target_that_exits_mid_trace_ends_the_trace_cleanly() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("classicleak", &version, &[]);
+    let mut fixture = Fixture::start(&bin, &["-hold"]);
+    fixture.stderr.wait_for("holding", Duration::from_secs(10));
+    let pid = fixture.pid();
+    let tracer = Tracer::attach(pid, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = fixture.finish(); // closes stdin: the fixture exits
+    let (_, stderr, code) = tracer.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{stderr:?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains(&format!("PID {pid} exited"))),
+        "{stderr:?}"
+    );
+}
+
+fn tempfile(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("leaktrace-test-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}

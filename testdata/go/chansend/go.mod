@@ -1,0 +1,3 @@
+module fixture/chansend
+
+go 1.21

@@ -1,0 +1,3 @@
+module fixture/classicleak-fixed
+
+go 1.21

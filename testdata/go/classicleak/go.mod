@@ -1,0 +1,3 @@
+module fixture/classicleak
+
+go 1.21

@@ -1,0 +1,109 @@
+//! `cargo xtask demo`: builds leaktrace and the bundled leaky service, puts load on the
+//! service on 127.0.0.1, and traces it with `leaktrace -p` while the load runs.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::go;
+
+fn step(s: &str) {
+    println!("\n==> {s}");
+}
+
+/// One request on a fresh connection; true when the service answered 200.
+fn get(addr: &str, path: &str) -> anyhow::Result<bool> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"))
+}
+
+pub fn demo(seconds: u64) -> anyhow::Result<()> {
+    let root = go::repo_root();
+    step("building leaktrace");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "leaktrace"])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let leaktrace = root.join("target/release/leaktrace");
+
+    let version = go::versions()?
+        .pop()
+        .ok_or_else(|| anyhow!("no Go version configured"))?;
+    step(&format!("building demo/leakyservice with Go {version}"));
+    let out_dir = go::cache_dir().join("demo");
+    std::fs::create_dir_all(&out_dir)?;
+    let service_bin = out_dir.join("leakyservice");
+    go::build(&version, &root.join("demo/leakyservice"), &service_bin)?;
+
+    step("starting the service on 127.0.0.1");
+    let mut service = Command::new(&service_bin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting leakyservice")?;
+    let mut first = String::new();
+    BufReader::new(service.stdout.take().unwrap()).read_line(&mut first)?;
+    println!("{}", first.trim());
+    let addr = first
+        .split_whitespace()
+        .nth(2)
+        .ok_or_else(|| anyhow!("unexpected first line from the service: {first:?}"))?
+        .to_string();
+    let pid = service.id();
+
+    step(&format!(
+        "driving load at http://{addr}/search (one query in four fails, and each failure leaks goroutines)"
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), addr.clone());
+        thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match get(&addr, &format!("/search?q=item{i}")) {
+                    Ok(true) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                i += 1;
+                thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    thread::sleep(Duration::from_secs(1));
+
+    step(&format!("sudo leaktrace -p {pid} -d {seconds}s"));
+    let status = Command::new(&leaktrace)
+        .args(["-p", &pid.to_string(), "-d", &format!("{seconds}s")])
+        .status()
+        .context("running leaktrace")?;
+    stop.store(true, Ordering::Relaxed);
+    load.join().map_err(|_| anyhow!("load thread panicked"))?;
+    let _ = service.kill();
+    let _ = service.wait();
+    println!(
+        "\nload: {} requests answered, {} failed (each failure leaked up to 2 goroutines)",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    if !status.success() {
+        bail!("leaktrace failed: {status}");
+    }
+    Ok(())
+}

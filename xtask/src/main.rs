@@ -1,0 +1,46 @@
+//! Project chores that are not part of the leaktrace binary: `cargo xtask <command>`.
+//! Each command is a variant of [`Command`] and lives in its own module.
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod go;
+mod layouts;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "leaktrace's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build everything, start the bundled leaky Go service, load it, and trace it.
+    Demo {
+        /// How long to trace the service.
+        #[arg(long, default_value_t = 6)]
+        seconds: u64,
+    },
+    /// cargo fmt --check, clippy with warnings denied, and every test (as root).
+    Test {
+        /// Passed on to `cargo test` (e.g. a test name filter, or `-- --nocapture`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Regenerate leaktrace/layouts/go1.X.json from the DWARF of a probe program built with
+    /// every Go toolchain in scripts/versions.sh.
+    GenLayouts {
+        /// Write nothing; fail, printing the difference, if a committed table is stale.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Demo { seconds } => demo::demo(seconds),
+        Command::Test { args } => test::test(&args),
+        Command::GenLayouts { check } => layouts::gen_layouts(check),
+    }
+}
