@@ -1,0 +1,90 @@
+//! Unwinding a goroutine that is not running, from its saved `g.sched` registers, the way the
+//! Go runtime's own traceback does (runtime/traceback.go, `unwinder.next`): each frame's size
+//! comes from the function's `pcsp` table, the return address sits just below the caller's
+//! SP. Frame pointers are not enough: since Go 1.21 `mcall` stores the *caller's caller's*
+//! frame pointer in `g.sched.bp` (CL 476235, asm_amd64.s), which would drop the function that
+//! called `gopark` from every parked stack.
+
+use crate::target::binary::GoBinary;
+
+/// At most this many physical frames; Go's own traceback stops at 100 (`tracebackInnerFrames`
+/// + outer), a deeper recursion is cut here too.
+const MAX_FRAMES: usize = 200;
+
+/// One physical frame: a link-time PC, and whether it is a return address (look up `pc - 1`)
+/// or the exact instruction (a function entry, or where an asynchronous preemption stopped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhysFrame {
+    pub pc: u64,
+    pub lookup_pc: u64,
+}
+
+/// The goroutine's stack memory, as read from the target: `bytes` start at `base`.
+pub struct StackMemory<'a> {
+    pub base: u64,
+    pub bytes: &'a [u8],
+}
+
+impl StackMemory<'_> {
+    fn word(&self, addr: u64) -> Option<u64> {
+        let off = usize::try_from(addr.checked_sub(self.base)?).ok()?;
+        let b = self.bytes.get(off..off.checked_add(8)?)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+}
+
+/// Walks from (`sp`, `pc`), both runtime addresses; `bias` turns them into link-time PCs.
+/// `trap` says the first PC is where the goroutine was stopped, not a return address.
+pub fn unwind(
+    binary: &GoBinary,
+    stack: &StackMemory,
+    sp: u64,
+    pc: u64,
+    bias: u64,
+    trap: bool,
+) -> Vec<PhysFrame> {
+    let table = binary.pclntab();
+    let wrapper_systemstack = [
+        "runtime.systemstack",
+        "runtime.mstart",
+        "runtime.mcall",
+        "runtime.morestack",
+    ];
+    let mut frames = Vec::new();
+    let (mut sp, mut pc) = (sp, pc);
+    let mut first = true;
+    while frames.len() < MAX_FRAMES {
+        let link_pc = pc.wrapping_sub(bias);
+        let Some(f) = table.find_func(link_pc) else {
+            break;
+        };
+        let lookup_pc = if (first && trap) || link_pc == f.entry {
+            link_pc
+        } else {
+            link_pc - 1
+        };
+        frames.push(PhysFrame {
+            pc: link_pc,
+            lookup_pc,
+        });
+        if f.name == "runtime.goexit" || wrapper_systemstack.contains(&f.name.as_str()) {
+            break;
+        }
+        let Some(delta) = table.sp_delta(&f, link_pc) else {
+            break;
+        };
+        let Ok(delta) = u64::try_from(delta) else {
+            break;
+        };
+        // amd64 has no link register: the return address is the word below the caller's SP.
+        let fp = sp + delta + 8;
+        let Some(ret) = stack.word(fp - 8) else { break };
+        if ret == 0 {
+            break;
+        }
+        sp = fp;
+        pc = ret;
+        first = false;
+    }
+    frames
+}

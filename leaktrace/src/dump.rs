@@ -1,0 +1,79 @@
+//! `leaktrace dump -p PID`: one read-only snapshot of every goroutine and the memory
+//! figures, with no probe loaded.
+
+use anyhow::anyhow;
+
+use crate::{
+    census::{self, GoroutineSnapshot},
+    report::dump::{self, Dump},
+    target::{Target, layout::LayoutSource},
+};
+
+#[derive(Clone, Debug)]
+pub struct DumpOptions {
+    pub pid: u32,
+    /// List each goroutine (like `debug=2`) instead of groups (like `debug=1`).
+    pub all: bool,
+    pub json: bool,
+    /// Include runtime-internal frames and goroutines.
+    pub runtime: bool,
+}
+
+pub fn snapshot(target: &Target, runtime: bool) -> anyhow::Result<(Dump, Vec<GoroutineSnapshot>)> {
+    let goroutines = census::goroutines::walk(target)?;
+    let memory = match census::memory::read(target) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            log::warn!("memory figures unavailable: {e:#}");
+            None
+        }
+    };
+    let shown: Vec<&GoroutineSnapshot> =
+        goroutines.iter().filter(|g| runtime || !g.system).collect();
+    let dump = Dump {
+        pid: target.process.pid(),
+        executable: target.process.exe_name(),
+        go_version: target.binary.build().version_string.clone(),
+        layout_source: match target.layout.source {
+            LayoutSource::Dwarf => "dwarf".into(),
+            LayoutSource::Table { .. } => "table".into(),
+        },
+        goroutine_count: shown.len(),
+        system_goroutines_hidden: goroutines.len() - shown.len(),
+        goroutines: dump::group(&shown, runtime),
+        memory,
+    };
+    Ok((dump, goroutines))
+}
+
+pub fn run(opts: &DumpOptions) -> anyhow::Result<String> {
+    crate::privileges::check_read().map_err(|e| anyhow!(e))?;
+    let target = Target::inspect(opts.pid)?;
+    let (d, goroutines) = snapshot(&target, opts.runtime)?;
+    if opts.json {
+        let mut v = serde_json::to_value(&d)?;
+        if opts.all {
+            let each: Vec<_> = goroutines
+                .iter()
+                .filter(|g| opts.runtime || !g.system)
+                .map(|g| {
+                    serde_json::json!({
+                        "goid": g.goid,
+                        "wait_reason": g.state,
+                        "waiting_seconds": g.waiting.map(|w| w.as_secs_f64()),
+                        "stack": dump::frames(g, opts.runtime),
+                        "created_by": g.created_by,
+                        "start_function": g.start_function,
+                    })
+                })
+                .collect();
+            v["each"] = serde_json::Value::Array(each);
+        }
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let shown: Vec<&GoroutineSnapshot> = goroutines
+        .iter()
+        .filter(|g| opts.runtime || !g.system)
+        .collect();
+    Ok(dump::text(&d, &shown, opts.all, opts.runtime))
+}

@@ -1,0 +1,208 @@
+//! `leaktrace dump`: the goroutine snapshot grouped like `goroutine?debug=1` (or listed one by
+//! one like `debug=2` with `--all`), the memory figures, as text or as JSON.
+//!
+//! The JSON schema (stable; fields are only ever added):
+//! ```text
+//! { "pid", "executable", "go_version", "layout_source": "dwarf"|"table",
+//!   "goroutine_count", "system_goroutines_hidden",
+//!   "goroutines": [ { "wait_reason", "count", "goids": [..],
+//!                     "waiting_seconds": {"min","max"} | null,
+//!                     "stack": [ {"function","file","line"} ],   // innermost first
+//!                     "created_by": {"function","file","line","goid"} | null } ],
+//!   "memory": { "rss_bytes", "rss_anon_bytes", "rss_file_bytes", "HeapAlloc", "HeapInuse",
+//!               "HeapIdle", "HeapReleased", "HeapSys", "TotalAlloc", "NumGC",
+//!               "PauseTotalNs", "LastGC" } | null }
+//! ```
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::census::{CreatedBy, GoroutineSnapshot, MemorySnapshot, StackFrame};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WaitingSeconds {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Goroutines with the same state, stack and creation site.
+#[derive(Clone, Debug, Serialize)]
+pub struct Group {
+    pub wait_reason: String,
+    pub count: usize,
+    pub goids: Vec<u64>,
+    pub waiting_seconds: Option<WaitingSeconds>,
+    pub stack: Vec<StackFrame>,
+    pub created_by: Option<CreatedBy>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Dump {
+    pub pid: u32,
+    pub executable: String,
+    pub go_version: String,
+    pub layout_source: String,
+    pub goroutine_count: usize,
+    pub system_goroutines_hidden: usize,
+    pub goroutines: Vec<Group>,
+    pub memory: Option<MemorySnapshot>,
+}
+
+/// The frames to show: Go's traceback selection, or all of them.
+pub fn frames(g: &GoroutineSnapshot, runtime_frames: bool) -> Vec<StackFrame> {
+    g.stack
+        .iter()
+        .filter(|f| runtime_frames || f.shown)
+        .cloned()
+        .collect()
+}
+
+/// Groups goroutines by (state, stack, creation site), the largest group first.
+pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Group> {
+    type Key = (
+        String,
+        Vec<(String, String, u32)>,
+        Option<(String, String, u32)>,
+    );
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
+    for g in goroutines {
+        let stack = frames(g, runtime_frames);
+        let key: Key = (
+            g.state.clone(),
+            stack
+                .iter()
+                .map(|f| (f.function.clone(), f.file.clone(), f.line))
+                .collect(),
+            g.created_by
+                .as_ref()
+                .map(|c| (c.function.clone(), c.file.clone(), c.line)),
+        );
+        let e = groups.entry(key).or_insert_with(|| Group {
+            wait_reason: g.state.clone(),
+            count: 0,
+            goids: Vec::new(),
+            waiting_seconds: None,
+            stack,
+            created_by: g.created_by.clone(),
+        });
+        e.count += 1;
+        e.goids.push(g.goid);
+        if let Some(w) = g.waiting {
+            let s = w.as_secs_f64();
+            let ws = e
+                .waiting_seconds
+                .get_or_insert(WaitingSeconds { min: s, max: s });
+            ws.min = ws.min.min(s);
+            ws.max = ws.max.max(s);
+        }
+    }
+    let mut v: Vec<Group> = groups.into_values().collect();
+    for g in &mut v {
+        g.goids.sort_unstable();
+    }
+    v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.goids.cmp(&b.goids)));
+    v
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+pub fn memory_line(m: &MemorySnapshot) -> String {
+    format!(
+        "memory: RSS {} (anon {}, file {}) | Go heap: in use {}, idle {}, released {}, allocated {} | {} GCs",
+        mib(m.rss_bytes),
+        mib(m.rss_anon_bytes),
+        mib(m.rss_file_bytes),
+        mib(m.heap_inuse),
+        mib(m.heap_idle),
+        mib(m.heap_released),
+        mib(m.heap_alloc),
+        m.num_gc
+    )
+}
+
+fn write_frames(
+    out: &mut String,
+    stack: &[StackFrame],
+    created_by: Option<&CreatedBy>,
+    indent: &str,
+) {
+    for f in stack {
+        let _ = writeln!(
+            out,
+            "{indent}{}(...)\n{indent}\t{}:{}",
+            f.function, f.file, f.line
+        );
+    }
+    if let Some(c) = created_by {
+        let parent = if c.goid != 0 {
+            format!(" in goroutine {}", c.goid)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{indent}created by {}{parent}\n{indent}\t{}:{}",
+            c.function, c.file, c.line
+        );
+    }
+}
+
+fn waiting_text(w: &Option<WaitingSeconds>) -> String {
+    match w {
+        Some(w) if w.max >= 1.0 => format!(", waiting {:.0}-{:.0} s", w.min, w.max),
+        _ => String::new(),
+    }
+}
+
+/// Text for a person: the header, memory, then groups (or each goroutine with `all`).
+pub fn text(d: &Dump, all: &[&GoroutineSnapshot], list_each: bool, runtime_frames: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "PID {} ({}, {}): {} goroutines ({} runtime goroutines hidden)",
+        d.pid, d.executable, d.go_version, d.goroutine_count, d.system_goroutines_hidden
+    );
+    if let Some(m) = &d.memory {
+        let _ = writeln!(out, "{}", memory_line(m));
+    }
+    let _ = writeln!(out);
+    if list_each {
+        for g in all {
+            let _ = writeln!(out, "{}", g.header());
+            write_frames(
+                &mut out,
+                &frames(g, runtime_frames),
+                g.created_by.as_ref(),
+                "",
+            );
+            let _ = writeln!(out);
+        }
+        return out;
+    }
+    for grp in &d.goroutines {
+        let noun = if grp.count == 1 {
+            "goroutine"
+        } else {
+            "goroutines"
+        };
+        let _ = writeln!(
+            out,
+            "{} {noun} [{}{}]:",
+            grp.count,
+            grp.wait_reason,
+            waiting_text(&grp.waiting_seconds)
+        );
+        write_frames(&mut out, &grp.stack, grp.created_by.as_ref(), "    ");
+        let ids: Vec<String> = grp.goids.iter().take(20).map(u64::to_string).collect();
+        let more = if grp.goids.len() > 20 {
+            format!(" ... ({} more)", grp.goids.len() - 20)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "    goroutines: {}{more}\n", ids.join(" "));
+    }
+    out
+}
