@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::unwind::{self, PhysFrame, StackMemory};
@@ -174,12 +174,7 @@ fn u32_at(b: &[u8], off: u64) -> u32 {
 
 /// The addresses of every g in `runtime.allgs`.
 fn all_gs(target: &Target) -> anyhow::Result<Vec<u64>> {
-    let allgs = target.data_addr("runtime.allgs").ok_or_else(|| {
-        anyhow!(
-            "{} has no symbol table (built with -ldflags=-s), so runtime.allgs cannot be found; rebuild it without -s to let leaktrace walk its goroutines",
-            target.process.exe_name()
-        )
-    })?;
+    let allgs = target.globals()?.allgs + target.load_bias;
     let mut hdr = [0u8; 16];
     target
         .process

@@ -3,7 +3,7 @@
 //! `runtime.memstats`), so that "not yet returned to the OS" can be told apart from "still
 //! referenced".
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::target::Target;
@@ -50,12 +50,8 @@ pub fn read(target: &Target) -> anyhow::Result<MemorySnapshot> {
     let status = procfs::process::Process::new(pid as i32)
         .and_then(|p| p.status())
         .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let gc = target.data_addr("runtime.gcController").ok_or_else(|| {
-        anyhow!("no runtime.gcController symbol (binary built with -ldflags=-s): Go heap figures unavailable")
-    })?;
-    let ms = target
-        .data_addr("runtime.memstats")
-        .ok_or_else(|| anyhow!("no runtime.memstats symbol (binary built with -ldflags=-s)"))?;
+    let gc = target.globals()?.gc_controller + target.load_bias;
+    let ms = target.globals()?.memstats + target.load_bias;
     let l = &target.layout;
     let p = &target.process;
     let rd = |addr: u64| {
