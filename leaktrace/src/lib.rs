@@ -8,6 +8,7 @@
 
 pub mod census;
 pub mod collector;
+pub mod detect;
 pub mod dump;
 pub mod model;
 pub mod privileges;

@@ -1,17 +1,17 @@
 //! The `leaktrace` command line.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use leaktrace::{
     dump::DumpOptions,
-    trace::{self, Stop, TraceOptions},
+    trace::{self, ProbeMode, TargetSpec, TraceOptions},
 };
 
 /// Find goroutine leaks and the memory they pin in a running Go program, with eBPF.
 ///
 /// `sudo leaktrace -p PID` attaches to a running Go process without restarting or changing
-/// it, prints a line per second, and a summary when you press Ctrl-C.
+/// it, prints a line per second, and a report of suspected leaks when you press Ctrl-C.
 #[derive(Parser, Debug)]
 #[command(name = "leaktrace", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -25,8 +25,62 @@ struct Cli {
 enum Command {
     /// Trace a running Go process live (the default when no command is given).
     Trace(TraceArgs),
+    /// Trace for a bounded time (default 60 s, or until a spawned command exits) and write
+    /// report.txt and report.json to a directory. `record [options] -- CMD ARGS` spawns the
+    /// command and traces it from its first instruction.
+    Record(RecordArgs),
     /// Print every goroutine and the memory figures of a Go process, once, with no probe.
     Dump(DumpArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProbesArg {
+    /// Attach the park/wake probes and shed them if they cost more than --max-overhead.
+    Auto,
+    /// Keep the park/wake probes whatever they cost.
+    On,
+    /// No probes: goroutine snapshots only.
+    Off,
+}
+
+#[derive(Args, Debug)]
+struct TraceArgs {
+    /// The PID of the Go program to trace.
+    #[arg(short, long)]
+    pid: Option<u32>,
+    /// Stop after this long (e.g. 30s, 5m, 500ms); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// How often to print the live line.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// How often to read every goroutine of the target (read-only; costs the target nothing).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    snapshot_interval: Duration,
+    /// A goroutine must have been blocked at least this long to be suspected of leaking.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    min_age: Duration,
+    /// The runtime-wide park/wake probes (about 5 us per hit on a VM).
+    #[arg(long, value_enum, default_value = "auto")]
+    probes: ProbesArg,
+    /// The most of one CPU the probes may cost the target, in percent.
+    #[arg(long, default_value_t = 1.0, value_name = "PERCENT")]
+    max_overhead: f64,
+    /// Also write every park and wake-up record as a JSON line to this file.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RecordArgs {
+    #[command(flatten)]
+    trace: TraceArgs,
+    /// The directory to write report.txt and report.json to.
+    #[arg(short, long, default_value = "leaktrace-out")]
+    output: PathBuf,
+    /// The command to spawn and trace (after --).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
@@ -44,22 +98,6 @@ struct DumpArgs {
     /// Include runtime-internal goroutines and frames, which Go's tracebacks leave out.
     #[arg(long)]
     runtime: bool,
-}
-
-#[derive(Args, Debug)]
-struct TraceArgs {
-    /// The PID of the Go program to trace.
-    #[arg(short, long)]
-    pid: Option<u32>,
-    /// Stop after this long (e.g. 30s, 5m, 500ms); default: until Ctrl-C or the target exits.
-    #[arg(short, long, value_parser = parse_duration)]
-    duration: Option<Duration>,
-    /// How often to print the live line.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    interval: Duration,
-    /// Also write every park and wake-up record as a JSON line to this file.
-    #[arg(long, value_name = "FILE")]
-    events: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
@@ -85,11 +123,43 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("leaktrace: error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn options(
+    a: TraceArgs,
+    target: TargetSpec,
+    output: Option<PathBuf>,
+) -> Result<TraceOptions, String> {
+    if !(a.max_overhead > 0.0 && a.max_overhead <= 100.0) {
+        return Err(format!(
+            "--max-overhead {} must be a percentage above 0 and at most 100",
+            a.max_overhead
+        ));
+    }
+    Ok(TraceOptions {
+        target,
+        duration: a.duration,
+        interval: a.interval,
+        snapshot_interval: a.snapshot_interval,
+        min_age: a.min_age,
+        probes: match a.probes {
+            ProbesArg::Auto => ProbeMode::Auto,
+            ProbesArg::On => ProbeMode::On,
+            ProbesArg::Off => ProbeMode::Off,
+        },
+        max_overhead: a.max_overhead / 100.0,
+        events: a.events,
+        output,
+    })
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Trace(a)) => a,
+    let opts = match cli.command {
         Some(Command::Dump(d)) => {
             let opts = DumpOptions {
                 pid: d.pid,
@@ -102,42 +172,56 @@ fn main() -> ExitCode {
                     print!("{out}");
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("leaktrace: error: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(e),
             };
         }
-        None => cli.trace,
+        Some(Command::Record(r)) => {
+            let target = match (r.trace.pid, r.command.is_empty()) {
+                (Some(pid), true) => TargetSpec::Pid(pid),
+                (None, false) => TargetSpec::Spawn(r.command),
+                (Some(_), false) => {
+                    eprintln!("leaktrace: error: give either -p PID or -- CMD ARGS, not both");
+                    return ExitCode::from(2);
+                }
+                (None, true) => {
+                    eprintln!(
+                        "leaktrace: error: give the PID to trace (-p PID) or a command to spawn (-- CMD ARGS)"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            let mut a = r.trace;
+            if a.duration.is_none() && matches!(target, TargetSpec::Pid(_)) {
+                a.duration = Some(Duration::from_secs(60));
+            }
+            options(a, target, Some(r.output))
+        }
+        Some(Command::Trace(a)) => match a.pid {
+            Some(pid) => options(a, TargetSpec::Pid(pid), None),
+            None => Err("give the PID of the Go program to trace: leaktrace -p PID".into()),
+        },
+        None => match cli.trace.pid {
+            Some(pid) => options(cli.trace, TargetSpec::Pid(pid), None),
+            None => Err("give the PID of the Go program to trace: leaktrace -p PID".into()),
+        },
     };
-    let Some(pid) = args.pid else {
-        eprintln!("leaktrace: error: give the PID of the Go program to trace: leaktrace -p PID");
-        return ExitCode::from(2);
-    };
-    let opts = TraceOptions {
-        pid,
-        duration: args.duration,
-        interval: args.interval,
-        events: args.events,
+    let opts = match opts {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("leaktrace: error: {e}");
+            return ExitCode::from(2);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("leaktrace: error: cannot start the event loop: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(anyhow::anyhow!("cannot start the event loop: {e}")),
     };
     match runtime.block_on(trace::run(opts)) {
-        Ok(Stop::Duration | Stop::Signal(_) | Stop::TargetExited | Stop::TargetExeced) => {
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("leaktrace: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 

@@ -2,4 +2,5 @@
 //! and the goroutine and memory snapshot (`dump`).
 
 pub mod dump;
+pub mod leaks;
 pub mod live;

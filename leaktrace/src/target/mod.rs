@@ -4,9 +4,11 @@
 
 pub mod binary;
 pub mod buildinfo;
+pub mod globals;
 pub mod layout;
 pub mod pclntab;
 pub mod process;
+pub mod spawn;
 
 use anyhow::{Context as _, anyhow};
 
@@ -21,6 +23,9 @@ pub struct Target {
     pub layout: layout::RuntimeLayout,
     /// Added to link-time addresses to get the target's runtime addresses (0 unless PIE).
     pub load_bias: u64,
+    /// Link-time addresses of the globals `leaktrace dump` reads, or why they could not be
+    /// found; tracing needs none of them, so a failure surfaces only through [`Target::globals`].
+    pub globals: Result<globals::Globals, globals::GlobalsError>,
 }
 
 impl Target {
@@ -31,15 +36,36 @@ impl Target {
         let exe = process.exe_path();
         let binary =
             GoBinary::open(&exe).map_err(|e| anyhow!("PID {pid} ({}): {e}", process.exe_name()))?;
+        Self::from_parts(process, binary)
+    }
+
+    /// A target from a process and the binary it runs (spawn mode opens the binary before
+    /// the process runs it).
+    pub fn from_parts(process: Process, binary: GoBinary) -> anyhow::Result<Self> {
+        let pid = process.pid();
         let v = binary.version();
         let layout = layout::for_binary(binary.data(), v.major, v.minor)
             .map_err(|e| anyhow!("PID {pid} ({}): {e}", process.exe_name()))?;
         let load_bias = process.load_bias(first_load_vaddr(binary.data())?)?;
+        let globals = globals::locate(&binary);
         Ok(Self {
             process,
             binary,
             layout,
             load_bias,
+            globals,
+        })
+    }
+
+    /// The located runtime globals (link-time addresses: add `load_bias`), or why they could
+    /// not be found.
+    pub fn globals(&self) -> anyhow::Result<&globals::Globals> {
+        self.globals.as_ref().map_err(|e| {
+            anyhow!(
+                "PID {} ({}): {e}",
+                self.process.pid(),
+                self.process.exe_name()
+            )
         })
     }
 
@@ -70,13 +96,6 @@ fn first_load_vaddr(elf: &[u8]) -> anyhow::Result<u64> {
 }
 
 impl Target {
-    /// The target's runtime address of a data symbol (a global such as `runtime.allgs`).
-    pub fn data_addr(&self, name: &str) -> Option<u64> {
-        self.binary
-            .data_symbol(name)
-            .map(|s| s.addr.wrapping_add(self.load_bias))
-    }
-
     /// A runtime address back to the binary's link-time address.
     pub fn link_addr(&self, runtime_addr: u64) -> u64 {
         runtime_addr.wrapping_sub(self.load_bias)

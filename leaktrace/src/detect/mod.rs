@@ -1,0 +1,600 @@
+//! Leak groups and verdicts: goroutines grouped by (wait reason, blocking site, creation
+//! site), followed across snapshots, and judged on the evidence for and against a leak.
+//!
+//! Evidence for: blocked at least `min_age`; no goroutine of the group left its site while
+//! observed; no wake-up seen by the park/wake probes; the group grew and never shrank; a nil
+//! channel or an empty select, which can never proceed; each goroutine waiting on its own
+//! channel with nobody on the other side. Evidence against: goroutines moving on from the
+//! site, a group that shrinks (a pool, not a leak), a select that waits on a timer channel
+//! (it will fire), receivers sharing one channel without growing (an idle pool), the main
+//! goroutine. Sleep, IO wait and runtime-internal waits are never suspects.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::census::{CreatedBy, StackFrame, channels::ChannelState};
+
+/// Suspects are reported at or above this score (see [`Confidence`]).
+const REPORT_SCORE: i32 = 2;
+
+/// A source position: function, file, line.
+pub type Site = (String, String, u32);
+
+/// What makes goroutines one group.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    /// Go's wording of the wait reason ("chan send"), or the status ("runnable").
+    pub state: String,
+    /// The innermost frame Go's traceback shows: where the goroutine blocked in user code.
+    pub site: Option<Site>,
+    /// The `go` statement that created it.
+    pub created: Option<Site>,
+}
+
+/// One goroutine in one snapshot, as the detector needs it.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub goid: u64,
+    pub state: String,
+    /// `g.waitsince`-based: how long the runtime says it has been waiting, when known.
+    pub waiting: Option<Duration>,
+    /// Frames Go shows, innermost first.
+    pub stack: Vec<StackFrame>,
+    pub created_by: Option<CreatedBy>,
+    /// The channels it waits on (empty unless blocked in a channel operation).
+    pub channels: Vec<ChannelState>,
+}
+
+/// The package of a Go function name: `sync` for `sync.(*Mutex).Lock`, `internal/sync`
+/// for `internal/sync.runtime_SemacquireMutex`, `main` for `main.main.func1`.
+fn package(function: &str) -> &str {
+    let slash = function.rfind('/').map_or(0, |i| i + 1);
+    match function[slash..].find('.') {
+        Some(dot) => &function[..slash + dot],
+        None => function,
+    }
+}
+
+/// Packages whose frames are the blocking machinery rather than the place that blocked:
+/// a Mutex leak blocks in `sync.runtime_SemacquireMutex`, called from the user's `Lock`.
+const MACHINERY: &[&str] = &["sync", "internal/sync", "runtime"];
+
+impl Observed {
+    /// Where the goroutine blocked: the innermost shown frame outside the blocking
+    /// machinery (or the innermost frame if they all belong to it).
+    pub fn site(&self) -> Option<&StackFrame> {
+        self.stack
+            .iter()
+            .find(|f| !MACHINERY.contains(&package(&f.function)))
+            .or_else(|| self.stack.first())
+    }
+
+    pub fn key(&self) -> GroupKey {
+        GroupKey {
+            state: self.state.clone(),
+            site: self
+                .site()
+                .map(|f| (f.function.clone(), f.file.clone(), f.line)),
+            created: self
+                .created_by
+                .as_ref()
+                .map(|c| (c.function.clone(), c.file.clone(), c.line)),
+        }
+    }
+}
+
+/// How a wait reason can end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blocking {
+    /// Can never proceed: a nil channel, an empty select.
+    Never,
+    /// Proceeds only when another goroutine acts on the channel.
+    Channel,
+    /// Proceeds only when another goroutine releases a lock, a WaitGroup, a Cond.
+    Sync,
+    /// Proceeds by itself or by the outside world (sleep, IO, timers, GC): not a leak site.
+    Not,
+}
+
+fn blocking(state: &str) -> Blocking {
+    match state {
+        "chan send (nil chan)" | "chan receive (nil chan)" | "select (no cases)" => Blocking::Never,
+        "chan send" | "chan receive" | "select" => Blocking::Channel,
+        s if s.starts_with("sync.") || s == "semacquire" => Blocking::Sync,
+        _ => Blocking::Not,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confidence {
+    Low,
+    Medium,
+    High,
+}
+
+fn confidence(score: i32) -> Confidence {
+    match score {
+        s if s >= 4 => Confidence::High,
+        s if s >= REPORT_SCORE => Confidence::Medium,
+        _ => Confidence::Low,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Seconds {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// The channels a leak group waits on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelSummary {
+    /// How many distinct channels the group's goroutines wait on.
+    pub distinct: usize,
+    /// Buffer capacities seen (0: unbuffered).
+    pub capacities: Vec<u64>,
+    /// Whether any of them has goroutines waiting on the other side.
+    pub other_side_waiting: bool,
+    pub closed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LeakGroup {
+    pub wait_reason: String,
+    /// Where the goroutines blocked: the innermost frame of the stack outside the sync and
+    /// runtime machinery (the line that sends, receives, locks or waits).
+    pub site: Option<StackFrame>,
+    /// Innermost first, as Go's traceback shows it.
+    pub stack: Vec<StackFrame>,
+    pub created_by: Option<CreatedBy>,
+    pub count: usize,
+    pub goids: Vec<u64>,
+    pub blocked_seconds: Seconds,
+    pub channel: Option<ChannelSummary>,
+    pub confidence: Confidence,
+    pub score: i32,
+    pub evidence: Vec<String>,
+    pub against: Vec<String>,
+    /// (seconds since the trace started, goroutines in the group) at each snapshot.
+    pub growth: Vec<(f64, usize)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DetectOptions {
+    pub min_age: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Member {
+    first_seen: Duration,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    counts: Vec<(Duration, usize)>,
+    members: HashMap<u64, Member>,
+    /// Goroutines that were in the group and left it while observed.
+    left: usize,
+    latest: Vec<Observed>,
+}
+
+/// Follows groups across snapshots; a plain data structure.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    groups: BTreeMap<GroupKey, History>,
+    snapshots: usize,
+    first_at: Option<Duration>,
+    last_at: Duration,
+    /// Wake-ups seen by the probes, per goroutine, and since when the probes watch.
+    wakes: HashMap<u64, u64>,
+    probes_since: Option<Duration>,
+}
+
+impl Tracker {
+    /// Adds a snapshot taken `at` (since the trace started).
+    pub fn observe(&mut self, at: Duration, goroutines: Vec<Observed>) {
+        self.snapshots += 1;
+        self.first_at.get_or_insert(at);
+        self.last_at = at;
+        let mut now: BTreeMap<GroupKey, Vec<Observed>> = BTreeMap::new();
+        for g in goroutines {
+            now.entry(g.key()).or_default().push(g);
+        }
+        for (key, h) in &mut self.groups {
+            let present: BTreeSet<u64> = now
+                .get(key)
+                .map(|v| v.iter().map(|g| g.goid).collect())
+                .unwrap_or_default();
+            let before = h.members.len();
+            h.members.retain(|goid, _| present.contains(goid));
+            h.left += before - h.members.len();
+            if !now.contains_key(key) {
+                h.counts.push((at, 0));
+                h.latest.clear();
+            }
+        }
+        for (key, gs) in now {
+            let h = self.groups.entry(key).or_default();
+            for g in &gs {
+                h.members.entry(g.goid).or_insert(Member { first_seen: at });
+            }
+            h.counts.push((at, gs.len()));
+            h.latest = gs;
+        }
+    }
+
+    /// The park/wake probes watch from `at` on: wake-ups now count as evidence.
+    pub fn probes_active(&mut self, at: Duration) {
+        self.probes_since.get_or_insert(at);
+    }
+
+    /// The probes were detached: their silence proves nothing from now on.
+    pub fn probes_inactive(&mut self) {
+        self.probes_since = None;
+    }
+
+    pub fn record_wake(&mut self, goid: u64) {
+        *self.wakes.entry(goid).or_default() += 1;
+    }
+
+    pub fn snapshots(&self) -> usize {
+        self.snapshots
+    }
+
+    /// Every current group with its verdict, the strongest suspects first.
+    pub fn verdicts(&self, opts: &DetectOptions) -> Vec<LeakGroup> {
+        let mut out: Vec<LeakGroup> = self
+            .groups
+            .iter()
+            .filter(|(_, h)| !h.latest.is_empty())
+            .filter_map(|(k, h)| self.judge(k, h, opts))
+            .collect();
+        out.sort_by(|a, b| b.score.cmp(&a.score).then(b.count.cmp(&a.count)));
+        out
+    }
+
+    /// Only the groups worth reporting.
+    pub fn leaks(&self, opts: &DetectOptions) -> Vec<LeakGroup> {
+        self.verdicts(opts)
+            .into_iter()
+            .filter(|g| g.score >= REPORT_SCORE)
+            .collect()
+    }
+
+    fn judge(&self, key: &GroupKey, h: &History, opts: &DetectOptions) -> Option<LeakGroup> {
+        let kind = blocking(&key.state);
+        if kind == Blocking::Not {
+            return None;
+        }
+        let observed_for = self
+            .last_at
+            .saturating_sub(self.first_at.unwrap_or_default());
+        let ages: Vec<Duration> = h
+            .latest
+            .iter()
+            .map(|g| {
+                let seen = h.members.get(&g.goid).map_or(Duration::ZERO, |m| {
+                    self.last_at.saturating_sub(m.first_seen)
+                });
+                seen.max(g.waiting.unwrap_or_default())
+            })
+            .collect();
+        let (min_age, max_age) = (ages.iter().min().copied()?, ages.iter().max().copied()?);
+        let old_enough = ages.iter().filter(|a| **a >= opts.min_age).count();
+        let count = h.latest.len();
+        let mut score = 0;
+        let mut evidence = Vec::new();
+        let mut against = Vec::new();
+
+        if old_enough == 0 {
+            against.push(format!(
+                "blocked for at most {:.1} s, less than --min-age {:.1} s",
+                max_age.as_secs_f64(),
+                opts.min_age.as_secs_f64()
+            ));
+            score -= 10;
+        } else {
+            score += 1;
+            evidence.push(format!(
+                "{old_enough} of {count} blocked for at least {:.1} s (--min-age {:.1} s); the oldest for {:.1} s",
+                opts.min_age.as_secs_f64(),
+                opts.min_age.as_secs_f64(),
+                max_age.as_secs_f64()
+            ));
+        }
+        if kind == Blocking::Never {
+            score += 3;
+            evidence.push(format!("{}: nothing can ever wake it", key.state));
+        }
+
+        // Movement: goroutines leaving the site mean it is serviced.
+        if h.left == 0 && observed_for >= opts.min_age {
+            score += 1;
+            evidence.push(format!(
+                "no goroutine left this site in {:.1} s of observation ({} snapshots)",
+                observed_for.as_secs_f64(),
+                self.snapshots
+            ));
+        } else if h.left > 0 {
+            if h.left >= count {
+                score -= 3;
+            } else {
+                score -= 1;
+            }
+            against.push(format!(
+                "{} goroutines left this site while observed: it is serviced",
+                h.left
+            ));
+        }
+
+        // Growth and shrinkage, from the counts at each snapshot.
+        let counts: Vec<usize> = h.counts.iter().map(|c| c.1).collect();
+        let shrank = counts.windows(2).any(|w| w[1] < w[0]);
+        let (first, last) = (
+            counts.first().copied().unwrap_or(0),
+            counts.last().copied().unwrap_or(0),
+        );
+        if shrank {
+            score -= 2;
+            against.push(format!(
+                "the group shrank while observed (counts {counts:?}): a pool, not a leak"
+            ));
+        } else if last > first {
+            score += 2;
+            evidence.push(format!(
+                "the group grew from {first} to {last} goroutines while observed and never shrank"
+            ));
+        }
+
+        // Wake-ups, when the park/wake probes watched these goroutines.
+        if let Some(since) = self.probes_since
+            && self.last_at.saturating_sub(since) >= opts.min_age
+        {
+            let woken: u64 = h
+                .latest
+                .iter()
+                .map(|g| self.wakes.get(&g.goid).copied().unwrap_or(0))
+                .sum();
+            if woken == 0 {
+                score += 2;
+                evidence.push(format!(
+                    "no wake-up of these goroutines in {:.1} s of gopark/ready probes",
+                    self.last_at.saturating_sub(since).as_secs_f64()
+                ));
+            } else {
+                score -= 2;
+                against.push(format!(
+                    "{woken} wake-ups of these goroutines seen by the probes"
+                ));
+            }
+        }
+
+        // The channels they wait on.
+        let chans: BTreeMap<u64, &ChannelState> = h
+            .latest
+            .iter()
+            .flat_map(|g| g.channels.iter())
+            .map(|c| (c.addr, c))
+            .collect();
+        let channel = (!chans.is_empty()).then(|| {
+            let mut caps: Vec<u64> = chans.values().map(|c| c.cap).collect();
+            caps.sort_unstable();
+            caps.dedup();
+            ChannelSummary {
+                distinct: chans.len(),
+                capacities: caps,
+                other_side_waiting: chans.values().any(|c| {
+                    (key.state == "chan send" && c.receivers_waiting)
+                        || (key.state == "chan receive" && c.senders_waiting)
+                }),
+                closed: chans.values().any(|c| c.closed),
+            }
+        });
+        if kind == Blocking::Channel {
+            if chans.values().any(|c| c.timer == Some(true)) {
+                score -= 5;
+                against.push("it waits on a timer's channel, which the timer will send to".into());
+            }
+            if let Some(c) = &channel {
+                if c.distinct >= count && count > 1 && key.state != "select" {
+                    score += 1;
+                    evidence.push(format!(
+                        "each goroutine waits on its own channel ({} channels), with nobody on the other side",
+                        c.distinct
+                    ));
+                } else if c.distinct < count && key.state == "chan receive" && last <= first {
+                    score -= 3;
+                    against.push(format!(
+                        "{count} receivers share {} channel(s) and the group does not grow: an idle pool",
+                        c.distinct
+                    ));
+                }
+            }
+        }
+        if h.latest.iter().all(|g| g.goid == 1) {
+            score -= 2;
+            against.push("it is the main goroutine, which programs often block on purpose".into());
+        }
+
+        let mut goids: Vec<u64> = h.latest.iter().map(|g| g.goid).collect();
+        goids.sort_unstable();
+        let first_g = &h.latest[0];
+        Some(LeakGroup {
+            wait_reason: key.state.clone(),
+            site: first_g.site().cloned(),
+            stack: first_g.stack.clone(),
+            created_by: first_g.created_by.clone(),
+            count,
+            goids,
+            blocked_seconds: Seconds {
+                min: min_age.as_secs_f64(),
+                max: max_age.as_secs_f64(),
+            },
+            channel,
+            confidence: confidence(score),
+            score,
+            evidence,
+            against,
+            growth: h
+                .counts
+                .iter()
+                .map(|(t, n)| (t.as_secs_f64(), *n))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packages_of_go_function_names() {
+        assert_eq!(package("sync.(*Mutex).Lock"), "sync");
+        assert_eq!(
+            package("internal/sync.runtime_SemacquireMutex"),
+            "internal/sync"
+        );
+        assert_eq!(package("main.main.func1"), "main");
+        assert_eq!(package("github.com/a/b.(*T).f"), "github.com/a/b");
+    }
+
+    fn g(goid: u64, state: &str, line: u32, chan: Option<u64>) -> Observed {
+        Observed {
+            goid,
+            state: state.into(),
+            waiting: None,
+            stack: vec![StackFrame {
+                function: "main.produce".into(),
+                file: "main.go".into(),
+                line,
+                pc: 0,
+                inlined: false,
+                shown: true,
+            }],
+            created_by: None,
+            channels: chan
+                .map(|addr| ChannelState {
+                    addr,
+                    len: 0,
+                    cap: 0,
+                    closed: false,
+                    receivers_waiting: false,
+                    senders_waiting: false,
+                    timer: Some(false),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    const S: Duration = Duration::from_secs(1);
+    fn opts() -> DetectOptions {
+        DetectOptions { min_age: 2 * S }
+    }
+
+    #[test]
+    fn stuck_senders_on_their_own_channels_are_a_leak() {
+        let mut t = Tracker::default();
+        for i in 0..4 {
+            t.observe(
+                i * S,
+                (0..3)
+                    .map(|n| g(10 + n, "chan send", 22, Some(100 + n)))
+                    .collect(),
+            );
+        }
+        let leaks = t.leaks(&opts());
+        assert_eq!(leaks.len(), 1);
+        assert_eq!(leaks[0].count, 3);
+        assert_eq!(leaks[0].confidence, Confidence::Medium, "{:?}", leaks[0]);
+        assert_eq!(leaks[0].channel.as_ref().unwrap().distinct, 3);
+    }
+
+    #[test]
+    fn a_growing_group_is_a_stronger_suspect() {
+        let mut t = Tracker::default();
+        for i in 0..4u32 {
+            t.observe(
+                i * S,
+                (0..=u64::from(i))
+                    .map(|n| g(10 + n, "chan send", 22, Some(100 + n)))
+                    .collect(),
+            );
+        }
+        let leaks = t.leaks(&opts());
+        assert_eq!(leaks[0].confidence, Confidence::High, "{:?}", leaks[0]);
+        assert!(
+            leaks[0]
+                .evidence
+                .iter()
+                .any(|e| e.contains("grew from 1 to 4"))
+        );
+    }
+
+    #[test]
+    fn an_idle_pool_sharing_one_channel_is_not_a_leak() {
+        let mut t = Tracker::default();
+        for i in 0..4 {
+            t.observe(
+                i * S,
+                (0..4)
+                    .map(|n| g(10 + n, "chan receive", 30, Some(7)))
+                    .collect(),
+            );
+        }
+        assert!(t.leaks(&opts()).is_empty(), "{:?}", t.verdicts(&opts()));
+    }
+
+    #[test]
+    fn goroutines_that_move_on_or_shrink_are_not_a_leak() {
+        let mut t = Tracker::default();
+        t.observe(
+            Duration::ZERO,
+            vec![
+                g(1, "chan receive", 30, Some(5)),
+                g(2, "chan receive", 30, Some(6)),
+            ],
+        );
+        t.observe(S, vec![g(3, "chan receive", 30, Some(8))]);
+        t.observe(3 * S, vec![g(3, "chan receive", 30, Some(8))]);
+        assert!(t.leaks(&opts()).is_empty(), "{:?}", t.verdicts(&opts()));
+    }
+
+    #[test]
+    fn sleep_and_io_wait_are_never_suspects_and_nil_channels_always_are() {
+        let mut t = Tracker::default();
+        for i in 0..4 {
+            t.observe(
+                i * S,
+                vec![
+                    g(1, "sleep", 5, None),
+                    g(2, "IO wait", 6, None),
+                    g(3, "chan send (nil chan)", 7, None),
+                ],
+            );
+        }
+        let leaks = t.leaks(&opts());
+        assert_eq!(leaks.len(), 1);
+        assert_eq!(leaks[0].wait_reason, "chan send (nil chan)");
+        assert_eq!(leaks[0].confidence, Confidence::High);
+    }
+
+    #[test]
+    fn too_young_is_not_yet_a_suspect_and_wakes_count_against() {
+        let mut t = Tracker::default();
+        t.observe(Duration::ZERO, vec![g(1, "sync.Mutex.Lock", 5, None)]);
+        t.observe(S, vec![g(1, "sync.Mutex.Lock", 5, None)]);
+        assert!(t.leaks(&opts()).is_empty());
+        t.probes_active(Duration::ZERO);
+        t.record_wake(1);
+        t.observe(3 * S, vec![g(1, "sync.Mutex.Lock", 5, None)]);
+        let v = t.verdicts(&opts());
+        assert!(v[0].against.iter().any(|a| a.contains("wake-ups")), "{v:?}");
+    }
+}

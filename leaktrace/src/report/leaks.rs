@@ -1,0 +1,121 @@
+//! The leak report: the suspected leak groups with their evidence, as text for a person and
+//! as JSON for a program. The JSON schema is documented in the README ("The report").
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::detect::LeakGroup;
+
+/// What the probes did during the trace.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProbeSummary {
+    /// Runtime functions probed at the end of the trace.
+    pub attached: Vec<String>,
+    pub gopark_hits: u64,
+    pub ready_hits: u64,
+    pub lost_records: u64,
+    /// Why probes were shed to stay under --max-overhead, if they were.
+    pub shed: Option<String>,
+}
+
+/// `report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub pid: u32,
+    pub executable: String,
+    pub go_version: String,
+    pub stopped: String,
+    pub observed_seconds: f64,
+    pub snapshots: usize,
+    pub min_age_seconds: f64,
+    /// Goroutines parked and woken while traced, by Go's wording of the wait reason.
+    pub parks: BTreeMap<String, u64>,
+    pub wakes: BTreeMap<String, u64>,
+    pub probes: ProbeSummary,
+    /// Suspected leak groups, strongest first.
+    pub leaks: Vec<LeakGroup>,
+}
+
+pub fn text(r: &Report) -> String {
+    let mut out = String::new();
+    if r.leaks.is_empty() {
+        let _ = writeln!(
+            out,
+            "no goroutine leak suspected in {:.1} s of observation ({} snapshots, --min-age {:.1} s)",
+            r.observed_seconds, r.snapshots, r.min_age_seconds
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{} suspected goroutine leak group(s) in {:.1} s of observation ({} snapshots):\n",
+        r.leaks.len(),
+        r.observed_seconds,
+        r.snapshots
+    );
+    for l in &r.leaks {
+        let noun = if l.count == 1 {
+            "goroutine"
+        } else {
+            "goroutines"
+        };
+        let _ = writeln!(
+            out,
+            "{} {noun} [{}], blocked {:.1}-{:.1} s, confidence {:?} (score {}):",
+            l.count,
+            l.wait_reason,
+            l.blocked_seconds.min,
+            l.blocked_seconds.max,
+            l.confidence,
+            l.score
+        );
+        for f in &l.stack {
+            let _ = writeln!(out, "    {}(...)\n    \t{}:{}", f.function, f.file, f.line);
+        }
+        if let Some(c) = &l.created_by {
+            let parent = if c.goid != 0 {
+                format!(" in goroutine {}", c.goid)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "    created by {}{parent}\n    \t{}:{}",
+                c.function, c.file, c.line
+            );
+        }
+        if let Some(c) = &l.channel {
+            let kind = if c.capacities == [0] {
+                "unbuffered".to_string()
+            } else {
+                format!("capacity {:?}", c.capacities)
+            };
+            let _ = writeln!(
+                out,
+                "    channel: {} distinct, {kind}{}{}",
+                c.distinct,
+                if c.other_side_waiting {
+                    ", goroutines waiting on the other side"
+                } else {
+                    ", nobody waiting on the other side"
+                },
+                if c.closed { ", closed" } else { "" }
+            );
+        }
+        for e in &l.evidence {
+            let _ = writeln!(out, "    + {e}");
+        }
+        for a in &l.against {
+            let _ = writeln!(out, "    - {a}");
+        }
+        let ids: Vec<String> = l.goids.iter().take(20).map(u64::to_string).collect();
+        let more = if l.goids.len() > 20 {
+            format!(" ... ({} more)", l.goids.len() - 20)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "    goroutines: {}{more}\n", ids.join(" "));
+    }
+    out
+}

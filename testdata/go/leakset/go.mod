@@ -1,0 +1,3 @@
+module fixture/leakset
+
+go 1.21
