@@ -200,6 +200,8 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let pid = target.process.pid();
     let records = probes.take_records()?;
     let start = Instant::now();
+    // bpf_ktime_get_ns is CLOCK_MONOTONIC: records are placed in trace time with it.
+    let start_mono_ns = census::goroutines::monotonic_ns() as u64;
     let mut tracker = Tracker::default();
     if !probes.attached().is_empty() {
         tracker.probes_active(Duration::ZERO);
@@ -268,7 +270,10 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             return;
         }
         if let Applied::Woken { .. } = applied {
-            tracker.record_wake(rec.goid);
+            tracker.record_wake(
+                rec.goid,
+                Duration::from_nanos(rec.ts_ns.saturating_sub(start_mono_ns)),
+            );
         }
         if let Some(w) = events.as_mut() {
             let _ = writeln!(w, "{}", event_json(&target, &rec));

@@ -88,9 +88,21 @@ pub fn demo(seconds: u64) -> anyhow::Result<()> {
     };
     thread::sleep(Duration::from_secs(1));
 
-    step(&format!("sudo leaktrace -p {pid} -d {seconds}s"));
+    // A goroutine blocked this long with no sign of life is a suspect; the default (30 s)
+    // suits production, the demo wants an answer within its run.
+    let min_age = format!("{}s", (seconds / 2).max(1));
+    step(&format!(
+        "sudo leaktrace -p {pid} -d {seconds}s --min-age {min_age}"
+    ));
     let status = Command::new(&leaktrace)
-        .args(["-p", &pid.to_string(), "-d", &format!("{seconds}s")])
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--min-age",
+            &min_age,
+        ])
         .status()
         .context("running leaktrace")?;
     stop.store(true, Ordering::Relaxed);

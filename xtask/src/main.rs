@@ -19,7 +19,7 @@ enum Command {
     /// Build everything, start the bundled leaky Go service, load it, and trace it.
     Demo {
         /// How long to trace the service.
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
     /// cargo fmt --check, clippy with warnings denied, and every test (as root).

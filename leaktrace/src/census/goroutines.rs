@@ -233,7 +233,8 @@ fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG>> {
     Ok(out)
 }
 
-fn monotonic_ns() -> i64 {
+/// CLOCK_MONOTONIC in ns: the clock of Go's nanotime and of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

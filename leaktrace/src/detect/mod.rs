@@ -191,7 +191,8 @@ pub struct Tracker {
     first_at: Option<Duration>,
     last_at: Duration,
     /// Wake-ups seen by the probes, per goroutine, and since when the probes watch.
-    wakes: HashMap<u64, u64>,
+    /// The last wake-up of each goroutine, in trace time.
+    wakes: HashMap<u64, Duration>,
     probes_since: Option<Duration>,
 }
 
@@ -238,8 +239,10 @@ impl Tracker {
         self.probes_since = None;
     }
 
-    pub fn record_wake(&mut self, goid: u64) {
-        *self.wakes.entry(goid).or_default() += 1;
+    /// A wake-up of `goid` at `at` (trace time, from the probe's own timestamp).
+    pub fn record_wake(&mut self, goid: u64, at: Duration) {
+        let last = self.wakes.entry(goid).or_default();
+        *last = (*last).max(at);
     }
 
     pub fn snapshots(&self) -> usize {
@@ -355,11 +358,19 @@ impl Tracker {
         if let Some(since) = self.probes_since
             && self.last_at.saturating_sub(since) >= opts.min_age
         {
-            let woken: u64 = h
+            // Only a wake-up after the goroutine was seen blocked here counts: before that it
+            // was on its way (a sleep, a lock) to this site.
+            let woken = h
                 .latest
                 .iter()
-                .map(|g| self.wakes.get(&g.goid).copied().unwrap_or(0))
-                .sum();
+                .filter(|g| {
+                    let seen = h
+                        .members
+                        .get(&g.goid)
+                        .map_or(Duration::ZERO, |m| m.first_seen);
+                    self.wakes.get(&g.goid).is_some_and(|w| *w > seen)
+                })
+                .count();
             if woken == 0 {
                 score += 2;
                 evidence.push(format!(
@@ -369,7 +380,7 @@ impl Tracker {
             } else {
                 score -= 2;
                 against.push(format!(
-                    "{woken} wake-ups of these goroutines seen by the probes"
+                    "{woken} of these goroutines woke up after they were seen blocked here (gopark/ready probes)"
                 ));
             }
         }
@@ -592,9 +603,13 @@ mod tests {
         t.observe(S, vec![g(1, "sync.Mutex.Lock", 5, None)]);
         assert!(t.leaks(&opts()).is_empty());
         t.probes_active(Duration::ZERO);
-        t.record_wake(1);
+        t.record_wake(1, Duration::from_millis(500)); // before it was seen: not evidence
+        t.record_wake(1, 2 * S);
         t.observe(3 * S, vec![g(1, "sync.Mutex.Lock", 5, None)]);
         let v = t.verdicts(&opts());
-        assert!(v[0].against.iter().any(|a| a.contains("wake-ups")), "{v:?}");
+        assert!(
+            v[0].against.iter().any(|a| a.contains("woke up after")),
+            "{v:?}"
+        );
     }
 }

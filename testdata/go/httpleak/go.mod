@@ -1,0 +1,3 @@
+module fixture/httpleak
+
+go 1.21
