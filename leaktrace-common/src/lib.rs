@@ -16,6 +16,12 @@ pub struct Config {
     pub g_m: u64,
     /// Offset of `runtime.m.curg` (*g).
     pub m_curg: u64,
+    /// Offset of `runtime.g.parentGoid` (u64).
+    pub g_parent_goid: u64,
+    /// Offset of `runtime.g.gopc` (uintptr): the `go` statement's PC.
+    pub g_gopc: u64,
+    /// Offset of `runtime.g.startpc` (uintptr).
+    pub g_startpc: u64,
 }
 
 /// What a record says happened.
@@ -26,6 +32,19 @@ pub enum RecordKind {
     Park = 1,
     /// `runtime.ready` made a parked goroutine runnable again.
     Wake = 2,
+    /// `runtime.newproc1` returned a new goroutine: `goid` created by `other_goid` at the
+    /// `go` statement `pc`, starting at `addr`.
+    Create = 3,
+    /// `runtime.goexit1`: goroutine `goid` is exiting.
+    Exit = 4,
+    /// `runtime.chansend` on channel `addr` from `pc`; `reason` is 1 for a blocking send.
+    ChanSend = 5,
+    /// `runtime.chanrecv` on channel `addr` from `pc`; `reason` is 1 for a blocking receive.
+    ChanRecv = 6,
+    /// `runtime.closechan` of channel `addr` from `pc`.
+    ChanClose = 7,
+    /// `runtime.selectgo` with `reason` cases (saturated at 255) from `pc`.
+    Select = 8,
 }
 
 impl RecordKind {
@@ -33,6 +52,12 @@ impl RecordKind {
         match v {
             1 => Some(Self::Park),
             2 => Some(Self::Wake),
+            3 => Some(Self::Create),
+            4 => Some(Self::Exit),
+            5 => Some(Self::ChanSend),
+            6 => Some(Self::ChanRecv),
+            7 => Some(Self::ChanClose),
+            8 => Some(Self::Select),
             _ => None,
         }
     }
@@ -73,10 +98,16 @@ pub enum Counter {
     Lost = 2,
     /// Probe hits whose reads of target memory failed (the record was not sent).
     ReadErrors = 3,
+    CreateHits = 4,
+    ExitHits = 5,
+    ChanSendHits = 6,
+    ChanRecvHits = 7,
+    ChanCloseHits = 8,
+    SelectHits = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 10;
 }
 
 /// Default size of the ring buffer, in bytes (a power of two, as the kernel requires).

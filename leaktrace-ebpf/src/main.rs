@@ -117,6 +117,156 @@ pub fn ready(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The current user goroutine's id, for programs that run on a user g (R14 is that g).
+#[inline(always)]
+fn current_goid(r: &pt_regs, cfg: &Config) -> Option<u64> {
+    read_u64(r.r14 + cfg.g_goid)
+}
+
+#[inline(always)]
+fn record(kind: RecordKind, goid: u64) -> Record {
+    Record {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        goid,
+        tid: bpf_get_current_pid_tgid() as u32,
+        kind: kind as u8,
+        ..Record::default()
+    }
+}
+
+/// At each `RET` of `runtime.newproc1` (found by disassembly; uretprobes would corrupt Go
+/// stacks): RAX holds the new g, whose goid, parentGoid, gopc and startpc are set by then.
+/// newproc1 runs on g0.
+#[uprobe]
+pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
+    bump(Counter::CreateHits);
+    let Some(cfg) = config_for_current() else {
+        return 0;
+    };
+    let g = regs(&ctx).rax;
+    let (Some(goid), Some(parent), Some(gopc), Some(startpc)) = (
+        read_u64(g + cfg.g_goid),
+        read_u64(g + cfg.g_parent_goid),
+        read_u64(g + cfg.g_gopc),
+        read_u64(g + cfg.g_startpc),
+    ) else {
+        bump(Counter::ReadErrors);
+        return 0;
+    };
+    emit(Record {
+        other_goid: parent,
+        pc: gopc,
+        addr: startpc,
+        ..record(RecordKind::Create, goid)
+    });
+    0
+}
+
+/// `runtime.goexit1()`, on the exiting goroutine (R14).
+#[uprobe]
+pub fn goexit1(ctx: ProbeContext) -> u32 {
+    bump(Counter::ExitHits);
+    let Some(cfg) = config_for_current() else {
+        return 0;
+    };
+    let Some(goid) = current_goid(regs(&ctx), cfg) else {
+        bump(Counter::ReadErrors);
+        return 0;
+    };
+    emit(record(RecordKind::Exit, goid));
+    0
+}
+
+/// `runtime.chansend(c *hchan, ep, block bool, callerpc uintptr)`: RAX, RBX, CL, RDI.
+#[uprobe]
+pub fn chansend(ctx: ProbeContext) -> u32 {
+    bump(Counter::ChanSendHits);
+    let Some(cfg) = config_for_current() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let Some(goid) = current_goid(r, cfg) else {
+        bump(Counter::ReadErrors);
+        return 0;
+    };
+    emit(Record {
+        addr: r.rax,
+        pc: r.rdi,
+        reason: r.rcx as u8,
+        ..record(RecordKind::ChanSend, goid)
+    });
+    0
+}
+
+/// `runtime.chanrecv(c *hchan, ep, block bool)`: RAX, RBX, CL. It has no caller PC
+/// argument; RBP is still the frame of chanrecv1/chanrecv2, so the user call site is at
+/// [RBP+8].
+#[uprobe]
+pub fn chanrecv(ctx: ProbeContext) -> u32 {
+    bump(Counter::ChanRecvHits);
+    let Some(cfg) = config_for_current() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let Some(goid) = current_goid(r, cfg) else {
+        bump(Counter::ReadErrors);
+        return 0;
+    };
+    let pc = read_u64(r.rbp + 8).unwrap_or(0);
+    emit(Record {
+        addr: r.rax,
+        pc,
+        reason: r.rcx as u8,
+        ..record(RecordKind::ChanRecv, goid)
+    });
+    0
+}
+
+/// `runtime.closechan(c *hchan)`: RAX; the caller at [RSP].
+#[uprobe]
+pub fn closechan(ctx: ProbeContext) -> u32 {
+    bump(Counter::ChanCloseHits);
+    let Some(cfg) = config_for_current() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let Some(goid) = current_goid(r, cfg) else {
+        bump(Counter::ReadErrors);
+        return 0;
+    };
+    let pc = read_u64(r.rsp).unwrap_or(0);
+    emit(Record {
+        addr: r.rax,
+        pc,
+        ..record(RecordKind::ChanClose, goid)
+    });
+    0
+}
+
+/// `runtime.selectgo(cas0, order0, pc0, nsends, nrecvs int, block bool)`: RAX, RBX, RCX,
+/// RDI, RSI, R8B; the caller at [RSP].
+#[uprobe]
+pub fn selectgo(ctx: ProbeContext) -> u32 {
+    bump(Counter::SelectHits);
+    let Some(cfg) = config_for_current() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let Some(goid) = current_goid(r, cfg) else {
+        bump(Counter::ReadErrors);
+        return 0;
+    };
+    let cases = (r.rdi + r.rsi).min(255) as u8;
+    let pc = read_u64(r.rsp).unwrap_or(0);
+    emit(Record {
+        addr: r.rax,
+        pc,
+        reason: cases,
+        ..record(RecordKind::Select, goid)
+    });
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -2,10 +2,11 @@
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use leaktrace::{
     dump::DumpOptions,
-    trace::{self, ProbeMode, TargetSpec, TraceOptions},
+    probes::Probe,
+    trace::{self, TargetSpec, TraceOptions},
 };
 
 /// Find goroutine leaks and the memory they pin in a running Go program, with eBPF.
@@ -33,16 +34,6 @@ enum Command {
     Dump(DumpArgs),
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum ProbesArg {
-    /// Attach the park/wake probes and shed them if they cost more than --max-overhead.
-    Auto,
-    /// Keep the park/wake probes whatever they cost.
-    On,
-    /// No probes: goroutine snapshots only.
-    Off,
-}
-
 #[derive(Args, Debug)]
 struct TraceArgs {
     /// The PID of the Go program to trace.
@@ -60,9 +51,13 @@ struct TraceArgs {
     /// A goroutine must have been blocked at least this long to be suspected of leaking.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     min_age: Duration,
-    /// The runtime-wide park/wake probes (about 5 us per hit on a VM).
-    #[arg(long, value_enum, default_value = "auto")]
-    probes: ProbesArg,
+    /// Runtime probes to place, comma separated: park (runtime.gopark), wake (runtime.ready),
+    /// create (runtime.newproc1 returns), exit (runtime.goexit1), send (runtime.chansend),
+    /// recv (runtime.chanrecv), close (runtime.closechan), select (runtime.selectgo); or
+    /// `default` (park,wake,create,exit), `all`, `none`. Each hit costs the target about
+    /// 5 us on a VM; probes that together exceed --max-overhead are shed, channel probes first.
+    #[arg(long, default_value = "default", value_parser = parse_probes)]
+    probes: ProbeList,
     /// The most of one CPU the probes may cost the target, in percent.
     #[arg(long, default_value_t = 1.0, value_name = "PERCENT")]
     max_overhead: f64,
@@ -123,6 +118,31 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The parsed --probes list (a newtype, so that clap takes it as one value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProbeList(Vec<Probe>);
+
+/// Parses the --probes list.
+fn parse_probes(s: &str) -> Result<ProbeList, String> {
+    let mut out = Vec::new();
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "none" => {}
+            "all" => out.extend(Probe::ALL),
+            "default" => out.extend([Probe::Gopark, Probe::Ready, Probe::Create, Probe::Exit]),
+            n => out.push(Probe::from_name(n).ok_or_else(|| {
+                format!(
+                    "unknown probe '{n}': choose from {}, or default, all, none",
+                    Probe::ALL.map(|p| p.name()).join(", ")
+                )
+            })?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(ProbeList(out))
+}
+
 fn fail(e: anyhow::Error) -> ExitCode {
     eprintln!("leaktrace: error: {e:#}");
     ExitCode::FAILURE
@@ -145,11 +165,7 @@ fn options(
         interval: a.interval,
         snapshot_interval: a.snapshot_interval,
         min_age: a.min_age,
-        probes: match a.probes {
-            ProbesArg::Auto => ProbeMode::Auto,
-            ProbesArg::On => ProbeMode::On,
-            ProbesArg::Off => ProbeMode::Off,
-        },
+        probes: a.probes.0,
         max_overhead: a.max_overhead / 100.0,
         events: a.events,
         output,

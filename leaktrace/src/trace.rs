@@ -5,7 +5,7 @@
 //! when the target exits or execs, then reports. Every probe is detached before the report.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     ffi::OsString,
     fs::{File, OpenOptions},
     io::{BufWriter, Write as _},
@@ -24,9 +24,9 @@ use tokio::{
 use crate::{
     census::{self, channels},
     collector,
-    detect::{DetectOptions, Observed, Tracker},
+    detect::{DetectOptions, Observed, Touch, Tracker},
     model::{Applied, Model},
-    probes::{HIT_COST, Probe, Probes},
+    probes::{HIT_COST, Probe, Probes, over_budget},
     report::{
         leaks::{self, ProbeSummary, Report},
         live,
@@ -43,17 +43,6 @@ pub enum TargetSpec {
     Spawn(Vec<OsString>),
 }
 
-/// Whether the runtime-wide park/wake probes run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeMode {
-    /// Attach, and shed them if their measured cost exceeds --max-overhead.
-    Auto,
-    /// Keep them whatever they cost (say so).
-    On,
-    /// Snapshots only.
-    Off,
-}
-
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
     pub target: TargetSpec,
@@ -61,7 +50,9 @@ pub struct TraceOptions {
     pub interval: Duration,
     pub snapshot_interval: Duration,
     pub min_age: Duration,
-    pub probes: ProbeMode,
+    /// The probes to place; any of them is shed if the probes together cost more than
+    /// `max_overhead`.
+    pub probes: Vec<Probe>,
     /// The most of one CPU the probes may cost the target, as a fraction (0.01 = 1%).
     pub max_overhead: f64,
     /// Write every record as a JSON line here.
@@ -92,41 +83,52 @@ fn config_for(pid: u32, layout: &layout::RuntimeLayout) -> Config {
         g_goid: layout.g.goid,
         g_m: layout.g.m,
         m_curg: layout.m.curg,
+        g_parent_goid: layout.g.parent_goid,
+        g_gopc: layout.g.gopc,
+        g_startpc: layout.g.startpc,
         ..Config::default()
     }
 }
 
-/// Loads the programs and, unless `mode` is Off, places the park/wake probes on `exe`.
+/// Loads the programs and places `wanted` on `exe`.
 fn attach(
     pid: u32,
     binary: &GoBinary,
     layout: &layout::RuntimeLayout,
     exe: &Path,
-    mode: ProbeMode,
+    wanted: &[Probe],
 ) -> anyhow::Result<Probes> {
     let mut probes = Probes::load(config_for(pid, layout))?;
-    if mode == ProbeMode::Off {
-        return Ok(probes);
-    }
-    for probe in Probe::ALL {
-        let f = binary.function(probe.function()).ok_or_else(|| {
-            anyhow!(
-                "{}: no function {} in the binary; is it a Go program built with a supported toolchain?",
-                exe.display(),
-                probe.function()
-            )
-        })?;
-        let offset = binary.file_offset(f.addr).ok_or_else(|| {
-            anyhow!(
-                "{} at {:#x} is outside every loadable segment",
-                f.name,
-                f.addr
-            )
-        })?;
-        probes.attach(probe, exe, offset)?;
+    for &probe in wanted {
+        // The linker drops runtime functions a program never calls: a program without a
+        // select has no runtime.selectgo, and nothing for that probe to see.
+        let optional = !matches!(probe, Probe::Gopark | Probe::Ready);
+        if optional && binary.function(probe.function()).is_none() {
+            eprintln!(
+                "leaktrace: {} is not in this program (it never calls it): no {} probe",
+                probe.function(),
+                probe.name()
+            );
+            continue;
+        }
+        let offsets = probe
+            .addresses(binary)?
+            .into_iter()
+            .map(|a| {
+                binary.file_offset(a).ok_or_else(|| {
+                    anyhow!(
+                        "{} at {a:#x} is outside every loadable segment",
+                        probe.function()
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<u64>>>()?;
+        probes.attach(probe, exe, &offsets)?;
     }
     Ok(probes)
 }
+
+const CHANNEL_PROBES: [Probe; 3] = [Probe::ChanSend, Probe::ChanRecv, Probe::ChanClose];
 
 /// The goroutines of a snapshot as the detector sees them (runtime goroutines left out).
 fn observe(target: &Target) -> anyhow::Result<Vec<Observed>> {
@@ -177,7 +179,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 &target.binary,
                 &target.layout,
                 &target.process.exe_path(),
-                opts.probes,
+                &opts.probes,
             )?;
             (target, probes, None)
         }
@@ -191,7 +193,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             let layout = layout::for_binary(binary.data(), v.major, v.minor)?;
             let held = spawn::hold(argv)?;
             let pid = held.pid;
-            let probes = attach(pid, &binary, &layout, &held.program, opts.probes)?;
+            let probes = attach(pid, &binary, &layout, &held.program, &opts.probes)?;
             held.release()?;
             let target = Target::from_parts(Process::open(pid)?, binary)?;
             (target, probes, Some(pid))
@@ -203,8 +205,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     // bpf_ktime_get_ns is CLOCK_MONOTONIC: records are placed in trace time with it.
     let start_mono_ns = census::goroutines::monotonic_ns() as u64;
     let mut tracker = Tracker::default();
-    if !probes.attached().is_empty() {
+    let attached_now = probes.attached();
+    if attached_now.contains(&Probe::Gopark) && attached_now.contains(&Probe::Ready) {
         tracker.probes_active(Duration::ZERO);
+    }
+    if CHANNEL_PROBES.iter().all(|p| attached_now.contains(p)) {
+        tracker.chan_probes_active(Duration::ZERO);
     }
     // The snapshot at attach time sees what happened before: goroutines blocked for hours.
     let mut snapshot_error = None;
@@ -252,28 +258,58 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let mut tick = tokio::time::interval_at(first_tick, opts.interval);
     let first_snap = tokio::time::Instant::now() + opts.snapshot_interval;
     let mut snap = tokio::time::interval_at(first_snap, opts.snapshot_interval);
+    // The probes' cost is checked four times a second, so that a busy target pays for a
+    // probe that does not fit the budget for at most a quarter of a second.
+    let budget_period = Duration::from_millis(250);
+    let mut budget =
+        tokio::time::interval_at(tokio::time::Instant::now() + budget_period, budget_period);
     let mut last_counts = probes.counts()?;
     let mut last_tick = Instant::now();
     let mut lost_reported = 0;
-    let mut shed = None;
+    let mut shed: Vec<String> = Vec::new();
     let detect = DetectOptions {
         min_age: opts.min_age,
     };
 
-    let handle = |model: &mut Model,
-                  tracker: &mut Tracker,
-                  rec: Record,
-                  events: &mut Option<BufWriter<File>>| {
+    let mut sites: HashMap<u64, (String, String, u32)> = HashMap::new();
+    let mut handle = |model: &mut Model,
+                      tracker: &mut Tracker,
+                      rec: Record,
+                      events: &mut Option<BufWriter<File>>| {
         let applied = model.apply(&rec);
         // A morestack re-entry of gopark is the same park: not logged twice.
         if applied == Applied::ReEntry {
             return;
         }
-        if let Applied::Woken { .. } = applied {
-            tracker.record_wake(
-                rec.goid,
-                Duration::from_nanos(rec.ts_ns.saturating_sub(start_mono_ns)),
-            );
+        let at = Duration::from_nanos(rec.ts_ns.saturating_sub(start_mono_ns));
+        match RecordKind::from_u8(rec.kind) {
+            Some(RecordKind::Wake) => tracker.record_wake(rec.goid, at),
+            Some(RecordKind::Exit) => tracker.record_exit(rec.goid),
+            Some(k @ (RecordKind::ChanSend | RecordKind::ChanRecv | RecordKind::ChanClose)) => {
+                let (function, file, line) = sites
+                    .entry(rec.pc)
+                    .or_insert_with(|| target.site_at_return(rec.pc))
+                    .clone();
+                let op = match k {
+                    RecordKind::ChanSend => "send",
+                    RecordKind::ChanRecv => "receive",
+                    _ => "close",
+                };
+                tracker.record_touch(
+                    rec.addr,
+                    at,
+                    Touch {
+                        op,
+                        at_seconds: at.as_secs_f64(),
+                        goid: rec.goid,
+                        function,
+                        file,
+                        line,
+                        exited: false,
+                    },
+                );
+            }
+            _ => {}
         }
         if let Some(w) = events.as_mut() {
             let _ = writeln!(w, "{}", event_json(&target, &rec));
@@ -292,30 +328,41 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 }
                 guard.clear_ready();
             }
+            _ = budget.tick() => {
+                let counts = probes.counts()?;
+                let secs = last_tick.elapsed().as_secs_f64().max(1e-3);
+                let rates: HashMap<Probe, f64> = Probe::ALL
+                    .into_iter()
+                    .map(|p| (p, (counts.hits(p) - last_counts.hits(p)) as f64 / secs))
+                    .collect();
+                let attached = probes.attached();
+                let shed_now = over_budget(&rates, &attached, opts.max_overhead);
+                if !shed_now.is_empty() {
+                    let total: f64 = attached.iter().map(|p| rates[p]).sum();
+                    let msg = format!(
+                        "the probes fired {:.0} times/s, an estimated {:.1}% of a CPU, over --max-overhead {:.1}%: detached {}",
+                        total,
+                        total * HIT_COST.as_secs_f64() * 100.0,
+                        opts.max_overhead * 100.0,
+                        shed_now.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+                    );
+                    for &p in &shed_now {
+                        probes.detach(p)?;
+                    }
+                    if shed_now.contains(&Probe::Gopark) || shed_now.contains(&Probe::Ready) {
+                        tracker.probes_inactive();
+                    }
+                    if shed_now.iter().any(|p| CHANNEL_PROBES.contains(p)) {
+                        tracker.chan_probes_inactive();
+                    }
+                    eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
+                    shed.push(msg);
+                }
+                last_tick = Instant::now();
+                last_counts = counts;
+            }
             _ = tick.tick() => {
                 let counts = probes.counts()?;
-                let hits = (counts.gopark_hits + counts.ready_hits) - (last_counts.gopark_hits + last_counts.ready_hits);
-                let secs = last_tick.elapsed().as_secs_f64().max(1e-3);
-                let cost = hits as f64 / secs * HIT_COST.as_secs_f64();
-                if cost > opts.max_overhead && !probes.attached().is_empty() {
-                    let msg = format!(
-                        "the park/wake probes fired {:.0} times/s, an estimated {:.1}% of a CPU (over --max-overhead {:.1}%)",
-                        hits as f64 / secs, cost * 100.0, opts.max_overhead * 100.0
-                    );
-                    if opts.probes == ProbeMode::Auto {
-                        for p in probes.attached() {
-                            probes.detach(p)?;
-                        }
-                        tracker.probes_inactive();
-                        eprintln!("leaktrace: {msg}: detached them; following goroutine snapshots only");
-                        shed = Some(msg);
-                    } else if shed.is_none() {
-                        eprintln!("leaktrace: warning: {msg}; kept because of --probes on");
-                        shed = Some(format!("{msg} (kept: --probes on)"));
-                    }
-                }
-                last_counts = counts;
-                last_tick = Instant::now();
                 let t = model.take_interval();
                 let suspects = tracker.leaks(&detect).len();
                 println!(
@@ -352,6 +399,11 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         .attached()
         .iter()
         .map(|p| p.function().to_string())
+        .collect();
+    let hits: BTreeMap<String, u64> = Probe::ALL
+        .into_iter()
+        .filter(|p| counts.hits(*p) > 0)
+        .map(|p| (p.function().to_string(), counts.hits(p)))
         .collect();
     drop(records);
     drop(probes); // detaches every uprobe and unloads the programs
@@ -420,10 +472,11 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         min_age_seconds: opts.min_age.as_secs_f64(),
         parks: name(&model.total.parks),
         wakes: name(&model.total.wakes),
+        goroutines_created: model.created,
+        goroutines_exited: model.exited,
         probes: ProbeSummary {
             attached,
-            gopark_hits: counts.gopark_hits,
-            ready_hits: counts.ready_hits,
+            hits,
             lost_records: counts.lost,
             shed,
         },
@@ -463,6 +516,32 @@ fn event_json(target: &Target, r: &Record) -> String {
             "waker_goid": r.other_goid,
             "tid": r.tid,
         }),
+        Some(RecordKind::Create) => serde_json::json!({
+            "ts_ns": r.ts_ns,
+            "kind": "create",
+            "goid": r.goid,
+            "parent_goid": r.other_goid,
+            "go_statement": target.site_at_return(r.pc),
+            "start": target.function_at_return(r.addr + 1),
+        }),
+        Some(RecordKind::Exit) => {
+            serde_json::json!({ "ts_ns": r.ts_ns, "kind": "exit", "goid": r.goid })
+        }
+        Some(
+            k @ (RecordKind::ChanSend
+            | RecordKind::ChanRecv
+            | RecordKind::ChanClose
+            | RecordKind::Select),
+        ) => {
+            serde_json::json!({
+                "ts_ns": r.ts_ns,
+                "kind": format!("{k:?}").to_lowercase(),
+                "goid": r.goid,
+                "addr": format!("{:#x}", r.addr),
+                "site": target.site_at_return(r.pc),
+                "block_or_cases": r.reason,
+            })
+        }
         None => serde_json::json!({ "kind": "unknown", "raw_kind": r.kind }),
     }
     .to_string()

@@ -183,7 +183,46 @@ fn leak_verdicts_over_the_fixture_set() {
                     &expected_leaks(version),
                 );
 
-                // 3. The classic leak and its fixed twin.
+                // 3. The classic leak spawned with every probe: the channel probes name the
+                // consumer's last receive, the loop it returned from.
+                let classic = build_fixture("classicleak", version, &[]);
+                let dir = out_dir(&format!("classic-spawn-{version}"));
+                let r = record(
+                    &[
+                        "--probes",
+                        "all",
+                        "-d",
+                        "20s",
+                        "--min-age",
+                        "1s",
+                        "--",
+                        classic.to_str().unwrap(),
+                        "-linger",
+                        "2500ms",
+                    ],
+                    &dir,
+                );
+                let l = &r["leaks"][0];
+                assert_eq!(l["site"]["function"], "main.produce", "go{version}: {l}");
+                let last = &l["channel"]["last_other_side"];
+                assert_eq!(last["op"], "receive", "go{version}: {l}");
+                assert_eq!(last["function"], "main.consume", "go{version}: {l}");
+                assert_eq!(last["goid"], 1, "go{version}: {l}");
+                assert!(
+                    l["evidence"].as_array().unwrap().iter().any(|e| e
+                        .as_str()
+                        .unwrap()
+                        .contains("nobody received from their channels")),
+                    "go{version}: {l}"
+                );
+                score(
+                    score_all,
+                    &format!("go{version} classicleak spawn"),
+                    &reported(&r),
+                    &BTreeMap::from([("main.produce", "chan send")]),
+                );
+
+                // 4. The classic leak and its fixed twin, attaching afterwards.
                 let src = fs::read_to_string(repo_root().join("testdata/go/classicleak/main.go"))
                     .unwrap();
                 let send_line =

@@ -26,7 +26,10 @@ fn blocking_sends_are_parked_and_woken_on_the_right_goroutines() {
         let mut fixture = Fixture::start(&bin, &["-n", &N.to_string()]);
         fixture.stderr.wait_for("ready", Duration::from_secs(10));
         let log = tempfile(&format!("chansend-{version}.jsonl"));
-        let tracer = Tracer::attach(fixture.pid(), &["--events", log.to_str().unwrap()]);
+        let tracer = Tracer::attach(
+            fixture.pid(),
+            &["--probes", "all", "--events", log.to_str().unwrap()],
+        );
         let gopark = symbol_address(&bin, "runtime.gopark");
         assert_eq!(
             first_byte_in_target(fixture.pid(), gopark),
@@ -81,6 +84,35 @@ fn blocking_sends_are_parked_and_woken_on_the_right_goroutines() {
         }
         let park = evs.iter().find(|e| e["reason"] == "chan send").unwrap();
         assert_eq!(park["caller"], "runtime.chansend", "Go {version}: {park}");
+
+        // Creation (at newproc1's RETs) and exit probes: each sender created by goroutine 1
+        // at the `go` statement in main.main, and each one exiting.
+        let kind = |k: &'static str| evs.iter().filter(move |e| e["kind"] == k);
+        let created: BTreeMap<u64, &serde_json::Value> = kind("create")
+            .map(|e| (e["goid"].as_u64().unwrap(), e))
+            .collect();
+        let exited: Vec<u64> = kind("exit").map(|e| e["goid"].as_u64().unwrap()).collect();
+        for &g in &senders {
+            let c = created
+                .get(&g)
+                .unwrap_or_else(|| panic!("Go {version}: no create record for {g}"));
+            assert_eq!(c["parent_goid"], 1, "Go {version}: {c}");
+            assert_eq!(c["go_statement"][0], "main.main", "Go {version}: {c}");
+            assert!(exited.contains(&g), "Go {version}: no exit record for {g}");
+        }
+        // Channel probes: every sender's send on `ch`, and main's N receives from it.
+        let sends = kind("chansend")
+            .filter(|e| senders.contains(&e["goid"].as_u64().unwrap()))
+            .count();
+        assert!(
+            sends >= 2 * N,
+            "Go {version}: each sender sends its id and its value: {sends}"
+        );
+        let recvs = kind("chanrecv").filter(|e| e["goid"] == 1).count();
+        assert!(
+            recvs >= 2 * N,
+            "Go {version}: main receives ids and values: {recvs}"
+        );
     }
 }
 
@@ -179,8 +211,8 @@ fn no_probe_remains_after_exit() {
         let programs = programs_held_by(tracer.child.id());
         assert_eq!(
             programs.len(),
-            2,
-            "{how}: leaktrace holds its gopark and ready programs"
+            8,
+            "{how}: leaktrace holds its eight programs"
         );
         std::thread::sleep(Duration::from_millis(1200));
         match how {

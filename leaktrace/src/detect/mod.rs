@@ -132,7 +132,7 @@ pub struct Seconds {
 }
 
 /// The channels a leak group waits on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ChannelSummary {
     /// How many distinct channels the group's goroutines wait on.
     pub distinct: usize,
@@ -141,6 +141,9 @@ pub struct ChannelSummary {
     /// Whether any of them has goroutines waiting on the other side.
     pub other_side_waiting: bool,
     pub closed: bool,
+    /// The last operation of the other side (a receive for blocked senders, a send or close
+    /// for blocked receivers) on one of these channels, when the channel probes saw one.
+    pub last_other_side: Option<Touch>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -183,6 +186,29 @@ struct History {
     latest: Vec<Observed>,
 }
 
+/// One operation on a channel, seen by a channel probe.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Touch {
+    /// "send", "receive" or "close".
+    pub op: &'static str,
+    /// Trace time, in seconds.
+    pub at_seconds: f64,
+    pub goid: u64,
+    /// Where in the program: the innermost frame of the call.
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// The goroutine has exited since (seen by the exit probe).
+    pub exited: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ChannelTouches {
+    send: Option<(Duration, Touch)>,
+    recv: Option<(Duration, Touch)>,
+    close: Option<(Duration, Touch)>,
+}
+
 /// Follows groups across snapshots; a plain data structure.
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -193,6 +219,12 @@ pub struct Tracker {
     /// Wake-ups seen by the probes, per goroutine, and since when the probes watch.
     /// The last wake-up of each goroutine, in trace time.
     wakes: HashMap<u64, Duration>,
+    /// The last operation of the other side on each channel, from the channel probes.
+    touches: HashMap<u64, ChannelTouches>,
+    /// Since when the channel probes watch (send, recv and close all attached).
+    chan_probes_since: Option<Duration>,
+    /// Goroutines seen exiting by the exit probe.
+    exited: BTreeSet<u64>,
     probes_since: Option<Duration>,
 }
 
@@ -243,6 +275,30 @@ impl Tracker {
     pub fn record_wake(&mut self, goid: u64, at: Duration) {
         let last = self.wakes.entry(goid).or_default();
         *last = (*last).max(at);
+    }
+
+    /// A channel operation at `at` (trace time): `op` is "send", "receive" or "close".
+    pub fn record_touch(&mut self, chan: u64, at: Duration, touch: Touch) {
+        let t = self.touches.entry(chan).or_default();
+        let slot = match touch.op {
+            "send" => &mut t.send,
+            "receive" => &mut t.recv,
+            _ => &mut t.close,
+        };
+        *slot = Some((at, touch));
+    }
+
+    /// The send, receive and close probes all watch from `at` on.
+    pub fn chan_probes_active(&mut self, at: Duration) {
+        self.chan_probes_since.get_or_insert(at);
+    }
+
+    pub fn chan_probes_inactive(&mut self) {
+        self.chan_probes_since = None;
+    }
+
+    pub fn record_exit(&mut self, goid: u64) {
+        self.exited.insert(goid);
     }
 
     pub fn snapshots(&self) -> usize {
@@ -404,8 +460,10 @@ impl Tracker {
                         || (key.state == "chan receive" && c.senders_waiting)
                 }),
                 closed: chans.values().any(|c| c.closed),
+                last_other_side: None,
             }
         });
+        let mut channel = channel;
         if kind == Blocking::Channel {
             if chans.values().any(|c| c.timer == Some(true)) {
                 score -= 5;
@@ -424,6 +482,70 @@ impl Tracker {
                         "{count} receivers share {} channel(s) and the group does not grow: an idle pool",
                         c.distinct
                     ));
+                }
+            }
+        }
+        // The other side of their channels, when the channel probes watched it.
+        if let (Some(since), true) = (
+            self.chan_probes_since,
+            key.state == "chan send" || key.state == "chan receive",
+        ) {
+            let other = |t: &ChannelTouches| -> Option<(Duration, Touch)> {
+                if key.state == "chan send" {
+                    t.recv.clone()
+                } else {
+                    [t.send.clone(), t.close.clone()]
+                        .into_iter()
+                        .flatten()
+                        .max_by_key(|(at, _)| *at)
+                }
+            };
+            let mut touched_after = 0;
+            let mut last: Option<(Duration, Touch)> = None;
+            for g in &h.latest {
+                let seen = h
+                    .members
+                    .get(&g.goid)
+                    .map_or(Duration::ZERO, |m| m.first_seen);
+                for c in &g.channels {
+                    if let Some((at, t)) = self.touches.get(&c.addr).and_then(other) {
+                        if at > seen {
+                            touched_after += 1;
+                        }
+                        if last.as_ref().is_none_or(|(l, _)| at > *l) {
+                            last = Some((at, t));
+                        }
+                    }
+                }
+            }
+            let side = if key.state == "chan send" {
+                "received from"
+            } else {
+                "sent to or closed"
+            };
+            if self.last_at.saturating_sub(since) >= opts.min_age && touched_after == 0 {
+                score += 1;
+                evidence.push(format!(
+                    "nobody {side} their channels since they blocked (channel probes, {:.1} s)",
+                    self.last_at.saturating_sub(since).as_secs_f64()
+                ));
+            } else if touched_after > 0 {
+                score -= 2;
+                against.push(format!(
+                    "{touched_after} of their channels were {side} after they blocked"
+                ));
+            }
+            if let Some((_, mut t)) = last {
+                t.exited = self.exited.contains(&t.goid);
+                if t.exited {
+                    score += 1;
+                    evidence.push(format!(
+                        "the last goroutine that {side} them (goroutine {} at {} {}:{}) has exited",
+                        t.goid, t.function, t.file, t.line
+                    ));
+                }
+                if let Some(c) = channel.as_mut() {
+                    c.last_other_side = Some(t);
                 }
             }
         }

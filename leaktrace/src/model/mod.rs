@@ -56,6 +56,10 @@ pub enum Applied {
     Woken {
         reason: Option<u8>,
     },
+    Created,
+    Exited,
+    /// A channel operation or select: the model keeps no state for it.
+    Other,
     Unknown,
 }
 
@@ -65,6 +69,9 @@ pub struct Model {
     /// Since the last [`Model::take_interval`].
     pub interval: Tally,
     pub total: Tally,
+    /// Goroutines created and exited while the create/exit probes ran.
+    pub created: u64,
+    pub exited: u64,
 }
 
 impl Model {
@@ -72,6 +79,25 @@ impl Model {
         match RecordKind::from_u8(r.kind) {
             Some(RecordKind::Park) => self.park(r),
             Some(RecordKind::Wake) => self.wake(r),
+            Some(RecordKind::Create) => {
+                self.created += 1;
+                self.goroutines.entry(r.goid).or_insert(Goroutine {
+                    goid: r.goid,
+                    state: State::Runnable { since_ns: r.ts_ns },
+                    wait_addr: 0,
+                    park_pc: 0,
+                    parks: 0,
+                    wakes: 0,
+                });
+                Applied::Created
+            }
+            Some(RecordKind::Exit) => {
+                self.exited += 1;
+                // goids are never reused: forget the goroutine, keep the count.
+                self.goroutines.remove(&r.goid);
+                Applied::Exited
+            }
+            Some(_) => Applied::Other,
             None => Applied::Unknown,
         }
     }

@@ -4,7 +4,7 @@
 //! return, an error, Ctrl-C) detaches every probe and unloads every program; if leaktrace is
 //! killed outright, the kernel does the same when it closes our descriptors. Nothing is pinned.
 
-use std::{collections::HashMap, num::NonZeroU32, path::Path};
+use std::{collections::HashMap, num::NonZeroU32, path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -17,26 +17,93 @@ use aya::{
 };
 use leaktrace_common::{Config, Counter};
 
+use crate::target::{binary::GoBinary, code};
+
 /// The BPF object built by build.rs from `leaktrace-ebpf`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
+/// What one uprobe hit costs the target: the trap, the BPF program and the return, about
+/// 5 us on this project's 2-vCPU VMs with kernel 6.18 (measured with an allocation loop, see
+/// shared/design/TOOLCHAIN-NOTES.md), 0.3-0.9 us on bare metal. The budget uses the VM
+/// figure so that it errs on the side of the target.
+pub const HIT_COST: Duration = Duration::from_micros(5);
+
 /// A probe leaktrace can place: the BPF program and the Go runtime function it goes on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Probe {
     /// Entry of `runtime.gopark`: a goroutine blocks, with its wait reason.
     Gopark,
     /// Entry of `runtime.ready`: a blocked goroutine is made runnable.
     Ready,
+    /// Each RET of `runtime.newproc1`: a goroutine is created, by whom and where.
+    Create,
+    /// Entry of `runtime.goexit1`: a goroutine exits.
+    Exit,
+    /// Entry of `runtime.chansend`: every send, blocking or not (costly on busy channels).
+    ChanSend,
+    /// Entry of `runtime.chanrecv`: every receive.
+    ChanRecv,
+    /// Entry of `runtime.closechan`.
+    ChanClose,
+    /// Entry of `runtime.selectgo`: every blocking-capable select.
+    Select,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 2] = [Probe::Gopark, Probe::Ready];
+    pub const ALL: [Probe; 8] = [
+        Probe::Gopark,
+        Probe::Ready,
+        Probe::Create,
+        Probe::Exit,
+        Probe::ChanSend,
+        Probe::ChanRecv,
+        Probe::ChanClose,
+        Probe::Select,
+    ];
+
+    /// The order in which probes are shed when over budget: the channel probes fire on
+    /// every operation and only sharpen evidence, park/wake next; creation and exit, which
+    /// fire once per goroutine, go last.
+    pub const SHED_ORDER: [Probe; 8] = [
+        Probe::Select,
+        Probe::ChanRecv,
+        Probe::ChanSend,
+        Probe::ChanClose,
+        Probe::Ready,
+        Probe::Gopark,
+        Probe::Exit,
+        Probe::Create,
+    ];
+
+    /// The name used by `--probes`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::Gopark => "park",
+            Probe::Ready => "wake",
+            Probe::Create => "create",
+            Probe::Exit => "exit",
+            Probe::ChanSend => "send",
+            Probe::ChanRecv => "recv",
+            Probe::ChanClose => "close",
+            Probe::Select => "select",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Probe> {
+        Probe::ALL.into_iter().find(|p| p.name() == name)
+    }
 
     /// The BPF program's name in leaktrace-ebpf.
     pub fn program(self) -> &'static str {
         match self {
             Probe::Gopark => "gopark",
             Probe::Ready => "ready",
+            Probe::Create => "newproc1_ret",
+            Probe::Exit => "goexit1",
+            Probe::ChanSend => "chansend",
+            Probe::ChanRecv => "chanrecv",
+            Probe::ChanClose => "closechan",
+            Probe::Select => "selectgo",
         }
     }
 
@@ -45,6 +112,12 @@ impl Probe {
         match self {
             Probe::Gopark => "runtime.gopark",
             Probe::Ready => "runtime.ready",
+            Probe::Create => "runtime.newproc1",
+            Probe::Exit => "runtime.goexit1",
+            Probe::ChanSend => "runtime.chansend",
+            Probe::ChanRecv => "runtime.chanrecv",
+            Probe::ChanClose => "runtime.closechan",
+            Probe::Select => "runtime.selectgo",
         }
     }
 
@@ -52,17 +125,54 @@ impl Probe {
         match self {
             Probe::Gopark => Counter::GoparkHits,
             Probe::Ready => Counter::ReadyHits,
+            Probe::Create => Counter::CreateHits,
+            Probe::Exit => Counter::ExitHits,
+            Probe::ChanSend => Counter::ChanSendHits,
+            Probe::ChanRecv => Counter::ChanRecvHits,
+            Probe::ChanClose => Counter::ChanCloseHits,
+            Probe::Select => Counter::SelectHits,
         }
+    }
+
+    /// Link-time addresses to place the probe at in `binary`: the function's entry, or
+    /// each of its RET instructions for [`Probe::Create`].
+    pub fn addresses(self, binary: &GoBinary) -> anyhow::Result<Vec<u64>> {
+        let missing = || {
+            anyhow!(
+                "no function {} in {}; is it a Go program built with a supported toolchain?",
+                self.function(),
+                binary.path()
+            )
+        };
+        if self == Probe::Create {
+            let rets = code::ret_addresses(binary, self.function()).ok_or_else(missing)?;
+            if rets.is_empty() {
+                bail!(
+                    "found no RET instruction in {} of {}",
+                    self.function(),
+                    binary.path()
+                );
+            }
+            return Ok(rets);
+        }
+        Ok(vec![
+            binary.function(self.function()).ok_or_else(missing)?.addr,
+        ])
     }
 }
 
 /// Counters summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    pub gopark_hits: u64,
-    pub ready_hits: u64,
+    pub hits: HashMap<Probe, u64>,
     pub lost: u64,
     pub read_errors: u64,
+}
+
+impl Counts {
+    pub fn hits(&self, p: Probe) -> u64 {
+        self.hits.get(&p).copied().unwrap_or(0)
+    }
 }
 
 /// The loaded BPF object, configured for one target process.
@@ -72,12 +182,6 @@ pub struct Probes {
     pid: NonZeroU32,
     links: HashMap<Probe, Vec<UProbeLinkId>>,
 }
-
-/// What one uprobe hit costs the target: the trap, the BPF program and the return, about
-/// 5 us on this project's 2-vCPU VMs with kernel 6.18 (measured with an allocation loop, see
-/// shared/design/TOOLCHAIN-NOTES.md), 0.3-0.9 us on bare metal. The budget uses the VM
-/// figure so that it errs on the side of the target.
-pub const HIT_COST: std::time::Duration = std::time::Duration::from_micros(5);
 
 impl Probes {
     /// Loads the programs and writes `config` for them. Nothing is attached yet.
@@ -119,19 +223,27 @@ impl Probes {
         })
     }
 
-    /// Places `probe` at `file_offset` of `binary` (the runtime function's entry), firing
-    /// only for the target process.
-    pub fn attach(&mut self, probe: Probe, binary: &Path, file_offset: u64) -> anyhow::Result<()> {
+    /// Places `probe` at each of `file_offsets` of `binary`, firing only for the target.
+    pub fn attach(
+        &mut self,
+        probe: Probe,
+        binary: &Path,
+        file_offsets: &[u64],
+    ) -> anyhow::Result<()> {
         let program: &mut UProbe = self
             .ebpf
             .program_mut(probe.program())
             .ok_or_else(|| anyhow!("BPF object has no program {}", probe.program()))?
             .try_into()?;
         let link = program
-            .attach([file_offset], binary, UProbeScope::OneProcess(self.pid))
+            .attach(
+                file_offsets.iter().copied(),
+                binary,
+                UProbeScope::OneProcess(self.pid),
+            )
             .with_context(|| {
                 format!(
-                    "attaching a uprobe to {} at offset {file_offset:#x} of {}",
+                    "attaching a uprobe to {} at offsets {file_offsets:#x?} of {}",
                     probe.function(),
                     binary.display()
                 )
@@ -176,11 +288,55 @@ impl Probes {
         let sum = |c: Counter| -> anyhow::Result<u64> {
             Ok(self.counters.get(&(c as u32), 0)?.iter().sum())
         };
+        let mut hits = HashMap::new();
+        for p in Probe::ALL {
+            hits.insert(p, sum(p.hits_counter())?);
+        }
         Ok(Counts {
-            gopark_hits: sum(Counter::GoparkHits)?,
-            ready_hits: sum(Counter::ReadyHits)?,
+            hits,
             lost: sum(Counter::Lost)?,
             read_errors: sum(Counter::ReadErrors)?,
         })
+    }
+}
+
+/// Which probes to drop so that the estimated cost of the rest fits `budget` (a fraction of
+/// one CPU), given each probe's hits per second: in [`Probe::SHED_ORDER`], as few as needed.
+pub fn over_budget(rates: &HashMap<Probe, f64>, attached: &[Probe], budget: f64) -> Vec<Probe> {
+    let cost = |p: &Probe| rates.get(p).copied().unwrap_or(0.0) * HIT_COST.as_secs_f64();
+    let mut total: f64 = attached.iter().map(cost).sum();
+    let mut shed = Vec::new();
+    for p in Probe::SHED_ORDER {
+        if total <= budget {
+            break;
+        }
+        if attached.contains(&p) {
+            total -= cost(&p);
+            shed.push(p);
+        }
+    }
+    shed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_channel_probes_go_first_and_only_as_many_as_needed() {
+        let rates = HashMap::from([
+            (Probe::ChanSend, 1000.0),
+            (Probe::Gopark, 1500.0),
+            (Probe::Ready, 1500.0),
+            (Probe::Create, 10.0),
+        ]);
+        let attached = [Probe::Gopark, Probe::Ready, Probe::Create, Probe::ChanSend];
+        // 4010 hits/s x 5 us = 2.0%; without the sends 1.5%; without wake 0.8%.
+        assert_eq!(
+            over_budget(&rates, &attached, 0.01),
+            vec![Probe::ChanSend, Probe::Ready]
+        );
+        assert_eq!(over_budget(&rates, &attached, 0.05), Vec::<Probe>::new());
+        assert_eq!(Probe::from_name("recv"), Some(Probe::ChanRecv));
     }
 }

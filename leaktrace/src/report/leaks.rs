@@ -12,11 +12,11 @@ use crate::detect::LeakGroup;
 pub struct ProbeSummary {
     /// Runtime functions probed at the end of the trace.
     pub attached: Vec<String>,
-    pub gopark_hits: u64,
-    pub ready_hits: u64,
+    /// Hits per probed function over the whole trace.
+    pub hits: BTreeMap<String, u64>,
     pub lost_records: u64,
-    /// Why probes were shed to stay under --max-overhead, if they were.
-    pub shed: Option<String>,
+    /// Each time probes were shed to stay under --max-overhead, and why.
+    pub shed: Vec<String>,
 }
 
 /// `report.json`.
@@ -32,6 +32,9 @@ pub struct Report {
     /// Goroutines parked and woken while traced, by Go's wording of the wait reason.
     pub parks: BTreeMap<String, u64>,
     pub wakes: BTreeMap<String, u64>,
+    /// Seen by the create/exit probes while they ran.
+    pub goroutines_created: u64,
+    pub goroutines_exited: u64,
     pub probes: ProbeSummary,
     /// Suspected leak groups, strongest first.
     pub leaks: Vec<LeakGroup>,
@@ -102,6 +105,19 @@ pub fn text(r: &Report) -> String {
                 },
                 if c.closed { ", closed" } else { "" }
             );
+            if let Some(t) = &c.last_other_side {
+                let _ = writeln!(
+                    out,
+                    "    last {} on them: goroutine {}{} at {:.1} s\n    \t{} {}:{}",
+                    t.op,
+                    t.goid,
+                    if t.exited { " (exited since)" } else { "" },
+                    t.at_seconds,
+                    t.function,
+                    t.file,
+                    t.line
+                );
+            }
         }
         for e in &l.evidence {
             let _ = writeln!(out, "    + {e}");

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod buildinfo;
+pub mod code;
 pub mod globals;
 pub mod layout;
 pub mod pclntab;
@@ -96,6 +97,16 @@ fn first_load_vaddr(elf: &[u8]) -> anyhow::Result<u64> {
 }
 
 impl Target {
+    /// (function, file, line) of the call that returns to `pc` (a runtime return address),
+    /// the innermost inlined frame first; "?" when it is in no known function.
+    pub fn site_at_return(&self, pc: u64) -> (String, String, u32) {
+        pc.checked_sub(self.load_bias)
+            .and_then(|l| l.checked_sub(1))
+            .and_then(|l| self.binary.symbolize(l).into_iter().next())
+            .map(|f| (f.function, f.file, f.line))
+            .unwrap_or_else(|| ("?".into(), "?".into(), 0))
+    }
+
     /// A runtime address back to the binary's link-time address.
     pub fn link_addr(&self, runtime_addr: u64) -> u64 {
         runtime_addr.wrapping_sub(self.load_bias)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -44,8 +45,11 @@ func main() {
 
 	ch := make(chan int)
 	ids := make(chan uint64, *n)
+	var exited sync.WaitGroup
+	exited.Add(*n)
 	for i := 0; i < *n; i++ {
 		go func(i int) {
+			defer exited.Done()
 			ids <- goid()
 			ch <- i
 		}(i)
@@ -66,5 +70,6 @@ func main() {
 	for i := 0; i < *n; i++ {
 		sum += <-ch
 	}
+	exited.Wait() // every sender runs to its end before the program exits
 	fmt.Printf("received %d values, sum %d\n", *n, sum)
 }

@@ -4,6 +4,7 @@
 //
 // -wait-stdin: print "ready" on stderr and wait for a line on stdin before starting.
 // -hold: after the requests, stay alive until stdin is closed (to be inspected).
+// -linger D: after the requests, stay alive for D (to be traced when spawned).
 package main
 
 import (
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 )
 
 //go:noinline
@@ -53,6 +55,7 @@ func main() {
 	requests := flag.Int("requests", 5, "requests to handle")
 	waitStdin := flag.Bool("wait-stdin", false, "wait for a line on stdin before starting")
 	hold := flag.Bool("hold", false, "stay alive until stdin is closed")
+	linger := flag.Duration("linger", 0, "stay alive this long after the requests (spawn mode)")
 	flag.Parse()
 	in := bufio.NewReader(os.Stdin)
 	if *waitStdin {
@@ -71,6 +74,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "holding")
 		io.Copy(io.Discard, in)
 	}
+	time.Sleep(*linger)
 	if failed > 0 {
 		os.Exit(1)
 	}

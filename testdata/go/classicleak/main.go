@@ -5,6 +5,7 @@
 //
 // -wait-stdin: print "ready" on stderr and wait for a line on stdin before starting.
 // -hold: after the requests, stay alive until stdin is closed (to be inspected).
+// -linger D: after the requests, stay alive for D (to be traced when spawned).
 package main
 
 import (
@@ -14,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 )
 
 //go:noinline
@@ -47,6 +49,7 @@ func main() {
 	requests := flag.Int("requests", 5, "requests to handle")
 	waitStdin := flag.Bool("wait-stdin", false, "wait for a line on stdin before starting")
 	hold := flag.Bool("hold", false, "stay alive until stdin is closed")
+	linger := flag.Duration("linger", 0, "stay alive this long after the requests (spawn mode)")
 	flag.Parse()
 	in := bufio.NewReader(os.Stdin)
 	if *waitStdin {
@@ -65,6 +68,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "holding")
 		io.Copy(io.Discard, in)
 	}
+	time.Sleep(*linger)
 	if failed > 0 {
 		os.Exit(1)
 	}
