@@ -90,15 +90,13 @@ fn config_for(pid: u32, layout: &layout::RuntimeLayout) -> Config {
     }
 }
 
-/// Loads the programs and places `wanted` on `exe`.
-fn attach(
-    pid: u32,
+/// Places `wanted` on `exe`.
+fn place(
+    probes: &mut Probes,
     binary: &GoBinary,
-    layout: &layout::RuntimeLayout,
     exe: &Path,
     wanted: &[Probe],
-) -> anyhow::Result<Probes> {
-    let mut probes = Probes::load(config_for(pid, layout))?;
+) -> anyhow::Result<()> {
     for &probe in wanted {
         // The linker drops runtime functions a program never calls: a program without a
         // select has no runtime.selectgo, and nothing for that probe to see.
@@ -125,10 +123,56 @@ fn attach(
             .collect::<anyhow::Result<Vec<u64>>>()?;
         probes.attach(probe, exe, &offsets)?;
     }
-    Ok(probes)
+    Ok(())
 }
 
 const CHANNEL_PROBES: [Probe; 3] = [Probe::ChanSend, Probe::ChanRecv, Probe::ChanClose];
+
+/// The probes of `wanted` whose estimated cost fits `budget`, judged before any is placed:
+/// removing a probe that does not fit costs the target its hits for the ~100 ms the kernel
+/// takes to unregister it. Rates come from two reads of the goroutine structs 100 ms apart
+/// ([`census::activity`]); a channel probe fires at least as often as the parks.
+fn fitting(
+    target: &Target,
+    wanted: &[Probe],
+    budget: f64,
+    skipped: &mut Vec<String>,
+) -> Vec<Probe> {
+    let rates = match census::activity::estimate(target, Duration::from_millis(100)) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("cannot estimate the target's scheduling rate: {e:#}");
+            return wanted.to_vec();
+        }
+    };
+    let per_probe: HashMap<Probe, f64> = wanted
+        .iter()
+        .map(|&p| {
+            let r = match p {
+                Probe::Create | Probe::Exit => rates.creations,
+                _ => rates.transitions,
+            };
+            (p, r)
+        })
+        .collect();
+    let drop = over_budget(&per_probe, wanted, budget);
+    if !drop.is_empty() {
+        let msg = format!(
+            "the target creates about {:.0} goroutines/s and changes goroutine states at least {:.0} times/s: {} would cost more than --max-overhead {:.1}% of a CPU, not placed",
+            rates.creations,
+            rates.transitions,
+            drop.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+            budget * 100.0
+        );
+        eprintln!("leaktrace: {msg}; goroutine snapshots carry the picture");
+        skipped.push(msg);
+    }
+    wanted
+        .iter()
+        .copied()
+        .filter(|p| !drop.contains(p))
+        .collect()
+}
 
 /// The goroutines of a snapshot as the detector sees them (runtime goroutines left out).
 fn observe(target: &Target) -> anyhow::Result<Vec<Observed>> {
@@ -171,15 +215,29 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     if let Some(dir) = &opts.output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let start = Instant::now();
+    // bpf_ktime_get_ns is CLOCK_MONOTONIC: records are placed in trace time with it.
+    let start_mono_ns = census::goroutines::monotonic_ns() as u64;
+    let mut tracker = Tracker::default();
+    let mut snapshot_error = None;
+    let mut skipped: Vec<String> = Vec::new();
     let (target, mut probes, spawned) = match &opts.target {
         TargetSpec::Pid(pid) => {
             let target = Target::inspect(*pid)?;
-            let probes = attach(
-                *pid,
+            let mut probes = Probes::load(config_for(*pid, &target.layout))?;
+            // The snapshot at attach time sees what happened before: goroutines blocked for
+            // hours. It is taken before any probe is placed, so that the probes' first
+            // burst is short.
+            match observe(&target) {
+                Ok(gs) => tracker.observe(start.elapsed(), gs),
+                Err(e) => snapshot_error = Some(e),
+            }
+            let wanted = fitting(&target, &opts.probes, opts.max_overhead, &mut skipped);
+            place(
+                &mut probes,
                 &target.binary,
-                &target.layout,
                 &target.process.exe_path(),
-                &opts.probes,
+                &wanted,
             )?;
             (target, probes, None)
         }
@@ -193,30 +251,25 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             let layout = layout::for_binary(binary.data(), v.major, v.minor)?;
             let held = spawn::hold(argv)?;
             let pid = held.pid;
-            let probes = attach(pid, &binary, &layout, &held.program, &opts.probes)?;
+            let mut probes = Probes::load(config_for(pid, &layout))?;
+            place(&mut probes, &binary, &held.program, &opts.probes)?;
             held.release()?;
             let target = Target::from_parts(Process::open(pid)?, binary)?;
+            match observe(&target) {
+                Ok(gs) => tracker.observe(start.elapsed(), gs),
+                Err(e) => snapshot_error = Some(e),
+            }
             (target, probes, Some(pid))
         }
     };
     let pid = target.process.pid();
     let records = probes.take_records()?;
-    let start = Instant::now();
-    // bpf_ktime_get_ns is CLOCK_MONOTONIC: records are placed in trace time with it.
-    let start_mono_ns = census::goroutines::monotonic_ns() as u64;
-    let mut tracker = Tracker::default();
     let attached_now = probes.attached();
     if attached_now.contains(&Probe::Gopark) && attached_now.contains(&Probe::Ready) {
         tracker.probes_active(Duration::ZERO);
     }
     if CHANNEL_PROBES.iter().all(|p| attached_now.contains(p)) {
         tracker.chan_probes_active(Duration::ZERO);
-    }
-    // The snapshot at attach time sees what happened before: goroutines blocked for hours.
-    let mut snapshot_error = None;
-    match observe(&target) {
-        Ok(gs) => tracker.observe(start.elapsed(), gs),
-        Err(e) => snapshot_error = Some(e),
     }
     if let Some(e) = &snapshot_error {
         eprintln!("leaktrace: goroutine snapshots unavailable, following probes only: {e:#}");
@@ -266,7 +319,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let mut last_counts = probes.counts()?;
     let mut last_tick = Instant::now();
     let mut lost_reported = 0;
-    let mut shed: Vec<String> = Vec::new();
+    let mut shed: Vec<String> = skipped;
     let detect = DetectOptions {
         min_age: opts.min_age,
     };
@@ -346,9 +399,9 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                         opts.max_overhead * 100.0,
                         shed_now.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
                     );
-                    for &p in &shed_now {
-                        probes.detach(p)?;
-                    }
+                    let t0 = Instant::now();
+                    probes.detach(&shed_now)?;
+                    log::debug!("shedding {} probes took {:?}", shed_now.len(), t0.elapsed());
                     if shed_now.contains(&Probe::Gopark) || shed_now.contains(&Probe::Ready) {
                         tracker.probes_inactive();
                     }

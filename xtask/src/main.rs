@@ -2,7 +2,9 @@
 //! Each command is a variant of [`Command`] and lives in its own module.
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
+mod fuzz;
 mod go;
 mod layouts;
 mod test;
@@ -16,11 +18,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure what leaktrace costs a busy Go service, side by side, and write BENCHMARKS.md.
+    Bench {
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Runs of each (untraced, traced), alternating.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// Build everything, start the bundled leaky Go service, load it, and trace it.
     Demo {
         /// How long to trace the service.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Run each fuzz target of fuzz/ for a bounded time from its committed corpus; fail on
+    /// any crash.
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Targets to run (default: all of fuzz/fuzz_targets/).
+        targets: Vec<String>,
     },
     /// cargo fmt --check, clippy with warnings denied, and every test (as root).
     Test {
@@ -39,7 +59,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Bench { seconds, reps } => bench::bench(seconds, reps),
         Command::Demo { seconds } => demo::demo(seconds),
+        Command::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
         Command::Test { args } => test::test(&args),
         Command::GenLayouts { check } => layouts::gen_layouts(check),
     }

@@ -6,7 +6,7 @@
 //! goroutine that changes state during the walk may be seen half-way; such a stack is cut
 //! where it stops making sense rather than reported wrong.
 
-use std::time::Duration;
+use std::{collections::HashMap, io, time::Duration};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -17,8 +17,10 @@ use crate::target::{Target, pclntab::Frame};
 /// `_Gscan`, or-ed into the status while the GC scans the stack (runtime/runtime2.go,
 /// Go 1.21-1.27).
 const G_SCAN: u32 = 0x1000;
-/// Read at most this much of one goroutine's stack (deeper frames are cut).
-const MAX_STACK_READ: u64 = 1 << 20;
+/// Read at most this much of one goroutine's stack, from its saved SP up; the frames of a
+/// deeper stack past that are cut, the outermost ones (where it was started) included.
+/// Parked goroutines use a few hundred bytes; a deep recursion a few MiB.
+const MAX_STACK_READ: u64 = 64 << 20;
 /// Goroutine structs read per `process_vm_readv` call (IOV_MAX is 1024).
 const BATCH: usize = 512;
 
@@ -145,10 +147,10 @@ fn is_system(start_function: Option<&str>) -> bool {
     }
 }
 
-struct RawG {
-    addr: u64,
-    status: u32,
-    goid: u64,
+pub(crate) struct RawG {
+    pub(crate) addr: u64,
+    pub(crate) status: u32,
+    pub(crate) goid: u64,
     waitsince: i64,
     waitreason: u8,
     parent_goid: u64,
@@ -157,7 +159,7 @@ struct RawG {
     stack_lo: u64,
     stack_hi: u64,
     sched_sp: u64,
-    sched_pc: u64,
+    pub(crate) sched_pc: u64,
 }
 
 fn u64_at(b: &[u8], off: u64) -> u64 {
@@ -173,7 +175,7 @@ fn u32_at(b: &[u8], off: u64) -> u32 {
 }
 
 /// The addresses of every g in `runtime.allgs`.
-fn all_gs(target: &Target) -> anyhow::Result<Vec<u64>> {
+pub(crate) fn all_gs(target: &Target) -> anyhow::Result<Vec<u64>> {
     let allgs = target.globals()?.allgs + target.load_bias;
     let mut hdr = [0u8; 16];
     target
@@ -200,7 +202,7 @@ fn all_gs(target: &Target) -> anyhow::Result<Vec<u64>> {
         .collect())
 }
 
-fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG>> {
+pub(crate) fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG>> {
     let l = &target.layout.g;
     let size = l.size as usize;
     let mut out = Vec::with_capacity(addrs.len());
@@ -244,58 +246,191 @@ pub fn monotonic_ns() -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
-/// Expands physical frames into source frames (inlined calls first), marking those Go hides.
-fn symbolize(target: &Target, frames: &[PhysFrame]) -> Vec<StackFrame> {
-    let table = target.binary.pclntab();
-    let wrapper = table.wrapper_id();
-    let mut out = Vec::new();
-    for pf in frames {
-        let is_wrapper = table
-            .find_func(pf.lookup_pc)
-            .is_some_and(|f| f.func_id == wrapper);
-        let sym = target.binary.symbolize(pf.lookup_pc);
-        let n = sym.len();
-        for (
-            i,
-            Frame {
-                function,
-                file,
-                line,
-            },
-        ) in sym.into_iter().enumerate()
-        {
-            let physical = i + 1 == n;
-            let shown = shown_by_go(&function) && !(physical && is_wrapper);
-            out.push(StackFrame {
-                function,
-                file,
-                line,
-                pc: pf.pc,
-                inlined: !physical,
-                shown,
-            });
+/// Go's `printFuncName` (runtime/traceback.go): `runtime.gopanic` prints as `panic`, and
+/// the shape arguments of a generic function as `[...]` (`main.F[go.shape.int]` is
+/// `main.F[...]`; a generic method of a generic type, Go 1.27, `T[...].M[...]`).
+pub fn print_name(name: &str) -> String {
+    if name == "runtime.gopanic" {
+        return "panic".into();
+    }
+    let (Some(i), Some(j)) = (name.find('['), name.rfind(']')) else {
+        return name.into();
+    };
+    if j <= i {
+        return name.into();
+    }
+    let interior = &name[i + 1..j];
+    if !interior.contains('[') {
+        return format!("{}[...]{}", &name[..i], &name[j + 1..]);
+    }
+    // "...]___[..." inside the outer brackets: two bracket groups (funcNamePiecesForPrint).
+    let (mut depth, mut rbr, mut lbr) = (1i32, None, None);
+    for (k, c) in interior.char_indices() {
+        match c {
+            '[' => {
+                depth += 1;
+                if depth == 1 {
+                    lbr = Some(k);
+                    break;
+                }
+            }
+            ']' => {
+                depth -= 1;
+                if depth < 0 {
+                    break;
+                }
+                if depth == 0 {
+                    rbr = Some(k);
+                }
+            }
+            _ => {}
         }
     }
-    out
+    match (depth, rbr, lbr) {
+        (1, Some(r), Some(l)) if l > r => format!(
+            "{}[...]{}[...]{}",
+            &name[..i],
+            &interior[r + 1..l],
+            &name[j + 1..]
+        ),
+        (1, None, None) => format!("{}[...]{}", &name[..i], &name[j + 1..]),
+        _ => name.into(),
+    }
 }
 
-fn created_by(target: &Target, g: &RawG) -> Option<CreatedBy> {
-    if g.gopc == 0 {
-        return None;
+/// Go elides a wrapper frame unless the wrapper itself called a panic function
+/// (runtime/traceback.go `elideWrapperCalling`).
+fn elide_wrapper_calling(callee: Option<&str>) -> bool {
+    !matches!(
+        callee,
+        Some("runtime.gopanic" | "runtime.sigpanic" | "runtime.panicwrap")
+    )
+}
+
+/// What one physical PC symbolizes to, computed once per walk: most goroutines of a program
+/// stop at the same few PCs.
+struct PcInfo {
+    /// Innermost first; the last one is the physical function.
+    frames: Vec<Frame>,
+    /// The physical function is a compiler wrapper (funcID wrapper).
+    wrapper: bool,
+}
+
+/// Symbolizes stacks and creation sites for one walk, caching by PC.
+struct Symbolizer<'a> {
+    target: &'a Target,
+    pcs: HashMap<u64, PcInfo>,
+    created: HashMap<u64, Option<(String, String, u32)>>,
+    starts: HashMap<u64, Option<String>>,
+}
+
+impl<'a> Symbolizer<'a> {
+    fn new(target: &'a Target) -> Self {
+        Self {
+            target,
+            pcs: HashMap::new(),
+            created: HashMap::new(),
+            starts: HashMap::new(),
+        }
     }
-    let pc = target.link_addr(g.gopc);
-    let table = target.binary.pclntab();
-    let f = table.find_func(pc)?;
-    // Go names the physical function and gives the position of the call (pc - 1), which
-    // for an inlined `go` statement is in the inlined callee (traceback.go printcreatedby1).
-    let at = if pc > f.entry { pc - 1 } else { pc };
-    let (file, line) = table.file_line(&f, at)?;
-    Some(CreatedBy {
-        function: f.name,
-        file,
-        line,
-        goid: g.parent_goid,
-    })
+
+    /// Expands physical frames into source frames (inlined calls first) and marks those
+    /// Go's traceback prints, following `traceback2` with showRuntime=false: runtime
+    /// internals are hidden, and so are wrappers unless they called a panic function;
+    /// `runtime.gopanic` is shown (as `panic`) unless it is the first frame printed. When
+    /// that leaves nothing, Go prints every frame (`traceback1`), and so every frame is
+    /// marked shown.
+    fn stack(&mut self, frames: &[PhysFrame]) -> Vec<StackFrame> {
+        let table = self.target.binary.pclntab();
+        let wrapper_id = table.wrapper_id();
+        let mut out = Vec::new();
+        let mut callee: Option<String> = None;
+        let mut printed = 0;
+        for pf in frames {
+            let info = self.pcs.entry(pf.lookup_pc).or_insert_with(|| PcInfo {
+                frames: self.target.binary.symbolize(pf.lookup_pc),
+                wrapper: table
+                    .find_func(pf.lookup_pc)
+                    .is_some_and(|f| f.func_id == wrapper_id),
+            });
+            let n = info.frames.len();
+            for (i, f) in info.frames.iter().enumerate() {
+                let physical = i + 1 == n;
+                let name = f.function.as_str();
+                let shown = if physical && info.wrapper && elide_wrapper_calling(callee.as_deref())
+                {
+                    false
+                } else if name == "runtime.gopanic" && printed > 0 {
+                    true
+                } else {
+                    shown_by_go(name)
+                };
+                printed += usize::from(shown);
+                callee = Some(f.function.clone());
+                out.push(StackFrame {
+                    function: print_name(name),
+                    file: f.file.clone(),
+                    line: f.line,
+                    pc: pf.pc,
+                    inlined: !physical,
+                    shown,
+                });
+            }
+        }
+        if printed == 0 {
+            for f in &mut out {
+                f.shown = true;
+            }
+        }
+        out
+    }
+
+    fn created_by(&mut self, g: &RawG) -> Option<CreatedBy> {
+        if g.gopc == 0 || g.goid == 1 {
+            return None;
+        }
+        let target = self.target;
+        let (function, file, line) = self
+            .created
+            .entry(g.gopc)
+            .or_insert_with(|| {
+                let pc = target.link_addr(g.gopc);
+                let table = target.binary.pclntab();
+                let f = table.find_func(pc)?;
+                // Go names the physical function and gives the position of the call
+                // (pc - 1), which for an inlined `go` statement is in the inlined callee
+                // (traceback.go printcreatedby1).
+                let at = if pc > f.entry { pc - 1 } else { pc };
+                let (file, line) = table.file_line(&f, at)?;
+                Some((print_name(&f.name), file, line))
+            })
+            .clone()?;
+        Some(CreatedBy {
+            function,
+            file,
+            line,
+            goid: g.parent_goid,
+        })
+    }
+
+    fn start_function(&mut self, startpc: u64) -> Option<String> {
+        let target = self.target;
+        self.starts
+            .entry(startpc)
+            .or_insert_with(|| {
+                target
+                    .binary
+                    .pclntab()
+                    .find_func(target.link_addr(startpc))
+                    .map(|f| f.name)
+            })
+            .clone()
+    }
+}
+
+/// The target has exited: its memory is gone, and `process_vm_readv` says ESRCH.
+fn exited(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ESRCH)
 }
 
 /// Every live goroutine of the target, system ones included (see
@@ -304,7 +439,7 @@ pub fn walk(target: &Target) -> anyhow::Result<Vec<GoroutineSnapshot>> {
     let addrs = all_gs(target)?;
     let raw = read_gs(target, &addrs)?;
     let now = monotonic_ns();
-    let table = target.binary.pclntab();
+    let mut symbolizer = Symbolizer::new(target);
     let mut out = Vec::with_capacity(raw.len());
     let mut stack_buf = Vec::new();
     for g in raw {
@@ -320,7 +455,7 @@ pub fn walk(target: &Target) -> anyhow::Result<Vec<GoroutineSnapshot>> {
         };
         let waiting = (g.waitsince != 0 && (waiting_status || status == 3))
             .then(|| Duration::from_nanos(now.saturating_sub(g.waitsince).max(0) as u64));
-        let start_function = table.find_func(target.link_addr(g.startpc)).map(|f| f.name);
+        let start_function = symbolizer.start_function(g.startpc);
         // A running goroutine's registers are on a CPU, not in g.sched: no stack, as in Go.
         let stack = if status == 2
             || g.sched_pc == 0
@@ -337,26 +472,19 @@ pub fn walk(target: &Target) -> anyhow::Result<Vec<GoroutineSnapshot>> {
                         base: g.sched_sp,
                         bytes: &stack_buf,
                     };
-                    let trap = status == 9; // _Gpreempted: stopped asynchronously, not at a call
-                    symbolize(
-                        target,
-                        &unwind::unwind(
-                            &target.binary,
-                            &mem,
-                            g.sched_sp,
-                            g.sched_pc,
-                            target.load_bias,
-                            trap,
-                        ),
-                    )
+                    symbolizer.stack(&unwind::unwind(
+                        &target.binary,
+                        &mem,
+                        g.sched_sp,
+                        g.sched_pc,
+                        target.load_bias,
+                    ))
+                }
+                Err(e) if exited(&e) => {
+                    return Err(e).context("reading a goroutine's stack");
                 }
                 Err(_) => Vec::new(), // the goroutine moved on (stack freed or grown) mid-walk
             }
-        };
-        let created_by = if g.goid == 1 {
-            None
-        } else {
-            created_by(target, &g)
         };
         out.push(GoroutineSnapshot {
             goid: g.goid,
@@ -365,7 +493,7 @@ pub fn walk(target: &Target) -> anyhow::Result<Vec<GoroutineSnapshot>> {
             wait_reason_value: waiting_status.then_some(g.waitreason),
             waiting,
             stack,
-            created_by,
+            created_by: symbolizer.created_by(&g),
             system: is_system(start_function.as_deref()),
             start_function,
             g_addr: g.addr,
@@ -388,6 +516,26 @@ mod tests {
         assert!(shown_by_go("main.main"));
         assert!(shown_by_go("sync.(*WaitGroup).Wait"));
         assert!(shown_by_go("time.Sleep"));
+    }
+
+    #[test]
+    fn names_print_as_go_prints_them() {
+        assert_eq!(print_name("runtime.gopanic"), "panic");
+        assert_eq!(print_name("main.main.func1"), "main.main.func1");
+        assert_eq!(print_name("main.recv[go.shape.int]"), "main.recv[...]");
+        assert_eq!(
+            print_name("main.(*List[go.shape.string]).Push"),
+            "main.(*List[...]).Push"
+        );
+        assert_eq!(
+            print_name("main.F[go.shape.[]uint8].func1"),
+            "main.F[...].func1"
+        );
+        assert_eq!(
+            print_name("main.T[go.shape.int].M[go.shape.string]"),
+            "main.T[...].M[...]"
+        );
+        assert_eq!(print_name("odd]name["), "odd]name[");
     }
 
     #[test]

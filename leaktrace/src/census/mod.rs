@@ -2,6 +2,7 @@
 //! figures, read with `process_vm_readv` while the target runs. They cost the target nothing
 //! per event and see what happened before leaktrace attached, which no probe can.
 
+pub mod activity;
 pub mod channels;
 pub mod goroutines;
 pub mod memory;

@@ -7,9 +7,10 @@
 
 use crate::target::binary::GoBinary;
 
-/// At most this many physical frames; Go's own traceback stops at 100 (`tracebackInnerFrames`
-/// + outer), a deeper recursion is cut here too.
-const MAX_FRAMES: usize = 200;
+/// At most this many physical frames. Go's traceback walks every frame and prints the
+/// innermost and outermost 50 (report::dump does the same); this only bounds the work on a
+/// runaway recursion.
+const MAX_FRAMES: usize = 100_000;
 
 /// One physical frame: a link-time PC, and whether it is a return address (look up `pc - 1`)
 /// or the exact instruction (a function entry, or where an asynchronous preemption stopped).
@@ -33,15 +34,27 @@ impl StackMemory<'_> {
     }
 }
 
+/// Functions the runtime makes a goroutine "call" without a CALL instruction: the signal
+/// handler pushes the interrupted PC as their return address (runtime/preempt.go,
+/// signal_amd64.go `pushCall`). The frame above one of them stopped at that exact
+/// instruction, so its PC is looked up as is, not minus one (runtime/traceback.go,
+/// `unwinder.next` sets unwindTrap for FuncID_sigpanic, asyncPreempt and debugCallV2).
+const INJECTED_CALLS: [&str; 3] = [
+    "runtime.asyncPreempt",
+    "runtime.sigpanic",
+    "runtime.debugCallV2",
+];
+
 /// Walks from (`sp`, `pc`), both runtime addresses; `bias` turns them into link-time PCs.
-/// `trap` says the first PC is where the goroutine was stopped, not a return address.
+/// The first PC is a return address: `g.sched` is always saved by a call (gopark's `mcall`,
+/// `asyncPreempt2`'s `mcall`, `entersyscall`), even for a goroutine stopped asynchronously,
+/// whose interrupted frame sits above `runtime.asyncPreempt`.
 pub fn unwind(
     binary: &GoBinary,
     stack: &StackMemory,
     sp: u64,
     pc: u64,
     bias: u64,
-    trap: bool,
 ) -> Vec<PhysFrame> {
     let table = binary.pclntab();
     let wrapper_systemstack = [
@@ -52,13 +65,13 @@ pub fn unwind(
     ];
     let mut frames = Vec::new();
     let (mut sp, mut pc) = (sp, pc);
-    let mut first = true;
+    let mut trap = false;
     while frames.len() < MAX_FRAMES {
         let link_pc = pc.wrapping_sub(bias);
         let Some(f) = table.find_func(link_pc) else {
             break;
         };
-        let lookup_pc = if (first && trap) || link_pc == f.entry {
+        let lookup_pc = if trap || link_pc == f.entry {
             link_pc
         } else {
             link_pc - 1
@@ -84,7 +97,7 @@ pub fn unwind(
         }
         sp = fp;
         pc = ret;
-        first = false;
+        trap = INJECTED_CALLS.contains(&f.name.as_str());
     }
     frames
 }

@@ -252,19 +252,33 @@ impl Probes {
         Ok(())
     }
 
-    /// Removes `probe` from the target; the maps and the other probes stay.
-    pub fn detach(&mut self, probe: Probe) -> anyhow::Result<()> {
-        let Some(links) = self.links.remove(&probe) else {
-            return Ok(());
-        };
-        let program: &mut UProbe = self
-            .ebpf
-            .program_mut(probe.program())
-            .ok_or_else(|| anyhow!("BPF object has no program {}", probe.program()))?
-            .try_into()?;
-        for link in links {
-            program.detach(link)?;
+    /// Removes `probes` from the target; the maps and the other probes stay.
+    ///
+    /// Each uprobe's removal ends with the kernel waiting for a grace period (about 100 ms
+    /// on a loaded 2-vCPU VM). Removed one after the other, the probes still in place would
+    /// go on costing the target the whole time (measured: 1.15 s for four on a busy
+    /// service), so every link is taken first and all are dropped at once, on threads: the
+    /// breakpoints go together and the waits overlap.
+    pub fn detach(&mut self, probes: &[Probe]) -> anyhow::Result<()> {
+        let mut links = Vec::new();
+        for probe in probes {
+            let Some(ids) = self.links.remove(probe) else {
+                continue;
+            };
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(probe.program())
+                .ok_or_else(|| anyhow!("BPF object has no program {}", probe.program()))?
+                .try_into()?;
+            for id in ids {
+                links.push(program.take_link(id)?);
+            }
         }
+        std::thread::scope(|s| {
+            for link in links {
+                s.spawn(move || drop(link));
+            }
+        });
         Ok(())
     }
 

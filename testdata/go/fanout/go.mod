@@ -1,0 +1,3 @@
+module fixture/fanout
+
+go 1.21
