@@ -19,10 +19,28 @@ pub struct DumpOptions {
     pub runtime: bool,
 }
 
+/// True when PID is gone or a zombie: its memory can no longer be read.
+fn has_exited(pid: u32) -> bool {
+    match procfs::process::Process::new(pid as i32).and_then(|p| p.stat()) {
+        Ok(stat) => matches!(stat.state, 'Z' | 'X'),
+        Err(_) => true,
+    }
+}
+
+/// True when `e` came from the target exiting: `process_vm_readv` says ESRCH once its
+/// memory is released, in do_exit before /proc shows a zombie; later, /proc says so.
+fn exited_during(pid: u32, e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.raw_os_error() == Some(libc::ESRCH))
+        || has_exited(pid)
+}
+
 pub fn snapshot(target: &Target, runtime: bool) -> anyhow::Result<(Dump, Vec<GoroutineSnapshot>)> {
     let goroutines = census::goroutines::walk(target)?;
     let memory = match census::memory::read(target) {
         Ok(m) => Some(m),
+        Err(e) if exited_during(target.process.pid(), &e) => return Err(e),
         Err(e) => {
             log::warn!("memory figures unavailable: {e:#}");
             None
@@ -48,6 +66,20 @@ pub fn snapshot(target: &Target, runtime: bool) -> anyhow::Result<(Dump, Vec<Gor
 
 pub fn run(opts: &DumpOptions) -> anyhow::Result<String> {
     crate::privileges::check_read().map_err(|e| anyhow!(e))?;
+    let pid = opts.pid;
+    let existed = !has_exited(pid);
+    // A target that exits while it is read fails in whichever read comes first (its
+    // /proc entries, its memory); say what happened rather than which read failed.
+    render(opts).map_err(|e| {
+        if existed && exited_during(pid, &e) {
+            anyhow!("PID {pid} exited while leaktrace was reading it; no snapshot was taken")
+        } else {
+            e
+        }
+    })
+}
+
+fn render(opts: &DumpOptions) -> anyhow::Result<String> {
     let target = Target::inspect(opts.pid)?;
     let (d, goroutines) = snapshot(&target, opts.runtime)?;
     if opts.json {
@@ -57,12 +89,14 @@ pub fn run(opts: &DumpOptions) -> anyhow::Result<String> {
                 .iter()
                 .filter(|g| opts.runtime || !g.system)
                 .map(|g| {
+                    let shown = dump::frames(g, opts.runtime);
                     serde_json::json!({
                         "goid": g.goid,
                         "wait_reason": g.state,
                         "waiting_seconds": g.waiting.map(|w| w.as_secs_f64()),
-                        "stack": dump::frames(g, opts.runtime),
-                        "created_by": g.created_by,
+                        "stack": shown.frames,
+                        "elided_frames": shown.elided,
+                        "created_by": dump::created_by(g, opts.runtime),
                         "start_function": g.start_function,
                     })
                 })

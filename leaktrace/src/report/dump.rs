@@ -8,6 +8,7 @@
 //!   "goroutines": [ { "wait_reason", "count", "goids": [..],
 //!                     "waiting_seconds": {"min","max"} | null,
 //!                     "stack": [ {"function","file","line"} ],   // innermost first
+//!                     "elided_frames": 0,  // left out after the 50th frame, as Go does
 //!                     "created_by": {"function","file","line","goid"} | null } ],
 //!   "memory": { "rss_bytes", "rss_anon_bytes", "rss_file_bytes", "HeapAlloc", "HeapInuse",
 //!               "HeapIdle", "HeapReleased", "HeapSys", "TotalAlloc", "NumGC",
@@ -18,7 +19,9 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::census::{CreatedBy, GoroutineSnapshot, MemorySnapshot, StackFrame};
+use crate::census::{
+    CreatedBy, GoroutineSnapshot, MemorySnapshot, StackFrame, goroutines::shown_by_go,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct WaitingSeconds {
@@ -34,6 +37,8 @@ pub struct Group {
     pub goids: Vec<u64>,
     pub waiting_seconds: Option<WaitingSeconds>,
     pub stack: Vec<StackFrame>,
+    /// Frames left out between `stack[49]` and `stack[50]` of a deep stack.
+    pub elided_frames: usize,
     pub created_by: Option<CreatedBy>,
 }
 
@@ -49,13 +54,42 @@ pub struct Dump {
     pub memory: Option<MemorySnapshot>,
 }
 
-/// The frames to show: Go's traceback selection, or all of them.
-pub fn frames(g: &GoroutineSnapshot, runtime_frames: bool) -> Vec<StackFrame> {
-    g.stack
+/// Go prints this many innermost and outermost frames of a deeper stack, and how many it
+/// left out between them (runtime/traceback.go, tracebackInnerFrames/tracebackOuterFrames,
+/// Go 1.21-1.27).
+const INNER_FRAMES: usize = 50;
+const OUTER_FRAMES: usize = 50;
+
+/// The frames of one goroutine as Go prints them.
+pub struct ShownStack {
+    pub frames: Vec<StackFrame>,
+    /// Left out after `frames[INNER_FRAMES - 1]` ("...N frames elided...").
+    pub elided: usize,
+}
+
+/// The frames to show: Go's traceback selection, or all of them, cut like Go cuts a deep
+/// stack.
+pub fn frames(g: &GoroutineSnapshot, runtime_frames: bool) -> ShownStack {
+    let mut frames: Vec<StackFrame> = g
+        .stack
         .iter()
         .filter(|f| runtime_frames || f.shown)
         .cloned()
-        .collect()
+        .collect();
+    let elided = frames.len().saturating_sub(INNER_FRAMES + OUTER_FRAMES);
+    if elided > 0 {
+        frames.drain(INNER_FRAMES..INNER_FRAMES + elided);
+    }
+    ShownStack { frames, elided }
+}
+
+/// The creation site to show. Go prints it only when the function that ran the `go`
+/// statement is one it shows (runtime/traceback.go `printcreatedby`), so not for goroutines
+/// started inside the runtime.
+pub fn created_by(g: &GoroutineSnapshot, runtime_frames: bool) -> Option<CreatedBy> {
+    g.created_by
+        .clone()
+        .filter(|c| runtime_frames || shown_by_go(&c.function))
 }
 
 /// Groups goroutines by (state, stack, creation site), the largest group first.
@@ -63,18 +97,21 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
     type Key = (
         String,
         Vec<(String, String, u32)>,
+        usize,
         Option<(String, String, u32)>,
     );
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for g in goroutines {
-        let stack = frames(g, runtime_frames);
+        let ShownStack { frames, elided } = frames(g, runtime_frames);
+        let created_by = created_by(g, runtime_frames);
         let key: Key = (
             g.state.clone(),
-            stack
+            frames
                 .iter()
                 .map(|f| (f.function.clone(), f.file.clone(), f.line))
                 .collect(),
-            g.created_by
+            elided,
+            created_by
                 .as_ref()
                 .map(|c| (c.function.clone(), c.file.clone(), c.line)),
         );
@@ -83,8 +120,9 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
             count: 0,
             goids: Vec::new(),
             waiting_seconds: None,
-            stack,
-            created_by: g.created_by.clone(),
+            stack: frames,
+            elided_frames: elided,
+            created_by,
         });
         e.count += 1;
         e.goids.push(g.goid);
@@ -126,10 +164,14 @@ pub fn memory_line(m: &MemorySnapshot) -> String {
 fn write_frames(
     out: &mut String,
     stack: &[StackFrame],
+    elided: usize,
     created_by: Option<&CreatedBy>,
     indent: &str,
 ) {
-    for f in stack {
+    for (i, f) in stack.iter().enumerate() {
+        if i == INNER_FRAMES && elided > 0 {
+            let _ = writeln!(out, "{indent}...{elided} frames elided...");
+        }
         let _ = writeln!(
             out,
             "{indent}{}(...)\n{indent}\t{}:{}",
@@ -172,10 +214,12 @@ pub fn text(d: &Dump, all: &[&GoroutineSnapshot], list_each: bool, runtime_frame
     if list_each {
         for g in all {
             let _ = writeln!(out, "{}", g.header());
+            let shown = frames(g, runtime_frames);
             write_frames(
                 &mut out,
-                &frames(g, runtime_frames),
-                g.created_by.as_ref(),
+                &shown.frames,
+                shown.elided,
+                created_by(g, runtime_frames).as_ref(),
                 "",
             );
             let _ = writeln!(out);
@@ -195,7 +239,13 @@ pub fn text(d: &Dump, all: &[&GoroutineSnapshot], list_each: bool, runtime_frame
             grp.wait_reason,
             waiting_text(&grp.waiting_seconds)
         );
-        write_frames(&mut out, &grp.stack, grp.created_by.as_ref(), "    ");
+        write_frames(
+            &mut out,
+            &grp.stack,
+            grp.elided_frames,
+            grp.created_by.as_ref(),
+            "    ",
+        );
         let ids: Vec<String> = grp.goids.iter().take(20).map(u64::to_string).collect();
         let more = if grp.goids.len() > 20 {
             format!(" ... ({} more)", grp.goids.len() - 20)

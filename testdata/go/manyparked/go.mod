@@ -1,0 +1,3 @@
+module fixture/manyparked
+
+go 1.21

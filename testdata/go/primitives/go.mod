@@ -1,0 +1,3 @@
+module fixture/primitives
+
+go 1.21
