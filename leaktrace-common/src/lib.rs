@@ -45,6 +45,9 @@ pub enum RecordKind {
     ChanClose = 7,
     /// `runtime.selectgo` with `reason` cases (saturated at 255) from `pc`.
     Select = 8,
+    /// A targeted probe at `pc` (the probed instruction, a runtime address) was passed by
+    /// goroutine `goid`: it moved on past a blocking call, or ran a `go` statement.
+    Site = 9,
 }
 
 impl RecordKind {
@@ -58,6 +61,7 @@ impl RecordKind {
             6 => Some(Self::ChanRecv),
             7 => Some(Self::ChanClose),
             8 => Some(Self::Select),
+            9 => Some(Self::Site),
             _ => None,
         }
     }
@@ -104,10 +108,12 @@ pub enum Counter {
     ChanRecvHits = 7,
     ChanCloseHits = 8,
     SelectHits = 9,
+    SiteHits = 10,
+    WakeAnyHits = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
 }
 
 /// Default size of the ring buffer, in bytes (a power of two, as the kernel requires).

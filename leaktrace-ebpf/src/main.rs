@@ -267,6 +267,45 @@ pub fn selectgo(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// A targeted probe on an instruction of user code (after a blocking call, or after a `go`
+/// statement's call into the runtime): the goroutine passing it, and where.
+#[uprobe]
+pub fn site(ctx: ProbeContext) -> u32 {
+    bump(Counter::SiteHits);
+    let Some(cfg) = config_for_current() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    let goid = current_goid(r, cfg).unwrap_or(0);
+    emit(Record {
+        pc: r.rip,
+        ..record(RecordKind::Site, goid)
+    });
+    0
+}
+
+/// `runtime.casgstatus(gp *g, oldval, newval uint32)`: RAX, EBX, ECX. Every waiting ->
+/// runnable transition is a wake-up, including those that bypass `ready` (netpoll results
+/// through injectglist, timers, startTheWorld). `_Gwaiting` = 4, `_Grunnable` = 1, the scan
+/// bit 0x1000 (runtime/runtime2.go, Go 1.21-1.27).
+#[uprobe]
+pub fn casgstatus(ctx: ProbeContext) -> u32 {
+    bump(Counter::WakeAnyHits);
+    let r = regs(&ctx);
+    if (r.rbx as u32) & !0x1000 != 4 || r.rcx as u32 != 1 {
+        return 0;
+    }
+    let Some(cfg) = config_for_current() else {
+        return 0;
+    };
+    let Some(goid) = read_u64(r.rax + cfg.g_goid) else {
+        bump(Counter::ReadErrors);
+        return 0;
+    };
+    emit(record(RecordKind::Wake, goid));
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -51,11 +51,14 @@ struct TraceArgs {
     /// A goroutine must have been blocked at least this long to be suspected of leaking.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     min_age: Duration,
-    /// Runtime probes to place, comma separated: park (runtime.gopark), wake (runtime.ready),
-    /// create (runtime.newproc1 returns), exit (runtime.goexit1), send (runtime.chansend),
-    /// recv (runtime.chanrecv), close (runtime.closechan), select (runtime.selectgo); or
-    /// `default` (park,wake,create,exit), `all`, `none`. Each hit costs the target about
-    /// 5 us on a VM; probes that together exceed --max-overhead are shed, channel probes first.
+    /// Probes to place, comma separated: park (runtime.gopark), wake (runtime.ready), create
+    /// (runtime.newproc1 returns), exit (runtime.goexit1), send (runtime.chansend), recv
+    /// (runtime.chanrecv), close (runtime.closechan), select (runtime.selectgo), wake-any
+    /// (runtime.casgstatus: wake-ups that bypass ready, such as netpoll's), sites (targeted
+    /// probes at suspected leaks' blocking calls and go statements); or `default`
+    /// (park,wake,create,exit,sites), `all`, `none`. Each hit costs the target about 5 us on
+    /// a VM: probes whose estimated or measured cost exceeds --max-overhead are not placed or
+    /// are shed, the hottest first.
     #[arg(long, default_value = "default", value_parser = parse_probes)]
     probes: ProbeList,
     /// The most of one CPU the probes may cost the target, in percent.
@@ -129,7 +132,13 @@ fn parse_probes(s: &str) -> Result<ProbeList, String> {
         match name {
             "none" => {}
             "all" => out.extend(Probe::ALL),
-            "default" => out.extend([Probe::Gopark, Probe::Ready, Probe::Create, Probe::Exit]),
+            "default" => out.extend([
+                Probe::Gopark,
+                Probe::Ready,
+                Probe::Create,
+                Probe::Exit,
+                Probe::Site,
+            ]),
             n => out.push(Probe::from_name(n).ok_or_else(|| {
                 format!(
                     "unknown probe '{n}': choose from {}, or default, all, none",
@@ -173,6 +182,11 @@ fn options(
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`leaktrace dump -p PID | head`); the kernel then closes our descriptors, which
+    // detaches every probe.
+    // SAFETY: setting a signal disposition before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let opts = match cli.command {

@@ -98,6 +98,9 @@ fn place(
     wanted: &[Probe],
 ) -> anyhow::Result<()> {
     for &probe in wanted {
+        if probe == Probe::Site {
+            continue; // placed while tracing, at the suspects' sites
+        }
         // The linker drops runtime functions a program never calls: a program without a
         // select has no runtime.selectgo, and nothing for that probe to see.
         let optional = !matches!(probe, Probe::Gopark | Probe::Ready);
@@ -128,6 +131,13 @@ fn place(
 
 const CHANNEL_PROBES: [Probe; 3] = [Probe::ChanSend, Probe::ChanRecv, Probe::ChanClose];
 
+/// A snapshot walk may take at most 1/SNAPSHOT_PACE of the time between snapshots.
+const SNAPSHOT_PACE: u32 = 20;
+
+/// At most this many targeted probes in one trace: each placement writes a breakpoint into
+/// the target's code under its mmap lock.
+const MAX_SITES: usize = 32;
+
 /// The probes of `wanted` whose estimated cost fits `budget`, judged before any is placed:
 /// removing a probe that does not fit costs the target its hits for the ~100 ms the kernel
 /// takes to unregister it. Rates come from two reads of the goroutine structs 100 ms apart
@@ -150,6 +160,10 @@ fn fitting(
         .map(|&p| {
             let r = match p {
                 Probe::Create | Probe::Exit => rates.creations,
+                // casgstatus sees every state change: parks, wake-ups, runs, preemptions.
+                Probe::WakeAny => rates.transitions * 4.0,
+                // Placed later, at suspects' sites; judged by their measured rate.
+                Probe::Site => 0.0,
                 _ => rates.transitions,
             };
             (p, r)
@@ -309,8 +323,10 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let first_tick = tokio::time::Instant::now() + opts.interval;
     let mut tick = tokio::time::interval_at(first_tick, opts.interval);
-    let first_snap = tokio::time::Instant::now() + opts.snapshot_interval;
-    let mut snap = tokio::time::interval_at(first_snap, opts.snapshot_interval);
+    // Snapshots cost the target nothing per event, but a walk of 100,000 goroutines takes
+    // leaktrace about a second of CPU, which a small machine takes from the target: the
+    // next snapshot is at least SNAPSHOT_PACE walks away, keeping walks under ~5% of a CPU.
+    let mut next_snapshot = tokio::time::Instant::now() + opts.snapshot_interval;
     // The probes' cost is checked four times a second, so that a busy target pays for a
     // probe that does not fit the budget for at most a quarter of a second.
     let budget_period = Duration::from_millis(250);
@@ -320,6 +336,8 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let mut last_tick = Instant::now();
     let mut lost_reported = 0;
     let mut shed: Vec<String> = skipped;
+    let mut sites_enabled = opts.probes.contains(&Probe::Site);
+    let mut sites_placed = 0usize;
     let detect = DetectOptions {
         min_age: opts.min_age,
     };
@@ -330,14 +348,16 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                       rec: Record,
                       events: &mut Option<BufWriter<File>>| {
         let applied = model.apply(&rec);
-        // A morestack re-entry of gopark is the same park: not logged twice.
-        if applied == Applied::ReEntry {
+        // A morestack re-entry of gopark is the same park, and casgstatus inside ready the
+        // same wake-up: neither is logged twice.
+        if matches!(applied, Applied::ReEntry | Applied::Duplicate) {
             return;
         }
         let at = Duration::from_nanos(rec.ts_ns.saturating_sub(start_mono_ns));
         match RecordKind::from_u8(rec.kind) {
             Some(RecordKind::Wake) => tracker.record_wake(rec.goid, at),
             Some(RecordKind::Exit) => tracker.record_exit(rec.goid),
+            Some(RecordKind::Site) => tracker.record_site_hit(target.link_addr(rec.pc), rec.goid),
             Some(k @ (RecordKind::ChanSend | RecordKind::ChanRecv | RecordKind::ChanClose)) => {
                 let (function, file, line) = sites
                     .entry(rec.pc)
@@ -408,6 +428,10 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     if shed_now.iter().any(|p| CHANNEL_PROBES.contains(p)) {
                         tracker.chan_probes_inactive();
                     }
+                    if shed_now.contains(&Probe::Site) {
+                        tracker.sites_inactive();
+                        sites_enabled = false;
+                    }
                     eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
                     shed.push(msg);
                 }
@@ -427,11 +451,28 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     break Stop::TargetExeced;
                 }
             }
-            _ = snap.tick(), if snapshot_error.is_none() => {
-                match observe(&target) {
+            _ = tokio::time::sleep_until(next_snapshot), if snapshot_error.is_none() => {
+                let walk = Instant::now();
+                let observed = observe(&target);
+                next_snapshot = tokio::time::Instant::now() + opts.snapshot_interval.max(walk.elapsed() * SNAPSHOT_PACE);
+                match observed {
                     Ok(gs) => tracker.observe(start.elapsed(), gs),
                     Err(e) if !target.process.is_alive() => log::debug!("snapshot after exit: {e:#}"),
                     Err(e) => eprintln!("leaktrace: snapshot failed: {e:#}"),
+                }
+                if sites_enabled {
+                    for pc in tracker.wanted_sites(&detect).into_iter().take(MAX_SITES.saturating_sub(sites_placed)) {
+                        match target.binary.file_offset(pc) {
+                            Some(off) => match probes.attach(Probe::Site, &target.process.exe_path(), &[off]) {
+                                Ok(()) => {
+                                    tracker.site_placed(pc, start.elapsed());
+                                    sites_placed += 1;
+                                }
+                                Err(e) => log::warn!("targeted probe at {pc:#x}: {e:#}"),
+                            },
+                            None => log::warn!("targeted probe at {pc:#x}: not in a loadable segment"),
+                        }
+                    }
                 }
             }
             _ = sigint.recv() => break Stop::Signal("SIGINT"),
@@ -580,6 +621,12 @@ fn event_json(target: &Target, r: &Record) -> String {
         Some(RecordKind::Exit) => {
             serde_json::json!({ "ts_ns": r.ts_ns, "kind": "exit", "goid": r.goid })
         }
+        Some(RecordKind::Site) => serde_json::json!({
+            "ts_ns": r.ts_ns,
+            "kind": "site",
+            "goid": r.goid,
+            "at": target.site_at_return(r.pc + 1),
+        }),
         Some(
             k @ (RecordKind::ChanSend
             | RecordKind::ChanRecv

@@ -211,8 +211,8 @@ fn no_probe_remains_after_exit() {
         let programs = programs_held_by(tracer.child.id());
         assert_eq!(
             programs.len(),
-            8,
-            "{how}: leaktrace holds its eight programs"
+            10,
+            "{how}: leaktrace holds its ten programs"
         );
         std::thread::sleep(Duration::from_millis(1200));
         match how {
@@ -327,4 +327,61 @@ fn tempfile(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("leaktrace-test-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     dir.join(name)
+}
+
+/// A goroutine woken by the network poller (data arriving on its connection) becomes
+/// runnable without runtime.ready; the wake-any probe (runtime.casgstatus) sees that
+/// wake-up, on the right goroutine.
+#[test]
+fn netpoll_wake_ups_are_seen_by_the_wake_any_probe() {
+    use std::io::Write as _;
+    for version in go_versions() {
+        let bin = build_fixture("netpollwake", &version, &[]);
+        let mut fx = Fixture::start(&bin, &[]);
+        let line = fx.stderr.wait_for("listening on", Duration::from_secs(10));
+        let mut conn = std::net::TcpStream::connect(line.rsplit(' ').next().unwrap()).unwrap();
+        let reader: u64 = fx
+            .stderr
+            .wait_for("reader goid", Duration::from_secs(10))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // let it block in the read
+        let log = tempfile(&format!("netpoll-{version}.jsonl"));
+        let tracer = Tracer::attach(
+            fx.pid(),
+            &[
+                "--probes",
+                "park,wake,wake-any",
+                "--events",
+                log.to_str().unwrap(),
+            ],
+        );
+        conn.write_all(b"ping").unwrap();
+        fx.stderr.wait_for("got 4 bytes", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(200)); // and block again
+        drop(conn);
+        let _ = fx.finish();
+        let (_, stderr, code) = tracer.finish(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "Go {version}: {stderr:?}");
+        let evs = events(&log);
+        let wakes = evs
+            .iter()
+            .filter(|e| e["kind"] == "wake" && e["goid"] == reader)
+            .count();
+        let parks = evs
+            .iter()
+            .filter(|e| e["kind"] == "park" && e["goid"] == reader && e["reason"] == "IO wait")
+            .count();
+        assert!(
+            wakes >= 1,
+            "Go {version}: the reader's netpoll wake-up: {evs:?}"
+        );
+        assert!(
+            parks >= 1,
+            "Go {version}: the reader parks again in IO wait"
+        );
+    }
 }

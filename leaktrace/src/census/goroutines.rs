@@ -49,6 +49,10 @@ pub struct CreatedBy {
     pub line: u32,
     /// The goroutine that executed the `go` statement (0 before Go recorded it).
     pub goid: u64,
+    /// `g.gopc` as a link-time address: the return address of the `go` statement's call
+    /// into the runtime, where a targeted probe counts creations.
+    #[serde(skip)]
+    pub pc: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -410,6 +414,7 @@ impl<'a> Symbolizer<'a> {
             file,
             line,
             goid: g.parent_goid,
+            pc: self.target.link_addr(g.gopc),
         })
     }
 

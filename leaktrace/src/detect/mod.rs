@@ -209,6 +209,23 @@ struct ChannelTouches {
     close: Option<(Duration, Touch)>,
 }
 
+#[derive(Clone, Debug)]
+struct SiteProbe {
+    since: Duration,
+    hits: u64,
+    /// The goroutines that passed it (at most [`MAX_PASSED`]).
+    passed: BTreeSet<u64>,
+    active: bool,
+}
+
+/// Goroutine ids kept per targeted probe: enough to recognise a group's members.
+const MAX_PASSED: usize = 100_000;
+
+/// The physical PC of the group's blocking site: the return address of the blocking call.
+fn first_site_pc(h: &History) -> Option<u64> {
+    h.latest.first()?.site().map(|f| f.pc)
+}
+
 /// Follows groups across snapshots; a plain data structure.
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -225,6 +242,8 @@ pub struct Tracker {
     chan_probes_since: Option<Duration>,
     /// Goroutines seen exiting by the exit probe.
     exited: BTreeSet<u64>,
+    /// Targeted probes by link-time PC: after a blocking call (resume) or a `go` statement.
+    sites: HashMap<u64, SiteProbe>,
     probes_since: Option<Duration>,
 }
 
@@ -295,6 +314,54 @@ impl Tracker {
 
     pub fn chan_probes_inactive(&mut self) {
         self.chan_probes_since = None;
+    }
+
+    /// A targeted probe was placed at link-time `pc` at `at`.
+    pub fn site_placed(&mut self, pc: u64, at: Duration) {
+        self.sites.insert(
+            pc,
+            SiteProbe {
+                since: at,
+                hits: 0,
+                passed: BTreeSet::new(),
+                active: true,
+            },
+        );
+    }
+
+    /// Goroutine `goid` passed the targeted probe at link-time `pc`.
+    pub fn record_site_hit(&mut self, pc: u64, goid: u64) {
+        if let Some(s) = self.sites.get_mut(&pc) {
+            s.hits += 1;
+            if s.passed.len() < MAX_PASSED {
+                s.passed.insert(goid);
+            }
+        }
+    }
+
+    /// The targeted probes were removed: what they did not see proves nothing from now on.
+    pub fn sites_inactive(&mut self) {
+        for s in self.sites.values_mut() {
+            s.active = false;
+        }
+    }
+
+    /// Link-time PCs where targeted probes would sharpen the verdict on the current
+    /// suspects, not probed yet: after each group's blocking call, and its `go` statement.
+    pub fn wanted_sites(&self, opts: &DetectOptions) -> Vec<u64> {
+        let mut out = Vec::new();
+        for l in self.leaks(opts) {
+            let pcs = [
+                l.site.as_ref().map(|f| f.pc),
+                l.created_by.as_ref().map(|c| c.pc),
+            ];
+            for pc in pcs.into_iter().flatten() {
+                if pc != 0 && !self.sites.contains_key(&pc) && !out.contains(&pc) {
+                    out.push(pc);
+                }
+            }
+        }
+        out
     }
 
     pub fn record_exit(&mut self, goid: u64) {
@@ -548,6 +615,45 @@ impl Tracker {
                     c.last_other_side = Some(t);
                 }
             }
+        }
+        // Targeted probes: after the blocking call (only the group's own goroutines passing
+        // it count: others run through the same line when the site works), and on the `go`
+        // statement.
+        if let Some(p) = first_site_pc(h).and_then(|pc| self.sites.get(&pc))
+            && p.active
+        {
+            let watched = self.last_at.saturating_sub(p.since);
+            let moved = h
+                .latest
+                .iter()
+                .filter(|g| p.passed.contains(&g.goid))
+                .count();
+            if moved == 0 && watched >= opts.min_age {
+                score += 2;
+                evidence.push(format!(
+                    "none of them moved on past the blocking call in {:.1} s (targeted probe on the instruction after it; {} other goroutines passed it)",
+                    watched.as_secs_f64(),
+                    p.passed.len()
+                ));
+            } else if moved > 0 {
+                score -= 3;
+                against.push(format!(
+                    "{moved} of them moved on past the blocking call and came back (targeted probe): the site is serviced"
+                ));
+            }
+        }
+        if let Some(p) = h.latest[0]
+            .created_by
+            .as_ref()
+            .and_then(|c| self.sites.get(&c.pc))
+            && p.active
+            && p.hits > 0
+        {
+            evidence.push(format!(
+                "{} goroutines created at this go statement in {:.1} s (targeted probe)",
+                p.hits,
+                self.last_at.saturating_sub(p.since).as_secs_f64()
+            ));
         }
         if h.latest.iter().all(|g| g.goid == 1) {
             score -= 2;

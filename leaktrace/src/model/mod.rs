@@ -56,6 +56,8 @@ pub enum Applied {
     Woken {
         reason: Option<u8>,
     },
+    /// The same wake-up seen by a second probe.
+    Duplicate,
     Created,
     Exited,
     /// A channel operation or select: the model keeps no state for it.
@@ -132,6 +134,11 @@ impl Model {
 
     fn wake(&mut self, r: &Record) -> Applied {
         let reason = match self.goroutines.get_mut(&r.goid) {
+            // `ready` and, inside it, `casgstatus` both report the same wake-up when both
+            // probes are placed: a goroutine already runnable is not woken again.
+            Some(g) if matches!(g.state, State::Runnable { .. }) && g.wakes > 0 => {
+                return Applied::Duplicate;
+            }
             Some(g) => {
                 let reason = match g.state {
                     State::Parked { reason, .. } => Some(reason),

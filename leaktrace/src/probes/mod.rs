@@ -47,10 +47,18 @@ pub enum Probe {
     ChanClose,
     /// Entry of `runtime.selectgo`: every blocking-capable select.
     Select,
+    /// Entry of `runtime.casgstatus`, filtered to waiting -> runnable: every wake-up,
+    /// including netpoll and injected ones that bypass `ready`. Hot: every state change of
+    /// every goroutine passes through it.
+    WakeAny,
+    /// Targeted probes, placed while tracing at the sites of suspected leak groups: the
+    /// instruction after the blocking call (fires only when a goroutine there moves on) and
+    /// the instruction after the `go` statement (counts creations there).
+    Site,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 8] = [
+    pub const ALL: [Probe; 10] = [
         Probe::Gopark,
         Probe::Ready,
         Probe::Create,
@@ -59,12 +67,15 @@ impl Probe {
         Probe::ChanRecv,
         Probe::ChanClose,
         Probe::Select,
+        Probe::WakeAny,
+        Probe::Site,
     ];
 
     /// The order in which probes are shed when over budget: the channel probes fire on
     /// every operation and only sharpen evidence, park/wake next; creation and exit, which
     /// fire once per goroutine, go last.
-    pub const SHED_ORDER: [Probe; 8] = [
+    pub const SHED_ORDER: [Probe; 10] = [
+        Probe::WakeAny,
         Probe::Select,
         Probe::ChanRecv,
         Probe::ChanSend,
@@ -73,6 +84,7 @@ impl Probe {
         Probe::Gopark,
         Probe::Exit,
         Probe::Create,
+        Probe::Site,
     ];
 
     /// The name used by `--probes`.
@@ -86,6 +98,8 @@ impl Probe {
             Probe::ChanRecv => "recv",
             Probe::ChanClose => "close",
             Probe::Select => "select",
+            Probe::WakeAny => "wake-any",
+            Probe::Site => "sites",
         }
     }
 
@@ -104,6 +118,8 @@ impl Probe {
             Probe::ChanRecv => "chanrecv",
             Probe::ChanClose => "closechan",
             Probe::Select => "selectgo",
+            Probe::WakeAny => "casgstatus",
+            Probe::Site => "site",
         }
     }
 
@@ -118,6 +134,8 @@ impl Probe {
             Probe::ChanRecv => "runtime.chanrecv",
             Probe::ChanClose => "runtime.closechan",
             Probe::Select => "runtime.selectgo",
+            Probe::WakeAny => "runtime.casgstatus",
+            Probe::Site => "(sites of suspected leaks)",
         }
     }
 
@@ -131,6 +149,8 @@ impl Probe {
             Probe::ChanRecv => Counter::ChanRecvHits,
             Probe::ChanClose => Counter::ChanCloseHits,
             Probe::Select => Counter::SelectHits,
+            Probe::WakeAny => Counter::WakeAnyHits,
+            Probe::Site => Counter::SiteHits,
         }
     }
 
@@ -144,6 +164,9 @@ impl Probe {
                 binary.path()
             )
         };
+        if self == Probe::Site {
+            return Ok(Vec::new()); // placed while tracing, at the suspects' sites
+        }
         if self == Probe::Create {
             let rets = code::ret_addresses(binary, self.function()).ok_or_else(missing)?;
             if rets.is_empty() {

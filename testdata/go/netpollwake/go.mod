@@ -1,0 +1,3 @@
+module fixture/netpollwake
+
+go 1.21
