@@ -442,10 +442,19 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 let counts = probes.counts()?;
                 let t = model.take_interval();
                 let suspects = tracker.leaks(&detect).len();
-                println!(
-                    "{} | suspects {suspects}",
-                    live::interval_line(start.elapsed(), &t, &target.layout.wait_reasons, counts.lost - lost_reported)
-                );
+                let parks_traced = probes.attached().contains(&Probe::Gopark);
+                if parks_traced || t.total_parks() + t.total_wakes() > 0 {
+                    println!(
+                        "{} | suspects {suspects}",
+                        live::interval_line(start.elapsed(), &t, &target.layout.wait_reasons, counts.lost - lost_reported)
+                    );
+                } else {
+                    println!(
+                        "[{:>5}s] park/wake not probed (over budget or not chosen); {} snapshots | suspects {suspects}",
+                        start.elapsed().as_secs(),
+                        tracker.snapshots()
+                    );
+                }
                 lost_reported = counts.lost;
                 if target.process.has_execed() {
                     break Stop::TargetExeced;
