@@ -110,11 +110,27 @@ pub enum Counter {
     SelectHits = 9,
     SiteHits = 10,
     WakeAnyHits = 11,
+    AllocHits = 12,
+    /// Bytes requested by the allocations the alloc probe saw.
+    AllocBytes = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
 }
+
+/// Allocations of one goroutine seen by the alloc probe, aggregated in the kernel (`ALLOCS`,
+/// keyed by goid): a count is all that is needed, so no record is sent per allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocStat {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// Goroutines whose allocations are kept at once; the least recently allocating are
+/// forgotten first (an LRU map).
+pub const ALLOC_GOROUTINES: u32 = 1 << 16;
 
 /// Default size of the ring buffer, in bytes (a power of two, as the kernel requires).
 pub const RING_BYTES: u32 = 1 << 22;
@@ -124,4 +140,5 @@ mod user {
     // SAFETY: both are plain `repr(C)` integers with explicit padding fields.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Record {}
+    unsafe impl aya::Pod for super::AllocStat {}
 }

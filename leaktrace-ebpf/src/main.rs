@@ -11,10 +11,12 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
 };
-use leaktrace_common::{Config, Counter, RING_BYTES, Record, RecordKind};
+use leaktrace_common::{
+    ALLOC_GOROUTINES, AllocStat, Config, Counter, RING_BYTES, Record, RecordKind,
+};
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -24,6 +26,17 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+#[map]
+static ALLOCS: LruHashMap<u64, AllocStat> = LruHashMap::with_max_entries(ALLOC_GOROUTINES, 0);
+
+#[inline(always)]
+fn add(counter: Counter, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot of a map value; no other writer on this CPU while we run.
+        unsafe { *slot += n };
+    }
+}
 
 #[inline(always)]
 fn bump(counter: Counter) {
@@ -303,6 +316,54 @@ pub fn casgstatus(ctx: ProbeContext) -> u32 {
         return 0;
     };
     emit(record(RecordKind::Wake, goid));
+    0
+}
+
+/// `g.stackguard0` (offset 16 in every Go version, GO-RUNTIME.md §5) holds this when the
+/// runtime asks the goroutine to stop at its next function prologue (runtime/stack.go
+/// `stackPreempt = uintptrMask & -1314`): the prologue's stack check then fails, morestack
+/// runs, and the function starts again from its entry, so an entry probe would fire twice
+/// for one call. A hit seen with this value is left for the repeat.
+const STACK_PREEMPT: u64 = 0xffff_ffff_ffff_fade;
+const G_STACKGUARD0: u64 = 16;
+
+/// Entry of `runtime.mallocgc(size, typ, needzero)` or, in Go 1.27, of each size-specialized
+/// allocation function that compiled code calls directly: the size is in RAX in every one.
+/// Runs on the allocating goroutine (R14). Aggregated per goroutine in `ALLOCS`.
+#[uprobe]
+pub fn malloc(ctx: ProbeContext) -> u32 {
+    bump(Counter::AllocHits);
+    let Some(cfg) = config_for_current() else {
+        return 0;
+    };
+    let r = regs(&ctx);
+    if read_u64(r.r14 + G_STACKGUARD0) == Some(STACK_PREEMPT) {
+        return 0;
+    }
+    let size = r.rax;
+    add(Counter::AllocBytes, size);
+    let Some(goid) = current_goid(r, cfg) else {
+        bump(Counter::ReadErrors);
+        return 0;
+    };
+    match ALLOCS.get_ptr_mut(&goid) {
+        // SAFETY: a map value; a goroutine runs on one CPU at a time, so its entry has no
+        // concurrent writer.
+        Some(stat) => unsafe {
+            (*stat).count += 1;
+            (*stat).bytes += size;
+        },
+        None => {
+            let _ = ALLOCS.insert(
+                &goid,
+                &AllocStat {
+                    count: 1,
+                    bytes: size,
+                },
+                0,
+            );
+        }
+    }
     0
 }
 

@@ -54,7 +54,8 @@ struct TraceArgs {
     /// Probes to place, comma separated: park (runtime.gopark), wake (runtime.ready), create
     /// (runtime.newproc1 returns), exit (runtime.goexit1), send (runtime.chansend), recv
     /// (runtime.chanrecv), close (runtime.closechan), select (runtime.selectgo), wake-any
-    /// (runtime.casgstatus: wake-ups that bypass ready, such as netpoll's), sites (targeted
+    /// (runtime.casgstatus: wake-ups that bypass ready, such as netpoll's), alloc
+    /// (runtime.mallocgc, or Go 1.27's size-specialized entries), sites (targeted
     /// probes at suspected leaks' blocking calls and go statements); or `default`
     /// (park,wake,create,exit,sites), `all`, `none`. Each hit costs the target about 5 us on
     /// a VM: probes whose estimated or measured cost exceeds --max-overhead are not placed or

@@ -24,7 +24,7 @@ use tokio::{
 use crate::{
     census::{self, channels},
     collector,
-    detect::{DetectOptions, Observed, Touch, Tracker},
+    detect::{Allocated, DetectOptions, Observed, Touch, Tracker},
     model::{Applied, Model},
     probes::{HIT_COST, Probe, Probes, over_budget},
     report::{
@@ -148,12 +148,23 @@ fn fitting(
     budget: f64,
     skipped: &mut Vec<String>,
 ) -> Vec<Probe> {
+    let heap_before = census::memory::read(target)
+        .ok()
+        .map(|m| (Instant::now(), m.total_alloc));
     let rates = match census::activity::estimate(target, Duration::from_millis(100)) {
         Ok(r) => r,
         Err(e) => {
             log::warn!("cannot estimate the target's scheduling rate: {e:#}");
             return wanted.to_vec();
         }
+    };
+    // Allocations/s from the heap's own byte counter, at a typical small object of 64 B;
+    // unknown (as if hot) when the heap figures cannot be read.
+    let allocs = match (heap_before, census::memory::read(target)) {
+        (Some((t0, b0)), Ok(m)) => {
+            m.total_alloc.saturating_sub(b0) as f64 / t0.elapsed().as_secs_f64().max(1e-3) / 64.0
+        }
+        _ => f64::INFINITY,
     };
     let per_probe: HashMap<Probe, f64> = wanted
         .iter()
@@ -164,6 +175,7 @@ fn fitting(
                 Probe::WakeAny => rates.transitions * 4.0,
                 // Placed later, at suspects' sites; judged by their measured rate.
                 Probe::Site => 0.0,
+                Probe::Alloc => allocs,
                 _ => rates.transitions,
             };
             (p, r)
@@ -172,9 +184,10 @@ fn fitting(
     let drop = over_budget(&per_probe, wanted, budget);
     if !drop.is_empty() {
         let msg = format!(
-            "the target creates about {:.0} goroutines/s and changes goroutine states at least {:.0} times/s: {} would cost more than --max-overhead {:.1}% of a CPU, not placed",
+            "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, not placed",
             rates.creations,
             rates.transitions,
+            allocs,
             drop.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
             budget * 100.0
         );
@@ -503,6 +516,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         .iter()
         .map(|p| p.function().to_string())
         .collect();
+    let alloc_probed = counts.hits(Probe::Alloc) > 0;
+    let allocations = if alloc_probed {
+        probes.allocations().unwrap_or_default()
+    } else {
+        HashMap::new()
+    };
     let hits: BTreeMap<String, u64> = Probe::ALL
         .into_iter()
         .filter(|p| counts.hits(*p) > 0)
@@ -583,7 +602,27 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             lost_records: counts.lost,
             shed,
         },
-        leaks: tracker.leaks(&detect),
+        allocations: alloc_probed.then_some(Allocated {
+            count: counts.hits(Probe::Alloc),
+            bytes: counts.alloc_bytes,
+        }),
+        leaks: tracker
+            .leaks(&detect)
+            .into_iter()
+            .map(|mut l| {
+                if alloc_probed {
+                    let mut a = Allocated::default();
+                    for g in &l.goids {
+                        if let Some(s) = allocations.get(g) {
+                            a.count += s.count;
+                            a.bytes += s.bytes;
+                        }
+                    }
+                    l.allocated = Some(a);
+                }
+                l
+            })
+            .collect(),
     };
     let text = leaks::text(&report);
     print!("\n{text}");

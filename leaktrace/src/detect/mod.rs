@@ -165,6 +165,15 @@ pub struct LeakGroup {
     pub against: Vec<String>,
     /// (seconds since the trace started, goroutines in the group) at each snapshot.
     pub growth: Vec<(f64, usize)>,
+    /// What these goroutines allocated while the alloc probe watched them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<Allocated>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Allocated {
+    pub count: u64,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -684,6 +693,7 @@ impl Tracker {
                 .iter()
                 .map(|(t, n)| (t.as_secs_f64(), *n))
                 .collect(),
+            allocated: None,
         })
     }
 }

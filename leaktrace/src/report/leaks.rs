@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::detect::LeakGroup;
+use crate::detect::{Allocated, LeakGroup};
 
 /// What the probes did during the trace.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -35,6 +35,9 @@ pub struct Report {
     /// Seen by the create/exit probes while they ran.
     pub goroutines_created: u64,
     pub goroutines_exited: u64,
+    /// Every allocation the alloc probe saw, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocations: Option<Allocated>,
     pub probes: ProbeSummary,
     /// Suspected leak groups, strongest first.
     pub leaks: Vec<LeakGroup>,
@@ -118,6 +121,13 @@ pub fn text(r: &Report) -> String {
                     t.line
                 );
             }
+        }
+        if let Some(a) = &l.allocated {
+            let _ = writeln!(
+                out,
+                "    allocated while traced: {} objects, {} bytes",
+                a.count, a.bytes
+            );
         }
         for e in &l.evidence {
             let _ = writeln!(out, "    + {e}");

@@ -1,0 +1,3 @@
+module fixture/allocs
+
+go 1.21
