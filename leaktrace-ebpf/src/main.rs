@@ -136,6 +136,22 @@ fn current_goid(r: &pt_regs, cfg: &Config) -> Option<u64> {
     read_u64(r.r14 + cfg.g_goid)
 }
 
+/// What every program on a user goroutine starts with: count the hit, check it is the
+/// target, and read the goroutine's id (a failed read is counted, and the hit dropped).
+#[inline(always)]
+fn on_goroutine<'a>(ctx: &'a ProbeContext, hits: Counter) -> Option<(&'a pt_regs, u64)> {
+    bump(hits);
+    let cfg = config_for_current()?;
+    let r = regs(ctx);
+    match current_goid(r, cfg) {
+        Some(goid) => Some((r, goid)),
+        None => {
+            bump(Counter::ReadErrors);
+            None
+        }
+    }
+}
+
 #[inline(always)]
 fn record(kind: RecordKind, goid: u64) -> Record {
     Record {
@@ -178,36 +194,23 @@ pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
 /// `runtime.goexit1()`, on the exiting goroutine (R14).
 #[uprobe]
 pub fn goexit1(ctx: ProbeContext) -> u32 {
-    bump(Counter::ExitHits);
-    let Some(cfg) = config_for_current() else {
-        return 0;
-    };
-    let Some(goid) = current_goid(regs(&ctx), cfg) else {
-        bump(Counter::ReadErrors);
-        return 0;
-    };
-    emit(record(RecordKind::Exit, goid));
+    if let Some((_, goid)) = on_goroutine(&ctx, Counter::ExitHits) {
+        emit(record(RecordKind::Exit, goid));
+    }
     0
 }
 
 /// `runtime.chansend(c *hchan, ep, block bool, callerpc uintptr)`: RAX, RBX, CL, RDI.
 #[uprobe]
 pub fn chansend(ctx: ProbeContext) -> u32 {
-    bump(Counter::ChanSendHits);
-    let Some(cfg) = config_for_current() else {
-        return 0;
-    };
-    let r = regs(&ctx);
-    let Some(goid) = current_goid(r, cfg) else {
-        bump(Counter::ReadErrors);
-        return 0;
-    };
-    emit(Record {
-        addr: r.rax,
-        pc: r.rdi,
-        reason: r.rcx as u8,
-        ..record(RecordKind::ChanSend, goid)
-    });
+    if let Some((r, goid)) = on_goroutine(&ctx, Counter::ChanSendHits) {
+        emit(Record {
+            addr: r.rax,
+            pc: r.rdi,
+            reason: r.rcx as u8,
+            ..record(RecordKind::ChanSend, goid)
+        });
+    }
     0
 }
 
@@ -216,43 +219,29 @@ pub fn chansend(ctx: ProbeContext) -> u32 {
 /// [RBP+8].
 #[uprobe]
 pub fn chanrecv(ctx: ProbeContext) -> u32 {
-    bump(Counter::ChanRecvHits);
-    let Some(cfg) = config_for_current() else {
-        return 0;
-    };
-    let r = regs(&ctx);
-    let Some(goid) = current_goid(r, cfg) else {
-        bump(Counter::ReadErrors);
-        return 0;
-    };
-    let pc = read_u64(r.rbp + 8).unwrap_or(0);
-    emit(Record {
-        addr: r.rax,
-        pc,
-        reason: r.rcx as u8,
-        ..record(RecordKind::ChanRecv, goid)
-    });
+    if let Some((r, goid)) = on_goroutine(&ctx, Counter::ChanRecvHits) {
+        let pc = read_u64(r.rbp + 8).unwrap_or(0);
+        emit(Record {
+            addr: r.rax,
+            pc,
+            reason: r.rcx as u8,
+            ..record(RecordKind::ChanRecv, goid)
+        });
+    }
     0
 }
 
 /// `runtime.closechan(c *hchan)`: RAX; the caller at [RSP].
 #[uprobe]
 pub fn closechan(ctx: ProbeContext) -> u32 {
-    bump(Counter::ChanCloseHits);
-    let Some(cfg) = config_for_current() else {
-        return 0;
-    };
-    let r = regs(&ctx);
-    let Some(goid) = current_goid(r, cfg) else {
-        bump(Counter::ReadErrors);
-        return 0;
-    };
-    let pc = read_u64(r.rsp).unwrap_or(0);
-    emit(Record {
-        addr: r.rax,
-        pc,
-        ..record(RecordKind::ChanClose, goid)
-    });
+    if let Some((r, goid)) = on_goroutine(&ctx, Counter::ChanCloseHits) {
+        let pc = read_u64(r.rsp).unwrap_or(0);
+        emit(Record {
+            addr: r.rax,
+            pc,
+            ..record(RecordKind::ChanClose, goid)
+        });
+    }
     0
 }
 
@@ -260,23 +249,16 @@ pub fn closechan(ctx: ProbeContext) -> u32 {
 /// RDI, RSI, R8B; the caller at [RSP].
 #[uprobe]
 pub fn selectgo(ctx: ProbeContext) -> u32 {
-    bump(Counter::SelectHits);
-    let Some(cfg) = config_for_current() else {
-        return 0;
-    };
-    let r = regs(&ctx);
-    let Some(goid) = current_goid(r, cfg) else {
-        bump(Counter::ReadErrors);
-        return 0;
-    };
-    let cases = (r.rdi + r.rsi).min(255) as u8;
-    let pc = read_u64(r.rsp).unwrap_or(0);
-    emit(Record {
-        addr: r.rax,
-        pc,
-        reason: cases,
-        ..record(RecordKind::Select, goid)
-    });
+    if let Some((r, goid)) = on_goroutine(&ctx, Counter::SelectHits) {
+        let cases = (r.rdi + r.rsi).min(255) as u8;
+        let pc = read_u64(r.rsp).unwrap_or(0);
+        emit(Record {
+            addr: r.rax,
+            pc,
+            reason: cases,
+            ..record(RecordKind::Select, goid)
+        });
+    }
     0
 }
 

@@ -15,14 +15,14 @@
 use std::{
     env, fs,
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use leaktrace::dump::DumpOptions;
 
 const GOROUTINES: u32 = 100_000;
@@ -31,63 +31,15 @@ const DUMPS_PER_WINDOW: usize = 5;
 /// The fixture's reporting period: a report at time t covers (t - PERIOD, t].
 const PERIOD: Duration = Duration::from_millis(250);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+// The test harness's helpers: Go toolchains from the project's cache and fixtures built by
+// content hash.
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-fn cache_dir() -> PathBuf {
-    if let Some(d) = env::var_os("LEAKTRACE_CACHE") {
-        return d.into();
-    }
-    let base = env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cache"));
-    base.join("leaktrace")
-}
-
-fn go_version() -> anyhow::Result<String> {
-    if let Ok(v) = env::var("LEAKTRACE_GO_VERSION") {
-        return Ok(v);
-    }
-    let text = fs::read_to_string(repo_root().join("scripts/versions.sh"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("GO_VERSIONS="))
-        .and_then(|l| l.trim_matches('"').split_whitespace().last())
-        .map(String::from)
-        .context("no GO_VERSIONS in scripts/versions.sh")
-}
-
-/// Builds the fixture with `go build` (its own cache makes a rebuild instant).
-fn build_fixture(version: &str) -> anyhow::Result<PathBuf> {
-    let cache = cache_dir();
-    let go = cache.join("go").join(version).join("go/bin/go");
-    if !go.exists() {
-        bail!(
-            "Go {version} is not installed at {}: run scripts/setup.sh",
-            go.display()
-        );
-    }
-    let out = cache.join("bench").join(format!("manyparked-{version}"));
-    fs::create_dir_all(out.parent().unwrap())?;
-    let status = Command::new(go)
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .current_dir(repo_root().join("testdata/go/manyparked"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTELEMETRY", "off")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", cache.join("gocache"))
-        .env("GOPATH", cache.join("gopath"))
-        .status()?;
-    if !status.success() {
-        bail!("go build of testdata/go/manyparked failed");
-    }
-    Ok(out)
+/// The Go version to build the fixture with: LEAKTRACE_GO_VERSION, or the newest tested.
+fn go_version() -> String {
+    env::var("LEAKTRACE_GO_VERSION")
+        .unwrap_or_else(|_| support::go_versions().pop().expect("GO_VERSIONS"))
 }
 
 /// The fixture, with its rate reports timestamped as they arrive.
@@ -166,8 +118,8 @@ fn main() -> anyhow::Result<()> {
         .map(|r| r.parse())
         .transpose()?
         .unwrap_or(3);
-    let version = go_version()?;
-    let bin = build_fixture(&version)?;
+    let version = go_version();
+    let bin = support::build_fixture("manyparked", &version, &[]);
     let target = Target::start(&bin)?;
     let opts = DumpOptions {
         pid: target.child.id(),

@@ -229,20 +229,8 @@ fn machine() -> String {
 pub fn bench(seconds: u64, reps: usize) -> anyhow::Result<()> {
     let root = go::repo_root();
     println!("==> building leaktrace (release) and testdata/go/fanout");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "leaktrace"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build failed");
-    }
-    let leaktrace = root.join("target/release/leaktrace");
-    let version = go::versions()?
-        .pop()
-        .ok_or_else(|| anyhow!("no Go version configured"))?;
-    let service = go::cache_dir().join("bench").join("fanout");
-    fs::create_dir_all(service.parent().unwrap())?;
-    go::build(&version, &root.join("testdata/go/fanout"), &service)?;
+    let leaktrace = go::build_leaktrace_release()?;
+    let (service, version) = go::build_newest("testdata/go/fanout", "bench")?;
 
     let (mut untraced, mut traced) = (Vec::new(), Vec::new());
     for rep in 0..reps {

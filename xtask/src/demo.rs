@@ -32,25 +32,10 @@ fn get(addr: &str, path: &str) -> anyhow::Result<bool> {
 }
 
 pub fn demo(seconds: u64) -> anyhow::Result<()> {
-    let root = go::repo_root();
-    step("building leaktrace");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "leaktrace"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build failed");
-    }
-    let leaktrace = root.join("target/release/leaktrace");
-
-    let version = go::versions()?
-        .pop()
-        .ok_or_else(|| anyhow!("no Go version configured"))?;
-    step(&format!("building demo/leakyservice with Go {version}"));
-    let out_dir = go::cache_dir().join("demo");
-    std::fs::create_dir_all(&out_dir)?;
-    let service_bin = out_dir.join("leakyservice");
-    go::build(&version, &root.join("demo/leakyservice"), &service_bin)?;
+    step("building leaktrace and demo/leakyservice");
+    let leaktrace = go::build_leaktrace_release()?;
+    let (service_bin, version) = go::build_newest("demo/leakyservice", "demo")?;
+    println!("(the service is built with Go {version})");
 
     step("starting the service on 127.0.0.1");
     let mut service = Command::new(&service_bin)

@@ -76,3 +76,32 @@ pub fn build(version: &str, src: &Path, out: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Builds the Go program in `src` (relative to the repository) with the newest Go of
+/// versions.sh into the project's cache as `<kind>/<name>`; its path and the Go version.
+pub fn build_newest(src: &str, kind: &str) -> anyhow::Result<(PathBuf, String)> {
+    let version = versions()?
+        .pop()
+        .ok_or_else(|| anyhow!("no Go version in scripts/versions.sh"))?;
+    let name = Path::new(src)
+        .file_name()
+        .ok_or_else(|| anyhow!("no program name in {src}"))?;
+    let out = cache_dir().join(kind).join(name);
+    fs::create_dir_all(out.parent().unwrap())?;
+    build(&version, &repo_root().join(src), &out)?;
+    Ok((out, version))
+}
+
+/// `cargo build --release -p leaktrace`; the binary's path.
+pub fn build_leaktrace_release() -> anyhow::Result<PathBuf> {
+    let root = repo_root();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "leaktrace"])
+        .current_dir(&root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p leaktrace failed");
+    }
+    Ok(root.join("target/release/leaktrace"))
+}

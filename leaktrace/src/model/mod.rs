@@ -26,6 +26,20 @@ pub struct Goroutine {
     pub wakes: u64,
 }
 
+impl Goroutine {
+    /// A goroutine first seen runnable at `ts_ns`.
+    fn runnable(goid: u64, ts_ns: u64) -> Self {
+        Self {
+            goid,
+            state: State::Runnable { since_ns: ts_ns },
+            wait_addr: 0,
+            park_pc: 0,
+            parks: 0,
+            wakes: 0,
+        }
+    }
+}
+
 /// Counts per wait reason.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -83,14 +97,9 @@ impl Model {
             Some(RecordKind::Wake) => self.wake(r),
             Some(RecordKind::Create) => {
                 self.created += 1;
-                self.goroutines.entry(r.goid).or_insert(Goroutine {
-                    goid: r.goid,
-                    state: State::Runnable { since_ns: r.ts_ns },
-                    wait_addr: 0,
-                    park_pc: 0,
-                    parks: 0,
-                    wakes: 0,
-                });
+                self.goroutines
+                    .entry(r.goid)
+                    .or_insert(Goroutine::runnable(r.goid, r.ts_ns));
                 Applied::Created
             }
             Some(RecordKind::Exit) => {
@@ -105,14 +114,10 @@ impl Model {
     }
 
     fn park(&mut self, r: &Record) -> Applied {
-        let g = self.goroutines.entry(r.goid).or_insert(Goroutine {
-            goid: r.goid,
-            state: State::Runnable { since_ns: r.ts_ns },
-            wait_addr: 0,
-            park_pc: 0,
-            parks: 0,
-            wakes: 0,
-        });
+        let g = self
+            .goroutines
+            .entry(r.goid)
+            .or_insert(Goroutine::runnable(r.goid, r.ts_ns));
         if let State::Parked { reason, .. } = g.state
             && reason == r.reason
             && g.park_pc == r.pc
@@ -152,12 +157,8 @@ impl Model {
                 self.goroutines.insert(
                     r.goid,
                     Goroutine {
-                        goid: r.goid,
-                        state: State::Runnable { since_ns: r.ts_ns },
-                        wait_addr: 0,
-                        park_pc: 0,
-                        parks: 0,
                         wakes: 1,
+                        ..Goroutine::runnable(r.goid, r.ts_ns)
                     },
                 );
                 None

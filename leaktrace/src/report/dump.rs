@@ -161,7 +161,9 @@ pub fn memory_line(m: &MemorySnapshot) -> String {
     )
 }
 
-fn write_frames(
+/// A stack as Go's traceback prints it: each frame and its position, then `created by`.
+/// `elided` frames are marked after the first INNER_FRAMES, as Go does.
+pub(crate) fn write_frames(
     out: &mut String,
     stack: &[StackFrame],
     elided: usize,

@@ -76,21 +76,7 @@ pub fn text(r: &Report) -> String {
             l.confidence,
             l.score
         );
-        for f in &l.stack {
-            let _ = writeln!(out, "    {}(...)\n    \t{}:{}", f.function, f.file, f.line);
-        }
-        if let Some(c) = &l.created_by {
-            let parent = if c.goid != 0 {
-                format!(" in goroutine {}", c.goid)
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                out,
-                "    created by {}{parent}\n    \t{}:{}",
-                c.function, c.file, c.line
-            );
-        }
+        super::dump::write_frames(&mut out, &l.stack, 0, l.created_by.as_ref(), "    ");
         if let Some(c) = &l.channel {
             let kind = if c.capacities == [0] {
                 "unbuffered".to_string()

@@ -133,7 +133,11 @@ fn thread_id() -> u64 {
 }
 
 pub fn leaktrace_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_leaktrace"))
+    // Cargo names the binary to integration tests; an example sharing these helpers gets
+    // the release build.
+    option_env!("CARGO_BIN_EXE_leaktrace")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/leaktrace"))
 }
 
 /// Lines of a child's stderr, read on a thread so that a test can wait for one with a
