@@ -8,6 +8,9 @@ use anyhow::bail;
 
 use crate::go;
 
+/// Seconds of fuzzing per target in the test run (`cargo xtask fuzz` runs longer).
+const FUZZ_SECONDS: u64 = 10;
+
 fn run(what: &str, args: &[&str]) -> anyhow::Result<()> {
     println!("\n==> {what}: cargo {}", args.join(" "));
     let start = Instant::now();
@@ -39,6 +42,9 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     let mut args = vec!["test"];
     args.extend(extra.iter().map(String::as_str));
     run("tests", &args)?;
+    // Every fuzz target, briefly, from its committed corpus: the parsers must not panic on
+    // what it already knows, and the targets must keep building.
+    crate::fuzz::fuzz(FUZZ_SECONDS, &[])?;
     println!(
         "\n==> all checks passed in {:.0} s",
         start.elapsed().as_secs_f64()

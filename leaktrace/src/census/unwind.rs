@@ -90,7 +90,10 @@ pub fn unwind(
             break;
         };
         // amd64 has no link register: the return address is the word below the caller's SP.
-        let fp = sp + delta + 8;
+        // The SP comes from the target's memory: a garbage one ends the walk, not leaktrace.
+        let Some(fp) = sp.checked_add(delta).and_then(|v| v.checked_add(8)) else {
+            break;
+        };
         let Some(ret) = stack.word(fp - 8) else { break };
         if ret == 0 {
             break;

@@ -490,6 +490,15 @@ pub fn wait_reason_strings(elf_data: &[u8]) -> Result<Option<Vec<String>>, Layou
             symbol.size()
         )));
     }
+    // Slot addresses are computed from the symbol's below. One running past the top of the
+    // address space is garbage, and nothing has refused it yet: object does not check symbol
+    // or segment addresses for that.
+    if symbol.address().checked_add(symbol.size()).is_none() {
+        return Err(bad(format!(
+            "{SYMBOL} at {:#x} runs past the end of the address space",
+            symbol.address()
+        )));
+    }
     let words = read_vaddr(&file, symbol.address(), symbol.size()).ok_or_else(|| {
         bad(format!(
             "{SYMBOL} at {:#x} is not in the file",
@@ -602,7 +611,10 @@ fn decompress<'data>(
             // Capacity from the header, bounded so a corrupt size cannot exhaust memory.
             let capacity = usize::try_from(data.uncompressed_size.min(1 << 28)).unwrap_or(0);
             let mut out = Vec::with_capacity(capacity);
+            // Never inflate past the size the header promises: a crafted stream could
+            // otherwise expand a thousandfold.
             flate2::read::ZlibDecoder::new(data.data)
+                .take(data.uncompressed_size.saturating_add(1))
                 .read_to_end(&mut out)
                 .map_err(|source| LayoutError::Decompress { section, source })?;
             if out.len() as u64 != data.uncompressed_size {
@@ -1035,7 +1047,9 @@ impl<'i, 'a> Structs<'i, 'a> {
                     .ok_or_else(|| self.missing(what()))?;
             }
             let member = Self::member(current, part).ok_or_else(|| self.missing(what()))?;
-            offset += member.offset;
+            // DW_AT_data_member_location is any u64 in a corrupt file.
+            offset = u64::checked_add(offset, member.offset)
+                .ok_or_else(|| self.missing(format!("plausible offset of {}", what())))?;
             last = Some(member);
         }
         if let (Some(expected), Some(member)) = (width, last) {
@@ -1097,7 +1111,10 @@ impl<'i, 'a> Structs<'i, 'a> {
             .find_embedded(ty, "vu", 4)
             .ok_or_else(|| self.missing(format!("{what}.vu")))?;
         self.check_width(inner.1, 8, &format!("{what}.vu"))?;
-        Ok(member.offset + inner.0)
+        member
+            .offset
+            .checked_add(inner.0)
+            .ok_or_else(|| self.missing(format!("plausible offset of {what}.vu")))
     }
 
     /// `name` in `die` or in a struct embedded in it (depth-first), with its offset.
@@ -1116,7 +1133,7 @@ impl<'i, 'a> Structs<'i, 'a> {
         die.members.iter().filter(|m| m.embedded).find_map(|m| {
             let inner = self.index.resolve(m.ty?)?;
             let (offset, found) = self.find_embedded(inner, name, depth - 1)?;
-            Some((m.offset + offset, found))
+            Some((m.offset.checked_add(offset)?, found))
         })
     }
 }
