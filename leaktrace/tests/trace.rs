@@ -385,3 +385,74 @@ fn netpoll_wake_ups_are_seen_by_the_wake_any_probe() {
         );
     }
 }
+
+/// The target replaces itself with another program (execve) mid-trace: leaktrace says so,
+/// stops cleanly, and leaves nothing loaded.
+#[test]
+fn a_target_that_execs_mid_trace_ends_the_trace_cleanly() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("execs", &version, &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    fx.stderr.wait_for("ready", Duration::from_secs(10));
+    let pid = fx.pid();
+    let tracer = Tracer::attach(pid, &[]);
+    let programs = programs_held_by(tracer.child.id());
+    std::thread::sleep(Duration::from_millis(300));
+    fx.go_on();
+    let (_, stderr, code) = tracer.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{stderr:?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains(&format!("PID {pid} exec'd another program"))),
+        "{stderr:?}"
+    );
+    assert_eq!(
+        still_loaded(&programs),
+        Vec::<u32>::new(),
+        "programs left loaded"
+    );
+    assert!(
+        fs::read_link(format!("/proc/{pid}/exe"))
+            .unwrap()
+            .ends_with("sleep"),
+        "the target really exec'd"
+    );
+}
+
+/// Two copies of the same binary: only the chosen PID is traced. The other's code gets no
+/// breakpoint and none of its goroutines appears in the records.
+#[test]
+fn only_the_chosen_copy_of_a_binary_is_traced() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("chansend", &version, &[]);
+    let mut chosen = Fixture::start(&bin, &["-n", "5"]);
+    let mut other = Fixture::start(&bin, &["-n", "7"]);
+    chosen.stderr.wait_for("ready", Duration::from_secs(10));
+    other.stderr.wait_for("ready", Duration::from_secs(10));
+    let log = tempfile("two-copies.jsonl");
+    let tracer = Tracer::attach(chosen.pid(), &["--events", log.to_str().unwrap()]);
+    let gopark = symbol_address(&bin, "runtime.gopark");
+    assert_eq!(first_byte_in_target(chosen.pid(), gopark), 0xcc);
+    assert_ne!(
+        first_byte_in_target(other.pid(), gopark),
+        0xcc,
+        "the other copy has no breakpoint"
+    );
+    other.go_on();
+    let (other_out, _) = other.finish();
+    assert!(other_out.contains("received 7 values"));
+    chosen.go_on();
+    let (out, _) = chosen.finish();
+    assert!(out.contains("received 5 values"));
+    let (_, stderr, code) = tracer.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{stderr:?}");
+    let sends = events(&log)
+        .iter()
+        .filter(|e| e["reason"] == "chan send")
+        .count();
+    assert_eq!(
+        sends, 5,
+        "only the chosen process's 5 blocking sends, not the other's 7"
+    );
+}

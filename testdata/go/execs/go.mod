@@ -1,0 +1,3 @@
+module fixture/execs
+
+go 1.21
