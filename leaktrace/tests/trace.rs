@@ -456,3 +456,105 @@ fn only_the_chosen_copy_of_a_binary_is_traced() {
         "only the chosen process's 5 blocking sends, not the other's 7"
     );
 }
+
+/// leaktrace killed outright (SIGKILL) mid-trace: it pins nothing, so the kernel removes its
+/// probes and programs when it closes its descriptors; the target's code is restored and
+/// the next run starts clean.
+#[test]
+fn sigkill_leaves_nothing_behind() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("classicleak", &version, &[]);
+    let mut fx = Fixture::start(&bin, &["-hold"]);
+    fx.stderr.wait_for("holding", Duration::from_secs(10));
+    let pid = fx.pid();
+    let gopark = symbol_address(&bin, "runtime.gopark");
+    let before = first_byte_in_target(pid, gopark);
+    let tracer = Tracer::attach(pid, &[]);
+    let programs = programs_held_by(tracer.child.id());
+    assert_eq!(first_byte_in_target(pid, gopark), 0xcc);
+    tracer.signal(libc::SIGKILL);
+    let (_, _, code) = tracer.finish(Duration::from_secs(10));
+    assert_eq!(code, None, "killed by a signal");
+    // Descriptors are released asynchronously after the process dies.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (first_byte_in_target(pid, gopark) == 0xcc || !still_loaded(&programs).is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        first_byte_in_target(pid, gopark),
+        before,
+        "the breakpoint is gone"
+    );
+    assert_eq!(
+        still_loaded(&programs),
+        Vec::<u32>::new(),
+        "no program left loaded"
+    );
+    // And the next run attaches and stops normally.
+    let again = Tracer::attach(pid, &["-d", "1s"]);
+    let (_, stderr, code) = again.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{stderr:?}");
+    let (out, _) = fx.finish();
+    assert!(out.contains("5 requests, 5 failed"));
+}
+
+/// A target in its own PID and mount namespaces (as in a container): leaktrace, in the
+/// initial namespaces, reaches its binary through /proc/PID/exe and follows it by its PID
+/// as the initial namespace numbers it.
+#[test]
+fn a_target_in_other_pid_and_mount_namespaces_is_traced() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("classicleak", &version, &[]);
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--mount", "--fork", "--mount-proc", "--"])
+        .arg(&bin)
+        .arg("-hold")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = Lines::new(unshare.stderr.take().unwrap());
+    stderr.wait_for("holding", Duration::from_secs(10));
+    // The fixture is unshare's child: PID 1 inside, another number outside.
+    let children =
+        fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
+    let pid: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(
+        nspid.split_whitespace().last() == Some("1"),
+        "PID 1 in its namespace: {nspid}"
+    );
+    let out = std::process::Command::new(leaktrace_bin())
+        .args([
+            "record",
+            "-p",
+            &pid.to_string(),
+            "-d",
+            "2500ms",
+            "--min-age",
+            "2s",
+            "--snapshot-interval",
+            "1s",
+        ])
+        .arg("-o")
+        .arg(tempfile("ns-report"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(tempfile("ns-report").join("report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["leaks"][0]["site"]["function"], "main.produce", "{r:#}");
+    assert_eq!(r["leaks"][0]["count"], 5);
+    drop(unshare.stdin.take());
+    let _ = unshare.wait();
+}
