@@ -558,3 +558,33 @@ fn a_target_in_other_pid_and_mount_namespaces_is_traced() {
     drop(unshare.stdin.take());
     let _ = unshare.wait();
 }
+
+/// `record -o DIR` never writes through a symlink planted in DIR: leaktrace refuses, and the
+/// file the link points to is untouched.
+#[test]
+fn output_files_are_not_written_through_a_planted_symlink() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("classicleak", &version, &[]);
+    let mut fx = Fixture::start(&bin, &["-hold"]);
+    fx.stderr.wait_for("holding", Duration::from_secs(10));
+    let dir = tempfile("planted");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let victim = tempfile("victim.txt");
+    fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("report.txt")).unwrap();
+    let out = std::process::Command::new(leaktrace_bin())
+        .args(["record", "-p", &fx.pid().to_string(), "-d", "500ms", "-o"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("report.txt"), "{err}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    let (out, _) = fx.finish();
+    assert!(
+        out.contains("5 requests, 5 failed"),
+        "the target carried on: {out}"
+    );
+}
