@@ -128,6 +128,28 @@ pub struct AllocStat {
     pub bytes: u64,
 }
 
+/// Slots of the per-CPU `MADVISE` array: bytes per advice in the first
+/// [`MADVISE_ADVICES`] slots, calls per advice in the next as many.
+pub const MADVISE_ADVICES: u32 = 5;
+pub const MADVISE_SLOTS: u32 = 2 * MADVISE_ADVICES;
+
+/// The slot of a madvise advice (include/uapi/asm-generic/mman-common.h): MADV_DONTNEED 4
+/// (what the Go scavenger uses by default), MADV_FREE 8 (GODEBUG=madvdontneed=0),
+/// MADV_HUGEPAGE 14, MADV_NOHUGEPAGE 15, anything else.
+pub const fn madvise_slot(advice: u64) -> u32 {
+    match advice {
+        4 => 0,
+        8 => 1,
+        14 => 2,
+        15 => 3,
+        _ => 4,
+    }
+}
+
+/// Names of the madvise slots, in order.
+pub const MADVISE_NAMES: [&str; MADVISE_ADVICES as usize] =
+    ["DONTNEED", "FREE", "HUGEPAGE", "NOHUGEPAGE", "other"];
+
 /// Goroutines whose allocations are kept at once; the least recently allocating are
 /// forgotten first (an LRU map).
 pub const ALLOC_GOROUTINES: u32 = 1 << 16;

@@ -10,12 +10,13 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, uprobe},
+    macros::{map, tracepoint, uprobe},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::ProbeContext,
+    programs::{ProbeContext, TracePointContext},
 };
 use leaktrace_common::{
-    ALLOC_GOROUTINES, AllocStat, Config, Counter, RING_BYTES, Record, RecordKind,
+    ALLOC_GOROUTINES, AllocStat, Config, Counter, MADVISE_ADVICES, MADVISE_SLOTS, RING_BYTES,
+    Record, RecordKind, madvise_slot,
 };
 
 #[map]
@@ -26,6 +27,9 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+#[map]
+static MADVISE: PerCpuArray<u64> = PerCpuArray::with_max_entries(MADVISE_SLOTS, 0);
 
 #[map]
 static ALLOCS: LruHashMap<u64, AllocStat> = LruHashMap::with_max_entries(ALLOC_GOROUTINES, 0);
@@ -344,6 +348,30 @@ pub fn malloc(ctx: ProbeContext) -> u32 {
                 },
                 0,
             );
+        }
+    }
+    0
+}
+
+/// The `syscalls:sys_enter_madvise` tracepoint, for the target only: bytes and calls per
+/// advice, aggregated per CPU. Field offsets from the tracepoint's format file:
+/// `len_in` at 24, `behavior` at 32.
+#[tracepoint]
+pub fn madvise(ctx: TracePointContext) -> u32 {
+    if config_for_current().is_none() {
+        return 0;
+    }
+    // SAFETY: reads of the tracepoint record at the offsets its format file gives.
+    let (Ok(len), Ok(advice)) = (unsafe { ctx.read_at::<u64>(24) }, unsafe {
+        ctx.read_at::<u64>(32)
+    }) else {
+        return 0;
+    };
+    let slot = madvise_slot(advice);
+    for (index, n) in [(slot, len), (slot + MADVISE_ADVICES, 1)] {
+        if let Some(v) = MADVISE.get_ptr_mut(index) {
+            // SAFETY: per-CPU slot of a map value; no other writer on this CPU while we run.
+            unsafe { *v += n };
         }
     }
     0

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use leaktrace_common::{Config, Record, RecordKind};
+use leaktrace_common::{Config, MADVISE_NAMES, Record, RecordKind};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -28,7 +28,7 @@ use crate::{
     model::{Applied, Model},
     probes::{HIT_COST, Probe, Probes, over_budget},
     report::{
-        leaks::{self, ProbeSummary, Report},
+        leaks::{self, MemoryPoint, ProbeSummary, Report},
         live,
     },
     target::{Target, binary::GoBinary, layout, process::Process, spawn},
@@ -224,6 +224,27 @@ fn observe(target: &Target) -> anyhow::Result<Vec<Observed>> {
         .collect())
 }
 
+/// The target's memory now, with the madvise totals so far.
+fn memory_point(target: &Target, probes: &Probes, at: Duration) -> Option<MemoryPoint> {
+    let m = census::memory::read(target).ok()?;
+    let madvise = probes.madvise().ok()?;
+    Some(MemoryPoint {
+        seconds: at.as_secs_f64(),
+        rss_bytes: m.rss_bytes,
+        rss_anon_bytes: m.rss_anon_bytes,
+        heap_alloc: m.heap_alloc,
+        heap_inuse: m.heap_inuse,
+        heap_idle: m.heap_idle,
+        heap_released: m.heap_released,
+        num_gc: m.num_gc,
+        madvise_bytes: MADVISE_NAMES
+            .iter()
+            .zip(madvise)
+            .map(|(n, (bytes, _))| (n.to_string(), bytes))
+            .collect(),
+    })
+}
+
 /// Creates `dir/name` for writing, refusing to follow a symlink planted there.
 fn create_output(dir: &Path, name: &str) -> anyhow::Result<File> {
     let path = dir.join(name);
@@ -291,6 +312,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     };
     let pid = target.process.pid();
     let records = probes.take_records()?;
+    if let Some(e) = &probes.madvise_error {
+        eprintln!("leaktrace: madvise not traced: {e}");
+    }
+    let mut timeline: Vec<MemoryPoint> = memory_point(&target, &probes, start.elapsed())
+        .into_iter()
+        .collect();
     let attached_now = probes.attached();
     if attached_now.contains(&Probe::Gopark) && attached_now.contains(&Probe::Ready) {
         tracker.probes_active(Duration::ZERO);
@@ -477,6 +504,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 let walk = Instant::now();
                 let observed = observe(&target);
                 next_snapshot = tokio::time::Instant::now() + opts.snapshot_interval.max(walk.elapsed() * SNAPSHOT_PACE);
+                timeline.extend(memory_point(&target, &probes, start.elapsed()));
                 match observed {
                     Ok(gs) => tracker.observe(start.elapsed(), gs),
                     Err(e) if !target.process.is_alive() => log::debug!("snapshot after exit: {e:#}"),
@@ -527,6 +555,9 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         .filter(|p| counts.hits(*p) > 0)
         .map(|p| (p.function().to_string(), counts.hits(p)))
         .collect();
+    if matches!(stop, Stop::Duration | Stop::Signal(_)) {
+        timeline.extend(memory_point(&target, &probes, start.elapsed()));
+    }
     drop(records);
     drop(probes); // detaches every uprobe and unloads the programs
     // A last look, unless the target is gone: the verdict is about its state now.
@@ -596,6 +627,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         wakes: name(&model.total.wakes),
         goroutines_created: model.created,
         goroutines_exited: model.exited,
+        memory_timeline: timeline,
         probes: ProbeSummary {
             attached,
             hits,

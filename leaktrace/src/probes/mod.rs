@@ -11,11 +11,11 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
-        UProbe,
+        TracePoint, UProbe,
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
-use leaktrace_common::{AllocStat, Config, Counter};
+use leaktrace_common::{AllocStat, Config, Counter, MADVISE_ADVICES};
 
 use crate::target::{binary::GoBinary, code};
 
@@ -257,6 +257,9 @@ impl Counts {
 pub struct Probes {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    madvise: PerCpuArray<MapData, u64>,
+    /// Why the madvise tracepoint is not attached, if it is not.
+    pub madvise_error: Option<String>,
     pid: NonZeroU32,
     links: HashMap<Probe, Vec<UProbeLinkId>>,
 }
@@ -284,6 +287,23 @@ impl Probes {
             .take_map("COUNTERS")
             .ok_or_else(|| anyhow!("BPF object has no COUNTERS map"))?
             .try_into()?;
+        let madvise: PerCpuArray<MapData, u64> = ebpf
+            .take_map("MADVISE")
+            .ok_or_else(|| anyhow!("BPF object has no MADVISE map"))?
+            .try_into()?;
+        // The target's madvise calls, from the syscall tracepoint: they are rare (the
+        // scavenger returning pages), so it is always on. Without tracefs it is not fatal.
+        let madvise_error = (|| -> anyhow::Result<()> {
+            let tp: &mut TracePoint = ebpf
+                .program_mut("madvise")
+                .ok_or_else(|| anyhow!("BPF object has no madvise program"))?
+                .try_into()?;
+            tp.load()?;
+            tp.attach("syscalls", "sys_enter_madvise")?;
+            Ok(())
+        })()
+        .err()
+        .map(|e| format!("{e:#} (is tracefs mounted on /sys/kernel/tracing?)"));
         for probe in Probe::ALL {
             let program: &mut UProbe = ebpf
                 .program_mut(probe.program())
@@ -296,6 +316,8 @@ impl Probes {
         Ok(Self {
             ebpf,
             counters,
+            madvise,
+            madvise_error,
             pid,
             links: HashMap::new(),
         })
@@ -365,6 +387,17 @@ impl Probes {
             .into_iter()
             .filter(|p| self.links.contains_key(p))
             .collect()
+    }
+
+    /// Bytes and calls of the target's madvise per advice (see `MADVISE_NAMES`).
+    pub fn madvise(&self) -> anyhow::Result<[(u64, u64); MADVISE_ADVICES as usize]> {
+        let mut out = [(0, 0); MADVISE_ADVICES as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let i = i as u32;
+            slot.0 = self.madvise.get(&i, 0)?.iter().sum();
+            slot.1 = self.madvise.get(&(i + MADVISE_ADVICES), 0)?.iter().sum();
+        }
+        Ok(out)
     }
 
     /// Allocations per goroutine seen by the alloc probe (goid -> count and bytes).

@@ -19,6 +19,27 @@ pub struct ProbeSummary {
     pub shed: Vec<String>,
 }
 
+/// The target's memory at one moment of the trace.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MemoryPoint {
+    pub seconds: f64,
+    pub rss_bytes: u64,
+    pub rss_anon_bytes: u64,
+    #[serde(rename = "HeapAlloc")]
+    pub heap_alloc: u64,
+    #[serde(rename = "HeapInuse")]
+    pub heap_inuse: u64,
+    #[serde(rename = "HeapIdle")]
+    pub heap_idle: u64,
+    #[serde(rename = "HeapReleased")]
+    pub heap_released: u64,
+    #[serde(rename = "NumGC")]
+    pub num_gc: u32,
+    /// Bytes the target passed to madvise since the trace started, by advice
+    /// ("DONTNEED", "FREE", "HUGEPAGE", "NOHUGEPAGE", "other").
+    pub madvise_bytes: BTreeMap<String, u64>,
+}
+
 /// `report.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -39,12 +60,46 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocations: Option<Allocated>,
     pub probes: ProbeSummary,
+    /// RSS, the Go heap and madvise at each snapshot: a heap in use that stays flat while
+    /// pages are returned tells "not returned yet" from "still referenced".
+    pub memory_timeline: Vec<MemoryPoint>,
     /// Suspected leak groups, strongest first.
     pub leaks: Vec<LeakGroup>,
 }
 
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
 pub fn text(r: &Report) -> String {
     let mut out = String::new();
+    if let (Some(a), Some(b)) = (r.memory_timeline.first(), r.memory_timeline.last()) {
+        let _ = writeln!(
+            out,
+            "memory over {:.1} s: RSS {:.1} -> {:.1} MiB (peak {:.1}), Go heap in use {:.1} -> {:.1} MiB (peak {:.1}), released to the OS {:.1} -> {:.1} MiB, madvise(DONTNEED) {:.1} MiB, {} GCs\n",
+            b.seconds - a.seconds,
+            mib(a.rss_bytes),
+            mib(b.rss_bytes),
+            mib(r
+                .memory_timeline
+                .iter()
+                .map(|p| p.rss_bytes)
+                .max()
+                .unwrap_or(0)),
+            mib(a.heap_inuse),
+            mib(b.heap_inuse),
+            mib(r
+                .memory_timeline
+                .iter()
+                .map(|p| p.heap_inuse)
+                .max()
+                .unwrap_or(0)),
+            mib(a.heap_released),
+            mib(b.heap_released),
+            mib(b.madvise_bytes.get("DONTNEED").copied().unwrap_or(0)),
+            b.num_gc.saturating_sub(a.num_gc)
+        );
+    }
     if r.leaks.is_empty() {
         let _ = writeln!(
             out,

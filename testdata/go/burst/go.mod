@@ -1,0 +1,3 @@
+module fixture/burst
+
+go 1.21
