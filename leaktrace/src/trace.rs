@@ -230,13 +230,7 @@ fn memory_point(target: &Target, probes: &Probes, at: Duration) -> Option<Memory
     let madvise = probes.madvise().ok()?;
     Some(MemoryPoint {
         seconds: at.as_secs_f64(),
-        rss_bytes: m.rss_bytes,
-        rss_anon_bytes: m.rss_anon_bytes,
-        heap_alloc: m.heap_alloc,
-        heap_inuse: m.heap_inuse,
-        heap_idle: m.heap_idle,
-        heap_released: m.heap_released,
-        num_gc: m.num_gc,
+        memory: m,
         madvise_bytes: MADVISE_NAMES
             .iter()
             .zip(madvise)

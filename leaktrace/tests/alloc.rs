@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::{fs, process::Command};
-
 use support::*;
 
 #[test]
@@ -14,44 +12,28 @@ fn a_leaked_goroutines_allocations_are_counted_exactly() {
     const SMALL: u64 = 1000;
     for version in go_versions() {
         let bin = build_fixture("allocs", &version, &[]);
-        let dir =
-            std::env::temp_dir().join(format!("leaktrace-alloc-{}-{version}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let out = Command::new(leaktrace_bin())
-            .args([
-                "record",
+        let (big, small) = (BIG.to_string(), SMALL.to_string());
+        let (r, _) = record(
+            &format!("allocs-{version}"),
+            &[
                 "--probes",
                 "default,alloc",
                 "-d",
                 "20s",
                 "--min-age",
                 "1s",
-            ])
-            .args([
                 "--snapshot-interval",
                 "500ms",
-                "-o",
-                dir.to_str().unwrap(),
                 "--",
-            ])
-            .arg(&bin)
-            .args([
+                bin.to_str().unwrap(),
                 "-n",
-                &BIG.to_string(),
+                &big,
                 "-small",
-                &SMALL.to_string(),
+                &small,
                 "-linger",
                 "2500ms",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "Go {version}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
         );
-        let r: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
         let leak = r["leaks"]
             .as_array()
             .unwrap()

@@ -8,8 +8,6 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    path::Path,
-    process::Command,
     sync::Mutex,
     time::Duration,
 };
@@ -41,10 +39,6 @@ fn expected_leaks(version: &str) -> BTreeMap<&'static str, &'static str> {
     ])
 }
 
-fn report(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
-}
-
 /// (blocking site function, wait reason) of each reported leak.
 fn reported(r: &serde_json::Value) -> Vec<(String, String)> {
     r["leaks"]
@@ -60,27 +54,11 @@ fn reported(r: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn out_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("leaktrace-leaks-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    d
-}
-
-/// Runs `leaktrace record` to completion; panics with its output if it fails.
-fn record(args: &[&str], dir: &Path) -> serde_json::Value {
-    let out = Command::new(leaktrace_bin())
-        .arg("record")
-        .args(["--snapshot-interval", "1s", "-o", dir.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "leaktrace record {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    report(dir)
+/// `leaktrace record` with a snapshot a second, to completion; its report.
+fn record_leaks(name: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--snapshot-interval", "1s"];
+    all.extend_from_slice(args);
+    support::record(name, &all).0
 }
 
 #[derive(Default)]
@@ -132,10 +110,9 @@ fn leak_verdicts_over_the_fixture_set() {
                 let bin = build_fixture("leakset", version, &[]);
                 let mut fx = Fixture::start(&bin, &["-hold"]);
                 fx.stderr.wait_for("ready", Duration::from_secs(10));
-                let dir = out_dir(&format!("leakset-{version}"));
-                let r = record(
+                let r = record_leaks(
+                    &format!("leakset-{version}"),
                     &["-p", &fx.pid().to_string(), "-d", "4s", "--min-age", "3s"],
-                    &dir,
                 );
                 drop(fx);
                 score(
@@ -146,8 +123,8 @@ fn leak_verdicts_over_the_fixture_set() {
                 );
 
                 // 2. The same program spawned under leaktrace: seen from its first instruction.
-                let dir = out_dir(&format!("leakset-spawn-{version}"));
-                let r = record(
+                let r = record_leaks(
+                    &format!("leakset-spawn-{version}"),
                     &[
                         "-d",
                         "20s",
@@ -160,7 +137,6 @@ fn leak_verdicts_over_the_fixture_set() {
                         "-linger",
                         "3500ms",
                     ],
-                    &dir,
                 );
                 assert!(
                     r["stopped"]
@@ -186,8 +162,8 @@ fn leak_verdicts_over_the_fixture_set() {
                 // 3. The classic leak spawned with every probe: the channel probes name the
                 // consumer's last receive, the loop it returned from.
                 let classic = build_fixture("classicleak", version, &[]);
-                let dir = out_dir(&format!("classic-spawn-{version}"));
-                let r = record(
+                let r = record_leaks(
+                    &format!("classic-spawn-{version}"),
                     &[
                         "--probes",
                         "all",
@@ -200,7 +176,6 @@ fn leak_verdicts_over_the_fixture_set() {
                         "-linger",
                         "2500ms",
                     ],
-                    &dir,
                 );
                 let l = &r["leaks"][0];
                 assert_eq!(l["site"]["function"], "main.produce", "go{version}: {l}");
@@ -231,8 +206,8 @@ fn leak_verdicts_over_the_fixture_set() {
                     let bin = build_fixture(name, version, &[]);
                     let mut fx = Fixture::start(&bin, &["-hold"]);
                     fx.stderr.wait_for("holding", Duration::from_secs(10));
-                    let dir = out_dir(&format!("{name}-{version}"));
-                    let r = record(
+                    let r = record_leaks(
+                        &format!("{name}-{version}"),
                         &[
                             "-p",
                             &fx.pid().to_string(),
@@ -241,7 +216,6 @@ fn leak_verdicts_over_the_fixture_set() {
                             "--min-age",
                             "2s",
                         ],
-                        &dir,
                     );
                     drop(fx);
                     let expected = if leaks {

@@ -5,20 +5,15 @@
 
 mod support;
 
-use std::{fs, process::Command};
-
 use support::*;
 
 #[test]
 fn bytes_returned_with_madvise_agree_with_heap_released() {
     for version in go_versions() {
         let bin = build_fixture("burst", &version, &[]);
-        let dir =
-            std::env::temp_dir().join(format!("leaktrace-burst-{}-{version}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let out = Command::new(leaktrace_bin())
-            .args([
-                "record",
+        let (r, stdout) = record(
+            &format!("burst-{version}"),
+            &[
                 "--probes",
                 "none",
                 "-d",
@@ -27,28 +22,20 @@ fn bytes_returned_with_madvise_agree_with_heap_released() {
                 "1s",
                 "--snapshot-interval",
                 "250ms",
-            ])
-            .arg("-o")
-            .arg(&dir)
-            .arg("--")
-            .arg(&bin)
-            .args(["-mib", "128", "-linger", "1s"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "Go {version}: {}",
-            String::from_utf8_lossy(&out.stderr)
+                "--",
+                bin.to_str().unwrap(),
+                "-mib",
+                "128",
+                "-linger",
+                "1s",
+            ],
         );
-        let stdout = String::from_utf8_lossy(&out.stdout);
         let released: u64 = stdout
             .lines()
             .find_map(|l| l.strip_prefix("released "))
             .unwrap_or_else(|| panic!("Go {version}: {stdout}"))
             .parse()
             .unwrap();
-        let r: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
         let timeline = r["memory_timeline"].as_array().unwrap();
         assert!(timeline.len() >= 3, "Go {version}: {timeline:?}");
         let last = timeline.last().unwrap();

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::detect::{Allocated, LeakGroup};
+use crate::{
+    census::MemorySnapshot,
+    detect::{Allocated, LeakGroup},
+};
 
 /// What the probes did during the trace.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -23,18 +26,9 @@ pub struct ProbeSummary {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MemoryPoint {
     pub seconds: f64,
-    pub rss_bytes: u64,
-    pub rss_anon_bytes: u64,
-    #[serde(rename = "HeapAlloc")]
-    pub heap_alloc: u64,
-    #[serde(rename = "HeapInuse")]
-    pub heap_inuse: u64,
-    #[serde(rename = "HeapIdle")]
-    pub heap_idle: u64,
-    #[serde(rename = "HeapReleased")]
-    pub heap_released: u64,
-    #[serde(rename = "NumGC")]
-    pub num_gc: u32,
+    /// RSS and the Go heap, named as in `dump --json`.
+    #[serde(flatten)]
+    pub memory: MemorySnapshot,
     /// Bytes the target passed to madvise since the trace started, by advice
     /// ("DONTNEED", "FREE", "HUGEPAGE", "NOHUGEPAGE", "other").
     pub madvise_bytes: BTreeMap<String, u64>,
@@ -78,26 +72,26 @@ pub fn text(r: &Report) -> String {
             out,
             "memory over {:.1} s: RSS {:.1} -> {:.1} MiB (peak {:.1}), Go heap in use {:.1} -> {:.1} MiB (peak {:.1}), released to the OS {:.1} -> {:.1} MiB, madvise(DONTNEED) {:.1} MiB, {} GCs\n",
             b.seconds - a.seconds,
-            mib(a.rss_bytes),
-            mib(b.rss_bytes),
+            mib(a.memory.rss_bytes),
+            mib(b.memory.rss_bytes),
             mib(r
                 .memory_timeline
                 .iter()
-                .map(|p| p.rss_bytes)
+                .map(|p| p.memory.rss_bytes)
                 .max()
                 .unwrap_or(0)),
-            mib(a.heap_inuse),
-            mib(b.heap_inuse),
+            mib(a.memory.heap_inuse),
+            mib(b.memory.heap_inuse),
             mib(r
                 .memory_timeline
                 .iter()
-                .map(|p| p.heap_inuse)
+                .map(|p| p.memory.heap_inuse)
                 .max()
                 .unwrap_or(0)),
-            mib(a.heap_released),
-            mib(b.heap_released),
+            mib(a.memory.heap_released),
+            mib(b.memory.heap_released),
             mib(b.madvise_bytes.get("DONTNEED").copied().unwrap_or(0)),
-            b.num_gc.saturating_sub(a.num_gc)
+            b.memory.num_gc.saturating_sub(a.memory.num_gc)
         );
     }
     if r.leaks.is_empty() {

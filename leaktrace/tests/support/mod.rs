@@ -320,3 +320,26 @@ pub fn symbol_address(bin: &Path, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not in {}", bin.display()))
         .address()
 }
+
+/// Runs `leaktrace record -o <fresh directory named after NAME> ARGS` to completion and
+/// panics with its output if it fails. Returns report.json and leaktrace's stdout (which
+/// holds a spawned target's output too).
+pub fn record(name: &str, args: &[&str]) -> (serde_json::Value, String) {
+    let dir = std::env::temp_dir().join(format!("leaktrace-record-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let out = Command::new(leaktrace_bin())
+        .arg("record")
+        .arg("-o")
+        .arg(&dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "leaktrace record {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = fs::read_to_string(dir.join("report.json")).unwrap();
+    (serde_json::from_str(&report).unwrap(), stdout)
+}
