@@ -48,6 +48,9 @@ pub enum RecordKind {
     /// A targeted probe at `pc` (the probed instruction, a runtime address) was passed by
     /// goroutine `goid`: it moved on past a blocking call, or ran a `go` statement.
     Site = 9,
+    /// The target called madvise: `addr` is the length, `reason` the advice's slot (see
+    /// [`madvise_slot`]).
+    Madvise = 10,
 }
 
 impl RecordKind {
@@ -62,6 +65,7 @@ impl RecordKind {
             7 => Some(Self::ChanClose),
             8 => Some(Self::Select),
             9 => Some(Self::Site),
+            10 => Some(Self::Madvise),
             _ => None,
         }
     }
@@ -113,10 +117,16 @@ pub enum Counter {
     AllocHits = 12,
     /// Bytes requested by the allocations the alloc probe saw.
     AllocBytes = 13,
+    /// `runtime.(*mcache).refill` hits: a span of one size class handed to an mcache.
+    RefillHits = 14,
+    /// `runtime.(*mcache).allocLarge` hits: an allocation above 32 KiB.
+    LargeHits = 15,
+    /// Sampled allocations whose stack could not be kept (stack map full or unwind failed).
+    SampleStackErrors = 16,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 17;
 }
 
 /// Allocations of one goroutine seen by the alloc probe, aggregated in the kernel (`ALLOCS`,
@@ -127,6 +137,34 @@ pub struct AllocStat {
     pub count: u64,
     pub bytes: u64,
 }
+
+/// A stack of sampled allocations: what the fallback sampler (span refills and large
+/// allocations) aggregates by, in the kernel, in `SAMPLES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    /// An id in the `STACKS` stack-trace map (the user stack, by frame pointers), or
+    /// [`NO_STACK`].
+    pub stack_id: u32,
+    /// The span class refilled (size class << 1 | noscan), or [`LARGE_CLASS`] for a large
+    /// allocation.
+    pub span_class: u32,
+    /// A large allocation's size; 0 for a refill.
+    pub size: u64,
+}
+
+/// [`SampleKey::stack_id`] when the stack was not kept.
+pub const NO_STACK: u32 = u32::MAX;
+/// [`SampleKey::span_class`] of a large allocation.
+pub const LARGE_CLASS: u32 = u32::MAX;
+/// Span classes (68 size classes, scan and noscan): the `SPAN_BYTES` array userspace fills
+/// with each class's span size, so that the kernel can add up bytes per goroutine.
+pub const SPAN_CLASSES: u32 = 2 * 68;
+/// Distinct (stack, class, size) keys kept; further ones are counted in
+/// `Counter::SampleStackErrors`.
+pub const SAMPLE_KEYS: u32 = 1 << 14;
+/// Distinct stacks kept.
+pub const SAMPLE_STACKS: u32 = 1 << 14;
 
 /// Slots of the per-CPU `MADVISE` array: bytes per advice in the first
 /// [`MADVISE_ADVICES`] slots, calls per advice in the next as many.
@@ -163,4 +201,5 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Record {}
     unsafe impl aya::Pod for super::AllocStat {}
+    unsafe impl aya::Pod for super::SampleKey {}
 }

@@ -11,12 +11,13 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, tracepoint, uprobe},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, TracePointContext},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{ProbeContext, TracePointContext, tracing::StackIdContext as _},
 };
 use leaktrace_common::{
-    ALLOC_GOROUTINES, AllocStat, Config, Counter, MADVISE_ADVICES, MADVISE_SLOTS, RING_BYTES,
-    Record, RecordKind, madvise_slot,
+    ALLOC_GOROUTINES, AllocStat, Config, Counter, LARGE_CLASS, MADVISE_ADVICES, MADVISE_SLOTS,
+    NO_STACK, RING_BYTES, Record, RecordKind, SAMPLE_KEYS, SAMPLE_STACKS, SPAN_CLASSES, SampleKey,
+    madvise_slot,
 };
 
 #[map]
@@ -33,6 +34,23 @@ static MADVISE: PerCpuArray<u64> = PerCpuArray::with_max_entries(MADVISE_SLOTS, 
 
 #[map]
 static ALLOCS: LruHashMap<u64, AllocStat> = LruHashMap::with_max_entries(ALLOC_GOROUTINES, 0);
+
+/// User stacks of sampled allocations (span refills and large allocations).
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(SAMPLE_STACKS, 0);
+
+/// Sampled allocations by stack, span class and size.
+#[map]
+static SAMPLES: HashMap<SampleKey, AllocStat> = HashMap::with_max_entries(SAMPLE_KEYS, 0);
+
+/// Sampled allocation bytes per goroutine: what each allocated while alive, as the fallback
+/// sampler sees it (a refill counts its whole span).
+#[map]
+static SAMPLED: LruHashMap<u64, AllocStat> = LruHashMap::with_max_entries(ALLOC_GOROUTINES, 0);
+
+/// Bytes of a span of each span class, written by userspace from the target's size tables.
+#[map]
+static SPAN_BYTES: Array<u64> = Array::with_max_entries(SPAN_CLASSES, 0);
 
 #[inline(always)]
 fn add(counter: Counter, n: u64) {
@@ -353,6 +371,88 @@ pub fn malloc(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Adds a count and bytes to `map[key]`, inserting the key when it is new; false when the
+/// map is full.
+trait Accumulate<K> {
+    fn accumulate(&self, key: &K, count: u64, bytes: u64) -> bool;
+}
+
+impl Accumulate<SampleKey> for HashMap<SampleKey, AllocStat> {
+    #[inline(always)]
+    fn accumulate(&self, key: &SampleKey, count: u64, bytes: u64) -> bool {
+        match self.get_ptr_mut(key) {
+            // SAFETY: a map value; two CPUs may add to one key at once and lose an update,
+            // which a sample count tolerates.
+            Some(stat) => unsafe {
+                (*stat).count += count;
+                (*stat).bytes += bytes;
+                true
+            },
+            None => self.insert(key, &AllocStat { count, bytes }, 0).is_ok(),
+        }
+    }
+}
+
+impl Accumulate<u64> for LruHashMap<u64, AllocStat> {
+    #[inline(always)]
+    fn accumulate(&self, key: &u64, count: u64, bytes: u64) -> bool {
+        match self.get_ptr_mut(key) {
+            // SAFETY: a map value keyed by goroutine; a goroutine runs on one CPU at a time.
+            Some(stat) => unsafe {
+                (*stat).count += count;
+                (*stat).bytes += bytes;
+                true
+            },
+            None => self.insert(key, &AllocStat { count, bytes }, 0).is_ok(),
+        }
+    }
+}
+
+/// One sampled allocation event: the user stack (frame pointers, which Go keeps on amd64),
+/// aggregated by stack and class, and the bytes added to the allocating goroutine.
+#[inline(always)]
+fn sample(ctx: &ProbeContext, hits: Counter, span_class: u32, size: u64, bytes: u64) {
+    let Some((_, goid)) = on_goroutine(ctx, hits) else {
+        return;
+    };
+    let stack_id = match ctx.get_stackid(&STACKS, aya_ebpf::bindings::BPF_F_USER_STACK as u64) {
+        Ok(id) => id as u32,
+        Err(_) => {
+            bump(Counter::SampleStackErrors);
+            NO_STACK
+        }
+    };
+    let key = SampleKey {
+        stack_id,
+        span_class,
+        size,
+    };
+    if !SAMPLES.accumulate(&key, 1, bytes) {
+        bump(Counter::SampleStackErrors);
+    }
+    SAMPLED.accumulate(&goid, 1, bytes);
+}
+
+/// `runtime.(*mcache).refill(c *mcache, spc spanClass)`: the goroutine's allocations used up
+/// a span of class `spc` (in BL), and a new one is taken; about one hit per span (8 KiB or
+/// more) allocated, so its stack samples where small objects are allocated.
+#[uprobe]
+pub fn refill(ctx: ProbeContext) -> u32 {
+    let spc = (regs(&ctx).rbx & 0xff) as u32;
+    let bytes = SPAN_BYTES.get(spc).copied().unwrap_or(0);
+    sample(&ctx, Counter::RefillHits, spc, 0, bytes);
+    0
+}
+
+/// `runtime.(*mcache).allocLarge(c *mcache, size uintptr, noscan bool)`: an allocation above
+/// 32 KiB, with its size in RBX.
+#[uprobe]
+pub fn alloc_large(ctx: ProbeContext) -> u32 {
+    let size = regs(&ctx).rbx;
+    sample(&ctx, Counter::LargeHits, LARGE_CLASS, size, size);
+    0
+}
+
 /// The `syscalls:sys_enter_madvise` tracepoint, for the target only: bytes and calls per
 /// advice, aggregated per CPU. Field offsets from the tracepoint's format file:
 /// `len_in` at 24, `behavior` at 32.
@@ -374,6 +474,10 @@ pub fn madvise(ctx: TracePointContext) -> u32 {
             unsafe { *v += n };
         }
     }
+    let mut rec = record(RecordKind::Madvise, 0);
+    rec.addr = len;
+    rec.reason = slot as u8;
+    emit(rec);
     0
 }
 

@@ -7,29 +7,33 @@
 use std::{
     collections::{BTreeMap, HashMap},
     ffi::OsString,
-    fs::{File, OpenOptions},
+    fs::File,
     io::{BufWriter, Write as _},
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow};
-use leaktrace_common::{Config, MADVISE_NAMES, Record, RecordKind};
+use leaktrace_common::{AllocStat, Config, MADVISE_NAMES, Record, RecordKind};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
 
 use crate::{
-    census::{self, channels},
+    census::{
+        self, channels,
+        heapprofile::{self, AllocSite, HeapProfile, SizeClasses},
+    },
     collector,
     detect::{Allocated, DetectOptions, Observed, Touch, Tracker},
     model::{Applied, Model},
-    probes::{HIT_COST, Probe, Probes, over_budget},
+    probes::{HIT_COST, Probe, Probes, Samples, over_budget},
     report::{
-        leaks::{self, MemoryPoint, ProbeSummary, Report},
-        live,
+        exports,
+        histograms::{self, Histograms},
+        leaks::{self, AllocationSites, MemoryPoint, ProbeSummary, Report},
+        live, verdict,
     },
     target::{Target, binary::GoBinary, layout, process::Process, spawn},
 };
@@ -57,8 +61,24 @@ pub struct TraceOptions {
     pub max_overhead: f64,
     /// Write every record as a JSON line here.
     pub events: Option<PathBuf>,
-    /// Write report.txt and report.json here.
+    /// Write report.txt, report.json and the exports here.
     pub output: Option<PathBuf>,
+    /// How allocations are seen.
+    pub alloc: AllocMode,
+}
+
+/// How allocations are seen (`--alloc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocMode {
+    /// The runtime's own memory-profile samples, read from its memory at no cost; when the
+    /// binary disabled memory profiling, span refills and large allocations, probed within
+    /// the budget.
+    Sampled,
+    /// Every allocation, probed at each allocation entry point of the target's Go version;
+    /// exempt from the budget, with its cost stated before it starts.
+    Exact,
+    /// No allocation figures beyond the heap totals.
+    Off,
 }
 
 /// Why tracing stopped.
@@ -129,6 +149,14 @@ fn place(
     Ok(())
 }
 
+/// `wanted` and `more`, each once.
+fn with(wanted: &[Probe], more: &[Probe]) -> Vec<Probe> {
+    let mut v: Vec<Probe> = wanted.iter().chain(more).copied().collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 const CHANNEL_PROBES: [Probe; 3] = [Probe::ChanSend, Probe::ChanRecv, Probe::ChanClose];
 
 /// A snapshot walk may take at most 1/SNAPSHOT_PACE of the time between snapshots.
@@ -145,6 +173,7 @@ const MAX_SITES: usize = 32;
 fn fitting(
     target: &Target,
     wanted: &[Probe],
+    exempt: &[Probe],
     budget: f64,
     skipped: &mut Vec<String>,
 ) -> Vec<Probe> {
@@ -176,12 +205,26 @@ fn fitting(
                 // Placed later, at suspects' sites; judged by their measured rate.
                 Probe::Site => 0.0,
                 Probe::Alloc => allocs,
+                // One refill per span, 8 KiB at least; large allocations are rarer.
+                Probe::Refill | Probe::Large => allocs * 64.0 / 8192.0,
                 _ => rates.transitions,
             };
             (p, r)
         })
         .collect();
-    let drop = over_budget(&per_probe, wanted, budget);
+    if exempt.contains(&Probe::Alloc) {
+        eprintln!(
+            "leaktrace: --alloc exact probes every allocation: each costs the target about {:.1} us more (one probe hit; a small allocation alone takes about 30 ns); at the ~{allocs:.0} allocations/s it makes now, that is about {:.1}% of a CPU",
+            HIT_COST.as_secs_f64() * 1e6,
+            allocs * HIT_COST.as_secs_f64() * 100.0
+        );
+    }
+    let judged: Vec<Probe> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !exempt.contains(p))
+        .collect();
+    let drop = over_budget(&per_probe, &judged, budget);
     if !drop.is_empty() {
         let msg = format!(
             "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, not placed",
@@ -199,6 +242,57 @@ fn fitting(
         .copied()
         .filter(|p| !drop.contains(p))
         .collect()
+}
+
+/// Where the allocation figures come from, decided from the binary before attaching.
+struct AllocPlan {
+    /// Probes to add to the chosen ones.
+    probes: Vec<Probe>,
+    /// Probes the budget does not shed (`--alloc exact`).
+    exempt: Vec<Probe>,
+    /// The fallback sampler (refill and large probes) is used.
+    fallback: bool,
+    classes: Option<SizeClasses>,
+    /// Why the runtime's own profile is not used, when it is not.
+    note: Option<String>,
+}
+
+fn alloc_plan(binary: &GoBinary, mode: AllocMode) -> AllocPlan {
+    let mut plan = AllocPlan {
+        probes: Vec::new(),
+        exempt: Vec::new(),
+        fallback: false,
+        classes: SizeClasses::read(binary),
+        note: None,
+    };
+    match mode {
+        AllocMode::Off => {}
+        AllocMode::Exact => {
+            plan.probes.push(Probe::Alloc);
+            plan.exempt.push(Probe::Alloc);
+        }
+        AllocMode::Sampled => {
+            // The linker's choice is in the file's initialized data.
+            let disabled = binary
+                .data_symbol("runtime.disableMemoryProfiling")
+                .and_then(|s| binary.read_vaddr(s.addr, 1).map(|b| b[0] != 0));
+            let readable = binary.data_symbol("runtime.mbuckets").is_some();
+            plan.note = match (disabled, readable) {
+                (Some(false), true) => None,
+                (Some(true), _) => Some(
+                    "this program disabled the runtime's memory profiling (nothing in it can read the profile, e.g. no runtime/pprof), so allocations are sampled at span refills and large allocations instead".into(),
+                ),
+                _ => Some(
+                    "the runtime's heap profile cannot be found without a symbol table (built with -ldflags=-s), so allocations are sampled at span refills and large allocations instead".into(),
+                ),
+            };
+            if plan.note.is_some() {
+                plan.fallback = true;
+                plan.probes.extend([Probe::Refill, Probe::Large]);
+            }
+        }
+    }
+    plan
 }
 
 /// The goroutines of a snapshot as the detector sees them (runtime goroutines left out).
@@ -225,7 +319,12 @@ fn observe(target: &Target) -> anyhow::Result<Vec<Observed>> {
 }
 
 /// The target's memory now, with the madvise totals so far.
-fn memory_point(target: &Target, probes: &Probes, at: Duration) -> Option<MemoryPoint> {
+fn memory_point(
+    target: &Target,
+    probes: &Probes,
+    at: Duration,
+    goroutines: Option<usize>,
+) -> Option<MemoryPoint> {
     let m = census::memory::read(target).ok()?;
     let madvise = probes.madvise().ok()?;
     Some(MemoryPoint {
@@ -236,20 +335,8 @@ fn memory_point(target: &Target, probes: &Probes, at: Duration) -> Option<Memory
             .zip(madvise)
             .map(|(n, (bytes, _))| (n.to_string(), bytes))
             .collect(),
+        goroutines,
     })
-}
-
-/// Creates `dir/name` for writing, refusing to follow a symlink planted there.
-fn create_output(dir: &Path, name: &str) -> anyhow::Result<File> {
-    let path = dir.join(name);
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))
 }
 
 pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
@@ -263,18 +350,33 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let mut tracker = Tracker::default();
     let mut snapshot_error = None;
     let mut skipped: Vec<String> = Vec::new();
+    let plan;
+    let mut goroutines_now = None;
     let (target, mut probes, spawned) = match &opts.target {
         TargetSpec::Pid(pid) => {
             let target = Target::inspect(*pid)?;
+            plan = alloc_plan(&target.binary, opts.alloc);
             let mut probes = Probes::load(config_for(*pid, &target.layout))?;
+            if let Some(c) = &plan.classes {
+                probes.set_span_bytes(&c.by_span_class())?;
+            }
             // The snapshot at attach time sees what happened before: goroutines blocked for
             // hours. It is taken before any probe is placed, so that the probes' first
             // burst is short.
             match observe(&target) {
-                Ok(gs) => tracker.observe(start.elapsed(), gs),
+                Ok(gs) => {
+                    goroutines_now = Some(gs.len());
+                    tracker.observe(start.elapsed(), gs);
+                }
                 Err(e) => snapshot_error = Some(e),
             }
-            let wanted = fitting(&target, &opts.probes, opts.max_overhead, &mut skipped);
+            let wanted = fitting(
+                &target,
+                &with(&opts.probes, &plan.probes),
+                &plan.exempt,
+                opts.max_overhead,
+                &mut skipped,
+            );
             place(
                 &mut probes,
                 &target.binary,
@@ -291,14 +393,32 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             let binary = GoBinary::open(&program).map_err(|e| anyhow!("{e}"))?;
             let v = binary.version();
             let layout = layout::for_binary(binary.data(), v.major, v.minor)?;
+            plan = alloc_plan(&binary, opts.alloc);
             let held = spawn::hold(argv)?;
             let pid = held.pid;
             let mut probes = Probes::load(config_for(pid, &layout))?;
-            place(&mut probes, &binary, &held.program, &opts.probes)?;
+            if let Some(c) = &plan.classes {
+                probes.set_span_bytes(&c.by_span_class())?;
+            }
+            if plan.exempt.contains(&Probe::Alloc) {
+                eprintln!(
+                    "leaktrace: --alloc exact probes every allocation: each costs the target about {:.1} us more (one probe hit; a small allocation alone takes about 30 ns)",
+                    HIT_COST.as_secs_f64() * 1e6
+                );
+            }
+            place(
+                &mut probes,
+                &binary,
+                &held.program,
+                &with(&opts.probes, &plan.probes),
+            )?;
             held.release()?;
             let target = Target::from_parts(Process::open(pid)?, binary)?;
             match observe(&target) {
-                Ok(gs) => tracker.observe(start.elapsed(), gs),
+                Ok(gs) => {
+                    goroutines_now = Some(gs.len());
+                    tracker.observe(start.elapsed(), gs);
+                }
                 Err(e) => snapshot_error = Some(e),
             }
             (target, probes, Some(pid))
@@ -309,9 +429,15 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     if let Some(e) = &probes.madvise_error {
         eprintln!("leaktrace: madvise not traced: {e}");
     }
-    let mut timeline: Vec<MemoryPoint> = memory_point(&target, &probes, start.elapsed())
-        .into_iter()
-        .collect();
+    let mut timeline: Vec<MemoryPoint> =
+        memory_point(&target, &probes, start.elapsed(), goroutines_now)
+            .into_iter()
+            .collect();
+    let profile_start = heapprofile::read(&target);
+    if let Some(note) = &plan.note {
+        eprintln!("leaktrace: {note}");
+    }
+    let mut hist = Histograms::default();
     let attached_now = probes.attached();
     if attached_now.contains(&Probe::Gopark) && attached_now.contains(&Probe::Ready) {
         tracker.probes_active(Duration::ZERO);
@@ -379,9 +505,20 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let mut sites: HashMap<u64, (String, String, u32)> = HashMap::new();
     let mut handle = |model: &mut Model,
                       tracker: &mut Tracker,
+                      hist: &mut Histograms,
                       rec: Record,
                       events: &mut Option<BufWriter<File>>| {
         let applied = model.apply(&rec);
+        match applied {
+            Applied::Woken {
+                reason: Some(r),
+                parked_ns: Some(ns),
+            } => hist.record(&histograms::tag("park_ns", &target.reason_name(r)), ns),
+            Applied::Exited {
+                lifetime_ns: Some(ns),
+            } => hist.record("lifetime_ns", ns),
+            _ => {}
+        }
         // A morestack re-entry of gopark is the same park, and casgstatus inside ready the
         // same wake-up: neither is logged twice.
         if matches!(applied, Applied::ReEntry | Applied::Duplicate) {
@@ -391,6 +528,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         match RecordKind::from_u8(rec.kind) {
             Some(RecordKind::Wake) => tracker.record_wake(rec.goid, at),
             Some(RecordKind::Exit) => tracker.record_exit(rec.goid),
+            Some(RecordKind::Madvise) => hist.record("madvise_bytes", rec.addr),
             Some(RecordKind::Site) => tracker.record_site_hit(target.link_addr(rec.pc), rec.goid),
             Some(k @ (RecordKind::ChanSend | RecordKind::ChanRecv | RecordKind::ChanClose)) => {
                 let (function, file, line) = sites
@@ -430,7 +568,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
                     if let Some(rec) = collector::decode(&item) {
-                        handle(&mut model, &mut tracker, rec, &mut events);
+                        handle(&mut model, &mut tracker, &mut hist, rec, &mut events);
                     }
                 }
                 guard.clear_ready();
@@ -473,6 +611,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 last_counts = counts;
             }
             _ = tick.tick() => {
+                hist.close_interval(start.elapsed());
                 let counts = probes.counts()?;
                 let t = model.take_interval();
                 let suspects = tracker.leaks(&detect).len();
@@ -498,7 +637,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 let walk = Instant::now();
                 let observed = observe(&target);
                 next_snapshot = tokio::time::Instant::now() + opts.snapshot_interval.max(walk.elapsed() * SNAPSHOT_PACE);
-                timeline.extend(memory_point(&target, &probes, start.elapsed()));
+                timeline.extend(memory_point(
+                    &target,
+                    &probes,
+                    start.elapsed(),
+                    observed.as_ref().ok().map(Vec::len),
+                ));
                 match observed {
                     Ok(gs) => tracker.observe(start.elapsed(), gs),
                     Err(e) if !target.process.is_alive() => log::debug!("snapshot after exit: {e:#}"),
@@ -529,10 +673,15 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let rb = records.get_mut();
     while let Some(item) = rb.next() {
         if let Some(rec) = collector::decode(&item) {
-            handle(&mut model, &mut tracker, rec, &mut events);
+            handle(&mut model, &mut tracker, &mut hist, rec, &mut events);
         }
     }
     let counts = probes.counts()?;
+    let samples = if plan.fallback {
+        probes.samples().ok()
+    } else {
+        None
+    };
     let attached: Vec<String> = probes
         .attached()
         .iter()
@@ -550,7 +699,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         .map(|p| (p.function().to_string(), counts.hits(p)))
         .collect();
     if matches!(stop, Stop::Duration | Stop::Signal(_)) {
-        timeline.extend(memory_point(&target, &probes, start.elapsed()));
+        timeline.extend(memory_point(&target, &probes, start.elapsed(), None));
     }
     drop(records);
     drop(probes); // detaches every uprobe and unloads the programs
@@ -559,6 +708,9 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         && matches!(stop, Stop::Duration | Stop::Signal(_))
         && let Ok(gs) = observe(&target)
     {
+        if let Some(p) = timeline.last_mut() {
+            p.goroutines = Some(gs.len());
+        }
         tracker.observe(start.elapsed(), gs);
     }
     if let Some(mut w) = events {
@@ -609,6 +761,21 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             .map(|(r, n)| (target.reason_name(*r), *n))
             .collect()
     };
+    let mut leaks = tracker.leaks(&detect);
+    for l in &mut leaks {
+        if alloc_probed {
+            l.allocated = Some(sum_allocations(&l.goids, &allocations, "exact"));
+        } else if let Some(smp) = &samples {
+            l.allocated = Some(sum_allocations(&l.goids, &smp.by_goroutine, "sampled"));
+        }
+        for age in &l.ages {
+            hist.record("leak_blocked_ms", age.as_millis() as u64);
+        }
+    }
+    let allocation_sites =
+        allocation_report(&target, &plan, &profile_start, samples.as_ref(), &mut hist);
+    hist.close_interval(start.elapsed());
+    let memory_verdict = verdict::judge(&timeline, leaks.len(), allocation_sites.growing.clone());
     let report = Report {
         pid,
         executable: target.process.exe_name(),
@@ -622,6 +789,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         goroutines_created: model.created,
         goroutines_exited: model.exited,
         memory_timeline: timeline,
+        memory_verdict,
         probes: ProbeSummary {
             attached,
             hits,
@@ -631,38 +799,125 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         allocations: alloc_probed.then_some(Allocated {
             count: counts.hits(Probe::Alloc),
             bytes: counts.alloc_bytes,
+            source: "exact",
         }),
-        leaks: tracker
-            .leaks(&detect)
-            .into_iter()
-            .map(|mut l| {
-                if alloc_probed {
-                    let mut a = Allocated::default();
-                    for g in &l.goids {
-                        if let Some(s) = allocations.get(g) {
-                            a.count += s.count;
-                            a.bytes += s.bytes;
-                        }
-                    }
-                    l.allocated = Some(a);
-                }
-                l
-            })
-            .collect(),
+        allocation_sites: allocation_sites.report,
+        histograms: hist.percentiles(),
+        leaks,
     };
     let text = leaks::text(&report);
     print!("\n{text}");
     if let Some(dir) = &opts.output {
-        create_output(dir, "report.txt")?.write_all(text.as_bytes())?;
-        let mut json = serde_json::to_string_pretty(&report)?;
-        json.push('\n');
-        create_output(dir, "report.json")?.write_all(json.as_bytes())?;
-        eprintln!(
-            "leaktrace: wrote {0}/report.txt and {0}/report.json",
-            dir.display()
-        );
+        exports::write_all(
+            dir,
+            &target,
+            &report,
+            &hist,
+            allocation_sites.profile.as_ref(),
+        )?;
     }
     Ok(Outcome { stop, report })
+}
+
+/// What the goroutines `goids` allocated, from per-goroutine counts.
+fn sum_allocations(
+    goids: &[u64],
+    per_goroutine: &HashMap<u64, AllocStat>,
+    source: &'static str,
+) -> Allocated {
+    let mut a = Allocated {
+        source,
+        ..Allocated::default()
+    };
+    for s in goids.iter().filter_map(|g| per_goroutine.get(g)) {
+        a.count += s.count;
+        a.bytes += s.bytes;
+    }
+    a
+}
+
+/// The allocation sites of the report, with the sites that grew most during the trace and
+/// the heap profile they came from.
+struct AllocationOutcome {
+    report: AllocationSites,
+    growing: Vec<AllocSite>,
+    profile: Option<HeapProfile>,
+}
+
+/// Sites in report.json.
+const REPORTED_SITES: usize = 20;
+
+/// Allocation sites from the runtime's heap profile (read again now), or from the fallback
+/// sampler; allocation sizes go into the size histogram.
+fn allocation_report(
+    target: &Target,
+    plan: &AllocPlan,
+    profile_start: &anyhow::Result<HeapProfile>,
+    samples: Option<&Samples>,
+    hist: &mut Histograms,
+) -> AllocationOutcome {
+    if let Some(smp) = samples {
+        let (sites, sizes) = heapprofile::sampled_sites(target, smp, plan.classes.as_ref());
+        for (size, n) in sizes {
+            hist.record_n("alloc_size_bytes", size, n);
+        }
+        return AllocationOutcome {
+            report: AllocationSites {
+                source: "span refills and large allocations (probes)".into(),
+                note: plan.note.clone(),
+                rate: None,
+                sites: sites.iter().take(REPORTED_SITES).cloned().collect(),
+            },
+            growing: sites,
+            profile: None,
+        };
+    }
+    let profile = match heapprofile::read(target) {
+        Ok(p) => p,
+        Err(e) => {
+            return AllocationOutcome {
+                report: AllocationSites {
+                    source: "none".into(),
+                    note: Some(format!("{e:#}")),
+                    rate: None,
+                    sites: Vec::new(),
+                },
+                growing: Vec::new(),
+                profile: None,
+            };
+        }
+    };
+    for (size, n) in profile.sizes() {
+        hist.record_n("alloc_size_bytes", size, n);
+    }
+    let sites = profile.sites(target);
+    let growing = match profile_start {
+        Ok(p0) => heapprofile::growth(&p0.sites(target), &sites),
+        Err(_) => sites.clone(),
+    };
+    let note = if profile.sampling() {
+        plan.note.clone()
+    } else {
+        Some(format!(
+            "the runtime's memory profiling is off (MemProfileRate {}{}): no allocation sites",
+            profile.rate,
+            if profile.disabled {
+                ", disabled by the linker"
+            } else {
+                ""
+            }
+        ))
+    };
+    AllocationOutcome {
+        report: AllocationSites {
+            source: "runtime heap profile (read from the target's memory)".into(),
+            note,
+            rate: Some(profile.rate),
+            sites: sites.into_iter().take(REPORTED_SITES).collect(),
+        },
+        growing,
+        profile: Some(profile),
+    }
 }
 
 fn event_json(target: &Target, r: &Record) -> String {
@@ -695,6 +950,12 @@ fn event_json(target: &Target, r: &Record) -> String {
         Some(RecordKind::Exit) => {
             serde_json::json!({ "ts_ns": r.ts_ns, "kind": "exit", "goid": r.goid })
         }
+        Some(RecordKind::Madvise) => serde_json::json!({
+            "ts_ns": r.ts_ns,
+            "kind": "madvise",
+            "bytes": r.addr,
+            "advice": MADVISE_NAMES.get(r.reason as usize).copied().unwrap_or("other"),
+        }),
         Some(RecordKind::Site) => serde_json::json!({
             "ts_ns": r.ts_ns,
             "kind": "site",

@@ -5,6 +5,7 @@
 pub mod activity;
 pub mod channels;
 pub mod goroutines;
+pub mod heapprofile;
 pub mod memory;
 mod unwind;
 

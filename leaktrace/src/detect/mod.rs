@@ -165,15 +165,40 @@ pub struct LeakGroup {
     pub against: Vec<String>,
     /// (seconds since the trace started, goroutines in the group) at each snapshot.
     pub growth: Vec<(f64, usize)>,
-    /// What these goroutines allocated while the alloc probe watched them.
+    /// What these goroutines allocated while traced: every allocation (`--alloc exact`), or
+    /// the span refills and large allocations the fallback sampler saw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocated: Option<Allocated>,
+    /// The memory the group keeps from being collected, estimated from a read of the
+    /// target (see `census::retained`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Pinned>,
+    /// How long each goroutine of the group has been blocked.
+    #[serde(skip)]
+    pub ages: Vec<Duration>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Allocated {
     pub count: u64,
     pub bytes: u64,
+    /// "exact": every allocation; "sampled": span refills (a whole span each) and large
+    /// allocations, an estimate of the bytes the goroutines allocated.
+    pub source: &'static str,
+}
+
+/// The memory a leak group pins.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pinned {
+    /// Their stacks (stack.hi - stack.lo, summed).
+    pub stack_bytes: u64,
+    /// Heap objects reachable from their stacks, each counted once.
+    pub heap_bytes: u64,
+    pub heap_objects: u64,
+    /// The scan stopped at its bound: the figure is a lower bound.
+    pub truncated: bool,
+    /// How the estimate is made.
+    pub method: String,
 }
 
 #[derive(Clone, Debug)]
@@ -688,6 +713,8 @@ impl Tracker {
             score,
             evidence,
             against,
+            ages: ages.clone(),
+            pinned: None,
             growth: h
                 .counts
                 .iter()

@@ -24,6 +24,8 @@ pub struct Goroutine {
     pub park_pc: u64,
     pub parks: u64,
     pub wakes: u64,
+    /// When the create probe saw it start, if it did.
+    pub created_ns: Option<u64>,
 }
 
 impl Goroutine {
@@ -36,6 +38,7 @@ impl Goroutine {
             park_pc: 0,
             parks: 0,
             wakes: 0,
+            created_ns: None,
         }
     }
 }
@@ -69,11 +72,16 @@ pub enum Applied {
     ReEntry,
     Woken {
         reason: Option<u8>,
+        /// How long it was parked, when its park was seen.
+        parked_ns: Option<u64>,
     },
     /// The same wake-up seen by a second probe.
     Duplicate,
     Created,
-    Exited,
+    /// With its lifetime, when its creation was seen.
+    Exited {
+        lifetime_ns: Option<u64>,
+    },
     /// A channel operation or select: the model keeps no state for it.
     Other,
     Unknown,
@@ -99,14 +107,17 @@ impl Model {
                 self.created += 1;
                 self.goroutines
                     .entry(r.goid)
-                    .or_insert(Goroutine::runnable(r.goid, r.ts_ns));
+                    .or_insert(Goroutine::runnable(r.goid, r.ts_ns))
+                    .created_ns = Some(r.ts_ns);
                 Applied::Created
             }
             Some(RecordKind::Exit) => {
                 self.exited += 1;
                 // goids are never reused: forget the goroutine, keep the count.
-                self.goroutines.remove(&r.goid);
-                Applied::Exited
+                let created = self.goroutines.remove(&r.goid).and_then(|g| g.created_ns);
+                Applied::Exited {
+                    lifetime_ns: created.map(|c| r.ts_ns.saturating_sub(c)),
+                }
             }
             Some(_) => Applied::Other,
             None => Applied::Unknown,
@@ -138,20 +149,22 @@ impl Model {
     }
 
     fn wake(&mut self, r: &Record) -> Applied {
-        let reason = match self.goroutines.get_mut(&r.goid) {
+        let (reason, parked_ns) = match self.goroutines.get_mut(&r.goid) {
             // `ready` and, inside it, `casgstatus` both report the same wake-up when both
             // probes are placed: a goroutine already runnable is not woken again.
             Some(g) if matches!(g.state, State::Runnable { .. }) && g.wakes > 0 => {
                 return Applied::Duplicate;
             }
             Some(g) => {
-                let reason = match g.state {
-                    State::Parked { reason, .. } => Some(reason),
-                    State::Runnable { .. } => None,
+                let parked = match g.state {
+                    State::Parked { reason, since_ns } => {
+                        (Some(reason), Some(r.ts_ns.saturating_sub(since_ns)))
+                    }
+                    State::Runnable { .. } => (None, None),
                 };
                 g.state = State::Runnable { since_ns: r.ts_ns };
                 g.wakes += 1;
-                reason
+                parked
             }
             None => {
                 self.goroutines.insert(
@@ -161,7 +174,7 @@ impl Model {
                         ..Goroutine::runnable(r.goid, r.ts_ns)
                     },
                 );
-                None
+                (None, None)
             }
         };
         for t in [&mut self.interval, &mut self.total] {
@@ -170,7 +183,7 @@ impl Model {
                 None => t.wakes_unseen_park += 1,
             }
         }
-        Applied::Woken { reason }
+        Applied::Woken { reason, parked_ns }
     }
 
     /// Returns the tallies since the last call and starts a new interval.
@@ -203,7 +216,10 @@ mod tests {
         );
         assert_eq!(
             m.apply(&rec(RecordKind::Wake, 7, 0, 0, 2)),
-            Applied::Woken { reason: Some(15) }
+            Applied::Woken {
+                reason: Some(15),
+                parked_ns: Some(1)
+            }
         );
         assert_eq!(m.total.parks[&15], 1);
         assert_eq!(m.total.wakes[&15], 1);
@@ -223,6 +239,24 @@ mod tests {
         assert_eq!(
             m.apply(&rec(RecordKind::Park, 7, 15, 0x20, 3)),
             Applied::Parked
+        );
+    }
+
+    #[test]
+    fn an_exit_after_a_seen_creation_gives_the_lifetime() {
+        let mut m = Model::default();
+        m.apply(&rec(RecordKind::Create, 5, 0, 0, 100));
+        m.apply(&rec(RecordKind::Park, 5, 15, 0x10, 150));
+        m.apply(&rec(RecordKind::Wake, 5, 0, 0, 170));
+        assert_eq!(
+            m.apply(&rec(RecordKind::Exit, 5, 0, 0, 400)),
+            Applied::Exited {
+                lifetime_ns: Some(300)
+            }
+        );
+        assert_eq!(
+            m.apply(&rec(RecordKind::Exit, 6, 0, 0, 500)),
+            Applied::Exited { lifetime_ns: None }
         );
     }
 

@@ -15,7 +15,7 @@ use aya::{
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
-use leaktrace_common::{AllocStat, Config, Counter, MADVISE_ADVICES};
+use leaktrace_common::{AllocStat, Config, Counter, MADVISE_ADVICES, SPAN_CLASSES, SampleKey};
 
 use crate::target::{binary::GoBinary, code};
 
@@ -55,6 +55,13 @@ pub enum Probe {
     /// functions compiled code calls directly instead. Counted per goroutine in the kernel.
     /// The hottest probe of all (a small allocation takes ~30 ns; a hit ~5 us).
     Alloc,
+    /// Entry of `runtime.(*mcache).refill`: a goroutine used up a span of one size class
+    /// (8 KiB or more of small objects). With [`Probe::Large`], the fallback allocation
+    /// sampler for programs that disabled the runtime's memory profiling: user stack and
+    /// bytes per goroutine, aggregated in the kernel.
+    Refill,
+    /// Entry of `runtime.(*mcache).allocLarge`: an allocation above 32 KiB.
+    Large,
     /// Targeted probes, placed while tracing at the sites of suspected leak groups: the
     /// instruction after the blocking call (fires only when a goroutine there moves on) and
     /// the instruction after the `go` statement (counts creations there).
@@ -62,7 +69,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    pub const ALL: [Probe; 11] = [
+    pub const ALL: [Probe; 13] = [
         Probe::Gopark,
         Probe::Ready,
         Probe::Create,
@@ -73,19 +80,23 @@ impl Probe {
         Probe::Select,
         Probe::WakeAny,
         Probe::Alloc,
+        Probe::Refill,
+        Probe::Large,
         Probe::Site,
     ];
 
     /// The order in which probes are shed when over budget: the channel probes fire on
     /// every operation and only sharpen evidence, park/wake next; creation and exit, which
     /// fire once per goroutine, go last.
-    pub const SHED_ORDER: [Probe; 11] = [
+    pub const SHED_ORDER: [Probe; 13] = [
         Probe::Alloc,
         Probe::WakeAny,
         Probe::Select,
         Probe::ChanRecv,
         Probe::ChanSend,
         Probe::ChanClose,
+        Probe::Refill,
+        Probe::Large,
         Probe::Ready,
         Probe::Gopark,
         Probe::Exit,
@@ -106,6 +117,8 @@ impl Probe {
             Probe::Select => "select",
             Probe::WakeAny => "wake-any",
             Probe::Alloc => "alloc",
+            Probe::Refill => "refill",
+            Probe::Large => "large",
             Probe::Site => "sites",
         }
     }
@@ -127,6 +140,8 @@ impl Probe {
             Probe::Select => "selectgo",
             Probe::WakeAny => "casgstatus",
             Probe::Alloc => "malloc",
+            Probe::Refill => "refill",
+            Probe::Large => "alloc_large",
             Probe::Site => "site",
         }
     }
@@ -144,6 +159,8 @@ impl Probe {
             Probe::Select => "runtime.selectgo",
             Probe::WakeAny => "runtime.casgstatus",
             Probe::Alloc => "runtime.mallocgc",
+            Probe::Refill => "runtime.(*mcache).refill",
+            Probe::Large => "runtime.(*mcache).allocLarge",
             Probe::Site => "(sites of suspected leaks)",
         }
     }
@@ -160,6 +177,8 @@ impl Probe {
             Probe::Select => Counter::SelectHits,
             Probe::WakeAny => Counter::WakeAnyHits,
             Probe::Alloc => Counter::AllocHits,
+            Probe::Refill => Counter::RefillHits,
+            Probe::Large => Counter::LargeHits,
             Probe::Site => Counter::SiteHits,
         }
     }
@@ -236,6 +255,14 @@ fn alloc_entries(binary: &GoBinary) -> anyhow::Result<Vec<u64>> {
         bail!("no runtime.mallocgc* leaf functions in {}", binary.path());
     }
     Ok(addrs)
+}
+
+/// What the fallback allocation sampler (refill and large probes) aggregated.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    /// (key, user stack as return addresses innermost first, count and bytes).
+    pub stacks: Vec<(SampleKey, Vec<u64>, AllocStat)>,
+    pub by_goroutine: HashMap<u64, AllocStat>,
 }
 
 /// Counters summed over CPUs.
@@ -408,6 +435,45 @@ impl Probes {
             .ok_or_else(|| anyhow!("BPF object has no ALLOCS map"))?;
         let allocs: aya::maps::HashMap<_, u64, AllocStat> = aya::maps::HashMap::try_from(map)?;
         Ok(allocs.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Writes the bytes of one span of each span class (index = span class), for the
+    /// fallback sampler's per-goroutine byte counts.
+    pub fn set_span_bytes(&mut self, bytes: &[u64]) -> anyhow::Result<()> {
+        let mut map: Array<_, u64> = self
+            .ebpf
+            .map_mut("SPAN_BYTES")
+            .ok_or_else(|| anyhow!("BPF object has no SPAN_BYTES map"))?
+            .try_into()?;
+        for (i, b) in bytes.iter().take(SPAN_CLASSES as usize).enumerate() {
+            map.set(i as u32, b, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The fallback sampler's allocations: per (stack, span class, size) with the stack's
+    /// return addresses (innermost first, runtime addresses), and per goroutine.
+    pub fn samples(&self) -> anyhow::Result<Samples> {
+        let map = |n: &str| {
+            self.ebpf
+                .map(n)
+                .ok_or_else(|| anyhow!("BPF object has no {n} map"))
+        };
+        let keys: aya::maps::HashMap<_, SampleKey, AllocStat> =
+            aya::maps::HashMap::try_from(map("SAMPLES")?)?;
+        let stacks = aya::maps::StackTraceMap::try_from(map("STACKS")?)?;
+        let by_goroutine: aya::maps::HashMap<_, u64, AllocStat> =
+            aya::maps::HashMap::try_from(map("SAMPLED")?)?;
+        let mut out = Samples::default();
+        for (k, v) in keys.iter().filter_map(Result::ok) {
+            let stack = stacks
+                .get(&k.stack_id, 0)
+                .map(|s| s.frames().iter().map(|f| f.ip).collect())
+                .unwrap_or_default();
+            out.stacks.push((k, stack, v));
+        }
+        out.by_goroutine = by_goroutine.iter().filter_map(Result::ok).collect();
+        Ok(out)
     }
 
     /// The ring buffer the programs send records through. Can be taken once.

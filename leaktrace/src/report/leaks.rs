@@ -5,8 +5,9 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
+use super::{histograms::Percentiles, verdict::MemoryVerdict};
 use crate::{
-    census::MemorySnapshot,
+    census::{MemorySnapshot, heapprofile::AllocSite},
     detect::{Allocated, LeakGroup},
 };
 
@@ -32,6 +33,24 @@ pub struct MemoryPoint {
     /// Bytes the target passed to madvise since the trace started, by advice
     /// ("DONTNEED", "FREE", "HUGEPAGE", "NOHUGEPAGE", "other").
     pub madvise_bytes: BTreeMap<String, u64>,
+    /// Goroutines in the target at this moment (from the snapshot taken with it).
+    pub goroutines: Option<usize>,
+}
+
+/// Where allocations happen (`report.json` `allocation_sites`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AllocationSites {
+    /// Where the figures come from.
+    pub source: String,
+    /// Why the runtime's own profile is not used, or is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// `runtime.MemProfileRate` when the runtime's profile is read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    /// By estimated bytes allocated since the program started (the runtime's profile) or
+    /// while traced (the fallback sampler), largest first.
+    pub sites: Vec<AllocSite>,
 }
 
 /// `report.json`.
@@ -57,6 +76,11 @@ pub struct Report {
     /// RSS, the Go heap and madvise at each snapshot: a heap in use that stays flat while
     /// pages are returned tells "not returned yet" from "still referenced".
     pub memory_timeline: Vec<MemoryPoint>,
+    /// Leak, or memory not yet returned? See the README for the values of `kind`.
+    pub memory_verdict: MemoryVerdict,
+    pub allocation_sites: AllocationSites,
+    /// Percentiles of every histogram, by tag (`histograms.hlog` has them per interval).
+    pub histograms: BTreeMap<String, Percentiles>,
     /// Suspected leak groups, strongest first.
     pub leaks: Vec<LeakGroup>,
 }
@@ -93,6 +117,53 @@ pub fn text(r: &Report) -> String {
             mib(b.madvise_bytes.get("DONTNEED").copied().unwrap_or(0)),
             b.memory.num_gc.saturating_sub(a.memory.num_gc)
         );
+    }
+    let _ = writeln!(
+        out,
+        "memory verdict: {} - {}\n",
+        serde_json::to_value(r.memory_verdict.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        r.memory_verdict.explanation
+    );
+    if !r.allocation_sites.sites.is_empty() {
+        let _ = writeln!(out, "top allocation sites ({}):", r.allocation_sites.source);
+        for s in r.allocation_sites.sites.iter().take(5) {
+            let _ = writeln!(
+                out,
+                "  {:>10.1} MiB allocated, {:>8.1} MiB in use  {} {}:{}",
+                mib(s.alloc_bytes),
+                mib(s.inuse_bytes),
+                s.function,
+                s.file,
+                s.line
+            );
+        }
+        out.push('\n');
+    }
+    if let Some(note) = &r.allocation_sites.note {
+        let _ = writeln!(out, "allocations: {note}\n");
+    }
+    let parks: Vec<_> = r
+        .histograms
+        .iter()
+        .filter(|(t, p)| t.starts_with("park_ns.") && p.count > 0)
+        .collect();
+    if !parks.is_empty() {
+        let _ = writeln!(out, "park durations (p50 / p99 / max):");
+        for (t, p) in parks {
+            let _ = writeln!(
+                out,
+                "  {:<32} {:>8} parks  {:>10} / {:>10} / {:>10}",
+                &t["park_ns.".len()..],
+                p.count,
+                super::live::duration_ns(p.p50),
+                super::live::duration_ns(p.p99),
+                super::live::duration_ns(p.max)
+            );
+        }
+        out.push('\n');
     }
     if r.leaks.is_empty() {
         let _ = writeln!(
@@ -160,8 +231,23 @@ pub fn text(r: &Report) -> String {
         if let Some(a) = &l.allocated {
             let _ = writeln!(
                 out,
-                "    allocated while traced: {} objects, {} bytes",
-                a.count, a.bytes
+                "    allocated while traced ({}): {} objects, {} bytes",
+                a.source, a.count, a.bytes
+            );
+        }
+        if let Some(p) = &l.pinned {
+            let _ = writeln!(
+                out,
+                "    pins about {:.1} MiB of heap ({} objects{}) and {:.1} MiB of stacks ({})",
+                mib(p.heap_bytes),
+                p.heap_objects,
+                if p.truncated {
+                    ", scan bounded: at least"
+                } else {
+                    ""
+                },
+                mib(p.stack_bytes),
+                p.method
             );
         }
         for e in &l.evidence {

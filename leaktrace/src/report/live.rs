@@ -119,3 +119,27 @@ mod tests {
         assert!(s.contains("records lost: 5"), "{s}");
     }
 }
+
+/// A duration in ns as a person reads it: `850ns`, `12.3us`, `4.5ms`, `2.1s`, `3.0m`.
+pub fn duration_ns(ns: u64) -> String {
+    let n = ns as f64;
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}us", n / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", n / 1e6),
+        1_000_000_000..120_000_000_000 => format!("{:.1}s", n / 1e9),
+        _ => format!("{:.1}m", n / 60e9),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    #[test]
+    fn durations_read_like_a_person_writes_them() {
+        assert_eq!(super::duration_ns(850), "850ns");
+        assert_eq!(super::duration_ns(12_340), "12.3us");
+        assert_eq!(super::duration_ns(4_500_000), "4.5ms");
+        assert_eq!(super::duration_ns(2_100_000_000), "2.1s");
+        assert_eq!(super::duration_ns(180_000_000_000), "3.0m");
+    }
+}

@@ -2,5 +2,8 @@
 //! and the goroutine and memory snapshot (`dump`).
 
 pub mod dump;
+pub mod exports;
+pub mod histograms;
 pub mod leaks;
 pub mod live;
+pub mod verdict;
