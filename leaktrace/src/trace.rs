@@ -257,6 +257,13 @@ struct AllocPlan {
     note: Option<String>,
 }
 
+impl AllocPlan {
+    /// The runtime's heap profile is the source of allocation sites.
+    fn reads_profile(&self) -> bool {
+        !self.fallback && self.exempt.is_empty()
+    }
+}
+
 fn alloc_plan(binary: &GoBinary, mode: AllocMode) -> AllocPlan {
     let mut plan = AllocPlan {
         probes: Vec::new(),
@@ -272,10 +279,11 @@ fn alloc_plan(binary: &GoBinary, mode: AllocMode) -> AllocPlan {
             plan.exempt.push(Probe::Alloc);
         }
         AllocMode::Sampled => {
-            // The linker's choice is in the file's initialized data.
+            // The linker's choice is in the file: initialized data when true, .bss (no bytes
+            // in the file) when false.
             let disabled = binary
                 .data_symbol("runtime.disableMemoryProfiling")
-                .and_then(|s| binary.read_vaddr(s.addr, 1).map(|b| b[0] != 0));
+                .map(|s| binary.read_vaddr(s.addr, 1).is_some_and(|b| b[0] != 0));
             let readable = binary.data_symbol("runtime.mbuckets").is_some();
             plan.note = match (disabled, readable) {
                 (Some(false), true) => None,
@@ -434,6 +442,8 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             .into_iter()
             .collect();
     let profile_start = heapprofile::read(&target);
+    // Read again at each snapshot: a target that exits can no longer be read at the end.
+    let mut profile_last = None;
     if let Some(note) = &plan.note {
         eprintln!("leaktrace: {note}");
     }
@@ -643,6 +653,9 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     start.elapsed(),
                     observed.as_ref().ok().map(Vec::len),
                 ));
+                if plan.reads_profile() {
+                    profile_last = heapprofile::read(&target).ok().or(profile_last);
+                }
                 match observed {
                     Ok(gs) => tracker.observe(start.elapsed(), gs),
                     Err(e) if !target.process.is_alive() => log::debug!("snapshot after exit: {e:#}"),
@@ -772,8 +785,17 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             hist.record("leak_blocked_ms", age.as_millis() as u64);
         }
     }
-    let allocation_sites =
-        allocation_report(&target, &plan, &profile_start, samples.as_ref(), &mut hist);
+    if plan.reads_profile() && target.process.is_alive() {
+        profile_last = heapprofile::read(&target).ok().or(profile_last);
+    }
+    let allocation_sites = allocation_report(
+        &target,
+        &plan,
+        &profile_start,
+        profile_last,
+        samples.as_ref(),
+        &mut hist,
+    );
     hist.close_interval(start.elapsed());
     let memory_verdict = verdict::judge(&timeline, leaks.len(), allocation_sites.growing.clone());
     let report = Report {
@@ -853,6 +875,7 @@ fn allocation_report(
     target: &Target,
     plan: &AllocPlan,
     profile_start: &anyhow::Result<HeapProfile>,
+    profile_last: Option<HeapProfile>,
     samples: Option<&Samples>,
     hist: &mut Histograms,
 ) -> AllocationOutcome {
@@ -872,7 +895,10 @@ fn allocation_report(
             profile: None,
         };
     }
-    let profile = match heapprofile::read(target) {
+    let profile = match profile_last.ok_or_else(|| match profile_start {
+        Ok(_) => anyhow!("the target could not be read again"),
+        Err(e) => anyhow!("{e:#}"),
+    }) {
         Ok(p) => p,
         Err(e) => {
             return AllocationOutcome {

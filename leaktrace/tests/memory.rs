@@ -69,5 +69,72 @@ fn bytes_returned_with_madvise_agree_with_heap_released() {
             0,
             "Go {version}: not a leak"
         );
+        assert_eq!(
+            r["memory_verdict"]["kind"], "not_a_leak_pages_not_yet_returned",
+            "Go {version}: {:#}",
+            r["memory_verdict"]
+        );
+        // Each madvise call is in the size histogram, and they add up to about the total.
+        let sizes = &r["histograms"]["madvise_bytes"];
+        assert!(
+            sizes["count"].as_u64().unwrap() >= 1 && sizes["max"].as_u64().unwrap() >= 1 << 20,
+            "Go {version}: {sizes}"
+        );
+    }
+}
+
+/// A global map that grows per request: the heap grows, goroutines do not, and the map
+/// insertion is the top growing allocation site; from the runtime's own heap profile when
+/// the program links runtime/pprof, from the refill/large-allocation sampler when the linker
+/// turned memory profiling off.
+#[test]
+fn heap_growth_without_goroutine_growth_points_at_the_map_insertion() {
+    for version in go_versions() {
+        for (variant, flags, source) in [
+            ("pprof", &["-tags", "pprof"][..], "runtime heap profile"),
+            ("plain", &[][..], "span refills"),
+        ] {
+            let bin = build_fixture("sessionmap", &version, flags);
+            let (r, stdout) = record(
+                &format!("sessionmap-{variant}-{version}"),
+                &[
+                    "-d",
+                    "30s",
+                    "--snapshot-interval",
+                    "500ms",
+                    "--",
+                    bin.to_str().unwrap(),
+                    "-requests",
+                    "500",
+                    "-seconds",
+                    "6",
+                ],
+            );
+            let what = format!("Go {version} {variant}");
+            assert!(stdout.contains("sessions "), "{what}: {stdout}");
+            let v = &r["memory_verdict"];
+            assert_eq!(
+                v["kind"], "heap_growth_without_goroutine_growth",
+                "{what}: {v:#}"
+            );
+            let top = &v["top_growing_sites"][0];
+            assert_eq!(top["function"], "main.handle", "{what}: {v:#}");
+            assert_eq!(
+                top["line"].as_u64().unwrap(),
+                u64::from(line_of_in("sessionmap", "payload: make([]byte")),
+                "{what}: {top}"
+            );
+            let sites = &r["allocation_sites"];
+            assert!(
+                sites["source"].as_str().unwrap().starts_with(source),
+                "{what}: {sites:#}"
+            );
+            // 500 requests/s for 6 s, 8 KiB each: about 24 MiB allocated at that site.
+            let bytes = top["alloc_bytes"].as_u64().unwrap();
+            assert!(
+                (12 << 20..=48 << 20).contains(&bytes),
+                "{what}: {bytes} bytes allocated at the top site"
+            );
+        }
     }
 }

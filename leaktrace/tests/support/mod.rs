@@ -343,3 +343,26 @@ pub fn record(name: &str, args: &[&str]) -> (serde_json::Value, String) {
     let report = fs::read_to_string(dir.join("report.json")).unwrap();
     (serde_json::from_str(&report).unwrap(), stdout)
 }
+
+/// The line of `testdata/go/<fixture>/main.go` containing `text` (exactly one must).
+pub fn line_of_in(fixture: &str, text: &str) -> u32 {
+    let src = fs::read_to_string(
+        repo_root()
+            .join("testdata/go")
+            .join(fixture)
+            .join("main.go"),
+    )
+    .unwrap();
+    let hits: Vec<usize> = src
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(text))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "exactly one line of {fixture}/main.go should contain {text:?}"
+    );
+    hits[0] as u32
+}

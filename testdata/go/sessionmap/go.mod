@@ -1,0 +1,3 @@
+module fixture/sessionmap
+
+go 1.21
