@@ -1,6 +1,8 @@
 //! What leaktrace prints: the live line each interval and the summary at the end (`live`),
-//! and the goroutine and memory snapshot (`dump`).
+//! and the goroutine and memory snapshot (`dump`). What it exports for other tools: pprof
+//! profiles (`pprof`).
 
 pub mod dump;
 pub mod leaks;
 pub mod live;
+pub mod pprof;
