@@ -1,17 +1,25 @@
 //! The export formats read back by the tools people use them with, not by our own code:
-//! pprof profiles by `go tool pprof`.
+//! pprof profiles by `go tool pprof`, HdrHistogram interval logs by HdrHistogram's Python
+//! library.
 
 mod support;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, SystemTime},
 };
 
+use hdrhistogram::Histogram;
 use leaktrace::{
-    report::pprof::{self, Profile, Sample, ValueType},
+    report::{
+        hlog::{HlogInterval, write_hlog},
+        pprof::{self, Profile, Sample, ValueType},
+    },
     target::pclntab::Frame,
 };
+use serde_json::Value;
 use support::*;
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -19,6 +27,32 @@ fn scratch_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// `python leaktrace/tests/scripts/SCRIPT ARGS` in the venv of readers that
+/// scripts/setup.sh installs; its stdout as JSON.
+fn python_reader(script: &str, args: &[&str]) -> Value {
+    let python = cache_dir().join("venv-readers/bin/python");
+    assert!(
+        python.exists(),
+        "the Python readers are not installed at {}: run scripts/setup.sh",
+        python.display()
+    );
+    let script = repo_root().join("leaktrace/tests/scripts").join(script);
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{}{stdout}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("$ {} {args:?}\n{stdout}", script.display());
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 fn frame(function: &str, line: u32) -> Frame {
@@ -248,4 +282,104 @@ fn heap_profile_reads_in_go_tool_pprof() {
         ],
         "one trace per sample, with its numeric label in its unit"
     );
+}
+
+/// What read_hlog.py reports of a histogram, computed here from the Rust histogram.
+/// The counts are multiples of 100 so that p50/p90/p99 fall on whole counts, where the
+/// Python library's rounding (to nearest) and the Rust crate's (up) agree.
+fn hdr_summary(h: &Histogram<u64>) -> Value {
+    serde_json::json!({
+        "count": h.len(),
+        "min": h.min(),
+        "max": h.max(),
+        "p50": h.value_at_quantile(0.50),
+        "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99),
+    })
+}
+
+#[test]
+fn interval_log_reads_in_hdrhistogram_python() {
+    // Park times in nanoseconds, from microseconds to seconds; allocation sizes in bytes.
+    // One interval per second; the park histogram is bounded like a long-running tracer's,
+    // the size one grows as it needs.
+    let park = |seed: u64, n: u64| {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
+        for i in 1..=n {
+            h.record(1_000 + (i * i * 7919 + seed * 104_729) % 2_000_000_000)
+                .unwrap();
+        }
+        h
+    };
+    let sizes = |seed: u64, n: u64| {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for i in 1..=n {
+            h.record(8 << ((i + seed) % 13)).unwrap();
+        }
+        h
+    };
+    let second = Duration::from_secs(1);
+    let tagged = [
+        ("park_ns.chan_send", park(1, 300)),
+        ("alloc_size_bytes", sizes(0, 1000)),
+        ("park_ns.chan_send", park(2, 100)),
+        ("alloc_size_bytes", sizes(5, 200)),
+        ("park_ns.chan_send", park(3, 1200)),
+        ("alloc_size_bytes", sizes(9, 100)),
+    ];
+    let intervals: Vec<HlogInterval> = tagged
+        .iter()
+        .enumerate()
+        .map(|(i, (tag, histogram))| HlogInterval {
+            tag,
+            start: second * (i as u32 / 2),
+            duration: second,
+            histogram,
+        })
+        .collect();
+    let start_time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_790_000_000_500);
+    let dir = scratch_dir("hlog");
+    let file = dir.join("histograms.hlog");
+    write_hlog(
+        std::fs::File::create(&file).unwrap(),
+        start_time,
+        &intervals,
+    )
+    .unwrap();
+
+    let read = python_reader("read_hlog.py", &[file.to_str().unwrap()]);
+    assert_eq!(read["start_time_sec"], 1_790_000_000.5);
+    let read_intervals = read["intervals"].as_array().unwrap();
+    assert_eq!(read_intervals.len(), intervals.len());
+    for (i, (want, got)) in intervals.iter().zip(read_intervals).enumerate() {
+        assert_eq!(got["tag"], want.tag, "interval {i}");
+        let start_ms = 1_790_000_000_500.0 + want.start.as_millis() as f64;
+        assert_eq!(got["start_ms"].as_f64(), Some(start_ms), "interval {i}");
+        assert_eq!(
+            got["end_ms"].as_f64(),
+            Some(start_ms + 1000.0),
+            "interval {i}"
+        );
+        let mut summary = got.clone();
+        for key in ["tag", "start_ms", "end_ms"] {
+            summary.as_object_mut().unwrap().remove(key);
+        }
+        assert_eq!(summary, hdr_summary(want.histogram), "interval {i}");
+    }
+
+    let mut totals: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
+    for i in &intervals {
+        totals
+            .entry(i.tag)
+            .or_insert_with(|| Histogram::new(3).unwrap())
+            .add(i.histogram)
+            .unwrap();
+    }
+    let read_tags = read["tags"].as_object().unwrap();
+    assert_eq!(read_tags.len(), 2);
+    for (tag, total) in &totals {
+        assert_eq!(read_tags[*tag], hdr_summary(total), "tag {tag}");
+    }
+    assert_eq!(read_tags["park_ns.chan_send"]["count"], 1600);
+    assert_eq!(read_tags["alloc_size_bytes"]["count"], 1300);
 }
