@@ -1,11 +1,13 @@
 //! The export formats read back by the tools people use them with, not by our own code:
 //! pprof profiles by `go tool pprof`, HdrHistogram interval logs by HdrHistogram's Python
-//! library.
+//! library, the Prometheus endpoint by curl and the Prometheus client's own parser.
 
 mod support;
 
 use std::{
     collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, SystemTime},
@@ -16,6 +18,7 @@ use leaktrace::{
     report::{
         hlog::{HlogInterval, write_hlog},
         pprof::{self, Profile, Sample, ValueType},
+        prometheus::{self, Metrics},
     },
     target::pclntab::Frame,
 };
@@ -382,4 +385,204 @@ fn interval_log_reads_in_hdrhistogram_python() {
     }
     assert_eq!(read_tags["park_ns.chan_send"]["count"], 1600);
     assert_eq!(read_tags["alloc_size_bytes"]["count"], 1300);
+}
+
+/// Figures as the collector would publish them, `parked` goroutines in `chan send`.
+fn metrics(parked: u32) -> Metrics {
+    let mut m = Metrics::new();
+    m.gauge(
+        "leaktrace_goroutines",
+        "Goroutines of the target by state.",
+        &[("state", "chan send")],
+        f64::from(parked),
+    );
+    m.gauge(
+        "leaktrace_goroutines",
+        "Goroutines of the target by state.",
+        &[("state", "select (no cases)")],
+        2.0,
+    );
+    // A label value with every character the format escapes.
+    m.gauge(
+        "leaktrace_suspect_blocked_seconds",
+        "How long the oldest goroutine of a suspected leak group has been blocked.\nOne \\ per group.",
+        &[("site", "main.(*srv).get \"C:\\tmp\"\nline 2"), ("wait_reason", "chan send")],
+        11.375,
+    );
+    m.counter(
+        "leaktrace_probe_events_total",
+        "Probe events handled since leaktrace attached.",
+        &[("probe", "park")],
+        3257.0,
+    );
+    m.histogram(
+        "leaktrace_park_seconds",
+        "How long goroutines stayed parked.",
+        &[("wait_reason", "chan receive")],
+        &[(0.001, 10), (0.01, 25), (1.0, 30)],
+        4.5,
+        31,
+    );
+    m
+}
+
+/// One HTTP/1.1 request on a new connection, read until the server closes it:
+/// (status line, headers lowercased, body).
+fn http(addr: SocketAddr, request: &[u8]) -> (String, BTreeMap<String, String>, String) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(request).unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .expect("the server answers and closes the connection");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers: {response:?}"));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().to_string();
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(": ").unwrap();
+            (k.to_ascii_lowercase(), v.to_string())
+        })
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn get(addr: SocketAddr, path: &str) -> (String, BTreeMap<String, String>, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: test\r\n\r\n");
+    http(addr, request.as_bytes())
+}
+
+#[test]
+fn prometheus_endpoint_serves_the_text_format() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (publish, latest) = tokio::sync::watch::channel(metrics(0).render());
+    let listen = prometheus::parse_listen("127.0.0.1:0").unwrap();
+    let (addr, server) = runtime.block_on(prometheus::serve(listen, latest)).unwrap();
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+
+    // A client that connects and says nothing holds one connection, not the server.
+    let _silent = TcpStream::connect(addr).unwrap();
+
+    // Many scrapes in a row, each seeing what was published just before it.
+    for parked in 0..200 {
+        publish.send_replace(metrics(parked).render());
+        let (status, headers, body) = get(addr, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(
+            headers["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        assert_eq!(headers["content-length"], body.len().to_string());
+        assert_eq!(headers["connection"], "close");
+        assert_eq!(body, metrics(parked).render());
+    }
+
+    let (status, _, _) = get(addr, "/");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _, _) = get(addr, "/metrics/other");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _, body) = get(addr, "/metrics?name[]=x");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.starts_with("# HELP leaktrace_goroutines "), "{body}");
+    let (status, headers, _) = http(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    assert_eq!(headers["allow"], "GET, HEAD");
+    let (status, headers, body) = http(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        headers["content-length"],
+        metrics(199).render().len().to_string()
+    );
+    assert_eq!(body, "");
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nCookie: {}\r\n\r\n",
+        "x".repeat(16 * 1024)
+    );
+    let (status, _, _) = http(addr, huge.as_bytes());
+    assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
+
+    // curl, as any scraper would.
+    let url = format!("http://{addr}/metrics");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code} %{content_type}",
+            &url,
+        ])
+        .output()
+        .expect("curl is installed by scripts/setup.sh");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, meta) = text.rsplit_once('\n').unwrap();
+    assert_eq!(meta, "200 text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(body, metrics(199).render());
+
+    // The Prometheus client's parser reads back every family, label and value.
+    let dir = scratch_dir("prometheus");
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, body).unwrap();
+    let families = python_reader("read_prometheus.py", &[file.to_str().unwrap()]);
+    let want = serde_json::json!([
+        {
+            "name": "leaktrace_goroutines",
+            "type": "gauge",
+            "help": "Goroutines of the target by state.",
+            "samples": [
+                {"name": "leaktrace_goroutines", "labels": {"state": "chan send"}, "value": 199.0},
+                {"name": "leaktrace_goroutines", "labels": {"state": "select (no cases)"}, "value": 2.0},
+            ],
+        },
+        {
+            "name": "leaktrace_suspect_blocked_seconds",
+            "type": "gauge",
+            "help": "How long the oldest goroutine of a suspected leak group has been blocked.\nOne \\ per group.",
+            "samples": [{
+                "name": "leaktrace_suspect_blocked_seconds",
+                "labels": {"site": "main.(*srv).get \"C:\\tmp\"\nline 2", "wait_reason": "chan send"},
+                "value": 11.375,
+            }],
+        },
+        {
+            "name": "leaktrace_probe_events",
+            "type": "counter",
+            "help": "Probe events handled since leaktrace attached.",
+            "samples": [
+                {"name": "leaktrace_probe_events_total", "labels": {"probe": "park"}, "value": 3257.0},
+            ],
+        },
+        {
+            "name": "leaktrace_park_seconds",
+            "type": "histogram",
+            "help": "How long goroutines stayed parked.",
+            "samples": [
+                {"name": "leaktrace_park_seconds_bucket", "labels": {"wait_reason": "chan receive", "le": "0.001"}, "value": 10.0},
+                {"name": "leaktrace_park_seconds_bucket", "labels": {"wait_reason": "chan receive", "le": "0.01"}, "value": 25.0},
+                {"name": "leaktrace_park_seconds_bucket", "labels": {"wait_reason": "chan receive", "le": "1"}, "value": 30.0},
+                {"name": "leaktrace_park_seconds_bucket", "labels": {"wait_reason": "chan receive", "le": "+Inf"}, "value": 31.0},
+                {"name": "leaktrace_park_seconds_sum", "labels": {"wait_reason": "chan receive"}, "value": 4.5},
+                {"name": "leaktrace_park_seconds_count", "labels": {"wait_reason": "chan receive"}, "value": 31.0},
+            ],
+        },
+    ]);
+    assert_eq!(families, want);
+
+    server.abort();
+    runtime.block_on(async {
+        assert!(server.await.unwrap_err().is_cancelled());
+    });
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the port is closed once the server task is aborted"
+    );
 }
