@@ -60,7 +60,22 @@ pub struct Profile {
 }
 
 /// The profile as the gzipped protobuf that pprof reads (`go tool pprof FILE`).
+///
+/// Every sample must have one value per sample type (pprof refuses the file otherwise,
+/// far from the code that built it): a sample that does not is a bug, and panics here.
 pub fn encode(p: &Profile) -> Vec<u8> {
+    if let Some(s) = p
+        .samples
+        .iter()
+        .find(|s| s.values.len() != p.sample_types.len())
+    {
+        panic!(
+            "pprof sample with {} values for {} sample types ({:?})",
+            s.values.len(),
+            p.sample_types.len(),
+            s.stack.first().map(|f| &f.function)
+        );
+    }
     let raw = encode_raw(p);
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     gz.write_all(&raw).expect("gzip into a Vec cannot fail");
@@ -289,6 +304,22 @@ mod tests {
         assert_eq!(pb.0.len(), 1 + 10, "a negative int64 is ten bytes");
         assert_eq!(pb.0[0], 0x08);
         assert_eq!(pb.0[10], 0x01);
+    }
+
+    #[test]
+    #[should_panic(expected = "pprof sample with 1 values for 2 sample types")]
+    fn a_sample_needs_a_value_per_sample_type() {
+        encode(&Profile {
+            sample_types: vec![
+                ValueType::new("inuse_objects", "count"),
+                ValueType::new("inuse_space", "bytes"),
+            ],
+            samples: vec![Sample {
+                values: vec![1],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
     }
 
     #[test]
