@@ -25,6 +25,8 @@ use leaktrace::{
 use serde_json::Value;
 use support::*;
 
+/// A fresh directory for a test's files, left behind only when the test fails (the test
+/// removes it at its end).
 fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("leaktrace-exports-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -285,6 +287,7 @@ fn heap_profile_reads_in_go_tool_pprof() {
         ],
         "one trace per sample, with its numeric label in its unit"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// What read_hlog.py reports of a histogram, computed here from the Rust histogram.
@@ -385,6 +388,7 @@ fn interval_log_reads_in_hdrhistogram_python() {
     }
     assert_eq!(read_tags["park_ns.chan_send"]["count"], 1600);
     assert_eq!(read_tags["alloc_size_bytes"]["count"], 1300);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Figures as the collector would publish them, `parked` goroutines in `chan send`.
@@ -576,6 +580,7 @@ fn prometheus_endpoint_serves_the_text_format() {
         },
     ]);
     assert_eq!(families, want);
+    std::fs::remove_dir_all(&dir).unwrap();
 
     server.abort();
     runtime.block_on(async {
