@@ -185,6 +185,7 @@ fn goroutine_profile_reads_in_go_tool_pprof() {
         comments.contains("leaktrace goroutine profile"),
         "{comments}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
