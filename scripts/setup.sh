@@ -91,4 +91,20 @@ else
   step "debugfs: mounting on /sys/kernel/debug"
   mount -t debugfs nodev /sys/kernel/debug || fail "cannot mount debugfs"
 fi
+# 6. The Python readers the export tests check leaktrace's files with, in their own venv.
+venv="$LEAKTRACE_CACHE/venv-readers"
+# shellcheck disable=SC2086 # PY_READERS is a list of name==version
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c '
+import importlib.metadata as m, sys
+sys.exit(any(m.version(n) != v for n, v in (r.split("==") for r in sys.argv[1:])))
+' $PY_READERS 2>/dev/null; then
+  step "python readers: $PY_READERS present"
+else
+  step "python readers: installing $PY_READERS into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv" || fail "python3 -m venv $venv failed (Debian: apt-get install python3-venv)"
+  # shellcheck disable=SC2086
+  PIP_ROOT_USER_ACTION=ignore "$venv/bin/python" -m pip install -q --disable-pip-version-check $PY_READERS \
+    || fail "pip could not install $PY_READERS into $venv"
+fi
 step "done: cache in $LEAKTRACE_CACHE"

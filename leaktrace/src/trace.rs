@@ -590,7 +590,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     .into_iter()
                     .map(|p| (p, (counts.hits(p) - last_counts.hits(p)) as f64 / secs))
                     .collect();
-                let attached = probes.attached();
+                // --alloc exact is not shed: its cost was stated and chosen.
+                let attached: Vec<Probe> = probes
+                    .attached()
+                    .into_iter()
+                    .filter(|p| !plan.exempt.contains(p))
+                    .collect();
                 let shed_now = over_budget(&rates, &attached, opts.max_overhead);
                 if !shed_now.is_empty() {
                     let total: f64 = attached.iter().map(|p| rates[p]).sum();

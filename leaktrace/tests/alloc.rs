@@ -1,4 +1,4 @@
-//! The alloc probe (`--probes alloc`): every allocation entry of the target's Go version
+//! Exact allocation tracing (`--alloc exact`): every allocation entry of the target's Go version
 //! (mallocgc, or Go 1.27's size-specialized functions), counted per goroutine in the kernel,
 //! and attributed to the leak group that made them. Go 1.21 to 1.27, spawn mode.
 
@@ -16,8 +16,8 @@ fn a_leaked_goroutines_allocations_are_counted_exactly() {
         let (r, _) = record(
             &format!("allocs-{version}"),
             &[
-                "--probes",
-                "default,alloc",
+                "--alloc",
+                "exact",
                 "-d",
                 "20s",
                 "--min-age",
