@@ -72,6 +72,11 @@ struct TraceArgs {
     /// and it is not shed); `off`.
     #[arg(long, default_value = "sampled", value_parser = parse_alloc, value_name = "MODE")]
     alloc: AllocMode,
+    /// Serve metrics for Prometheus at http://ADDR/metrics, refreshed at every snapshot.
+    /// A bare port (`9464`) listens on 127.0.0.1 only; give an address (`0.0.0.0:9464`) to
+    /// listen elsewhere.
+    #[arg(long, value_name = "ADDR", value_parser = leaktrace::report::prometheus::parse_listen)]
+    prometheus: Option<std::net::SocketAddr>,
     /// Also write every park and wake-up record as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
@@ -198,6 +203,7 @@ fn options(
         events: a.events,
         output,
         alloc: a.alloc,
+        prometheus: a.prometheus,
     })
 }
 

@@ -30,10 +30,10 @@ use crate::{
     model::{Applied, Model},
     probes::{HIT_COST, Probe, Probes, Samples, over_budget},
     report::{
-        exports,
+        self, exports,
         histograms::{self, Histograms},
         leaks::{self, AllocationSites, MemoryPoint, ProbeSummary, Report},
-        live, verdict,
+        live, pprof, prometheus, verdict,
     },
     target::{Target, binary::GoBinary, layout, process::Process, spawn},
 };
@@ -65,6 +65,8 @@ pub struct TraceOptions {
     pub output: Option<PathBuf>,
     /// How allocations are seen.
     pub alloc: AllocMode,
+    /// Serve metrics for Prometheus here.
+    pub prometheus: Option<std::net::SocketAddr>,
 }
 
 /// How allocations are seen (`--alloc`).
@@ -448,6 +450,17 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         eprintln!("leaktrace: {note}");
     }
     let mut hist = Histograms::default();
+    let metrics = match opts.prometheus {
+        Some(addr) => {
+            let (tx, rx) = tokio::sync::watch::channel(String::new());
+            let (bound, server) = prometheus::serve(addr, rx)
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            eprintln!("leaktrace: serving metrics for Prometheus on http://{bound}/metrics");
+            Some((tx, server))
+        }
+        None => None,
+    };
     let attached_now = probes.attached();
     if attached_now.contains(&Probe::Gopark) && attached_now.contains(&Probe::Ready) {
         tracker.probes_active(Duration::ZERO);
@@ -661,6 +674,21 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 if plan.reads_profile() {
                     profile_last = heapprofile::read(&target).ok().or(profile_last);
                 }
+                if let Some((tx, _)) = &metrics {
+                    let counts = probes.counts()?;
+                    let hits: Vec<(&'static str, u64)> = probes
+                        .attached()
+                        .iter()
+                        .map(|p| (p.function(), counts.hits(*p)))
+                        .collect();
+                    tx.send_replace(report::metrics::render(
+                        timeline.last(),
+                        &tracker.leaks(&detect),
+                        &hist,
+                        &counts,
+                        &hits,
+                    ));
+                }
                 match observed {
                     Ok(gs) => tracker.observe(start.elapsed(), gs),
                     Err(e) if !target.process.is_alive() => log::debug!("snapshot after exit: {e:#}"),
@@ -721,6 +749,9 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     }
     drop(records);
     drop(probes); // detaches every uprobe and unloads the programs
+    if let Some((_, server)) = metrics {
+        server.abort();
+    }
     // A last look, unless the target is gone: the verdict is about its state now.
     if snapshot_error.is_none()
         && matches!(stop, Stop::Duration | Stop::Signal(_))
@@ -835,13 +866,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let text = leaks::text(&report);
     print!("\n{text}");
     if let Some(dir) = &opts.output {
-        exports::write_all(
-            dir,
-            &target,
-            &report,
-            &hist,
-            allocation_sites.profile.as_ref(),
-        )?;
+        exports::write_all(dir, &report, &hist, allocation_sites.pprof.as_ref())?;
     }
     Ok(Outcome { stop, report })
 }
@@ -868,7 +893,8 @@ fn sum_allocations(
 struct AllocationOutcome {
     report: AllocationSites,
     growing: Vec<AllocSite>,
-    profile: Option<HeapProfile>,
+    /// For `allocations.pb.gz`.
+    pprof: Option<pprof::Profile>,
 }
 
 /// Sites in report.json.
@@ -897,7 +923,11 @@ fn allocation_report(
                 sites: sites.iter().take(REPORTED_SITES).cloned().collect(),
             },
             growing: sites,
-            profile: None,
+            pprof: Some(heapprofile::sampled_to_pprof(
+                target,
+                smp,
+                plan.classes.as_ref(),
+            )),
         };
     }
     let profile = match profile_last.ok_or_else(|| match profile_start {
@@ -914,7 +944,7 @@ fn allocation_report(
                     sites: Vec::new(),
                 },
                 growing: Vec::new(),
-                profile: None,
+                pprof: None,
             };
         }
     };
@@ -947,7 +977,9 @@ fn allocation_report(
             sites: sites.into_iter().take(REPORTED_SITES).collect(),
         },
         growing,
-        profile: Some(profile),
+        pprof: profile
+            .sampling()
+            .then(|| heapprofile::to_pprof(&profile, target)),
     }
 }
 

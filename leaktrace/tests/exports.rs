@@ -592,3 +592,151 @@ fn prometheus_endpoint_serves_the_text_format() {
         "the port is closed once the server task is aborted"
     );
 }
+
+/// `leaktrace record -o DIR` on real programs writes every export, and other tools read
+/// them: `go tool pprof` the goroutine and allocation profiles, HdrHistogram's Python
+/// library the interval log (with the counts report.json gives), and a Prometheus scrape of
+/// `--prometheus` while it runs.
+#[test]
+fn record_writes_exports_that_other_tools_read() {
+    let version = go_versions().pop().unwrap();
+    // The classic leak, with metrics served while it runs.
+    let bin = build_fixture("classicleak", &version, &[]);
+    let dir = scratch_dir("record-classic");
+    let mut child = Command::new(leaktrace_bin())
+        .args(["record", "-o"])
+        .arg(&dir)
+        .args([
+            "--min-age",
+            "1s",
+            "--snapshot-interval",
+            "300ms",
+            "-d",
+            "20s",
+        ])
+        .args(["--prometheus", "127.0.0.1:0", "--"])
+        .arg(&bin)
+        .args(["-linger", "3s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr: SocketAddr = loop {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "leaktrace ended without serving metrics"
+        );
+        if let Some(rest) = line
+            .trim()
+            .strip_prefix("leaktrace: serving metrics for Prometheus on http://")
+        {
+            break rest.trim_end_matches("/metrics").parse().unwrap();
+        }
+    };
+    assert!(addr.ip().is_loopback());
+    // Scrape until the leak shows (snapshots refresh the metrics).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let body = loop {
+        let (status, _, body) = get(addr, "/metrics");
+        assert!(status.contains("200"), "{status}");
+        if body.contains("leaktrace_leaked_goroutines{") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leak in the metrics:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let scrape = dir.join("scrape.txt");
+    std::fs::write(&scrape, &body).unwrap();
+    let families = python_reader("read_prometheus.py", &[scrape.to_str().unwrap()]);
+    let text = families.to_string();
+    for name in [
+        "leaktrace_target_heap_inuse_bytes",
+        "leaktrace_leak_groups",
+        "leaktrace_leaked_goroutines",
+        "leaktrace_target_madvise_bytes",
+    ] {
+        assert!(text.contains(name), "{name} not parsed: {families:#}");
+    }
+    assert!(text.contains("main.produce"), "{families:#}");
+    let rest: String = std::iter::from_fn(|| {
+        let mut l = String::new();
+        (std::io::BufRead::read_line(&mut stderr, &mut l).unwrap_or(0) > 0).then_some(l)
+    })
+    .collect();
+    assert!(child.wait().unwrap().success(), "{rest}");
+    for f in [
+        "report.txt",
+        "report.json",
+        "histograms.hlog",
+        "goroutines.pb.gz",
+        "allocations.pb.gz",
+    ] {
+        assert!(dir.join(f).exists(), "{f} not written: {rest}");
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let top = pprof_tool(&["-top"], &dir.join("goroutines.pb.gz"));
+    let leaked = report["leaks"][0]["count"].as_u64().unwrap().to_string();
+    assert_eq!(top_row(&top, "main.produce")[0], leaked, "{top}");
+    let traced = pprof_tool(&["-traces"], &dir.join("goroutines.pb.gz"));
+    assert!(traced.contains("chan send"), "{traced}");
+    // The interval log holds what report.json summarizes.
+    let log = python_reader(
+        "read_hlog.py",
+        &[dir.join("histograms.hlog").to_str().unwrap()],
+    );
+    let hists = report["histograms"].as_object().unwrap();
+    assert!(hists.keys().any(|t| t.starts_with("park_ns.")), "{hists:?}");
+    for (tag, p) in hists {
+        assert_eq!(
+            log["tags"][tag]["count"], p["count"],
+            "{tag}: the log and report.json disagree: {log:#}"
+        );
+        assert_eq!(log["tags"][tag]["max"], p["max"], "{tag}: {log:#}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // The session map with runtime/pprof linked: the runtime's heap profile, with in-use.
+    let bin = build_fixture("sessionmap", &version, &["-tags", "pprof"]);
+    let dir = scratch_dir("record-sessionmap");
+    let out = Command::new(leaktrace_bin())
+        .args(["record", "-o"])
+        .arg(&dir)
+        .args(["--snapshot-interval", "500ms", "--"])
+        .arg(&bin)
+        .args(["-requests", "500", "-seconds", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inuse = pprof_tool(
+        &["-top", "-sample_index=inuse_space"],
+        &dir.join("allocations.pb.gz"),
+    );
+    // The sessions it keeps are the heap's largest in-use site.
+    let first = inuse
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        first.trim_end().ends_with(" main.handle"),
+        "main.handle holds the most: {inuse}"
+    );
+    let allocs = pprof_tool(
+        &["-top", "-sample_index=alloc_objects"],
+        &dir.join("allocations.pb.gz"),
+    );
+    // 500 requests/s for 3 s: about 1500 sessions, estimated from samples.
+    let n: f64 = top_row(&allocs, "main.handle")[0].parse().unwrap();
+    assert!((500.0..=4500.0).contains(&n), "{allocs}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::{
     probes::Samples,
+    report::pprof,
     target::{Target, binary::GoBinary, pclntab::Frame},
 };
 
@@ -348,6 +349,98 @@ pub fn growth(before: &[AllocSite], after: &[AllocSite]) -> Vec<AllocSite> {
             .then(b.alloc_bytes.cmp(&a.alloc_bytes))
     });
     v
+}
+
+/// The runtime's profile as a pprof heap profile, scaled as `runtime/pprof` scales it:
+/// what `go tool pprof -sample_index=inuse_space` reads.
+pub fn to_pprof(profile: &HeapProfile, target: &Target) -> pprof::Profile {
+    let samples = profile
+        .buckets
+        .iter()
+        .map(|b| {
+            let allocs = b.allocs + b.recent_allocs;
+            let (ao, ab) = scale(allocs, allocs * b.size, profile.rate);
+            let live = b.allocs.saturating_sub(b.frees);
+            let (io, ib) = scale(live, live * b.size, profile.rate);
+            pprof::Sample {
+                stack: profile.frames(target, b),
+                values: [ao, ab, io, ib].map(|v| v as i64).to_vec(),
+                num_labels: vec![("bytes".into(), b.size as i64, "bytes".into())],
+                ..pprof::Sample::default()
+            }
+        })
+        .collect();
+    pprof::Profile {
+        sample_types: vec![
+            pprof::ValueType::new("alloc_objects", "count"),
+            pprof::ValueType::new("alloc_space", "bytes"),
+            pprof::ValueType::new("inuse_objects", "count"),
+            pprof::ValueType::new("inuse_space", "bytes"),
+        ],
+        samples,
+        period_type: Some(pprof::ValueType::new("space", "bytes")),
+        period: profile.rate as i64,
+        default_sample_type: Some("inuse_space".into()),
+        comments: vec![
+            "the target's runtime heap profile, read from its memory by leaktrace".into(),
+        ],
+        ..pprof::Profile::default()
+    }
+}
+
+/// The fallback sampler's allocations as a pprof profile (allocated objects and bytes; it
+/// does not see frees).
+pub fn sampled_to_pprof(
+    target: &Target,
+    samples: &Samples,
+    classes: Option<&SizeClasses>,
+) -> pprof::Profile {
+    let samples = samples
+        .stacks
+        .iter()
+        .map(|(key, stack, stat)| {
+            let objects = match (key.span_class, classes) {
+                (LARGE_CLASS, _) => stat.count,
+                (spc, Some(c)) => {
+                    let class = (spc >> 1) as usize;
+                    match (c.size.get(class), c.span_bytes.get(class)) {
+                        (Some(&size), Some(&span)) if size > 0 => stat.count * (span / size),
+                        _ => stat.count,
+                    }
+                }
+                _ => stat.count,
+            };
+            let frames: Vec<Frame> = stack
+                .iter()
+                .skip(1)
+                .filter_map(|&pc| {
+                    let link = pc.checked_sub(target.load_bias)?.checked_sub(1)?;
+                    target.binary.symbolize(link).into_iter().next()
+                })
+                .collect();
+            let first = frames
+                .iter()
+                .position(|f| !is_runtime(&f.function))
+                .unwrap_or(0);
+            pprof::Sample {
+                stack: frames[first..].to_vec(),
+                values: vec![objects as i64, stat.bytes as i64],
+                ..pprof::Sample::default()
+            }
+        })
+        .collect();
+    pprof::Profile {
+        sample_types: vec![
+            pprof::ValueType::new("alloc_objects", "count"),
+            pprof::ValueType::new("alloc_space", "bytes"),
+        ],
+        samples,
+        default_sample_type: Some("alloc_space".into()),
+        comments: vec![
+            "allocations sampled by leaktrace at span refills (a whole span each) and large allocations".into(),
+        ],
+        ..pprof::Profile::default()
+    }
 }
 
 fn is_runtime(function: &str) -> bool {

@@ -9,6 +9,7 @@ pub mod histograms;
 pub mod hlog;
 pub mod leaks;
 pub mod live;
+pub mod metrics;
 pub mod pprof;
 pub mod prometheus;
 pub mod verdict;

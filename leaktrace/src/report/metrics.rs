@@ -1,0 +1,130 @@
+//! What `--prometheus ADDR` serves, refreshed at every snapshot: the target's memory, its
+//! goroutines and suspected leaks, park durations, and what the probes cost. Names are
+//! documented in the README ("Prometheus").
+
+use super::{histograms::Histograms, leaks::MemoryPoint, prometheus::Metrics};
+use crate::{detect::LeakGroup, probes::Counts};
+
+/// Park-duration bucket bounds, in seconds.
+const PARK_BOUNDS: [f64; 10] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 60.0, 600.0];
+
+pub fn render(
+    memory: Option<&MemoryPoint>,
+    leaks: &[LeakGroup],
+    hist: &Histograms,
+    counts: &Counts,
+    probe_names: &[(&'static str, u64)],
+) -> String {
+    let mut m = Metrics::new();
+    if let Some(p) = memory {
+        let mem = &p.memory;
+        for (name, help, v) in [
+            (
+                "leaktrace_target_rss_bytes",
+                "Resident set size of the target (VmRSS).",
+                mem.rss_bytes,
+            ),
+            (
+                "leaktrace_target_heap_inuse_bytes",
+                "Go heap in use (HeapInuse).",
+                mem.heap_inuse,
+            ),
+            (
+                "leaktrace_target_heap_idle_bytes",
+                "Go heap idle (HeapIdle).",
+                mem.heap_idle,
+            ),
+            (
+                "leaktrace_target_heap_released_bytes",
+                "Go heap returned to the OS (HeapReleased).",
+                mem.heap_released,
+            ),
+            (
+                "leaktrace_target_heap_alloc_bytes",
+                "Go heap allocated and not yet freed (HeapAlloc).",
+                mem.heap_alloc,
+            ),
+        ] {
+            m.gauge(name, help, &[], v as f64);
+        }
+        m.counter(
+            "leaktrace_target_gc_cycles",
+            "GC cycles of the target (NumGC).",
+            &[],
+            mem.num_gc as f64,
+        );
+        for (advice, bytes) in &p.madvise_bytes {
+            m.counter(
+                "leaktrace_target_madvise_bytes",
+                "Bytes the target passed to madvise since the trace started, by advice.",
+                &[("advice", advice)],
+                *bytes as f64,
+            );
+        }
+        if let Some(n) = p.goroutines {
+            m.gauge(
+                "leaktrace_target_goroutines",
+                "Goroutines of the target (runtime ones left out).",
+                &[],
+                n as f64,
+            );
+        }
+    }
+    m.gauge(
+        "leaktrace_leak_groups",
+        "Suspected goroutine leak groups.",
+        &[],
+        leaks.len() as f64,
+    );
+    for l in leaks {
+        let site = l
+            .site
+            .as_ref()
+            .map(|s| format!("{} {}:{}", s.function, s.file, s.line))
+            .unwrap_or_default();
+        let confidence = format!("{:?}", l.confidence).to_lowercase();
+        m.gauge(
+            "leaktrace_leaked_goroutines",
+            "Goroutines in a suspected leak group, by wait reason and blocking site.",
+            &[
+                ("wait_reason", &l.wait_reason),
+                ("site", &site),
+                ("confidence", &confidence),
+            ],
+            l.count as f64,
+        );
+    }
+    for (tag, _) in hist.percentiles() {
+        let Some(reason) = tag.strip_prefix("park_ns.") else {
+            continue;
+        };
+        let Some(h) = hist.total(&tag) else { continue };
+        let buckets: Vec<(f64, u64)> = PARK_BOUNDS
+            .iter()
+            .map(|&b| (b, h.count_between(0, (b * 1e9) as u64)))
+            .collect();
+        m.histogram(
+            "leaktrace_park_duration_seconds",
+            "How long goroutines stayed parked, by wait reason (park and wake probes).",
+            &[("wait_reason", reason)],
+            &buckets,
+            h.mean() * h.len() as f64 / 1e9,
+            h.len(),
+        );
+    }
+    for (function, hits) in probe_names {
+        m.counter(
+            "leaktrace_probe_hits",
+            "Hits of each probe since the trace started.",
+            &[("function", function)],
+            *hits as f64,
+        );
+    }
+    m.counter(
+        "leaktrace_lost_records",
+        "Records dropped because leaktrace's ring buffer was full.",
+        &[],
+        counts.lost as f64,
+    );
+    m.render()
+}
