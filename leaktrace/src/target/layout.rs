@@ -151,12 +151,16 @@ pub struct MOffsets {
     pub g0: u64,
     /// `m.procid` (u64): the Linux thread id.
     pub procid: u64,
+    /// `m.gsignal` (*g): the g that runs signal handlers on this m.
+    pub gsignal: u64,
     /// `m.curg` (*g): the user g running on this m.
     pub curg: u64,
     /// `m.p` (puintptr).
     pub p: u64,
     /// `m.id` (i64).
     pub id: u64,
+    /// `m.alllink` (*m): the next m in `runtime.allm`.
+    pub alllink: u64,
 }
 
 /// `runtime.hchan`, a channel.
@@ -983,9 +987,11 @@ impl<'a> DwarfIndex<'a> {
                 size: s.size(m)?,
                 g0: s.field(m, &["g0"], Some(8))?,
                 procid: s.field(m, &["procid"], Some(8))?,
+                gsignal: s.field(m, &["gsignal"], Some(8))?,
                 curg: s.field(m, &["curg"], Some(8))?,
                 p: s.field(m, &["p"], Some(8))?,
                 id: s.field(m, &["id"], Some(8))?,
+                alllink: s.field(m, &["alllink"], Some(8))?,
             },
             hchan: HchanOffsets {
                 size: s.size(hchan)?,
