@@ -6,6 +6,7 @@ pub mod activity;
 pub mod channels;
 pub mod goroutines;
 pub mod memory;
+pub mod retained;
 mod unwind;
 
 pub use goroutines::{CreatedBy, GoroutineSnapshot, StackFrame};
