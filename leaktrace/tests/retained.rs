@@ -184,3 +184,46 @@ fn a_leak_group_pins_what_the_fixture_retains_and_garbage_is_not_counted() {
     eprintln!("{}", table.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A PIE: the symbols move by the load bias, the heap does not.
+#[test]
+fn a_pie_leak_group_pins_the_same() {
+    let mut failures = Vec::new();
+    for version in go_versions() {
+        let bin = build_fixture(FIXTURE, &version, &["-buildmode=pie"]);
+        let fixture = Pinned::start(&bin);
+        let target = Target::inspect(fixture.pid()).unwrap();
+        assert_ne!(target.load_bias, 0, "Go {version}: not a PIE");
+        let holders = goroutines_in(&target, "main.holdBuffers");
+        assert_eq!(holders.len() as u64, HOLDERS, "Go {version}");
+        let (pinned, took) = timed(&target, &holders, Limits::default());
+        let ratio = pinned.heap_bytes as f64 / fixture.retained as f64;
+        eprintln!("go{version} PIE: ratio {ratio:.4} in {took:.1?}: {pinned:?}");
+        if !(0.5..=2.0).contains(&ratio) || pinned.truncated {
+            failures.push(format!("Go {version} PIE: ratio {ratio:.3}: {pinned:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Without a symbol table there is no `runtime.mheap_` to start from: the error says so and
+/// what to do, while the goroutine walk (whose globals are read off the code) still works.
+#[test]
+fn a_stripped_binary_is_refused_with_what_to_do() {
+    for version in go_versions() {
+        let bin = build_fixture(FIXTURE, &version, &["-ldflags=-s -w"]);
+        let fixture = Pinned::start(&bin);
+        let target = Target::inspect(fixture.pid()).unwrap();
+        assert!(target.binary.is_stripped(), "Go {version}");
+        let holders = goroutines_in(&target, "main.holdBuffers");
+        assert_eq!(holders.len() as u64, HOLDERS, "Go {version}");
+        let err = retained::estimate(&target, &holders, Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs runtime.mheap_, runtime.allp, runtime.allm from the binary's symbol table, and it has none")
+                && err.ends_with("rebuild the program without -ldflags=-s (-w alone is fine)"),
+            "Go {version}: {err}"
+        );
+    }
+}

@@ -94,9 +94,9 @@ pub struct Retained {
 /// Estimates the memory pinned by the goroutines whose g structs are at `g_addrs` in the
 /// target. Objects reachable from several goroutines are counted once.
 pub fn estimate(target: &Target, g_addrs: &[u64], limits: Limits) -> anyhow::Result<Retained> {
-    let mheap = mheap_addr(target)?;
-    let mut heap = Heap::new(target, mheap, limits);
-    heap.stops = scheduler_structs(target)?;
+    let vars = runtime_vars(target)?;
+    let mut heap = Heap::new(target, vars.mheap, limits);
+    heap.stops = scheduler_structs(target, &vars)?;
 
     let mut out = Retained::default();
     let roots = heap.stacks(g_addrs, &mut out)?;
@@ -107,19 +107,49 @@ pub fn estimate(target: &Target, g_addrs: &[u64], limits: Limits) -> anyhow::Res
     Ok(out)
 }
 
-/// The address of `runtime.mheap_` in the target.
-fn mheap_addr(target: &Target) -> anyhow::Result<u64> {
-    const MHEAP: &str = "runtime.mheap_";
-    match target.binary.data_symbol(MHEAP) {
-        Some(sym) => Ok(sym.addr.wrapping_add(target.load_bias)),
-        None => bail!(
-            "PID {} ({}): estimating pinned memory needs {MHEAP}, the heap's span map, and the \
-             binary has no symbol table to find it in; rebuild the program without -ldflags=-s \
-             (-w alone is fine)",
-            target.process.pid(),
-            target.process.exe_name()
-        ),
+/// The runtime variables the scan starts from, as addresses in the target.
+struct RuntimeVars {
+    /// `runtime.mheap_`, the heap (its span map).
+    mheap: u64,
+    /// `runtime.allp`, a `[]*p`.
+    allp: u64,
+    /// `runtime.allm`, the head of the list of m's.
+    allm: u64,
+}
+
+/// The symbols of [`RuntimeVars`].
+const RUNTIME_VARS: [&str; 3] = ["runtime.mheap_", "runtime.allp", "runtime.allm"];
+
+/// [`RuntimeVars`] from the binary's symbol table. A binary without one (`-ldflags=-s`)
+/// is refused: unlike `runtime.allgs`, these are not read off the runtime's code.
+fn runtime_vars(target: &Target) -> anyhow::Result<RuntimeVars> {
+    let found = RUNTIME_VARS.map(|name| {
+        target
+            .binary
+            .data_symbol(name)
+            .map(|s| s.addr.wrapping_add(target.load_bias))
+    });
+    if let [Some(mheap), Some(allp), Some(allm)] = found {
+        return Ok(RuntimeVars { mheap, allp, allm });
     }
+    let missing: Vec<&str> = RUNTIME_VARS
+        .iter()
+        .zip(&found)
+        .filter(|(_, addr)| addr.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    bail!(
+        "PID {} ({}): estimating the memory goroutines pin needs {} from the binary's symbol \
+         table, and {}; rebuild the program without -ldflags=-s (-w alone is fine)",
+        target.process.pid(),
+        target.process.exe_name(),
+        missing.join(", "),
+        if target.binary.is_stripped() {
+            "it has none"
+        } else {
+            "it does not name them"
+        }
+    )
 }
 
 /// At most this many m's are followed on `runtime.allm` (a program has one per OS thread it
@@ -132,21 +162,13 @@ const MAX_MS: usize = 100_000;
 /// `p.wbBuf` (the write barrier's buffer of recently written pointers) to whatever the
 /// program touched last: one stale pointer to an m or a p in a stack frame would count the
 /// whole program.
-fn scheduler_structs(target: &Target) -> anyhow::Result<HashSet<u64>> {
+fn scheduler_structs(target: &Target, vars: &RuntimeVars) -> anyhow::Result<HashSet<u64>> {
     let mut stops: HashSet<u64> = all_gs(target)
         .context("reading runtime.allgs, whose g structs the scan must not enter")?
         .into_iter()
         .collect();
     let p = &target.process;
-    let symbol = |name: &str| {
-        target
-            .binary
-            .data_symbol(name)
-            .map(|s| s.addr.wrapping_add(target.load_bias))
-            .with_context(|| format!("{name} is not in the binary's symbol table"))
-    };
-    let allp = symbol("runtime.allp")?;
-    let (ptr, len) = (p.read_u64(allp)?, p.read_u64(allp + 8)?);
+    let (ptr, len) = (p.read_u64(vars.allp)?, p.read_u64(vars.allp + 8)?);
     if len > 1 << 20 {
         bail!("runtime.allp has an implausible length {len}");
     }
@@ -155,7 +177,7 @@ fn scheduler_structs(target: &Target) -> anyhow::Result<HashSet<u64>> {
     stops.extend(ps.as_chunks::<8>().0.iter().map(|c| u64::from_le_bytes(*c)));
 
     let m = &target.layout.m;
-    let mut mp = p.read_u64(symbol("runtime.allm")?)?;
+    let mut mp = p.read_u64(vars.allm)?;
     let mut seen = 0;
     while mp != 0 && seen < MAX_MS && stops.insert(mp) {
         for field in [m.g0, m.gsignal] {
