@@ -32,16 +32,22 @@
 //! - Memory reached only through the goroutine's registers or its `g` (defer records,
 //!   panics, pprof labels) is missed, and so is its `g` itself (a few hundred bytes).
 //!
+//! `runtime.mheap_`, `allp` and `allm` come from `.symtab`, or in a stripped binary from the
+//! runtime's code ([`crate::target::globals::locate_heap`]).
+//!
 //! The work is bounded by [`Limits`]; [`Retained::truncated`] says a bound was hit.
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use serde::Serialize;
 
 use super::goroutines::all_gs;
 use super::unwind::{self, StackMemory};
-use crate::target::Target;
+use crate::target::{
+    Target,
+    globals::{self, HeapGlobals},
+};
 
 /// How the estimate is made, in one line, for reports.
 pub const METHOD: &str = "stack: sum of g.stack.hi - g.stack.lo; heap: conservative scan of \
@@ -96,7 +102,7 @@ pub struct Retained {
 pub fn estimate(target: &Target, g_addrs: &[u64], limits: Limits) -> anyhow::Result<Retained> {
     let vars = runtime_vars(target)?;
     let mut heap = Heap::new(target, vars.mheap, limits);
-    heap.stops = scheduler_structs(target, &vars)?;
+    heap.stop_at(scheduler_structs(target, &vars)?);
 
     let mut out = Retained::default();
     let roots = heap.stacks(g_addrs, &mut out)?;
@@ -107,49 +113,23 @@ pub fn estimate(target: &Target, g_addrs: &[u64], limits: Limits) -> anyhow::Res
     Ok(out)
 }
 
-/// The runtime variables the scan starts from, as addresses in the target.
-struct RuntimeVars {
-    /// `runtime.mheap_`, the heap (its span map).
-    mheap: u64,
-    /// `runtime.allp`, a `[]*p`.
-    allp: u64,
-    /// `runtime.allm`, the head of the list of m's.
-    allm: u64,
-}
-
-/// The symbols of [`RuntimeVars`].
-const RUNTIME_VARS: [&str; 3] = ["runtime.mheap_", "runtime.allp", "runtime.allm"];
-
-/// [`RuntimeVars`] from the binary's symbol table. A binary without one (`-ldflags=-s`)
-/// is refused: unlike `runtime.allgs`, these are not read off the runtime's code.
-fn runtime_vars(target: &Target) -> anyhow::Result<RuntimeVars> {
-    let found = RUNTIME_VARS.map(|name| {
-        target
-            .binary
-            .data_symbol(name)
-            .map(|s| s.addr.wrapping_add(target.load_bias))
-    });
-    if let [Some(mheap), Some(allp), Some(allm)] = found {
-        return Ok(RuntimeVars { mheap, allp, allm });
-    }
-    let missing: Vec<&str> = RUNTIME_VARS
-        .iter()
-        .zip(&found)
-        .filter(|(_, addr)| addr.is_none())
-        .map(|(name, _)| *name)
-        .collect();
-    bail!(
-        "PID {} ({}): estimating the memory goroutines pin needs {} from the binary's symbol \
-         table, and {}; rebuild the program without -ldflags=-s (-w alone is fine)",
-        target.process.pid(),
-        target.process.exe_name(),
-        missing.join(", "),
-        if target.binary.is_stripped() {
-            "it has none"
-        } else {
-            "it does not name them"
-        }
-    )
+/// The runtime variables the scan starts from (`runtime.mheap_`, `allp`, `allm`), as
+/// addresses in the target: from `.symtab`, or read off the runtime's code in a stripped
+/// binary (see `target::globals`).
+fn runtime_vars(target: &Target) -> anyhow::Result<HeapGlobals> {
+    let link = globals::locate_heap(&target.binary).map_err(|e| {
+        anyhow!(
+            "PID {} ({}): estimating the memory goroutines pin: {e}",
+            target.process.pid(),
+            target.process.exe_name()
+        )
+    })?;
+    let bias = target.load_bias;
+    Ok(HeapGlobals {
+        mheap: link.mheap.wrapping_add(bias),
+        allp: link.allp.wrapping_add(bias),
+        allm: link.allm.wrapping_add(bias),
+    })
 }
 
 /// At most this many m's are followed on `runtime.allm` (a program has one per OS thread it
@@ -162,7 +142,7 @@ const MAX_MS: usize = 100_000;
 /// `p.wbBuf` (the write barrier's buffer of recently written pointers) to whatever the
 /// program touched last: one stale pointer to an m or a p in a stack frame would count the
 /// whole program.
-fn scheduler_structs(target: &Target, vars: &RuntimeVars) -> anyhow::Result<HashSet<u64>> {
+fn scheduler_structs(target: &Target, vars: &HeapGlobals) -> anyhow::Result<HashSet<u64>> {
     let mut stops: HashSet<u64> = all_gs(target)
         .context("reading runtime.allgs, whose g structs the scan must not enter")?
         .into_iter()
@@ -249,7 +229,7 @@ struct Heap<'t> {
     page: HashMap<u64, u64>,
     /// Span address -> the span, None when it is not an in-use heap span.
     span: HashMap<u64, Option<Span>>,
-    /// g structs: never counted or entered.
+    /// The bases of the scheduler's objects: never counted or entered.
     stops: HashSet<u64>,
     visited: HashSet<u64>,
     heap_bytes: u64,
@@ -276,6 +256,19 @@ impl<'t> Heap<'t> {
             bytes_read: 0,
             truncated: false,
         }
+    }
+
+    /// Makes the objects holding `addrs` stops. An address is not always its object's base:
+    /// from Go 1.22 an object of more than 512 bytes that holds pointers starts with an
+    /// 8-byte malloc header, and a pointer to it points past that (runtime/mbitmap.go).
+    fn stop_at(&mut self, addrs: HashSet<u64>) {
+        let mut addrs: Vec<u64> = addrs.into_iter().collect();
+        addrs.sort_unstable();
+        self.resolve_spans(&addrs);
+        self.stops = addrs
+            .iter()
+            .filter_map(|&a| self.object_of(a).map(|(base, _, _)| base))
+            .collect();
     }
 
     /// Counts the goroutines' stacks into `out` and returns the words of their live parts.

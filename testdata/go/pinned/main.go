@@ -115,14 +115,17 @@ func main() {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 
+	// The droppers go first: a goroutine whose stack grows leaves its old stack, stale
+	// pointers and all, to be reused by the next new goroutine, and a conservative scan of a
+	// dropper's dead stack slots would then find a holder's buffers.
 	started.Add(*holders)
 	for i := 0; i < *holders; i++ {
-		go holdBuffers()
+		go dropBuffers()
 	}
 	started.Wait()
 	started.Add(*holders)
 	for i := 0; i < *holders; i++ {
-		go dropBuffers()
+		go holdBuffers()
 	}
 	started.Wait()
 	// Let the last ones reach the send, then collect the droppers' garbage and finish
