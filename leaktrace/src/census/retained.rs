@@ -26,7 +26,11 @@
 //! What this over- and under-counts:
 //! - Conservative: a dead slot in a frame, or an integer that looks like a heap address,
 //!   counts what it points at if that is allocated. The GC, with pointer maps, would not.
-//!   In the tests this is at most a few hundred KiB for 20 goroutines.
+//!   Dead slots are the likelier: a goroutine whose stack grows leaves its old stack, stale
+//!   pointers and all, to the next new goroutine, whose frames may never overwrite them.
+//!   A group counts each object once, so this matters most for one goroutine alone.
+//! - The channel a goroutine waits on counts when its frame holds the channel, and with it
+//!   the sudogs of every goroutine queued on it (~100 bytes each).
 //! - An object also reachable from elsewhere (a global, another goroutine) counts here too:
 //!   this is what the goroutines reach, an upper bound of what freeing them alone would free.
 //! - Memory reached only through the goroutine's registers or its `g` (defer records,
@@ -610,4 +614,57 @@ fn u16_at(b: &[u8], off: u64) -> u16 {
     let o = off as usize;
     b.get(o..o + 2)
         .map_or(0, |s| u16::from_le_bytes(s.try_into().unwrap()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(free_index: u64, alloc_bits: Vec<u8>) -> Span {
+        // One 8 KiB page of 64-byte objects: 128 slots.
+        Span {
+            start: 0xc000_010000,
+            limit: 0xc000_012000,
+            elemsize: 64,
+            noscan: false,
+            large: false,
+            free_index,
+            alloc_bits_addr: 0,
+            alloc_bits,
+        }
+    }
+
+    #[test]
+    fn a_pointer_anywhere_in_an_allocated_slot_is_its_object() {
+        let span = small(2, vec![0, 0b0000_0010]);
+        assert_eq!(span.objects(), 128);
+        // Below freeIndexForScan: allocated whatever allocBits says.
+        assert_eq!(span.object(0xc000_010000), Some(0xc000_010000));
+        assert_eq!(span.object(0xc000_010047), Some(0xc000_010040));
+        // Slot 2 is past the free index and its bit is clear: free.
+        assert_eq!(span.object(0xc000_010080), None);
+        // Slot 9 (byte 1, bit 1) is set in allocBits.
+        assert_eq!(span.object(0xc000_010248), Some(0xc000_010240));
+        // Outside [start, limit).
+        assert_eq!(span.object(0xc000_00fff8), None);
+        assert_eq!(span.object(0xc000_012000), None);
+        // allocBits that could not be read count as free.
+        assert_eq!(small(0, Vec::new()).object(0xc000_010000), None);
+    }
+
+    #[test]
+    fn a_large_span_is_one_object() {
+        let span = Span {
+            start: 0xc000_400000,
+            limit: 0xc000_440000,
+            elemsize: 256 << 10,
+            noscan: true,
+            large: true,
+            free_index: 0,
+            alloc_bits_addr: 0,
+            alloc_bits: Vec::new(),
+        };
+        assert_eq!(span.object(0xc000_43ffff), Some(0xc000_400000));
+        assert_eq!(span.object(0xc000_440000), None);
+    }
 }
