@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use leaktrace::target::binary::GoBinary;
-use leaktrace::target::globals::{self, Globals};
+use leaktrace::target::globals::{self, Globals, HeapGlobals};
 use object::{Object, ObjectSection, ObjectSymbol};
 use support::{Fixture, build_fixture, go_versions, leaktrace_bin};
 
@@ -35,9 +35,14 @@ fn as_array(g: &Globals) -> [u64; 3] {
 
 /// The three globals' addresses from `.symtab`, read without leaktrace.
 fn symtab_addresses(path: &Path) -> [u64; 3] {
+    symtab_addresses_of(path, NAMES)
+}
+
+/// The addresses of `names` from `.symtab`, read without leaktrace.
+fn symtab_addresses_of(path: &Path, names: [&str; 3]) -> [u64; 3] {
     let data = fs::read(path).unwrap();
     let file = object::File::parse(&*data).unwrap();
-    NAMES.map(|name| {
+    names.map(|name| {
         file.symbols()
             .find(|s| s.name() == Ok(name))
             .unwrap_or_else(|| panic!("{name} not in the .symtab of {}", path.display()))
@@ -110,6 +115,59 @@ fn stripped_binaries_locate_the_symbol_table_addresses() {
             match globals::locate(&s) {
                 Ok(g) => {
                     for ((name, got), want) in NAMES.iter().zip(as_array(&g)).zip(want) {
+                        let got_at = section_offset(&s_path, got);
+                        let want_at = section_offset(&full_path, want);
+                        if got_at.is_none() || got_at != want_at {
+                            failures.push(format!(
+                                "{what} {STRIP}: {name} found at {got:#x} = {got_at:?}, the \
+                                 unstripped build has it at {want_at:?}"
+                            ));
+                        }
+                    }
+                }
+                Err(e) => failures.push(format!("{what} {STRIP}: {e}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+const HEAP_NAMES: [&str; 3] = ["runtime.mheap_", "runtime.allp", "runtime.allm"];
+
+fn heap_array(g: &HeapGlobals) -> [u64; 3] {
+    [g.mheap, g.allp, g.allm]
+}
+
+/// The same for the globals of the pinned-memory estimate: `.symtab`, the code alone, an
+/// objcopy-stripped copy and, offset for offset, the `-s -w` build agree.
+#[test]
+fn stripped_binaries_locate_the_heap_globals() {
+    let mut failures = Vec::new();
+    for version in go_versions() {
+        for base in [&[][..], &["-buildmode=pie"][..]] {
+            let what = format!("Go {version} {base:?}");
+            let full_path = build_fixture(FIXTURE, &version, base);
+            let want = symtab_addresses_of(&full_path, HEAP_NAMES);
+            let full = open(&full_path);
+            let mut check = |how: &str, got: Result<HeapGlobals, globals::GlobalsError>| match got {
+                Ok(g) if heap_array(&g) == want => {}
+                Ok(g) => failures.push(format!(
+                    "{what} {how}: found {:x?}, .symtab has {want:x?}",
+                    heap_array(&g)
+                )),
+                Err(e) => failures.push(format!("{what} {how}: {e}")),
+            };
+            check("unstripped", globals::locate_heap(&full));
+            check("unstripped, from code", globals::locate_heap_in_code(&full));
+            let tag = format!("{version}-{}", if base.is_empty() { "exe" } else { "pie" });
+            let stripped = open(&strip_copy(&full_path, &tag));
+            check("objcopy --strip-all", globals::locate_heap(&stripped));
+
+            let flags: Vec<&str> = base.iter().copied().chain([STRIP]).collect();
+            let s_path = build_fixture(FIXTURE, &version, &flags);
+            match globals::locate_heap(&open(&s_path)) {
+                Ok(g) => {
+                    for ((name, got), want) in HEAP_NAMES.iter().zip(heap_array(&g)).zip(want) {
                         let got_at = section_offset(&s_path, got);
                         let want_at = section_offset(&full_path, want);
                         if got_at.is_none() || got_at != want_at {

@@ -7,6 +7,7 @@ pub mod channels;
 pub mod goroutines;
 pub mod heapprofile;
 pub mod memory;
+pub mod retained;
 mod unwind;
 
 pub use goroutines::{CreatedBy, GoroutineSnapshot, StackFrame};

@@ -18,6 +18,9 @@ const MAX_FRAMES: usize = 100_000;
 pub struct PhysFrame {
     pub pc: u64,
     pub lookup_pc: u64,
+    /// The frame's SP in the target: its locals, and the spill space of the arguments it
+    /// passes to its callee, are at and above it, up to the caller's SP.
+    pub sp: u64,
 }
 
 /// The goroutine's stack memory, as read from the target: `bytes` start at `base`.
@@ -79,6 +82,7 @@ pub fn unwind(
         frames.push(PhysFrame {
             pc: link_pc,
             lookup_pc,
+            sp,
         });
         if f.name == "runtime.goexit" || wrapper_systemstack.contains(&f.name.as_str()) {
             break;

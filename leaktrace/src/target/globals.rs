@@ -19,6 +19,16 @@
 //!
 //! Every receiver or load found must agree, and the result must lie in the section such a
 //! variable is linked into, with room for the whole struct.
+//!
+//! The pinned-memory estimate (`census::retained`) needs three more, found the same way
+//! ([`locate_heap`]):
+//!
+//! - `runtime.mheap_`: `(*mcentral).grow` and `(*mcache).allocLarge` call
+//!   `mheap_.alloc(...)` with a `lea` receiver.
+//! - `runtime.allp`: `gcMarkTinyAllocs` ranges over it (loads of X and X+8); `flushmcache`
+//!   indexes it and so reads X and X+8 too.
+//! - `runtime.allm`: `mcommoninit` loads it (`mp.alllink = allm`) and `mexit` takes its
+//!   address (`for pprev := &allm; ...`); the one address in both.
 
 use std::ops::Range;
 
@@ -38,6 +48,18 @@ pub struct Globals {
     pub gc_controller: u64,
     /// `runtime.memstats`, an `mstats`.
     pub memstats: u64,
+}
+
+/// Link-time addresses of the runtime globals the pinned-memory estimate reads; add the load
+/// bias to get the target's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapGlobals {
+    /// `runtime.mheap_`, the `mheap`.
+    pub mheap: u64,
+    /// `runtime.allp`, a `[]*p`.
+    pub allp: u64,
+    /// `runtime.allm`, a `*m`: the head of the list of every m.
+    pub allm: u64,
 }
 
 /// A global that could not be located: which one, in which binary, why, and what to do.
@@ -88,6 +110,57 @@ const MEMSTATS: Wanted = Wanted {
     size: 7744,
 };
 
+/// `mheap` has pointers; 92792 bytes in go1.21.13, the smallest of go1.21.13..go1.27.3
+/// (`.symtab` sizes 0x16a78 .. 0x16d18).
+const MHEAP: Wanted = Wanted {
+    name: "runtime.mheap_",
+    sections: &[".bss", ".noptrbss"],
+    size: 0x16a78,
+};
+
+/// `[]*p`.
+const ALLP: Wanted = Wanted {
+    name: "runtime.allp",
+    sections: &[".bss", ".data"],
+    size: 24,
+};
+
+/// `*m`.
+const ALLM: Wanted = Wanted {
+    name: "runtime.allm",
+    sections: &[".bss", ".data"],
+    size: 8,
+};
+
+/// The pinned-memory globals' link-time addresses: from `.symtab` when it names them, else
+/// from the runtime's code (see the module header).
+pub fn locate_heap(binary: &GoBinary) -> Result<HeapGlobals, GlobalsError> {
+    locate_heap_with(binary, true)
+}
+
+/// [`locate_heap`] from the runtime's code alone, ignoring `.symtab`.
+pub fn locate_heap_in_code(binary: &GoBinary) -> Result<HeapGlobals, GlobalsError> {
+    locate_heap_with(binary, false)
+}
+
+fn locate_heap_with(binary: &GoBinary, use_symbols: bool) -> Result<HeapGlobals, GlobalsError> {
+    let finder = Finder::new(binary, use_symbols);
+    let globals = HeapGlobals {
+        mheap: finder.find(&MHEAP, mheap_in_code)?,
+        allp: finder.find(&ALLP, allp_in_code)?,
+        allm: finder.find(&ALLM, allm_in_code)?,
+    };
+    check_disjoint(
+        &finder,
+        &[
+            (&MHEAP, globals.mheap),
+            (&ALLP, globals.allp),
+            (&ALLM, globals.allm),
+        ],
+    )?;
+    Ok(globals)
+}
+
 /// The globals' link-time addresses: from `.symtab` when it names them, else from the
 /// runtime's code (see the module header).
 pub fn locate(binary: &GoBinary) -> Result<Globals, GlobalsError> {
@@ -107,11 +180,19 @@ fn locate_with(binary: &GoBinary, use_symbols: bool) -> Result<Globals, GlobalsE
         gc_controller: finder.find(&GC_CONTROLLER, gc_controller_in_code)?,
         memstats: finder.find(&MEMSTATS, memstats_in_code)?,
     };
-    let ranges = [
-        (&ALLGS, globals.allgs),
-        (&GC_CONTROLLER, globals.gc_controller),
-        (&MEMSTATS, globals.memstats),
-    ];
+    check_disjoint(
+        &finder,
+        &[
+            (&ALLGS, globals.allgs),
+            (&GC_CONTROLLER, globals.gc_controller),
+            (&MEMSTATS, globals.memstats),
+        ],
+    )?;
+    Ok(globals)
+}
+
+/// Refuses globals found at overlapping addresses: one of them is wrong.
+fn check_disjoint(finder: &Finder<'_>, ranges: &[(&Wanted, u64)]) -> Result<(), GlobalsError> {
     for (i, &(a, a_addr)) in ranges.iter().enumerate() {
         for &(b, b_addr) in &ranges[i + 1..] {
             if a_addr < b_addr.saturating_add(b.size) && b_addr < a_addr.saturating_add(a.size) {
@@ -125,7 +206,7 @@ fn locate_with(binary: &GoBinary, use_symbols: bool) -> Result<Globals, GlobalsE
             }
         }
     }
-    Ok(globals)
+    Ok(())
 }
 
 /// Looks the globals up in one binary.
@@ -297,6 +378,71 @@ fn memstats_in_code(finder: &Finder<'_>) -> Result<u64, String> {
             "runtime.(*consistentHeapStats).release",
         ],
     )
+}
+
+/// `runtime.mheap_` from the receiver of the `mheap_.alloc` calls that allocate spans.
+fn mheap_in_code(finder: &Finder<'_>) -> Result<u64, String> {
+    one_receiver(
+        finder,
+        &["runtime.(*mcentral).grow", "runtime.(*mcache).allocLarge"],
+        &["runtime.(*mheap).alloc"],
+    )
+}
+
+/// `runtime.allp` from `gcMarkTinyAllocs`'s `range allp` (pointer and length), checked
+/// against `flushmcache`'s `allp[i]`, which reads both words too.
+fn allp_in_code(finder: &Finder<'_>) -> Result<u64, String> {
+    const RANGE: &str = "runtime.gcMarkTinyAllocs";
+    const INDEX: &str = "runtime.flushmcache";
+    let loads = rip_relative_loads(&finder.decode(RANGE)?);
+    let addr = first_slice_header(&loads).ok_or_else(|| {
+        format!(
+            "{RANGE} has no pair of 8-byte loads from X and X+8 (a slice's pointer and \
+             length) among its RIP-relative loads {}",
+            hex_list(&loads)
+        )
+    })?;
+    if let Ok(code) = finder.decode(INDEX) {
+        let touched: Vec<u64> = code.iter().filter_map(rip_relative_qword).collect();
+        if !touched.contains(&addr) || !touched.contains(&(addr + 8)) {
+            return Err(format!(
+                "{RANGE} ranges over a slice at {addr:#x}, but {INDEX} reads {}",
+                hex_list(&touched)
+            ));
+        }
+    }
+    Ok(addr)
+}
+
+/// `runtime.allm`: the one address that `mcommoninit` loads 8 bytes from and `mexit` takes
+/// or reads RIP-relative.
+fn allm_in_code(finder: &Finder<'_>) -> Result<u64, String> {
+    const LOAD: &str = "runtime.mcommoninit";
+    const ADDRESS: &str = "runtime.mexit";
+    let loads = rip_relative_loads(&finder.decode(LOAD)?);
+    let referenced: Vec<u64> = finder
+        .decode(ADDRESS)?
+        .iter()
+        .filter(|i| i.is_ip_rel_memory_operand())
+        .map(|i| i.ip_rel_memory_address())
+        .collect();
+    let mut both: Vec<u64> = loads
+        .iter()
+        .copied()
+        .filter(|a| referenced.contains(a))
+        .collect();
+    both.sort_unstable();
+    both.dedup();
+    match both[..] {
+        [addr] => Ok(addr),
+        _ => Err(format!(
+            "expected one address that {LOAD} loads and {ADDRESS} references, found {} \
+             ({LOAD} loads {}; {ADDRESS} references {})",
+            hex_list(&both),
+            hex_list(&loads),
+            hex_list(&referenced)
+        )),
+    }
 }
 
 /// The one global that the `anchors` pass, RIP-relative, as receiver to the `methods`; an

@@ -54,6 +54,15 @@ pub struct RuntimeLayout {
     /// `runtime.work.cycles` (u32): GC cycles started. None where `runtime.workType` has no
     /// `cycles` field (none of Go 1.21–1.27).
     pub work_cycles: Option<u64>,
+    /// `runtime.mheap`, at the symbol `runtime.mheap_`: where the heap's span map starts.
+    pub mheap: MheapOffsets,
+    /// `runtime.heapArena`, the metadata of one 64 MiB heap arena.
+    pub heap_arena: HeapArenaOffsets,
+    /// `runtime.mspan`, a run of pages holding objects of one size class (or one large
+    /// object).
+    pub mspan: MspanOffsets,
+    /// The constants of the heap's address-to-span map (runtime/malloc.go, mheap.go).
+    pub arena: ArenaConstants,
     /// Go's wording for each wait reason, indexed by the `waitReason` value: the array
     /// `runtime.waitReasonStrings` ("chan send", "select", "sleep", ...; index 0 is "").
     pub wait_reasons: Vec<String>,
@@ -142,12 +151,16 @@ pub struct MOffsets {
     pub g0: u64,
     /// `m.procid` (u64): the Linux thread id.
     pub procid: u64,
+    /// `m.gsignal` (*g): the g that runs signal handlers on this m.
+    pub gsignal: u64,
     /// `m.curg` (*g): the user g running on this m.
     pub curg: u64,
     /// `m.p` (puintptr).
     pub p: u64,
     /// `m.id` (i64).
     pub id: u64,
+    /// `m.alllink` (*m): the next m in `runtime.allm`.
+    pub alllink: u64,
 }
 
 /// `runtime.hchan`, a channel.
@@ -245,6 +258,82 @@ pub struct MemstatsOffsets {
     /// `last_gc_unix` (u64, ns since the epoch).
     pub last_gc_unix: u64,
 }
+
+/// `runtime.mheap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MheapOffsets {
+    /// `mheap.arenas` (`[1 << arenaL1Bits]*[1 << arenaL2Bits]*heapArena`): the L1 array of
+    /// pointers to L2 arrays of arena metadata, indexed by [`ArenaConstants`].
+    pub arenas: u64,
+}
+
+/// `runtime.heapArena`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeapArenaOffsets {
+    /// `heapArena.spans` (`[pagesPerArena]*mspan`): the span of each page of the arena.
+    pub spans: u64,
+}
+
+/// `runtime.mspan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MspanOffsets {
+    /// sizeof(runtime.mspan).
+    pub size: u64,
+    /// `mspan.startAddr` (uintptr): the address of the span's first byte.
+    pub start_addr: u64,
+    /// `mspan.npages` (uintptr): its length in pages.
+    pub npages: u64,
+    /// `mspan.freeIndexForScan`: objects below it are allocated. Its width is
+    /// [`MspanOffsets::free_index_for_scan_width`].
+    pub free_index_for_scan: u64,
+    /// The width of `freeIndexForScan`: 8 (uintptr) in Go 1.21, 2 (uint16) from 1.22.
+    pub free_index_for_scan_width: u64,
+    /// `mspan.allocBits` (*gcBits): one bit per object, set when allocated (as of the last
+    /// sweep, for objects at or past `freeIndexForScan`).
+    pub alloc_bits: u64,
+    /// `mspan.spanclass` (u8): size class << 1 | noscan.
+    pub spanclass: u64,
+    /// `mspan.state` (u8, the value inside an `mSpanStateBox`).
+    pub state: u64,
+    /// `mspan.elemsize` (uintptr): the size of each object.
+    pub elemsize: u64,
+    /// `mspan.limit` (uintptr): the end of the span's objects.
+    pub limit: u64,
+}
+
+/// Constants of the heap's address-to-span map, from the DWARF constants of the same names
+/// (`runtime.arenaL1Bits`, ...). On linux/amd64 (Go 1.21–1.27) the map is one level
+/// (L1 bits = 0): arena index = (p - arenaBaseOffset) >> log2(heapArenaBytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArenaConstants {
+    /// `runtime.arenaL1Bits`.
+    pub l1_bits: u64,
+    /// `runtime.arenaL2Bits`.
+    pub l2_bits: u64,
+    /// `runtime.arenaBaseOffsetUintptr`, subtracted (wrapping) from an address before it is
+    /// split into arena indexes.
+    pub base_offset: u64,
+    /// `runtime.heapArenaBytes`: the bytes of one arena.
+    pub heap_arena_bytes: u64,
+    /// `runtime.pageSize`: the heap's page (not the OS's).
+    pub page_size: u64,
+    /// `runtime.pagesPerArena`.
+    pub pages_per_arena: u64,
+    /// The `mSpanState` value `runtime.mSpanInUse`: a span of heap objects (stacks are
+    /// `mSpanManual`).
+    pub span_in_use: u8,
+}
+
+/// The DWARF constants [`ArenaConstants`] is read from.
+const ARENA_CONSTANTS: &[&str] = &[
+    "runtime.arenaL1Bits",
+    "runtime.arenaL2Bits",
+    "runtime.arenaBaseOffsetUintptr",
+    "runtime.heapArenaBytes",
+    "runtime.pageSize",
+    "runtime.pagesPerArena",
+    "runtime.mSpanInUse",
+];
 
 /// Why a layout could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -780,7 +869,9 @@ impl<'a> DwarfIndex<'a> {
                         ) else {
                             continue;
                         };
-                        if name.starts_with("runtime.waitReason") || name.starts_with("runtime._G")
+                        if name.starts_with("runtime.waitReason")
+                            || name.starts_with("runtime._G")
+                            || ARENA_CONSTANTS.contains(&name)
                         {
                             index.constants.push(Constant { name, value, ty });
                         }
@@ -861,6 +952,12 @@ impl<'a> DwarfIndex<'a> {
         let gc = s.get("runtime.gcControllerState")?;
         let mstats = s.get("runtime.mstats")?;
         let work = s.get("runtime.workType")?;
+        let mheap = s.get("runtime.mheap")?;
+        let heap_arena = s.get("runtime.heapArena")?;
+        let mspan = s.get("runtime.mspan")?;
+        let (free_index_for_scan, free_index_for_scan_width) =
+            s.field_of_width(mspan, "freeIndexForScan", &[2, 8])?;
+        let arena = self.arena_constants(&toolchain)?;
 
         let sched = s.field(g, &["sched"], None)?;
         let layout = RuntimeLayout {
@@ -890,9 +987,11 @@ impl<'a> DwarfIndex<'a> {
                 size: s.size(m)?,
                 g0: s.field(m, &["g0"], Some(8))?,
                 procid: s.field(m, &["procid"], Some(8))?,
+                gsignal: s.field(m, &["gsignal"], Some(8))?,
                 curg: s.field(m, &["curg"], Some(8))?,
                 p: s.field(m, &["p"], Some(8))?,
                 id: s.field(m, &["id"], Some(8))?,
+                alllink: s.field(m, &["alllink"], Some(8))?,
             },
             hchan: HchanOffsets {
                 size: s.size(hchan)?,
@@ -939,6 +1038,25 @@ impl<'a> DwarfIndex<'a> {
                 last_gc_unix: s.field(mstats, &["last_gc_unix"], Some(8))?,
             },
             work_cycles: s.optional(work, "cycles", Some(4))?,
+            mheap: MheapOffsets {
+                arenas: s.field(mheap, &["arenas"], Some(8 << arena.l1_bits))?,
+            },
+            heap_arena: HeapArenaOffsets {
+                spans: s.field(heap_arena, &["spans"], None)?,
+            },
+            mspan: MspanOffsets {
+                size: s.size(mspan)?,
+                start_addr: s.field(mspan, &["startAddr"], Some(8))?,
+                npages: s.field(mspan, &["npages"], Some(8))?,
+                free_index_for_scan,
+                free_index_for_scan_width,
+                alloc_bits: s.field(mspan, &["allocBits"], Some(8))?,
+                spanclass: s.field(mspan, &["spanclass"], Some(1))?,
+                state: s.field(mspan, &["state", "s", "value"], Some(1))?,
+                elemsize: s.field(mspan, &["elemsize"], Some(8))?,
+                limit: s.field(mspan, &["limit"], Some(8))?,
+            },
+            arena,
             wait_reasons: Vec::new(),
             wait_reason_values: self.wait_reason_values(&toolchain)?,
             g_status: BTreeMap::new(),
@@ -967,6 +1085,56 @@ impl<'a> DwarfIndex<'a> {
             }
         };
         Ok(Some(layout))
+    }
+
+    /// The value of the DWARF constant `name`.
+    fn constant(&self, name: &str, toolchain: &str) -> Result<i64, LayoutError> {
+        self.constants
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.value)
+            .ok_or_else(|| LayoutError::Missing {
+                toolchain: toolchain.to_string(),
+                what: format!("constant {name}"),
+            })
+    }
+
+    /// [`ArenaConstants`] from the DWARF constants of [`ARENA_CONSTANTS`]. The values are
+    /// checked for the shape the span lookup relies on (powers of two that agree with each
+    /// other); `arenaBaseOffsetUintptr` is a uintptr that DWARF writes as a negative int64.
+    fn arena_constants(&self, toolchain: &str) -> Result<ArenaConstants, LayoutError> {
+        let c = |name| self.constant(name, toolchain);
+        let non_negative = |name| -> Result<u64, LayoutError> {
+            u64::try_from(c(name)?).map_err(|_| LayoutError::Missing {
+                toolchain: toolchain.to_string(),
+                what: format!("non-negative constant {name}"),
+            })
+        };
+        let arena = ArenaConstants {
+            l1_bits: non_negative("runtime.arenaL1Bits")?,
+            l2_bits: non_negative("runtime.arenaL2Bits")?,
+            base_offset: c("runtime.arenaBaseOffsetUintptr")? as u64,
+            heap_arena_bytes: non_negative("runtime.heapArenaBytes")?,
+            page_size: non_negative("runtime.pageSize")?,
+            pages_per_arena: non_negative("runtime.pagesPerArena")?,
+            span_in_use: u8::try_from(c("runtime.mSpanInUse")?).map_err(|_| {
+                LayoutError::Missing {
+                    toolchain: toolchain.to_string(),
+                    what: "a u8 runtime.mSpanInUse".to_string(),
+                }
+            })?,
+        };
+        let shaped = arena.heap_arena_bytes.is_power_of_two()
+            && arena.page_size.is_power_of_two()
+            && arena.page_size.checked_mul(arena.pages_per_arena) == Some(arena.heap_arena_bytes)
+            && arena.l1_bits + arena.l2_bits < 48;
+        if !shaped {
+            return Err(LayoutError::Missing {
+                toolchain: toolchain.to_string(),
+                what: format!("heap arena constants of the expected shape ({arena:?})"),
+            });
+        }
+        Ok(arena)
     }
 
     /// The constants of type `runtime.waitReason`, by name without the prefix.
@@ -1078,6 +1246,32 @@ impl<'i, 'a> Structs<'i, 'a> {
             });
         }
         Ok(())
+    }
+
+    /// Like `field` for a field whose width differs between Go versions: its offset and
+    /// width, which must be one of `widths`.
+    fn field_of_width(
+        &self,
+        die: &'i TypeDie<'a>,
+        name: &str,
+        widths: &[u64],
+    ) -> Result<(u64, u64), LayoutError> {
+        let what = format!("field {}.{name}", die.name.unwrap_or("?"));
+        let member = Self::member(die, name).ok_or_else(|| self.missing(what.clone()))?;
+        let width = member
+            .ty
+            .and_then(|t| self.index.resolve(t))
+            .and_then(|t| t.byte_size)
+            .ok_or_else(|| self.missing(format!("type size of {what}")))?;
+        if !widths.contains(&width) {
+            return Err(LayoutError::FieldWidth {
+                toolchain: self.toolchain.to_string(),
+                what,
+                expected: widths[0],
+                found: width,
+            });
+        }
+        Ok((member.offset, width))
     }
 
     /// Like `field` for a field that some Go versions lack.

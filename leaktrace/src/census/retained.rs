@@ -1,0 +1,670 @@
+//! The memory a group of goroutines pins, estimated from outside and read-only: their stacks,
+//! and the heap objects their stacks reach.
+//!
+//! Stacks: the sum of `g.stack.hi - g.stack.lo`, the stack memory each goroutine holds.
+//!
+//! Heap: a conservative mark from the goroutines' stacks, like the GC's but without its
+//! pointer maps. Every aligned 8-byte word of each stack, from the SP of its innermost frame
+//! outside package runtime up to `g.stack.hi` (the whole stack of a running goroutine, whose
+//! saved registers are stale), that points into an in-use heap span is taken as a reference
+//! to the object containing it; the objects reached are scanned the same way, transitively,
+//! and each distinct object counts its `elemsize` once, however many goroutines reach it. A
+//! pointer is resolved the way the runtime's `spanOf` does (Go 1.21–1.27, runtime/mheap.go):
+//! arena index `(p - arenaBaseOffset) / heapArenaBytes` into `mheap_.arenas`, then
+//! `heapArena.spans[page]`; the span must be `mSpanInUse` (stacks are `mSpanManual`, so other
+//! goroutines' stacks are never entered) and the slot allocated (`mspan.isFree`: below
+//! `freeIndexForScan` or set in `allocBits`). Objects in `noscan` spans (`spanclass & 1`)
+//! hold no pointers and are counted without being read, so a `[]byte` buffer costs one read
+//! of its span header, not of its bytes.
+//!
+//! The scheduler is left out. The runtime frames of a parked goroutine (gopark, chansend,
+//! selectgo, ...) are not scanned: they hold the scheduler's `m`, and whatever of the
+//! goroutine's own data they hold, its caller's frame holds too. And the scheduler's own heap
+//! objects, every g, m (with its g0 and gsignal) and p, are neither counted nor entered:
+//! each leads to all the others, and `p.wbBuf` to whatever pointers the program wrote last.
+//!
+//! What this over- and under-counts:
+//! - Conservative: a dead slot in a frame, or an integer that looks like a heap address,
+//!   counts what it points at if that is allocated. The GC, with pointer maps, would not.
+//!   Dead slots are the likelier: a goroutine whose stack grows leaves its old stack, stale
+//!   pointers and all, to the next new goroutine, whose frames may never overwrite them.
+//!   A group counts each object once, so this matters most for one goroutine alone.
+//! - The channel a goroutine waits on counts when its frame holds the channel, and with it
+//!   the sudogs of every goroutine queued on it (~100 bytes each).
+//! - An object also reachable from elsewhere (a global, another goroutine) counts here too:
+//!   this is what the goroutines reach, an upper bound of what freeing them alone would free.
+//! - Memory reached only through the goroutine's registers or its `g` (defer records,
+//!   panics, pprof labels) is missed, and so is its `g` itself (a few hundred bytes).
+//!
+//! `runtime.mheap_`, `allp` and `allm` come from `.symtab`, or in a stripped binary from the
+//! runtime's code ([`crate::target::globals::locate_heap`]).
+//!
+//! The work is bounded by [`Limits`]; [`Retained::truncated`] says a bound was hit.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::Serialize;
+
+use super::goroutines::all_gs;
+use super::unwind::{self, StackMemory};
+use crate::target::{
+    Target,
+    globals::{self, HeapGlobals},
+};
+
+/// How the estimate is made, in one line, for reports.
+pub const METHOD: &str = "stack: sum of g.stack.hi - g.stack.lo; heap: conservative scan of \
+     the goroutines' non-runtime stack frames and, transitively, of the pointer-holding heap \
+     objects they reach, each distinct allocated object counted once at its size-class size \
+     (the scheduler's g, m and p structs excluded)";
+
+/// `_Grunning` (runtime/runtime2.go, Go 1.21-1.27): the saved SP of a running g is stale.
+const G_RUNNING: u32 = 2;
+/// `_Gscan`, or-ed into the status while the GC scans the stack.
+const G_SCAN: u32 = 0x1000;
+/// Addresses below this are never heap pointers (`runtime.minLegalPointer`, 4096).
+const MIN_POINTER: u64 = 4096;
+/// Ranges per `process_vm_readv` (IOV_MAX is 1024).
+const IOV_BATCH: usize = 1024;
+/// Bytes per `process_vm_readv`, and the largest piece one object is read in.
+const READ_CHUNK: usize = 4 << 20;
+
+/// Bounds on the work of one [`estimate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Distinct heap objects visited.
+    pub max_objects: u64,
+    /// Bytes read from the target: stacks, objects and heap metadata.
+    pub max_bytes_read: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_objects: 1_000_000,
+            max_bytes_read: 256 << 20,
+        }
+    }
+}
+
+/// The memory a group of goroutines pins (see the module header for how it is counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Retained {
+    /// Stack memory the goroutines hold (allocated size, not the part in use).
+    pub stack_bytes: u64,
+    /// Heap bytes reachable from their stacks: the size-class size of each object, once.
+    pub heap_bytes: u64,
+    /// Distinct heap objects reachable from their stacks.
+    pub heap_objects: u64,
+    /// A bound of [`Limits`] was hit: the heap figures are a lower bound.
+    pub truncated: bool,
+}
+
+/// Estimates the memory pinned by the goroutines whose g structs are at `g_addrs` in the
+/// target. Objects reachable from several goroutines are counted once.
+pub fn estimate(target: &Target, g_addrs: &[u64], limits: Limits) -> anyhow::Result<Retained> {
+    let vars = runtime_vars(target)?;
+    let mut heap = Heap::new(target, vars.mheap, limits);
+    heap.stop_at(scheduler_structs(target, &vars)?);
+
+    let mut out = Retained::default();
+    let roots = heap.stacks(g_addrs, &mut out)?;
+    heap.mark(roots);
+    out.heap_bytes = heap.heap_bytes;
+    out.heap_objects = heap.visited.len() as u64;
+    out.truncated |= heap.truncated;
+    Ok(out)
+}
+
+/// The runtime variables the scan starts from (`runtime.mheap_`, `allp`, `allm`), as
+/// addresses in the target: from `.symtab`, or read off the runtime's code in a stripped
+/// binary (see `target::globals`).
+fn runtime_vars(target: &Target) -> anyhow::Result<HeapGlobals> {
+    let link = globals::locate_heap(&target.binary).map_err(|e| {
+        anyhow!(
+            "PID {} ({}): estimating the memory goroutines pin: {e}",
+            target.process.pid(),
+            target.process.exe_name()
+        )
+    })?;
+    let bias = target.load_bias;
+    Ok(HeapGlobals {
+        mheap: link.mheap.wrapping_add(bias),
+        allp: link.allp.wrapping_add(bias),
+        allm: link.allm.wrapping_add(bias),
+    })
+}
+
+/// At most this many m's are followed on `runtime.allm` (a program has one per OS thread it
+/// ever started; Go's default limit is 10000, debug.SetMaxThreads).
+const MAX_MS: usize = 100_000;
+
+/// The scheduler's structures, which the scan neither counts nor enters: every g in
+/// `runtime.allgs`, every p in `runtime.allp`, and every m on `runtime.allm` with its `g0`
+/// and `gsignal`. They are heap objects, and each leads to all the others, and through
+/// `p.wbBuf` (the write barrier's buffer of recently written pointers) to whatever the
+/// program touched last: one stale pointer to an m or a p in a stack frame would count the
+/// whole program.
+fn scheduler_structs(target: &Target, vars: &HeapGlobals) -> anyhow::Result<HashSet<u64>> {
+    let mut stops: HashSet<u64> = all_gs(target)
+        .context("reading runtime.allgs, whose g structs the scan must not enter")?
+        .into_iter()
+        .collect();
+    let p = &target.process;
+    let (ptr, len) = (p.read_u64(vars.allp)?, p.read_u64(vars.allp + 8)?);
+    if len > 1 << 20 {
+        bail!("runtime.allp has an implausible length {len}");
+    }
+    let mut ps = vec![0u8; len as usize * 8];
+    p.read(ptr, &mut ps).context("reading runtime.allp")?;
+    stops.extend(ps.as_chunks::<8>().0.iter().map(|c| u64::from_le_bytes(*c)));
+
+    let m = &target.layout.m;
+    let mut mp = p.read_u64(vars.allm)?;
+    let mut seen = 0;
+    while mp != 0 && seen < MAX_MS && stops.insert(mp) {
+        for field in [m.g0, m.gsignal] {
+            stops.insert(p.read_u64(mp + field).context("reading an m")?);
+        }
+        mp = p.read_u64(mp + m.alllink).context("reading an m")?;
+        seen += 1;
+    }
+    stops.remove(&0);
+    Ok(stops)
+}
+
+/// What the scan needs of one span.
+#[derive(Debug, Clone)]
+struct Span {
+    start: u64,
+    limit: u64,
+    elemsize: u64,
+    /// `spanclass & 1`: the objects hold no pointers.
+    noscan: bool,
+    /// Size class 0: one large object.
+    large: bool,
+    /// Object slots below this are allocated.
+    free_index: u64,
+    /// Where `allocBits` is in the target.
+    alloc_bits_addr: u64,
+    /// `allocBits`, one bit per object slot (small spans only).
+    alloc_bits: Vec<u8>,
+}
+
+impl Span {
+    /// Object slots in the span.
+    fn objects(&self) -> u64 {
+        (self.limit - self.start) / self.elemsize
+    }
+
+    /// The base of the allocated object holding `p`, if any.
+    fn object(&self, p: u64) -> Option<u64> {
+        if p < self.start || p >= self.limit || self.elemsize == 0 {
+            return None;
+        }
+        if self.large {
+            return Some(self.start);
+        }
+        let index = (p - self.start) / self.elemsize;
+        let allocated = index < self.free_index
+            || self
+                .alloc_bits
+                .get((index / 8) as usize)
+                .is_some_and(|b| b & (1 << (index % 8)) != 0);
+        allocated.then_some(self.start + index * self.elemsize)
+    }
+}
+
+/// The target's heap as the scan sees it, with every lookup cached.
+struct Heap<'t> {
+    target: &'t Target,
+    limits: Limits,
+    /// `mheap_.arenas` in the target.
+    arenas: u64,
+    /// log2(heapArenaBytes) and log2(pageSize).
+    arena_shift: u32,
+    page_shift: u32,
+    /// L1 index -> the L2 array (0: none).
+    l2: HashMap<u64, u64>,
+    /// Arena index -> its heapArena (0: not heap).
+    arena: HashMap<u64, u64>,
+    /// Page number -> its span (0: none).
+    page: HashMap<u64, u64>,
+    /// Span address -> the span, None when it is not an in-use heap span.
+    span: HashMap<u64, Option<Span>>,
+    /// The bases of the scheduler's objects: never counted or entered.
+    stops: HashSet<u64>,
+    visited: HashSet<u64>,
+    heap_bytes: u64,
+    bytes_read: u64,
+    truncated: bool,
+}
+
+impl<'t> Heap<'t> {
+    fn new(target: &'t Target, mheap: u64, limits: Limits) -> Self {
+        let a = &target.layout.arena;
+        Self {
+            target,
+            limits,
+            arenas: mheap + target.layout.mheap.arenas,
+            arena_shift: a.heap_arena_bytes.trailing_zeros(),
+            page_shift: a.page_size.trailing_zeros(),
+            l2: HashMap::new(),
+            arena: HashMap::new(),
+            page: HashMap::new(),
+            span: HashMap::new(),
+            stops: HashSet::new(),
+            visited: HashSet::new(),
+            heap_bytes: 0,
+            bytes_read: 0,
+            truncated: false,
+        }
+    }
+
+    /// Makes the objects holding `addrs` stops. An address is not always its object's base:
+    /// from Go 1.22 an object of more than 512 bytes that holds pointers starts with an
+    /// 8-byte malloc header, and a pointer to it points past that (runtime/mbitmap.go).
+    fn stop_at(&mut self, addrs: HashSet<u64>) {
+        let mut addrs: Vec<u64> = addrs.into_iter().collect();
+        addrs.sort_unstable();
+        self.resolve_spans(&addrs);
+        self.stops = addrs
+            .iter()
+            .filter_map(|&a| self.object_of(a).map(|(base, _, _)| base))
+            .collect();
+    }
+
+    /// Counts the goroutines' stacks into `out` and returns the words of their live parts.
+    fn stacks(&mut self, g_addrs: &[u64], out: &mut Retained) -> anyhow::Result<Vec<u64>> {
+        let l = &self.target.layout.g;
+        let size = l.size as usize;
+        // (saved SP, saved PC or 0 when the stack is to be read whole, stack.hi)
+        let mut stacks = Vec::new();
+        for chunk in g_addrs.chunks(IOV_BATCH) {
+            let reads: Vec<(u64, usize)> = chunk.iter().map(|&a| (a, size)).collect();
+            let mut buf = vec![0u8; size * chunk.len()];
+            self.target
+                .process
+                .read_many(&reads, &mut buf)
+                .context("reading goroutine structs")?;
+            for g in buf.chunks_exact(size) {
+                let lo = u64_at(g, l.stack_lo);
+                let hi = u64_at(g, l.stack_hi);
+                let sp = u64_at(g, l.sched_sp);
+                let pc = u64_at(g, l.sched_pc);
+                let status = u32_at(g, l.atomicstatus) & !G_SCAN;
+                if hi <= lo {
+                    continue; // a dead g without a stack
+                }
+                out.stack_bytes += hi - lo;
+                if status != G_RUNNING && pc != 0 && (lo..hi).contains(&sp) {
+                    stacks.push((sp & !7, pc, hi));
+                } else {
+                    stacks.push((lo, 0, hi));
+                }
+            }
+        }
+        let ranges: Vec<(u64, u64)> = stacks.iter().map(|&(sp, _, hi)| (sp, hi - sp)).collect();
+        let mut words = Vec::new();
+        self.read_words(&ranges, &mut words);
+        // Keep, of each stack, the words from its innermost frame outside the runtime.
+        let mut roots = Vec::new();
+        let mut at = 0;
+        for &(sp, pc, hi) in &stacks {
+            let len = ((hi - sp) / 8) as usize;
+            let Some(stack) = words.get(at..at + len) else {
+                break; // cut by the read budget
+            };
+            at += len;
+            let from = if pc == 0 {
+                sp
+            } else {
+                self.user_frames(stack, sp, pc)
+            };
+            let skip = ((from - sp) / 8) as usize;
+            roots.extend_from_slice(&stack[skip.min(len)..]);
+        }
+        Ok(roots)
+    }
+
+    /// Where the frames of a stopped goroutine that are not the runtime's begin: the SP of
+    /// its innermost frame outside package runtime (`runtime.asyncPreempt`, which holds the
+    /// registers of the frame it interrupted, counts as outside). The runtime frames of a
+    /// parked goroutine (gopark, chansend, selectgo, semacquire, ...) hold the scheduler's
+    /// `m` and other runtime structures, which lead to every goroutine's data; what they
+    /// hold of the goroutine's own data, its caller holds too. The SP of the outermost frame
+    /// found when no frame is outside the runtime (a runtime goroutine, or a walk cut short).
+    fn user_frames(&self, stack: &[u64], sp: u64, pc: u64) -> u64 {
+        let bytes: Vec<u8> = stack.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let memory = StackMemory {
+            base: sp,
+            bytes: &bytes,
+        };
+        let binary = &self.target.binary;
+        let frames = unwind::unwind(binary, &memory, sp, pc, self.target.load_bias);
+        let table = binary.pclntab();
+        let outside = frames.iter().find(|f| {
+            table.find_func(f.lookup_pc).is_none_or(|func| {
+                !func.name.starts_with("runtime.") || func.name == "runtime.asyncPreempt"
+            })
+        });
+        outside.or(frames.last()).map_or(sp, |f| f.sp)
+    }
+
+    /// The transitive scan from `roots`, counting each allocated object once.
+    fn mark(&mut self, mut candidates: Vec<u64>) {
+        while !candidates.is_empty() && !self.truncated {
+            candidates.retain(|&p| p >= MIN_POINTER);
+            candidates.sort_unstable();
+            candidates.dedup();
+            self.resolve_spans(&candidates);
+            let mut to_scan = Vec::new();
+            for &p in &candidates {
+                let Some((base, size, scan)) = self.object_of(p) else {
+                    continue;
+                };
+                if self.stops.contains(&base) || !self.visited.insert(base) {
+                    continue;
+                }
+                self.heap_bytes += size;
+                if self.visited.len() as u64 >= self.limits.max_objects {
+                    self.truncated = true;
+                    break;
+                }
+                if scan {
+                    to_scan.push((base, size));
+                }
+            }
+            candidates.clear();
+            self.read_words(&to_scan, &mut candidates);
+        }
+    }
+
+    /// The object holding `p` (base, size, holds pointers), from the caches that
+    /// [`Heap::resolve_spans`] filled.
+    fn object_of(&self, p: u64) -> Option<(u64, u64, bool)> {
+        let page = *self.page.get(&(p >> self.page_shift))?;
+        let span = self.span.get(&page)?.as_ref()?;
+        let base = span.object(p)?;
+        Some((base, span.elemsize, !span.noscan))
+    }
+
+    /// Fills the caches from arena to span for every page of `pointers` not yet looked up,
+    /// a level at a time so that each level is a few batched reads.
+    fn resolve_spans(&mut self, pointers: &[u64]) {
+        let target = self.target;
+        let a = &target.layout.arena;
+        let arena_count = 1u64 << (a.l1_bits + a.l2_bits);
+        let l2_mask = (1u64 << a.l2_bits) - 1;
+        let arena_shift = self.arena_shift;
+        let arena_index = |p: u64| {
+            let ai = p.wrapping_sub(a.base_offset) >> arena_shift;
+            (ai < arena_count).then_some(ai)
+        };
+
+        // L1: mheap_.arenas[l1], the L2 arrays.
+        let mut l1s: Vec<u64> = pointers
+            .iter()
+            .filter_map(|&p| arena_index(p))
+            .map(|ai| ai >> a.l2_bits)
+            .filter(|l1| !self.l2.contains_key(l1))
+            .collect();
+        l1s.dedup();
+        let arenas = self.arenas;
+        let values = self.read_pointers(l1s.iter().map(|l1| arenas + l1 * 8));
+        self.l2.extend(l1s.into_iter().zip(values));
+
+        // L2: the heapArena of each arena index.
+        let mut ais: Vec<u64> = pointers
+            .iter()
+            .filter_map(|&p| arena_index(p))
+            .filter(|ai| !self.arena.contains_key(ai))
+            .collect();
+        ais.dedup();
+        // An arena whose L2 array is nil (or could not be read) is no heap.
+        let (no_l2, with_l2): (Vec<u64>, Vec<u64>) = ais
+            .into_iter()
+            .partition(|ai| self.l2.get(&(ai >> a.l2_bits)).is_none_or(|&l2| l2 == 0));
+        self.arena.extend(no_l2.into_iter().map(|ai| (ai, 0)));
+        let addrs: Vec<u64> = with_l2
+            .iter()
+            .map(|ai| self.l2[&(ai >> a.l2_bits)] + (ai & l2_mask) * 8)
+            .collect();
+        let values = self.read_pointers(addrs.into_iter());
+        self.arena.extend(with_l2.into_iter().zip(values));
+
+        // heapArena.spans[page % pagesPerArena].
+        let mut pages: Vec<(u64, u64)> = pointers
+            .iter()
+            .filter_map(|&p| {
+                let ha = *self.arena.get(&arena_index(p)?)?;
+                let page = p >> self.page_shift;
+                (ha != 0 && !self.page.contains_key(&page)).then_some((page, ha))
+            })
+            .collect();
+        pages.dedup();
+        let spans_off = target.layout.heap_arena.spans;
+        let values = self.read_pointers(
+            pages
+                .iter()
+                .map(|&(page, ha)| ha + spans_off + (page % a.pages_per_arena) * 8),
+        );
+        self.page
+            .extend(pages.into_iter().map(|(page, _)| page).zip(values));
+
+        // The mspans themselves, then the allocBits of the small ones.
+        let mut spans: Vec<u64> = pointers
+            .iter()
+            .filter_map(|&p| self.page.get(&(p >> self.page_shift)).copied())
+            .filter(|&s| s != 0 && !self.span.contains_key(&s))
+            .collect();
+        spans.sort_unstable();
+        spans.dedup();
+        let m = &target.layout.mspan;
+        let ranges: Vec<(u64, usize)> = spans.iter().map(|&s| (s, m.size as usize)).collect();
+        let headers = self.read_ranges(&ranges);
+        let mut parsed: Vec<(u64, Option<Span>)> = spans
+            .iter()
+            .zip(headers.chunks_exact(m.size as usize))
+            .map(|(&addr, b)| (addr, self.parse_span(b)))
+            .collect();
+        let small: Vec<&mut Span> = parsed
+            .iter_mut()
+            .filter_map(|(_, s)| s.as_mut())
+            .filter(|s| !s.large)
+            .collect();
+        let ranges: Vec<(u64, usize)> = small
+            .iter()
+            .map(|s| (s.alloc_bits_addr, s.objects().div_ceil(8) as usize))
+            .collect();
+        let bits = self.read_ranges(&ranges);
+        let mut off = 0;
+        for (span, &(_, len)) in small.into_iter().zip(&ranges) {
+            span.alloc_bits = bits.get(off..off + len).unwrap_or_default().to_vec();
+            off += len;
+        }
+        self.span.extend(parsed);
+    }
+
+    /// An mspan header parsed, if it is an in-use heap span of plausible shape.
+    fn parse_span(&self, b: &[u8]) -> Option<Span> {
+        let m = &self.target.layout.mspan;
+        let a = &self.target.layout.arena;
+        if b.get(m.state as usize).copied()? != a.span_in_use {
+            return None;
+        }
+        let start = u64_at(b, m.start_addr);
+        let npages = u64_at(b, m.npages);
+        let limit = u64_at(b, m.limit);
+        let elemsize = u64_at(b, m.elemsize);
+        let end = start.checked_add(npages.checked_mul(a.page_size)?)?;
+        if npages == 0 || limit <= start || limit > end || elemsize == 0 {
+            return None;
+        }
+        let spanclass = b.get(m.spanclass as usize).copied()?;
+        let free_index = match m.free_index_for_scan_width {
+            2 => u64::from(u16_at(b, m.free_index_for_scan)),
+            _ => u64_at(b, m.free_index_for_scan),
+        };
+        Some(Span {
+            start,
+            limit,
+            elemsize,
+            noscan: spanclass & 1 == 1,
+            large: spanclass >> 1 == 0,
+            free_index,
+            alloc_bits_addr: u64_at(b, m.alloc_bits),
+            alloc_bits: Vec::new(),
+        })
+    }
+
+    /// Reads 8-byte pointers at `addrs`, 0 for any that cannot be read.
+    fn read_pointers(&mut self, addrs: impl Iterator<Item = u64>) -> Vec<u64> {
+        let ranges: Vec<(u64, usize)> = addrs.map(|a| (a, 8)).collect();
+        let bytes = self.read_ranges(&ranges);
+        bytes
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .map(|c| u64::from_le_bytes(*c))
+            .collect()
+    }
+
+    /// The aligned words of `ranges` appended to `words`, within the read budget.
+    fn read_words(&mut self, ranges: &[(u64, u64)], words: &mut Vec<u64>) {
+        let mut pieces = Vec::new();
+        for &(addr, len) in ranges {
+            let mut off = 0;
+            while off < len {
+                let n = (len - off).min(READ_CHUNK as u64);
+                pieces.push((addr + off, n as usize));
+                off += n;
+            }
+        }
+        let bytes = self.read_ranges(&pieces);
+        words.extend(
+            bytes
+                .as_chunks::<8>()
+                .0
+                .iter()
+                .map(|c| u64::from_le_bytes(*c)),
+        );
+    }
+
+    /// The bytes of `ranges`, concatenated, in batched reads; a range that cannot be read
+    /// reads as zeros, and ranges past the byte budget are left out (and set `truncated`).
+    fn read_ranges(&mut self, ranges: &[(u64, usize)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut batch: Vec<(u64, usize)> = Vec::new();
+        let mut batch_bytes = 0;
+        for &(addr, len) in ranges {
+            if self.bytes_read + len as u64 > self.limits.max_bytes_read {
+                self.truncated = true;
+                break;
+            }
+            self.bytes_read += len as u64;
+            if batch.len() == IOV_BATCH || batch_bytes + len > READ_CHUNK {
+                self.flush(&batch, batch_bytes, &mut out);
+                batch.clear();
+                batch_bytes = 0;
+            }
+            batch.push((addr, len));
+            batch_bytes += len;
+        }
+        self.flush(&batch, batch_bytes, &mut out);
+        out
+    }
+
+    fn flush(&self, batch: &[(u64, usize)], bytes: usize, out: &mut Vec<u8>) {
+        if batch.is_empty() {
+            return;
+        }
+        let start = out.len();
+        out.resize(start + bytes, 0);
+        let buf = &mut out[start..];
+        if self.target.process.read_many(batch, buf).is_ok() {
+            return;
+        }
+        // One range failed (freed and unmapped meanwhile, or garbage): read them one by one.
+        let mut off = 0;
+        for &(addr, len) in batch {
+            let piece = &mut buf[off..off + len];
+            if self.target.process.read(addr, piece).is_err() {
+                piece.fill(0);
+            }
+            off += len;
+        }
+    }
+}
+
+fn u64_at(b: &[u8], off: u64) -> u64 {
+    let o = off as usize;
+    b.get(o..o + 8)
+        .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap()))
+}
+
+fn u32_at(b: &[u8], off: u64) -> u32 {
+    let o = off as usize;
+    b.get(o..o + 4)
+        .map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap()))
+}
+
+fn u16_at(b: &[u8], off: u64) -> u16 {
+    let o = off as usize;
+    b.get(o..o + 2)
+        .map_or(0, |s| u16::from_le_bytes(s.try_into().unwrap()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(free_index: u64, alloc_bits: Vec<u8>) -> Span {
+        // One 8 KiB page of 64-byte objects: 128 slots.
+        Span {
+            start: 0xc000_010000,
+            limit: 0xc000_012000,
+            elemsize: 64,
+            noscan: false,
+            large: false,
+            free_index,
+            alloc_bits_addr: 0,
+            alloc_bits,
+        }
+    }
+
+    #[test]
+    fn a_pointer_anywhere_in_an_allocated_slot_is_its_object() {
+        let span = small(2, vec![0, 0b0000_0010]);
+        assert_eq!(span.objects(), 128);
+        // Below freeIndexForScan: allocated whatever allocBits says.
+        assert_eq!(span.object(0xc000_010000), Some(0xc000_010000));
+        assert_eq!(span.object(0xc000_010047), Some(0xc000_010040));
+        // Slot 2 is past the free index and its bit is clear: free.
+        assert_eq!(span.object(0xc000_010080), None);
+        // Slot 9 (byte 1, bit 1) is set in allocBits.
+        assert_eq!(span.object(0xc000_010248), Some(0xc000_010240));
+        // Outside [start, limit).
+        assert_eq!(span.object(0xc000_00fff8), None);
+        assert_eq!(span.object(0xc000_012000), None);
+        // allocBits that could not be read count as free.
+        assert_eq!(small(0, Vec::new()).object(0xc000_010000), None);
+    }
+
+    #[test]
+    fn a_large_span_is_one_object() {
+        let span = Span {
+            start: 0xc000_400000,
+            limit: 0xc000_440000,
+            elemsize: 256 << 10,
+            noscan: true,
+            large: true,
+            free_index: 0,
+            alloc_bits_addr: 0,
+            alloc_bits: Vec::new(),
+        };
+        assert_eq!(span.object(0xc000_43ffff), Some(0xc000_400000));
+        assert_eq!(span.object(0xc000_440000), None);
+    }
+}

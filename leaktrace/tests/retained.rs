@@ -1,0 +1,231 @@
+//! `census::retained` against a real leak, on every Go version under test:
+//! `testdata/go/pinned` blocks 20 goroutines forever with 4 x 256 KiB buffers and a
+//! 1000-node linked list each live across the block, and 20 more that allocated as much
+//! and dropped it first. The fixture prints what the holders retain, counted with the
+//! allocator's sizes; the estimate from outside must agree within 2x (and does much better),
+//! and must not count the droppers' garbage. The test reads the fixture's memory only, so it
+//! spawns it directly and needs no tracing.
+
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use leaktrace::census::{
+    goroutines,
+    retained::{self, Limits, Retained},
+};
+use leaktrace::target::Target;
+use support::{build_fixture, go_versions};
+
+const FIXTURE: &str = "pinned";
+const HOLDERS: u64 = 20;
+
+/// The fixture, running with every goroutine blocked; killed on drop.
+struct Pinned {
+    child: Child,
+    /// What the holders retain, by the fixture's own count.
+    retained: u64,
+    /// How much the fixture's HeapAlloc grew across starting all goroutines, after a GC.
+    heapalloc: i64,
+}
+
+impl Pinned {
+    fn start(bin: &std::path::Path) -> Self {
+        let mut child = Command::new(bin)
+            .args(["-n", &HOLDERS.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the pinned fixture");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut fixture = Self {
+            child,
+            retained: 0,
+            heapalloc: 0,
+        };
+        let mut seen = Vec::new();
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("retained ") {
+                fixture.retained = n.parse().unwrap();
+            } else if let Some(n) = line.strip_prefix("heapalloc ") {
+                fixture.heapalloc = n.parse().unwrap();
+            } else if line == "ready" {
+                assert!(fixture.retained > 0, "{seen:?}");
+                return fixture;
+            }
+            seen.push(line);
+        }
+        panic!("the fixture exited before it was ready: {seen:?}");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The g addresses of the goroutines with `function` on their stack.
+fn goroutines_in(target: &Target, function: &str) -> Vec<u64> {
+    goroutines::walk(target)
+        .unwrap()
+        .into_iter()
+        .filter(|g| g.stack.iter().any(|f| f.function == function))
+        .map(|g| g.g_addr)
+        .collect()
+}
+
+fn timed(target: &Target, gs: &[u64], limits: Limits) -> (Retained, Duration) {
+    let start = Instant::now();
+    let r =
+        retained::estimate(target, gs, limits).unwrap_or_else(|e| panic!("estimate failed: {e:#}"));
+    (r, start.elapsed())
+}
+
+#[test]
+fn a_leak_group_pins_what_the_fixture_retains_and_garbage_is_not_counted() {
+    let mut table = Vec::new();
+    let mut failures = Vec::new();
+    for version in go_versions() {
+        let bin = build_fixture(FIXTURE, &version, &[]);
+        let fixture = Pinned::start(&bin);
+        let target = Target::inspect(fixture.pid()).unwrap();
+        let holders = goroutines_in(&target, "main.holdBuffers");
+        let droppers = goroutines_in(&target, "main.dropBuffers");
+        assert_eq!(holders.len() as u64, HOLDERS, "Go {version}");
+        assert_eq!(droppers.len() as u64, HOLDERS, "Go {version}");
+
+        let (pinned, took) = timed(&target, &holders, Limits::default());
+        let (control, control_took) = timed(&target, &droppers, Limits::default());
+        let ratio = pinned.heap_bytes as f64 / fixture.retained as f64;
+        table.push(format!(
+            "go{version}: fixture retains {} B (HeapAlloc grew {} B); estimate {} B in {} \
+             objects, ratio {ratio:.4}, {took:.1?}; stacks {} B; droppers {} B in {} objects \
+             ({control_took:.1?})",
+            fixture.retained,
+            fixture.heapalloc,
+            pinned.heap_bytes,
+            pinned.heap_objects,
+            pinned.stack_bytes,
+            control.heap_bytes,
+            control.heap_objects,
+        ));
+        let mut check = |ok: bool, what: String| {
+            if !ok {
+                failures.push(format!("Go {version}: {what}"));
+            }
+        };
+        check(
+            (0.5..=2.0).contains(&ratio),
+            format!("estimate/fixture = {ratio:.3}, not within 2x: {pinned:?}"),
+        );
+        check(!pinned.truncated, format!("truncated: {pinned:?}"));
+        check(
+            control.heap_bytes * 20 < pinned.heap_bytes,
+            format!(
+                "the droppers' estimate {} B is not under 5% of the holders' {} B",
+                control.heap_bytes, pinned.heap_bytes
+            ),
+        );
+        check(
+            pinned.stack_bytes >= 2048 * HOLDERS && control.stack_bytes >= 2048 * HOLDERS,
+            format!(
+                "stacks of {HOLDERS} goroutines: {} B and {} B",
+                pinned.stack_bytes, control.stack_bytes
+            ),
+        );
+
+        // Objects reachable from several goroutines count once: naming every holder twice
+        // changes nothing. One holder pins at least its twentieth of the group; a little
+        // more when a dead slot of its stack, reused from a holder whose stack grew, still
+        // points at that holder's buffers (the scan is conservative).
+        let twice: Vec<u64> = holders.iter().chain(&holders).copied().collect();
+        let (again, _) = timed(&target, &twice, Limits::default());
+        check(
+            again.heap_bytes == pinned.heap_bytes && again.stack_bytes == 2 * pinned.stack_bytes,
+            format!("holders named twice: {again:?} vs {pinned:?}"),
+        );
+        let (one, _) = timed(&target, &holders[..1], Limits::default());
+        let share = one.heap_bytes as f64 * HOLDERS as f64 / pinned.heap_bytes as f64;
+        check(
+            (0.99..=4.0).contains(&share),
+            format!("one holder x {HOLDERS} / the group = {share:.3}: {one:?}"),
+        );
+
+        // A bound that is hit is reported, and the count stops there.
+        let small = Limits {
+            max_objects: 100,
+            ..Limits::default()
+        };
+        let (cut, _) = timed(&target, &holders, small);
+        check(
+            cut.truncated && cut.heap_objects <= 100,
+            format!("max_objects 100: {cut:?}"),
+        );
+        let small = Limits {
+            max_bytes_read: 64 << 10,
+            ..Limits::default()
+        };
+        let (cut, _) = timed(&target, &holders, small);
+        check(
+            cut.truncated && cut.heap_bytes < pinned.heap_bytes,
+            format!("max_bytes_read 64 KiB: {cut:?}"),
+        );
+    }
+    eprintln!("{}", table.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A PIE: the symbols move by the load bias, the heap does not.
+#[test]
+fn a_pie_leak_group_pins_the_same() {
+    let mut failures = Vec::new();
+    for version in go_versions() {
+        let bin = build_fixture(FIXTURE, &version, &["-buildmode=pie"]);
+        let fixture = Pinned::start(&bin);
+        let target = Target::inspect(fixture.pid()).unwrap();
+        assert_ne!(target.load_bias, 0, "Go {version}: not a PIE");
+        let holders = goroutines_in(&target, "main.holdBuffers");
+        assert_eq!(holders.len() as u64, HOLDERS, "Go {version}");
+        let (pinned, took) = timed(&target, &holders, Limits::default());
+        let ratio = pinned.heap_bytes as f64 / fixture.retained as f64;
+        eprintln!("go{version} PIE: ratio {ratio:.4} in {took:.1?}: {pinned:?}");
+        if !(0.5..=2.0).contains(&ratio) || pinned.truncated {
+            failures.push(format!("Go {version} PIE: ratio {ratio:.3}: {pinned:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Without a symbol table the heap's globals are read off the runtime's code: the same
+/// estimate for a `-s -w` build.
+#[test]
+fn a_stripped_leak_group_pins_the_same() {
+    let mut failures = Vec::new();
+    for version in go_versions() {
+        let bin = build_fixture(FIXTURE, &version, &["-ldflags=-s -w"]);
+        let fixture = Pinned::start(&bin);
+        let target = Target::inspect(fixture.pid()).unwrap();
+        assert!(target.binary.is_stripped(), "Go {version}");
+        let holders = goroutines_in(&target, "main.holdBuffers");
+        assert_eq!(holders.len() as u64, HOLDERS, "Go {version}");
+        let (pinned, took) = timed(&target, &holders, Limits::default());
+        let ratio = pinned.heap_bytes as f64 / fixture.retained as f64;
+        eprintln!("go{version} -s -w: ratio {ratio:.4} in {took:.1?}: {pinned:?}");
+        if !(0.5..=2.0).contains(&ratio) || pinned.truncated {
+            failures.push(format!("Go {version} -s -w: ratio {ratio:.3}: {pinned:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

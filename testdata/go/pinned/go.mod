@@ -1,0 +1,3 @@
+module fixture/pinned
+
+go 1.21
