@@ -24,9 +24,10 @@ use crate::{
     census::{
         self, channels,
         heapprofile::{self, AllocSite, HeapProfile, SizeClasses},
+        retained,
     },
     collector,
-    detect::{Allocated, DetectOptions, Observed, Touch, Tracker},
+    detect::{Allocated, DetectOptions, LeakGroup, Observed, Pinned, Touch, Tracker},
     model::{Applied, Model},
     probes::{HIT_COST, Probe, Probes, Samples, over_budget},
     report::{
@@ -450,6 +451,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         eprintln!("leaktrace: {note}");
     }
     let mut hist = Histograms::default();
+    let mut pinned: HashMap<String, (Instant, usize, Pinned)> = HashMap::new();
     let metrics = match opts.prometheus {
         Some(addr) => {
             let (tx, rx) = tokio::sync::watch::channel(String::new());
@@ -690,7 +692,10 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     ));
                 }
                 match observed {
-                    Ok(gs) => tracker.observe(start.elapsed(), gs),
+                    Ok(gs) => {
+                        tracker.observe(start.elapsed(), gs);
+                        estimate_pinned(&target, &tracker.leaks(&detect), &mut pinned, false);
+                    }
                     Err(e) if !target.process.is_alive() => log::debug!("snapshot after exit: {e:#}"),
                     Err(e) => eprintln!("leaktrace: snapshot failed: {e:#}"),
                 }
@@ -811,7 +816,11 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             .collect()
     };
     let mut leaks = tracker.leaks(&detect);
+    if target.process.is_alive() {
+        estimate_pinned(&target, &leaks, &mut pinned, true);
+    }
     for l in &mut leaks {
+        l.pinned = pinned.get(&group_key(l)).map(|(_, _, p)| p.clone());
         if alloc_probed {
             l.allocated = Some(sum_allocations(&l.goids, &allocations, "exact"));
         } else if let Some(smp) = &samples {
@@ -869,6 +878,77 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         exports::write_all(dir, &report, &hist, allocation_sites.pprof.as_ref())?;
     }
     Ok(Outcome { stop, report })
+}
+
+/// How often, at most, one leak group's pinned memory is estimated again while tracing.
+const PINNED_EVERY: Duration = Duration::from_secs(10);
+
+/// A leak group's identity across snapshots.
+fn group_key(l: &LeakGroup) -> String {
+    let site = l
+        .site
+        .as_ref()
+        .map(|f| format!("{} {}:{}", f.function, f.file, f.line))
+        .unwrap_or_default();
+    let creator = l
+        .created_by
+        .as_ref()
+        .map(|c| format!("{} {}:{}", c.function, c.file, c.line))
+        .unwrap_or_default();
+    format!("{}|{site}|{creator}", l.wait_reason)
+}
+
+/// Estimates the memory each of `leaks` pins, from a read of the target, unless `cache`
+/// holds a recent estimate of a group of the same size (or `fresh` says to redo them all).
+/// A target that has exited keeps its last estimates.
+fn estimate_pinned(
+    target: &Target,
+    leaks: &[LeakGroup],
+    cache: &mut HashMap<String, (Instant, usize, Pinned)>,
+    fresh: bool,
+) {
+    let stale: Vec<&LeakGroup> = leaks
+        .iter()
+        .filter(|l| {
+            fresh
+                || cache
+                    .get(&group_key(l))
+                    .is_none_or(|(at, count, _)| *count != l.count && at.elapsed() >= PINNED_EVERY)
+        })
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let Ok(gs) = census::goroutines::walk(target) else {
+        return;
+    };
+    let addr: HashMap<u64, u64> = gs.iter().map(|g| (g.goid, g.g_addr)).collect();
+    for l in stale {
+        let g_addrs: Vec<u64> = l
+            .goids
+            .iter()
+            .filter_map(|g| addr.get(g).copied())
+            .collect();
+        match retained::estimate(target, &g_addrs, retained::Limits::default()) {
+            Ok(r) => {
+                cache.insert(
+                    group_key(l),
+                    (
+                        Instant::now(),
+                        l.count,
+                        Pinned {
+                            stack_bytes: r.stack_bytes,
+                            heap_bytes: r.heap_bytes,
+                            heap_objects: r.heap_objects,
+                            truncated: r.truncated,
+                            method: retained::METHOD.to_string(),
+                        },
+                    ),
+                );
+            }
+            Err(e) => log::warn!("estimating the memory a leak group pins: {e:#}"),
+        }
+    }
 }
 
 /// What the goroutines `goids` allocated, from per-goroutine counts.
