@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use leaktrace::{
     dump::DumpOptions,
     probes::Probe,
+    signals::Interrupted,
     trace::{self, TargetSpec, TraceOptions},
 };
 
@@ -252,7 +253,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(trace::run(opts)) {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(i) => {
+                eprintln!("leaktrace: {i}");
+                ExitCode::from(i.exit_code())
+            }
+            None => fail(e),
+        },
     }
 }
 

@@ -7,14 +7,14 @@
 use std::{
     collections::{BTreeMap, HashMap},
     ffi::OsString,
-    fs::{File, OpenOptions},
+    fs::{self, File, OpenOptions},
     io::{BufWriter, Write as _},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use leaktrace_common::{Config, MADVISE_NAMES, Record, RecordKind};
 use tokio::{
     io::unix::AsyncFd,
@@ -31,6 +31,7 @@ use crate::{
         leaks::{self, MemoryPoint, ProbeSummary, Report},
         live,
     },
+    signals::{self, Interrupted},
     target::{Target, binary::GoBinary, layout, process::Process, spawn},
 };
 
@@ -98,6 +99,9 @@ fn place(
     wanted: &[Probe],
 ) -> anyhow::Result<()> {
     for &probe in wanted {
+        if signals::received() > 0 {
+            break; // Ctrl-C while attaching: no further probe
+        }
         if probe == Probe::Site {
             continue; // placed while tracing, at the suspects' sites
         }
@@ -239,20 +243,63 @@ fn memory_point(target: &Target, probes: &Probes, at: Duration) -> Option<Memory
     })
 }
 
-/// Creates `dir/name` for writing, refusing to follow a symlink planted there.
-fn create_output(dir: &Path, name: &str) -> anyhow::Result<File> {
-    let path = dir.join(name);
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))
+/// Writes each file under a temporary name in `dir`, then renames them all into place, so
+/// that no reader, and no signal abandoning the report, leaves half a file under the final
+/// name. No symlink is ever followed: the temporary file is created with O_EXCL|O_NOFOLLOW,
+/// and a symlink planted at a final name is refused rather than replaced.
+fn write_outputs(
+    dir: &Path,
+    files: &[(&str, &[u8])],
+    abandoned: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let mut written: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for (name, bytes) in files {
+            let dest = dir.join(name);
+            if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
+                bail!("refusing to replace {}: it is a symlink", dest.display());
+            }
+            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            written.push((tmp.clone(), dest));
+            file.write_all(bytes)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        if abandoned() {
+            let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+            return Err(Interrupted::now(format!(
+                "again while finishing: {} not written to {}; all probes detached",
+                names.join(" and "),
+                dir.display()
+            ))
+            .into());
+        }
+        for (tmp, dest) in &written {
+            fs::rename(tmp, dest)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for (tmp, _) in &written {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+    result
 }
 
 pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
+    // From here on SIGINT and SIGTERM stop the trace instead of killing leaktrace: counted
+    // for the phases around the event loop, and buffered by tokio for the loop itself.
+    signals::watch().context("handling SIGINT and SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     crate::privileges::check().map_err(|e| anyhow!(e))?;
     if let Some(dir) = &opts.output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -267,14 +314,25 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         TargetSpec::Pid(pid) => {
             let target = Target::inspect(*pid)?;
             let mut probes = Probes::load(config_for(*pid, &target.layout))?;
+            eprintln!(
+                "leaktrace: attaching to PID {pid} ({}, {}): reading its goroutines, then placing probes",
+                target.process.exe_name(),
+                target.binary.build().version_string
+            );
             // The snapshot at attach time sees what happened before: goroutines blocked for
             // hours. It is taken before any probe is placed, so that the probes' first
             // burst is short.
-            match observe(&target) {
-                Ok(gs) => tracker.observe(start.elapsed(), gs),
-                Err(e) => snapshot_error = Some(e),
+            if signals::received() == 0 {
+                match observe(&target) {
+                    Ok(gs) => tracker.observe(start.elapsed(), gs),
+                    Err(e) => snapshot_error = Some(e),
+                }
             }
-            let wanted = fitting(&target, &opts.probes, opts.max_overhead, &mut skipped);
+            let wanted = if signals::received() == 0 {
+                fitting(&target, &opts.probes, opts.max_overhead, &mut skipped)
+            } else {
+                Vec::new()
+            };
             place(
                 &mut probes,
                 &target.binary,
@@ -295,6 +353,14 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             let pid = held.pid;
             let mut probes = Probes::load(config_for(pid, &layout))?;
             place(&mut probes, &binary, &held.program, &opts.probes)?;
+            if signals::received() > 0 {
+                // Dropping `held` closes its pipe: the child exits without running CMD.
+                return Err(Interrupted::now(format!(
+                    "while attaching: {} was not started; all probes detached",
+                    held.program.display()
+                ))
+                .into());
+            }
             held.release()?;
             let target = Target::from_parts(Process::open(pid)?, binary)?;
             match observe(&target) {
@@ -305,6 +371,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         }
     };
     let pid = target.process.pid();
+    if signals::received() > 0 {
+        eprintln!(
+            "leaktrace: {} received while attaching to PID {pid}: no further probe placed; stopping",
+            signals::name(signals::last())
+        );
+    }
     let records = probes.take_records()?;
     if let Some(e) = &probes.madvise_error {
         eprintln!("leaktrace: madvise not traced: {e}");
@@ -352,8 +424,6 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         .map_err(|e| anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
     let pidfd = unsafe { AsyncFd::register(target.process.pidfd()) }
         .map_err(|e| anyhow!("polling the target's pidfd: {}", e.into_parts().1))?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let first_tick = tokio::time::Instant::now() + opts.interval;
     let mut tick = tokio::time::interval_at(first_tick, opts.interval);
@@ -525,6 +595,20 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
         }
     };
+    // Finishing (detaching, a last snapshot, the report) takes a second on a large target:
+    // a further signal abandons it.
+    let signals_at_stop = signals::received();
+    let abandoned = || signals::received() > signals_at_stop;
+    match stop {
+        Stop::Duration | Stop::Signal(_) => eprintln!(
+            "leaktrace: stopping ({}): detaching, then the report; SIGINT or SIGTERM again abandons it",
+            match stop {
+                Stop::Signal(s) => format!("{s} received"),
+                _ => "duration reached".to_string(),
+            }
+        ),
+        Stop::TargetExited | Stop::TargetExeced => {}
+    }
     // What the programs sent before we stopped is still in the ring buffer.
     let rb = records.get_mut();
     while let Some(item) = rb.next() {
@@ -557,12 +641,19 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     // A last look, unless the target is gone: the verdict is about its state now.
     if snapshot_error.is_none()
         && matches!(stop, Stop::Duration | Stop::Signal(_))
+        && !abandoned()
         && let Ok(gs) = observe(&target)
     {
         tracker.observe(start.elapsed(), gs);
     }
     if let Some(mut w) = events {
         w.flush().context("writing the event log")?;
+    }
+    if abandoned() {
+        return Err(Interrupted::now(
+            "again while finishing: the report was abandoned; all probes detached",
+        )
+        .into());
     }
     let last = model.take_interval();
     if last.total_parks() + last.total_wakes() > 0 {
@@ -653,10 +744,16 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let text = leaks::text(&report);
     print!("\n{text}");
     if let Some(dir) = &opts.output {
-        create_output(dir, "report.txt")?.write_all(text.as_bytes())?;
         let mut json = serde_json::to_string_pretty(&report)?;
         json.push('\n');
-        create_output(dir, "report.json")?.write_all(json.as_bytes())?;
+        write_outputs(
+            dir,
+            &[
+                ("report.txt", text.as_bytes()),
+                ("report.json", json.as_bytes()),
+            ],
+            abandoned,
+        )?;
         eprintln!(
             "leaktrace: wrote {0}/report.txt and {0}/report.json",
             dir.display()
