@@ -69,6 +69,10 @@ struct TraceArgs {
     /// Also write every park and wake-up record as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
+    /// The ring buffer the probes' records pass through (e.g. 4M, 256K, 4096: a power of
+    /// two, at least 4096). Records that find it full are counted as lost, never waited for.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_bytes)]
+    ring_buffer: u32,
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +125,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}' must be a positive duration"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a --ring-buffer size: bytes, or with a K or M suffix (binary units).
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, unit) = match t.strip_suffix(['K', 'k']) {
+        Some(n) => (n, 1u64 << 10),
+        None => match t.strip_suffix(['M', 'm']) {
+            Some(n) => (n, 1 << 20),
+            None => (t, 1),
+        },
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: use e.g. 4M, 256K or 65536"))?;
+    let bytes = n.saturating_mul(unit);
+    let min = leaktrace::probes::RING_BYTES_MIN;
+    match u32::try_from(bytes) {
+        Ok(b) if b.is_power_of_two() && b >= min => Ok(b),
+        _ => Err(format!(
+            "'{s}' must be a power of two of at least {min} bytes and at most 2G"
+        )),
+    }
 }
 
 /// The parsed --probes list (a newtype, so that clap takes it as one value).
@@ -180,6 +207,7 @@ fn options(
         max_overhead: a.max_overhead / 100.0,
         events: a.events,
         output,
+        ring_bytes: a.ring_buffer,
     })
 }
 
@@ -278,5 +306,16 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown unit")
         );
+    }
+
+    #[test]
+    fn ring_buffer_sizes() {
+        assert_eq!(parse_ring_bytes("4M"), Ok(4 << 20));
+        assert_eq!(parse_ring_bytes("256k"), Ok(256 << 10));
+        assert_eq!(parse_ring_bytes("4096"), Ok(4096));
+        assert!(parse_ring_bytes("3000").is_err(), "not a power of two");
+        assert!(parse_ring_bytes("2048").is_err(), "under a page");
+        assert!(parse_ring_bytes("8G").is_err());
+        assert!(parse_ring_bytes("lots").is_err());
     }
 }

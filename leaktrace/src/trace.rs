@@ -60,6 +60,9 @@ pub struct TraceOptions {
     pub events: Option<PathBuf>,
     /// Write report.txt and report.json here.
     pub output: Option<PathBuf>,
+    /// The size of the ring buffer records pass through, in bytes (a power of two, at least
+    /// a page); records that find it full are counted as lost.
+    pub ring_bytes: u32,
 }
 
 /// Why tracing stopped.
@@ -313,7 +316,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let (target, mut probes, spawned) = match &opts.target {
         TargetSpec::Pid(pid) => {
             let target = Target::inspect(*pid)?;
-            let mut probes = Probes::load(config_for(*pid, &target.layout))?;
+            let mut probes = Probes::load(config_for(*pid, &target.layout), opts.ring_bytes)?;
             eprintln!(
                 "leaktrace: attaching to PID {pid} ({}, {}): reading its goroutines, then placing probes",
                 target.process.exe_name(),
@@ -351,7 +354,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             let layout = layout::for_binary(binary.data(), v.major, v.minor)?;
             let held = spawn::hold(argv)?;
             let pid = held.pid;
-            let mut probes = Probes::load(config_for(pid, &layout))?;
+            let mut probes = Probes::load(config_for(pid, &layout), opts.ring_bytes)?;
             place(&mut probes, &binary, &held.program, &opts.probes)?;
             if signals::received() > 0 {
                 // Dropping `held` closes its pipe: the child exits without running CMD.
