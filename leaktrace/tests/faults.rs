@@ -8,7 +8,7 @@ mod support;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -24,43 +24,6 @@ fn scratch(name: &str) -> PathBuf {
     let p = dir.join(name);
     let _ = fs::remove_dir_all(&p);
     p
-}
-
-/// The ids of the BPF programs a process holds open, from its fdinfo.
-fn programs_held_by(pid: u32) -> Vec<u32> {
-    let mut ids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .filter_map(|e| fs::read_to_string(e.unwrap().path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
-fn still_loaded(ids: &[u32]) -> Vec<u32> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|p| p.id())
-        .filter(|id| ids.contains(id))
-        .collect()
-}
-
-/// Starts leaktrace with `args`, without waiting for anything.
-fn start(args: &[&str]) -> Tracer {
-    let mut child = Command::new(leaktrace_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting leaktrace");
-    let stderr = Lines::new(child.stderr.take().unwrap());
-    Tracer { child, stderr }
 }
 
 /// The programs leaktrace holds (loaded before it prints "attaching to PID").
@@ -231,7 +194,7 @@ fn a_signal_while_attaching_stops_before_any_further_probe() {
     for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
         let (fx, _, gopark) = big_target();
         let pid = fx.pid().to_string();
-        let mut tracer = start(&["-p", &pid]);
+        let mut tracer = Tracer::start(&["-p", &pid]);
         tracer
             .stderr
             .wait_for("attaching to PID", Duration::from_secs(30));
@@ -265,7 +228,7 @@ fn signals_while_running_and_while_finishing_the_report() {
 
     // Running: SIGTERM stops the trace; the report is written whole.
     let dir = scratch("running");
-    let mut tracer = start(&["record", "-p", &pid, "-o", dir.to_str().unwrap()]);
+    let mut tracer = Tracer::start(&["record", "-p", &pid, "-o", dir.to_str().unwrap()]);
     tracer
         .stderr
         .wait_for("attached to PID", Duration::from_secs(30));
@@ -292,7 +255,7 @@ fn signals_while_running_and_while_finishing_the_report() {
         if first.is_none() {
             args.extend(["-d", "1s"]);
         }
-        let mut tracer = start(&args);
+        let mut tracer = Tracer::start(&args);
         tracer
             .stderr
             .wait_for("attached to PID", Duration::from_secs(30));

@@ -360,3 +360,43 @@ pub fn record(name: &str, args: &[&str]) -> (serde_json::Value, String) {
     let report = fs::read_to_string(dir.join("report.json")).unwrap();
     (serde_json::from_str(&report).unwrap(), stdout)
 }
+
+/// The ids of the BPF programs a process holds open, from its fdinfo.
+pub fn programs_held_by(pid: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.unwrap().path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Which of `ids` are still loaded in the kernel.
+pub fn still_loaded(ids: &[u32]) -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .filter(|id| ids.contains(id))
+        .collect()
+}
+
+impl Tracer {
+    /// Starts leaktrace with `args` (a subcommand and options), without waiting for anything.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(leaktrace_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leaktrace");
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        Self { child, stderr }
+    }
+}
