@@ -364,8 +364,9 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 ))
                 .into());
             }
+            let program = held.program.clone();
             held.release()?;
-            let target = Target::from_parts(Process::open(pid)?, binary)?;
+            let target = Target::from_parts(Process::open_spawned(pid, &program)?, binary)?;
             match observe(&target) {
                 Ok(gs) => tracker.observe(start.elapsed(), gs),
                 Err(e) => snapshot_error = Some(e),

@@ -430,3 +430,28 @@ fn a_flooded_ring_buffer_counts_its_losses() {
         "the hits are accounted for: {parks} + {wakes} + {lost} lost of {all}"
     );
 }
+
+/// A spawned command that runs to its end within milliseconds (chansend with stdin at EOF)
+/// is reported like any other: its 3 blocking sends were seen from its first instruction,
+/// and its exit status is named. leaktrace used to lose the race with such a command
+/// ("exited before it could run", or no load address in its maps).
+#[test]
+fn a_spawned_command_that_ends_at_once_is_reported() {
+    let bin = build_fixture("chansend", &latest(), &[]);
+    for run in 0..5 {
+        let (r, stdout) = record(
+            &format!("quick-{run}"),
+            &["--", bin.to_str().unwrap(), "-n", "3"],
+        );
+        assert!(stdout.contains("received 3 values, sum 3"), "{stdout}");
+        assert_eq!(r["parks"]["chan send"], 3, "run {run}: {r:#}");
+        assert!(
+            r["stopped"]
+                .as_str()
+                .unwrap()
+                .ends_with("exited with status 0"),
+            "run {run}: {}",
+            r["stopped"]
+        );
+    }
+}
