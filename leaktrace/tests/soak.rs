@@ -1,7 +1,7 @@
 //! Soak: leaktrace attaches to a busy Go HTTP service under load from wrk and detaches,
 //! every two seconds, for LEAKTRACE_SOAK_SECONDS (60 by default; set it higher to soak for
-//! longer by hand). The service must see no error, leaktrace no failure, and no probe may
-//! stay behind.
+//! longer by hand): half of it with wrk as fast as it goes, half paced. The service must see
+//! no error, leaktrace no failure, and no probe may stay behind.
 
 mod support;
 
@@ -24,9 +24,9 @@ fn soak_seconds() -> u64 {
         .unwrap_or(60)
 }
 
-/// The settings each run cycles through: the defaults (on this service the budget usually
-/// keeps runtime-wide probes off), and a 100% budget with probes that are placed under load
-/// and then shed when their measured cost is over it.
+/// The settings each run cycles through: the defaults (a 1% budget keeps runtime-wide probes
+/// off this service), and a 100% budget with park/wake/create/exit or every probe (placed
+/// when the load is paced, and the hottest shed once their measured cost is over it).
 const SETTINGS: [&[&str]; 3] = [
     &[],
     &["--max-overhead", "100", "--probes", "park,wake,create,exit"],
@@ -45,78 +45,85 @@ fn attach_and_detach_every_two_seconds_under_load() {
     let original = first_byte_in_target(pid, gopark);
     assert_ne!(original, 0xcc);
 
-    let wrk = Command::new("wrk")
-        .args(["-t2", "-c16", "--timeout", "5s", "-d"])
-        .arg(format!("{seconds}s"))
-        .arg(format!("http://{addr}/search?q=soak"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running wrk (scripts/setup.sh installs it)");
-    let mut wrk = Wrk(wrk);
-    let start = Instant::now();
+    // Two halves: wrk as fast as it goes (the service saturates both CPUs, and even a 100%
+    // budget keeps most runtime-wide probes off), then paced at 5 ms between requests on
+    // each of 32 connections (probes fit a 100% budget: placed, and shed, under load).
     let dir = std::env::temp_dir().join(format!("leaktrace-soak-{}", std::process::id()));
-    let (mut runs, mut probed, mut shed) = (0usize, 0usize, 0usize);
+    fs::create_dir_all(&dir).unwrap();
+    let pacing = dir.join("pace.lua");
+    fs::write(&pacing, "function delay() return 5 end\n").unwrap();
+    let half = format!("{}s", (seconds / 2).max(1));
+    let url = format!("http://{addr}/search?q=soak");
+    let phases: [(&str, Vec<&str>); 2] = [
+        ("saturating", vec!["-t2", "-c16"]),
+        ("paced", vec!["-t2", "-c32", "-s", pacing.to_str().unwrap()]),
+    ];
+    let start = Instant::now();
+    let (mut runs, mut probed, mut shed, mut requests) = (0usize, 0usize, 0usize, 0u64);
     let mut programs = Vec::new();
-    while wrk.0.try_wait().unwrap().is_none() {
-        let settings = SETTINGS[runs % SETTINGS.len()];
-        let out = dir.join(runs.to_string());
-        let pid_s = pid.to_string();
-        let mut args = vec!["record", "-p", &pid_s, "-d", "2s", "--min-age", "1s"];
-        args.extend(["-o", out.to_str().unwrap()]);
-        args.extend(settings);
-        let mut tracer = Tracer::start(&args);
-        tracer
-            .stderr
-            .wait_for("attached to PID", Duration::from_secs(30));
-        programs.extend(programs_held_by(tracer.child.id()));
-        let (_, stderr, code) = tracer.finish(Duration::from_secs(30));
-        assert_eq!(code, Some(0), "run {runs} {settings:?} failed: {stderr:?}");
-        assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
-        let r: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-        assert_eq!(r["stopped"], "duration reached", "run {runs}");
-        let hits = r["probes"]["hits"].as_object().unwrap();
-        if hits.keys().any(|k| k != "(sites of suspected leaks)") {
-            probed += 1;
+    for (phase, load) in &phases {
+        let mut wrk = Wrk(Command::new("wrk")
+            .args(load)
+            .args(["--timeout", "5s", "-d", &half, &url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running wrk (scripts/setup.sh installs it)"));
+        while wrk.0.try_wait().unwrap().is_none() {
+            let settings = SETTINGS[runs % SETTINGS.len()];
+            let out = dir.join(runs.to_string());
+            let pid_s = pid.to_string();
+            let mut args = vec!["record", "-p", &pid_s, "-d", "2s", "--min-age", "1s"];
+            args.extend(["-o", out.to_str().unwrap()]);
+            args.extend(settings);
+            let mut tracer = Tracer::start(&args);
+            tracer
+                .stderr
+                .wait_for("attached to PID", Duration::from_secs(30));
+            programs.extend(programs_held_by(tracer.child.id()));
+            let (_, stderr, code) = tracer.finish(Duration::from_secs(30));
+            assert_eq!(code, Some(0), "run {runs} {settings:?} failed: {stderr:?}");
+            assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
+            let r: serde_json::Value =
+                serde_json::from_str(&fs::read_to_string(out.join("report.json")).unwrap())
+                    .unwrap();
+            assert_eq!(r["stopped"], "duration reached", "run {runs}");
+            let hits = r["probes"]["hits"].as_object().unwrap();
+            if hits.keys().any(|k| k != "(sites of suspected leaks)") {
+                probed += 1;
+            }
+            if !r["probes"]["shed"].as_array().unwrap().is_empty() {
+                shed += 1;
+            }
+            assert_eq!(
+                first_byte_in_target(pid, gopark),
+                original,
+                "run {runs}: the breakpoint is gone once leaktrace exits"
+            );
+            runs += 1;
         }
-        if !r["probes"]["shed"].as_array().unwrap().is_empty() {
-            shed += 1;
-        }
-        assert_eq!(
-            first_byte_in_target(pid, gopark),
-            original,
-            "run {runs}: the breakpoint is gone once leaktrace exits"
+        let status = wrk.0.wait().unwrap();
+        let mut report = String::new();
+        let mut stdout = wrk.0.stdout.take().unwrap();
+        stdout.read_to_string(&mut report).unwrap();
+        assert!(status.success(), "wrk failed:\n{report}");
+        let n: u64 = report
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in "))
+            .map(|(n, _)| n.parse().unwrap())
+            .unwrap_or_else(|| panic!("no request count in wrk's output:\n{report}"));
+        eprintln!("soak, {phase} load:\n{report}");
+        assert!(
+            !report.contains("Socket errors") && !report.contains("Non-2xx"),
+            "the service saw errors under leaktrace ({phase} load):\n{report}"
         );
-        runs += 1;
+        requests += n;
     }
-    let elapsed = start.elapsed();
-    let status = wrk.0.wait().unwrap();
-    let mut report = String::new();
-    wrk.0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut report)
-        .unwrap();
-    assert!(status.success(), "wrk failed:\n{report}");
-    let requests: u64 = report
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in "))
-        .map(|(n, _)| n.parse().unwrap())
-        .unwrap_or_else(|| panic!("no request count in wrk's output:\n{report}"));
     eprintln!(
-        "soak: {runs} runs of leaktrace in {:.0} s ({probed} placed runtime-wide probes, {shed} left out or shed probes over budget), {requests} requests served\n{report}",
-        elapsed.as_secs_f64()
+        "soak: {runs} runs of leaktrace in {:.0} s ({probed} placed runtime-wide probes, {shed} left out or shed probes over budget), {requests} requests served",
+        start.elapsed().as_secs_f64()
     );
-    assert!(
-        !report.contains("Socket errors") && !report.contains("Non-2xx"),
-        "the service saw errors under leaktrace:\n{report}"
-    );
-    assert!(
-        requests > 0 && runs >= (seconds / 4) as usize,
-        "{runs} runs"
-    );
+    assert!(runs >= (seconds / 4) as usize, "{runs} runs");
     assert!(
         probed > 0,
         "some runs placed runtime-wide probes under load, or the soak proves less"
