@@ -375,7 +375,8 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         }
     };
     let pid = target.process.pid();
-    if signals::received() > 0 {
+    let interrupted_attaching = signals::received() > 0;
+    if interrupted_attaching {
         eprintln!(
             "leaktrace: {} received while attaching to PID {pid}: no further probe placed; stopping",
             signals::name(signals::last())
@@ -642,9 +643,11 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     }
     drop(records);
     drop(probes); // detaches every uprobe and unloads the programs
-    // A last look, unless the target is gone: the verdict is about its state now.
+    // A last look, unless the target is gone: the verdict is about its state now. Not
+    // after a Ctrl-C while attaching, whose snapshot is only just taken: stop promptly.
     if snapshot_error.is_none()
         && matches!(stop, Stop::Duration | Stop::Signal(_))
+        && !interrupted_attaching
         && !abandoned()
         && let Ok(gs) = observe(&target)
     {
