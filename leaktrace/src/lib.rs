@@ -14,5 +14,6 @@ pub mod model;
 pub mod privileges;
 pub mod probes;
 pub mod report;
+pub mod signals;
 pub mod target;
 pub mod trace;

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use leaktrace::{
     dump::DumpOptions,
     probes::Probe,
+    signals::Interrupted,
     trace::{self, AllocMode, TargetSpec, TraceOptions},
 };
 
@@ -80,6 +81,10 @@ struct TraceArgs {
     /// Also write every park and wake-up record as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
+    /// The ring buffer the probes' records pass through (e.g. 4M, 256K, 4096: a power of
+    /// two, at least 4096). Records that find it full are counted as lost, never waited for.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_bytes)]
+    ring_buffer: u32,
 }
 
 #[derive(Args, Debug)]
@@ -145,6 +150,29 @@ fn parse_alloc(s: &str) -> Result<AllocMode, String> {
     }
 }
 
+/// Parses a --ring-buffer size: bytes, or with a K or M suffix (binary units).
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, unit) = match t.strip_suffix(['K', 'k']) {
+        Some(n) => (n, 1u64 << 10),
+        None => match t.strip_suffix(['M', 'm']) {
+            Some(n) => (n, 1 << 20),
+            None => (t, 1),
+        },
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: use e.g. 4M, 256K or 65536"))?;
+    let bytes = n.saturating_mul(unit);
+    let min = leaktrace::probes::RING_BYTES_MIN;
+    match u32::try_from(bytes) {
+        Ok(b) if b.is_power_of_two() && b >= min => Ok(b),
+        _ => Err(format!(
+            "'{s}' must be a power of two of at least {min} bytes and at most 2G"
+        )),
+    }
+}
+
 /// The parsed --probes list (a newtype, so that clap takes it as one value).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ProbeList(Vec<Probe>);
@@ -204,6 +232,7 @@ fn options(
         output,
         alloc: a.alloc,
         prometheus: a.prometheus,
+        ring_bytes: a.ring_buffer,
     })
 }
 
@@ -277,7 +306,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(trace::run(opts)) {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(i) => {
+                eprintln!("leaktrace: {i}");
+                ExitCode::from(i.exit_code())
+            }
+            None => fail(e),
+        },
     }
 }
 
@@ -296,5 +331,16 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown unit")
         );
+    }
+
+    #[test]
+    fn ring_buffer_sizes() {
+        assert_eq!(parse_ring_bytes("4M"), Ok(4 << 20));
+        assert_eq!(parse_ring_bytes("256k"), Ok(256 << 10));
+        assert_eq!(parse_ring_bytes("4096"), Ok(4096));
+        assert!(parse_ring_bytes("3000").is_err(), "not a power of two");
+        assert!(parse_ring_bytes("2048").is_err(), "under a page");
+        assert!(parse_ring_bytes("8G").is_err());
+        assert!(parse_ring_bytes("lots").is_err());
     }
 }

@@ -36,6 +36,7 @@ use crate::{
         leaks::{self, AllocationSites, MemoryPoint, ProbeSummary, Report},
         live, pprof, prometheus, verdict,
     },
+    signals::{self, Interrupted},
     target::{Target, binary::GoBinary, layout, process::Process, spawn},
 };
 
@@ -64,6 +65,9 @@ pub struct TraceOptions {
     pub events: Option<PathBuf>,
     /// Write report.txt, report.json and the exports here.
     pub output: Option<PathBuf>,
+    /// The size of the ring buffer records pass through, in bytes (a power of two, at least
+    /// a page); records that find it full are counted as lost.
+    pub ring_bytes: u32,
     /// How allocations are seen.
     pub alloc: AllocMode,
     /// Serve metrics for Prometheus here.
@@ -121,6 +125,9 @@ fn place(
     wanted: &[Probe],
 ) -> anyhow::Result<()> {
     for &probe in wanted {
+        if signals::received() > 0 {
+            break; // Ctrl-C while attaching: no further probe
+        }
         if probe == Probe::Site {
             continue; // placed while tracing, at the suspects' sites
         }
@@ -351,6 +358,11 @@ fn memory_point(
 }
 
 pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
+    // From here on SIGINT and SIGTERM stop the trace instead of killing leaktrace: counted
+    // for the phases around the event loop, and buffered by tokio for the loop itself.
+    signals::watch().context("handling SIGINT and SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     crate::privileges::check().map_err(|e| anyhow!(e))?;
     if let Some(dir) = &opts.output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -367,27 +379,38 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         TargetSpec::Pid(pid) => {
             let target = Target::inspect(*pid)?;
             plan = alloc_plan(&target.binary, opts.alloc);
-            let mut probes = Probes::load(config_for(*pid, &target.layout))?;
+            let mut probes = Probes::load(config_for(*pid, &target.layout), opts.ring_bytes)?;
             if let Some(c) = &plan.classes {
                 probes.set_span_bytes(&c.by_span_class())?;
             }
+            eprintln!(
+                "leaktrace: attaching to PID {pid} ({}, {}): reading its goroutines, then placing probes",
+                target.process.exe_name(),
+                target.binary.build().version_string
+            );
             // The snapshot at attach time sees what happened before: goroutines blocked for
             // hours. It is taken before any probe is placed, so that the probes' first
             // burst is short.
-            match observe(&target) {
-                Ok(gs) => {
-                    goroutines_now = Some(gs.len());
-                    tracker.observe(start.elapsed(), gs);
+            if signals::received() == 0 {
+                match observe(&target) {
+                    Ok(gs) => {
+                        goroutines_now = Some(gs.len());
+                        tracker.observe(start.elapsed(), gs);
+                    }
+                    Err(e) => snapshot_error = Some(e),
                 }
-                Err(e) => snapshot_error = Some(e),
             }
-            let wanted = fitting(
-                &target,
-                &with(&opts.probes, &plan.probes),
-                &plan.exempt,
-                opts.max_overhead,
-                &mut skipped,
-            );
+            let wanted = if signals::received() == 0 {
+                fitting(
+                    &target,
+                    &with(&opts.probes, &plan.probes),
+                    &plan.exempt,
+                    opts.max_overhead,
+                    &mut skipped,
+                )
+            } else {
+                Vec::new()
+            };
             place(
                 &mut probes,
                 &target.binary,
@@ -407,7 +430,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             plan = alloc_plan(&binary, opts.alloc);
             let held = spawn::hold(argv)?;
             let pid = held.pid;
-            let mut probes = Probes::load(config_for(pid, &layout))?;
+            let mut probes = Probes::load(config_for(pid, &layout), opts.ring_bytes)?;
             if let Some(c) = &plan.classes {
                 probes.set_span_bytes(&c.by_span_class())?;
             }
@@ -423,8 +446,17 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 &held.program,
                 &with(&opts.probes, &plan.probes),
             )?;
+            if signals::received() > 0 {
+                // Dropping `held` closes its pipe: the child exits without running CMD.
+                return Err(Interrupted::now(format!(
+                    "while attaching: {} was not started; all probes detached",
+                    held.program.display()
+                ))
+                .into());
+            }
+            let program = held.program.clone();
             held.release()?;
-            let target = Target::from_parts(Process::open(pid)?, binary)?;
+            let target = Target::from_parts(Process::open_spawned(pid, &program)?, binary)?;
             match observe(&target) {
                 Ok(gs) => {
                     goroutines_now = Some(gs.len());
@@ -436,6 +468,13 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         }
     };
     let pid = target.process.pid();
+    let interrupted_attaching = signals::received() > 0;
+    if interrupted_attaching {
+        eprintln!(
+            "leaktrace: {} received while attaching to PID {pid}: no further probe placed; stopping",
+            signals::name(signals::last())
+        );
+    }
     let records = probes.take_records()?;
     if let Some(e) = &probes.madvise_error {
         eprintln!("leaktrace: madvise not traced: {e}");
@@ -503,8 +542,6 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         .map_err(|e| anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
     let pidfd = unsafe { AsyncFd::register(target.process.pidfd()) }
         .map_err(|e| anyhow!("polling the target's pidfd: {}", e.into_parts().1))?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let first_tick = tokio::time::Instant::now() + opts.interval;
     let mut tick = tokio::time::interval_at(first_tick, opts.interval);
@@ -720,6 +757,20 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
         }
     };
+    // Finishing (detaching, a last snapshot, the report) takes a second on a large target:
+    // a further signal abandons it.
+    let signals_at_stop = signals::received();
+    let abandoned = || signals::received() > signals_at_stop;
+    match stop {
+        Stop::Duration | Stop::Signal(_) => eprintln!(
+            "leaktrace: stopping ({}): detaching, then the report; SIGINT or SIGTERM again abandons it",
+            match stop {
+                Stop::Signal(s) => format!("{s} received"),
+                _ => "duration reached".to_string(),
+            }
+        ),
+        Stop::TargetExited | Stop::TargetExeced => {}
+    }
     // What the programs sent before we stopped is still in the ring buffer.
     let rb = records.get_mut();
     while let Some(item) = rb.next() {
@@ -757,9 +808,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     if let Some((_, server)) = metrics {
         server.abort();
     }
-    // A last look, unless the target is gone: the verdict is about its state now.
+    // A last look, unless the target is gone: the verdict is about its state now. Not
+    // after a Ctrl-C while attaching, whose snapshot is only just taken: stop promptly.
     if snapshot_error.is_none()
         && matches!(stop, Stop::Duration | Stop::Signal(_))
+        && !interrupted_attaching
+        && !abandoned()
         && let Ok(gs) = observe(&target)
     {
         if let Some(p) = timeline.last_mut() {
@@ -769,6 +823,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     }
     if let Some(mut w) = events {
         w.flush().context("writing the event log")?;
+    }
+    if abandoned() {
+        return Err(Interrupted::now(
+            "again while finishing: the report was abandoned; all probes detached",
+        )
+        .into());
     }
     let last = model.take_interval();
     if last.total_parks() + last.total_wakes() > 0 {
@@ -875,7 +935,13 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let text = leaks::text(&report);
     print!("\n{text}");
     if let Some(dir) = &opts.output {
-        exports::write_all(dir, &report, &hist, allocation_sites.pprof.as_ref())?;
+        exports::write_all(
+            dir,
+            &report,
+            &hist,
+            allocation_sites.pprof.as_ref(),
+            abandoned,
+        )?;
     }
     Ok(Outcome { stop, report })
 }

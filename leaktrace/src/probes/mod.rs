@@ -28,6 +28,9 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// figure so that it errs on the side of the target.
 pub const HIT_COST: Duration = Duration::from_micros(5);
 
+/// The smallest ring buffer the kernel takes: one page.
+pub const RING_BYTES_MIN: u32 = 4096;
+
 /// A probe leaktrace can place: the BPF program and the Go runtime function it goes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Probe {
@@ -292,8 +295,9 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the programs and writes `config` for them. Nothing is attached yet.
-    pub fn load(config: Config) -> anyhow::Result<Self> {
+    /// Loads the programs, with a ring buffer of `ring_bytes` for their records, and writes
+    /// `config` for them. Nothing is attached yet.
+    pub fn load(config: Config, ring_bytes: u32) -> anyhow::Result<Self> {
         if BPF_OBJECT.is_empty() {
             bail!(
                 "this leaktrace was built without its BPF programs (AYA_BUILD_SKIP); rebuild it without that variable"
@@ -301,7 +305,13 @@ impl Probes {
         }
         let pid =
             NonZeroU32::new(config.tgid).ok_or_else(|| anyhow!("config has no target PID"))?;
+        if !(ring_bytes.is_power_of_two() && ring_bytes >= RING_BYTES_MIN) {
+            bail!(
+                "a ring buffer of {ring_bytes} bytes: it must be a power of two of at least {RING_BYTES_MIN}"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("RECORDS", ring_bytes)
             .load(BPF_OBJECT)
             .context("loading leaktrace's BPF programs into the kernel")?;
         let mut cfg: Array<_, Config> = ebpf

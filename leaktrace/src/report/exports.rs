@@ -7,17 +7,18 @@
 //! - `allocations.pb.gz`: sampled allocations by stack, a pprof profile (the runtime's heap
 //!   profile with alloc and in-use sample types, or the fallback sampler's allocations).
 //!
-//! Every file is created with mode 0644 and never through a symlink planted in the directory.
+//! Every file is written under a temporary name (mode 0644, never through a symlink) and
+//! renamed into place, so that no reader and no abandoned report sees half a file.
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{BufWriter, Write as _},
+    fs::{self, OpenOptions},
+    io::Write as _,
     os::unix::fs::OpenOptionsExt,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
 use super::{
     histograms::Histograms,
@@ -25,19 +26,57 @@ use super::{
     leaks::{self, Report},
     pprof,
 };
-use crate::target::pclntab::Frame;
+use crate::{signals::Interrupted, target::pclntab::Frame};
 
-/// Creates `dir/name` for writing, refusing to follow a symlink planted there.
-pub fn create_output(dir: &Path, name: &str) -> anyhow::Result<File> {
-    let path = dir.join(name);
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))
+/// Writes each file under a temporary name in `dir`, then renames them all into place, so
+/// that no reader, and no signal abandoning the report, leaves half a file under the final
+/// name. No symlink is ever followed: the temporary file is created with O_EXCL|O_NOFOLLOW,
+/// and a symlink planted at a final name is refused rather than replaced.
+pub fn write_outputs(
+    dir: &Path,
+    files: &[(&str, &[u8])],
+    abandoned: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let mut written: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for (name, bytes) in files {
+            let dest = dir.join(name);
+            if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
+                bail!("refusing to replace {}: it is a symlink", dest.display());
+            }
+            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            written.push((tmp.clone(), dest));
+            file.write_all(bytes)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        if abandoned() {
+            let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+            return Err(Interrupted::now(format!(
+                "again while finishing: {} not written to {}; all probes detached",
+                names.join(" and "),
+                dir.display()
+            ))
+            .into());
+        }
+        for (tmp, dest) in &written {
+            fs::rename(tmp, dest)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for (tmp, _) in &written {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+    result
 }
 
 /// The leaked goroutines by stack.
@@ -83,23 +122,18 @@ pub fn goroutine_profile(report: &Report) -> pprof::Profile {
     }
 }
 
-/// Writes every export to `dir` and says which.
+/// Writes every export to `dir` and says which; nothing is renamed into place once
+/// `abandoned` says a second signal asked to stop.
 pub fn write_all(
     dir: &Path,
     report: &Report,
     hist: &Histograms,
     allocations: Option<&pprof::Profile>,
+    abandoned: impl Fn() -> bool,
 ) -> anyhow::Result<()> {
-    let mut written = vec![
-        "report.txt",
-        "report.json",
-        "histograms.hlog",
-        "goroutines.pb.gz",
-    ];
-    create_output(dir, "report.txt")?.write_all(leaks::text(report).as_bytes())?;
+    let text = leaks::text(report);
     let mut json = serde_json::to_string_pretty(report)?;
     json.push('\n');
-    create_output(dir, "report.json")?.write_all(json.as_bytes())?;
 
     let start = SystemTime::now() - Duration::from_secs_f64(report.observed_seconds);
     let histograms: Vec<_> = hist.intervals().iter().map(|i| i.histogram()).collect();
@@ -114,19 +148,24 @@ pub fn write_all(
             histogram: h,
         })
         .collect();
-    let mut out = BufWriter::new(create_output(dir, "histograms.hlog")?);
-    hlog::write_hlog(&mut out, start, &intervals).context("writing histograms.hlog")?;
-    out.flush()?;
+    let mut hlog_bytes = Vec::new();
+    hlog::write_hlog(&mut hlog_bytes, start, &intervals).context("writing histograms.hlog")?;
+    let goroutines = pprof::encode(&goroutine_profile(report));
+    let allocations = allocations.map(pprof::encode);
 
-    create_output(dir, "goroutines.pb.gz")?
-        .write_all(&pprof::encode(&goroutine_profile(report)))?;
-    if let Some(p) = allocations {
-        create_output(dir, "allocations.pb.gz")?.write_all(&pprof::encode(p))?;
-        written.push("allocations.pb.gz");
+    let mut files: Vec<(&str, &[u8])> = vec![
+        ("report.txt", text.as_bytes()),
+        ("report.json", json.as_bytes()),
+        ("histograms.hlog", &hlog_bytes),
+        ("goroutines.pb.gz", &goroutines),
+    ];
+    if let Some(a) = &allocations {
+        files.push(("allocations.pb.gz", a));
     }
+    write_outputs(dir, &files, abandoned)?;
     eprintln!(
         "leaktrace: wrote {} in {}",
-        written.join(", "),
+        files.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
         dir.display()
     );
     Ok(())

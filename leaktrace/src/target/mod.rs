@@ -47,7 +47,13 @@ impl Target {
         let v = binary.version();
         let layout = layout::for_binary(binary.data(), v.major, v.minor)
             .map_err(|e| anyhow!("PID {pid} ({}): {e}", process.exe_name()))?;
-        let load_bias = process.load_bias(first_load_vaddr(binary.data())?)?;
+        // A non-PIE binary is mapped at its link-time addresses; only a PIE one must be
+        // found in the process's maps (which a spawned command that already ended no longer has).
+        let load_bias = if binary.is_pie() {
+            process.load_bias(first_load_vaddr(binary.data())?)?
+        } else {
+            0
+        };
         let globals = globals::locate(&binary);
         Ok(Self {
             process,

@@ -41,6 +41,17 @@ pub struct Process {
 
 impl Process {
     pub fn open(pid: u32) -> Result<Self, ProcessError> {
+        Self::open_running(pid, None)
+    }
+
+    /// A child leaktrace spawned with `program`, which may already have run to its end (a
+    /// zombie, not yet reaped, has no /proc/PID/exe): its binary is identified by the file.
+    pub fn open_spawned(pid: u32, program: &std::path::Path) -> Result<Self, ProcessError> {
+        let meta = fs::metadata(program).map_err(|source| ProcessError::Io { pid, source })?;
+        Self::open_running(pid, Some(meta))
+    }
+
+    fn open_running(pid: u32, exe_meta: Option<fs::Metadata>) -> Result<Self, ProcessError> {
         if pid == 0 || pid > i32::MAX as u32 {
             return Err(ProcessError::NoSuchProcess(pid));
         }
@@ -56,12 +67,18 @@ impl Process {
         }
         // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let exe = format!("/proc/{pid}/exe");
-        let meta = fs::metadata(&exe).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => ProcessError::NoExecutable { pid },
-            Some(libc::EPERM) | Some(libc::EACCES) => ProcessError::Access { pid, source: e },
-            _ => ProcessError::Io { pid, source: e },
-        })?;
+        let meta = match exe_meta {
+            Some(m) => m,
+            None => {
+                fs::metadata(format!("/proc/{pid}/exe")).map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOENT) => ProcessError::NoExecutable { pid },
+                    Some(libc::EPERM) | Some(libc::EACCES) => {
+                        ProcessError::Access { pid, source: e }
+                    }
+                    _ => ProcessError::Io { pid, source: e },
+                })?
+            }
+        };
         Ok(Self {
             pid,
             pidfd,

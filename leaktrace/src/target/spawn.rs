@@ -20,6 +20,20 @@ pub struct Held {
     pub pid: u32,
     pub program: PathBuf,
     release: OwnedFd,
+    /// Closed by a successful exec (close-on-exec); the child writes its errno there when
+    /// exec fails.
+    exec_status: OwnedFd,
+}
+
+/// A pipe whose two ends close on exec.
+fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error()).context("pipe2");
+    }
+    // SAFETY: both descriptors are fresh and owned here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Finds `cmd` as the shell would: as given when it contains a '/', else on PATH.
@@ -51,16 +65,10 @@ pub fn hold(argv: &[OsString]) -> anyhow::Result<Held> {
     let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
     c_argv.push(std::ptr::null());
 
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills the two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error()).context("pipe2");
-    }
-    // SAFETY: both descriptors are fresh and owned here.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the child only calls async-signal-safe functions (close, read, execv, _exit)
-    // on memory prepared before the fork.
+    let (read_end, write_end) = pipe()?;
+    let (status_read, status_write) = pipe()?;
+    // SAFETY: the child only calls async-signal-safe functions (close, read, execv, write,
+    // _exit) on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error()).context("fork");
@@ -68,6 +76,7 @@ pub fn hold(argv: &[OsString]) -> anyhow::Result<Held> {
     if pid == 0 {
         unsafe {
             libc::close(write_end.as_raw_fd());
+            libc::close(status_read.as_raw_fd());
             let mut b = 0u8;
             loop {
                 let n = libc::read(read_end.as_raw_fd(), (&raw mut b).cast(), 1);
@@ -79,40 +88,64 @@ pub fn hold(argv: &[OsString]) -> anyhow::Result<Held> {
                 }
             }
             libc::execv(c_program.as_ptr(), c_argv.as_ptr());
+            let errno = *libc::__errno_location();
+            libc::write(
+                status_write.as_raw_fd(),
+                (&raw const errno).cast(),
+                size_of::<i32>(),
+            );
             libc::_exit(127);
         }
     }
     drop(read_end);
+    drop(status_write);
     Ok(Held {
         pid: pid as u32,
         program,
         release: write_end,
+        exec_status: status_read,
     })
 }
 
 impl Held {
-    /// Lets the child exec the command, and waits until it runs the command's binary.
+    /// Lets the child exec the command, and waits until it runs the command's binary: the
+    /// status pipe closes on a successful exec, however soon the command then exits.
     pub fn release(self) -> anyhow::Result<()> {
         let b = [1u8];
         // SAFETY: writing one byte from a local buffer to our pipe.
         if unsafe { libc::write(self.release.as_raw_fd(), b.as_ptr().cast(), 1) } != 1 {
             return Err(io::Error::last_os_error()).context("releasing the spawned command");
         }
-        use std::os::unix::fs::MetadataExt;
-        let want = std::fs::metadata(&self.program)?.ino();
-        let exe = format!("/proc/{}/exe", self.pid);
-        for _ in 0..10_000 {
-            match std::fs::metadata(&exe) {
-                Ok(m) if m.ino() == want => return Ok(()),
-                Ok(_) => {}
-                Err(_) => bail!(
-                    "{} exited before it could run (exec failed?)",
-                    self.program.display()
-                ),
+        let mut errno = [0u8; size_of::<i32>()];
+        let mut got = 0;
+        while got < errno.len() {
+            // SAFETY: reading into the unfilled rest of a local buffer from our pipe.
+            let n = unsafe {
+                libc::read(
+                    self.exec_status.as_raw_fd(),
+                    errno[got..].as_mut_ptr().cast(),
+                    errno.len() - got,
+                )
+            };
+            match n {
+                0 => break,
+                n if n > 0 => got += n as usize,
+                _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                _ => {
+                    return Err(io::Error::last_os_error())
+                        .context("waiting for the spawned command to start");
+                }
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        bail!("{} did not start within 10 s", self.program.display())
+        match got {
+            0 => Ok(()),
+            4 => bail!(
+                "cannot run {}: {}",
+                self.program.display(),
+                io::Error::from_raw_os_error(i32::from_ne_bytes(errno))
+            ),
+            _ => bail!("{} exited before it could run", self.program.display()),
+        }
     }
 }
 

@@ -64,6 +64,19 @@ pub fn go_binary(version: &str) -> PathBuf {
 /// Builds `testdata/go/<name>` with Go `version` and extra `go build` flags; cached under
 /// the project's cache by a hash of the sources, the version and the flags.
 pub fn build_fixture(name: &str, version: &str, flags: &[&str]) -> PathBuf {
+    build_fixture_with(name, version, &go_binary(version), flags, &[])
+}
+
+/// [`build_fixture`] with any `go` command (`label` names it in the cache) and extra
+/// environment for it, such as `GOARCH=arm64` or `CGO_ENABLED=1`.
+pub fn build_fixture_with(
+    name: &str,
+    label: &str,
+    go: &Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> PathBuf {
+    let version = label;
     let src = repo_root().join("testdata/go").join(name);
     let mut files: Vec<PathBuf> = fs::read_dir(&src)
         .unwrap_or_else(|e| panic!("fixture {}: {e}", src.display()))
@@ -76,6 +89,9 @@ pub fn build_fixture(name: &str, version: &str, flags: &[&str]) -> PathBuf {
     for f in flags {
         h.update(b"\0flag\0");
         h.update(f.as_bytes());
+    }
+    for (k, v) in env {
+        h.update(format!("\0env\0{k}={v}").as_bytes());
     }
     for f in &files {
         h.update(f.file_name().unwrap().as_encoded_bytes());
@@ -101,7 +117,7 @@ pub fn build_fixture(name: &str, version: &str, flags: &[&str]) -> PathBuf {
     tmp_name.write_u64(Instant::now().elapsed().as_nanos() as u64 ^ thread_id());
     let tmp = dir.join(format!(".{name}.{:x}", tmp_name.finish()));
     let cache = cache_dir();
-    let output = Command::new(go_binary(version))
+    let output = Command::new(go)
         .arg("build")
         .args(flags)
         .arg("-o")
@@ -115,6 +131,7 @@ pub fn build_fixture(name: &str, version: &str, flags: &[&str]) -> PathBuf {
         .env("CGO_ENABLED", "0")
         .env("GOCACHE", cache.join("gocache"))
         .env("GOPATH", cache.join("gopath"))
+        .envs(env.iter().copied())
         .output()
         .expect("running go build");
     assert!(
@@ -365,4 +382,44 @@ pub fn line_of_in(fixture: &str, text: &str) -> u32 {
         "exactly one line of {fixture}/main.go should contain {text:?}"
     );
     hits[0] as u32
+}
+
+/// The ids of the BPF programs a process holds open, from its fdinfo.
+pub fn programs_held_by(pid: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.unwrap().path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Which of `ids` are still loaded in the kernel.
+pub fn still_loaded(ids: &[u32]) -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .filter(|id| ids.contains(id))
+        .collect()
+}
+
+impl Tracer {
+    /// Starts leaktrace with `args` (a subcommand and options), without waiting for anything.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(leaktrace_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leaktrace");
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        Self { child, stderr }
+    }
 }

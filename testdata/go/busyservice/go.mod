@@ -1,0 +1,3 @@
+module fixture/busyservice
+
+go 1.21

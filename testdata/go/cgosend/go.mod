@@ -1,0 +1,3 @@
+module fixture/cgosend
+
+go 1.21

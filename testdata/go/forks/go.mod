@@ -1,0 +1,3 @@
+module fixture/forks
+
+go 1.21
