@@ -241,7 +241,16 @@ fn signals_while_running_and_while_finishing_the_report() {
         serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(r["stopped"], "SIGTERM received");
     assert!(fs::read_to_string(dir.join("report.txt")).is_ok());
-    assert_eq!(files_in(&dir), vec!["report.json", "report.txt"]);
+    assert_eq!(
+        files_in(&dir),
+        vec![
+            "allocations.pb.gz",
+            "goroutines.pb.gz",
+            "histograms.hlog",
+            "report.json",
+            "report.txt"
+        ]
+    );
     assert_eq!(still_loaded(&programs), Vec::<u32>::new());
 
     // Finishing: a second signal while leaktrace detaches, takes its last snapshot and
