@@ -26,7 +26,7 @@ use crate::{
     collector,
     detect::{Allocated, DetectOptions, Observed, Touch, Tracker},
     model::{Applied, Model},
-    probes::{HIT_COST, Probe, Probes, over_budget},
+    probes::{Probe, Probes, calibrate, over_budget},
     report::{
         leaks::{self, MemoryPoint, ProbeSummary, Report},
         live,
@@ -146,6 +146,7 @@ fn fitting(
     target: &Target,
     wanted: &[Probe],
     budget: f64,
+    hit_cost: Duration,
     skipped: &mut Vec<String>,
 ) -> Vec<Probe> {
     let heap_before = census::memory::read(target)
@@ -181,7 +182,7 @@ fn fitting(
             (p, r)
         })
         .collect();
-    let drop = over_budget(&per_probe, wanted, budget);
+    let drop = over_budget(&per_probe, wanted, budget, hit_cost);
     if !drop.is_empty() {
         let msg = format!(
             "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, not placed",
@@ -257,6 +258,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     if let Some(dir) = &opts.output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let hit_cost = calibrate::hit_cost();
     let start = Instant::now();
     // bpf_ktime_get_ns is CLOCK_MONOTONIC: records are placed in trace time with it.
     let start_mono_ns = census::goroutines::monotonic_ns() as u64;
@@ -274,7 +276,13 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 Ok(gs) => tracker.observe(start.elapsed(), gs),
                 Err(e) => snapshot_error = Some(e),
             }
-            let wanted = fitting(&target, &opts.probes, opts.max_overhead, &mut skipped);
+            let wanted = fitting(
+                &target,
+                &opts.probes,
+                opts.max_overhead,
+                hit_cost,
+                &mut skipped,
+            );
             place(
                 &mut probes,
                 &target.binary,
@@ -328,7 +336,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         .map(|p| p.function())
         .collect::<Vec<_>>();
     eprintln!(
-        "leaktrace: attached to PID {pid} ({}, {}): {}; snapshot every {:.1} s; Ctrl-C to stop",
+        "leaktrace: attached to PID {pid} ({}, {}): {} (a hit costs {:.1} us here); snapshot every {:.1} s; Ctrl-C to stop",
         target.process.exe_name(),
         target.binary.build().version_string,
         if probe_list.is_empty() {
@@ -336,6 +344,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         } else {
             format!("probes on {}", probe_list.join(", "))
         },
+        hit_cost.as_secs_f64() * 1e6,
         opts.snapshot_interval.as_secs_f64()
     );
 
@@ -443,13 +452,13 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     .map(|p| (p, (counts.hits(p) - last_counts.hits(p)) as f64 / secs))
                     .collect();
                 let attached = probes.attached();
-                let shed_now = over_budget(&rates, &attached, opts.max_overhead);
+                let shed_now = over_budget(&rates, &attached, opts.max_overhead, hit_cost);
                 if !shed_now.is_empty() {
                     let total: f64 = attached.iter().map(|p| rates[p]).sum();
                     let msg = format!(
                         "the probes fired {:.0} times/s, an estimated {:.1}% of a CPU, over --max-overhead {:.1}%: detached {}",
                         total,
-                        total * HIT_COST.as_secs_f64() * 100.0,
+                        total * hit_cost.as_secs_f64() * 100.0,
                         opts.max_overhead * 100.0,
                         shed_now.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
                     );
@@ -627,6 +636,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             hits,
             lost_records: counts.lost,
             shed,
+            hit_cost_us: hit_cost.as_secs_f64() * 1e6,
         },
         allocations: alloc_probed.then_some(Allocated {
             count: counts.hits(Probe::Alloc),
