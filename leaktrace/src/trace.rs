@@ -445,8 +445,8 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 guard.clear_ready();
             }
             _ = budget.tick() => {
-                let counts = probes.counts()?;
-                let secs = last_tick.elapsed().as_secs_f64().max(1e-3);
+                let (counts, now) = (probes.counts()?, Instant::now());
+                let secs = now.duration_since(last_tick).as_secs_f64().max(1e-3);
                 let rates: HashMap<Probe, f64> = Probe::ALL
                     .into_iter()
                     .map(|p| (p, (counts.hits(p) - last_counts.hits(p)) as f64 / secs))
@@ -478,7 +478,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
                     shed.push(msg);
                 }
-                last_tick = Instant::now();
+                last_tick = now; // when `counts` were read: hits during a detach count
                 last_counts = counts;
             }
             _ = tick.tick() => {
