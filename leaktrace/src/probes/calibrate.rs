@@ -1,12 +1,13 @@
 //! What one uprobe hit costs on this machine, measured at start-up.
 //!
 //! The overhead budget multiplies probe hits by the cost of one hit, and that cost varies
-//! twenty-fold between machines (about 5 us on a 2-vCPU VM with kernel 6.18, 0.3-0.9 us on
-//! bare metal). So leaktrace places its own `site` program (a hit, a few reads, one
-//! ring-buffer record: what a park or wake probe does) on a function of its own binary,
-//! calls that function a few thousand times with and without the probe, and takes the
-//! difference per call. It takes about 20-40 ms; the probe is removed on a thread, so
-//! that the kernel's grace period on removal does not delay the trace.
+//! twenty-fold between machines (5-10 us on this project's 2-vCPU VMs with kernel 6.18,
+//! 0.3-0.9 us on bare metal). So leaktrace places its own `site` program (a trap, a few
+//! reads, one ring-buffer record: what a park or wake probe does) on a function of its own
+//! binary whose first instruction, like a Go function's stack check, is single-stepped out
+//! of line, calls it a thousand times with and without the probe, timing each call, and
+//! takes the difference of the median calls. It takes 20-60 ms; the probe is removed on a
+//! thread, so that the kernel's grace period on removal does not delay the trace.
 
 use std::{
     hint::black_box,
@@ -33,9 +34,10 @@ pub const FALLBACK_HIT_COST: Duration = Duration::from_micros(5);
 /// A measured figure outside this range is taken as noise and clamped.
 const PLAUSIBLE: (Duration, Duration) = (Duration::from_nanos(500), Duration::from_micros(50));
 
-/// Calls per round, and rounds; the median round counts.
-const CALLS: u32 = 200;
-const ROUNDS: usize = 5;
+/// Calls timed, each on its own. The median call counts: a call during which leaktrace was
+/// preempted (the target may be using every CPU) measures the scheduler, not the probe,
+/// and at most a few calls in a thousand are.
+const CALLS: usize = 1000;
 
 /// The function the calibration probe is placed on: exported under a fixed name, never
 /// inlined, so that every call is a call to this one instruction address.
@@ -67,21 +69,20 @@ pub fn hit_cost() -> Duration {
     }
 }
 
-/// Nanoseconds per call of the target function, median of `rounds` rounds.
-fn per_call_ns(rounds: usize) -> f64 {
-    let mut rounds: Vec<f64> = (0..rounds)
+/// Nanoseconds per call of the target function, the median of `calls` calls (each timed
+/// with the vDSO clock, which the bare and the probed figures both include).
+fn per_call_ns(calls: usize) -> f64 {
+    let mut x = 1u64;
+    let mut each: Vec<f64> = (0..calls)
         .map(|_| {
             let t = Instant::now();
-            let mut x = 1u64;
-            for _ in 0..CALLS {
-                x = leaktrace_calibration_target(x);
-            }
-            black_box(x);
-            t.elapsed().as_nanos() as f64 / f64::from(CALLS)
+            x = leaktrace_calibration_target(x);
+            t.elapsed().as_nanos() as f64
         })
         .collect();
-    rounds.sort_by(f64::total_cmp);
-    rounds[rounds.len() / 2]
+    black_box(x);
+    each.sort_by(f64::total_cmp);
+    each[each.len() / 2]
 }
 
 /// The calibration target's file and offset in it, from where our own mapping of it is.
@@ -116,7 +117,7 @@ fn own_location() -> anyhow::Result<(PathBuf, u64)> {
 fn measure() -> anyhow::Result<Duration> {
     let started = Instant::now();
     black_box(leaktrace_calibration_target(0));
-    let bare = per_call_ns(ROUNDS);
+    let bare = per_call_ns(CALLS);
     let (path, offset) = own_location()?;
     let pid = std::process::id();
     let mut ebpf = EbpfLoader::new()
@@ -149,8 +150,8 @@ fn measure() -> anyhow::Result<Duration> {
     // The first hits set up the probe's out-of-line slot and wake an idle vCPU up: a round
     // to warm up, not counted.
     let attached = started.elapsed();
-    per_call_ns(1);
-    let probed = per_call_ns(ROUNDS);
+    per_call_ns(CALLS / 10);
+    let probed = per_call_ns(CALLS);
     // Removing the uprobe waits for a kernel grace period; nothing here needs to wait.
     std::thread::spawn(move || drop(ebpf));
     log::debug!(
