@@ -446,7 +446,10 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             }
             _ = budget.tick() => {
                 let (counts, now) = (probes.counts()?, Instant::now());
-                let secs = now.duration_since(last_tick).as_secs_f64().max(1e-3);
+                let secs = now.duration_since(last_tick).as_secs_f64();
+                if secs < 0.1 {
+                    continue; // a tick caught up after a long snapshot: too short to judge
+                }
                 let rates: HashMap<Probe, f64> = Probe::ALL
                     .into_iter()
                     .map(|p| (p, (counts.hits(p) - last_counts.hits(p)) as f64 / secs))
