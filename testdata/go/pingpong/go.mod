@@ -1,0 +1,3 @@
+module fixture/pingpong
+
+go 1.21
