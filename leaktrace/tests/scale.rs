@@ -48,6 +48,10 @@ fn a_hundred_thousand_parked_and_a_million_churned() {
     let _ = fs::remove_dir_all(&dir);
     // The whole budget, so that the create and exit probes see the churn where the
     // machine allows (40,000 goroutines/s x 2 hits fit at up to 12 us a hit).
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped by wait4, which gives its peak RSS"
+    )]
     let lt = Command::new(leaktrace_bin())
         .args(["record", "-p", &fx.pid().to_string(), "-d", "30s"])
         .args(["--min-age", "3s", "--max-overhead", "100", "-o"])
