@@ -998,7 +998,7 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Benchmarks\n\nWritten by `cargo xtask bench` (`./x bench`): every figure from one run, traced and untraced side by side, the modes alternating within each repetition. Ratios are traced/untraced of the same repetition: median (min-max).\n"
+        "# Benchmarks\n\nWritten by `cargo xtask bench` (`./x bench`): every figure from one run, traced and untraced side by side, the modes rotating within each repetition. Ratios are traced/untraced of the same repetition: median (min-max).\n"
     );
     let _ = writeln!(
         md,
@@ -1012,7 +1012,7 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
     }
     let _ = writeln!(
         md,
-        "Modes: **default** = `leaktrace record -p PID` with default settings (`--max-overhead 1`); **snapshots only** = `--probes none` (leaktrace's own work: start-up, goroutine snapshots); **exact alloc** = `{}` (the stand-in for exact allocation tracing until `--alloc exact` exists: it is still subject to the budget).\n",
+        "Modes: **default** = `leaktrace record -p PID` with default settings (`--max-overhead 1`); **snapshots only** = `--probes none` (leaktrace's own work: start-up, goroutine snapshots); **exact alloc** = `{}` (a stand-in for exact allocation tracing, `--alloc exact`: unlike it, subject to the budget, which it raises for every probe).\n",
         mode_args(Mode::Exact).join(" ")
     );
     let _ = writeln!(md, "## Goals (default settings)\n");
