@@ -65,7 +65,7 @@ fn traced(fixture: &str, args: &[&str], spawn: bool, extra: &[&str]) -> Value {
 
 #[test]
 fn a_probe_hit_is_measured_at_start_up() {
-    let bin = build_fixture("pingpong", &newest(), &[]);
+    let bin = build_fixture("parkrate", &newest(), &[]);
     let mut fx = Fixture::start(&bin, &["-pairs", "1", "-rate", "100"]);
     fx.stderr.wait_for("ready", Duration::from_secs(20));
     let pid = fx.pid().to_string();

@@ -10,7 +10,7 @@
 //!    measured window, as it would to a busy program in production. Ratios are traced over
 //!    untraced of the same repetition.
 //! 2. Collector throughput: goroutines ping-ponging at a controlled rate
-//!    (testdata/go/pingpong) traced with the park and wake probes and the budget at its
+//!    (testdata/go/parkrate) traced with the park and wake probes and the budget at its
 //!    maximum; records offered, received and lost at each rate.
 //! 3. Scale: 100,000 goroutines parked at once and 1,000,000 created and exiting over the
 //!    run (testdata/go/manyparked); leaktrace's peak RSS and whether the report is right.
@@ -655,7 +655,7 @@ struct Step {
 fn throughput_step(bin: &Path, leaktrace: &Path, asked: u64, seconds: u64) -> anyhow::Result<Step> {
     let fx = start_fixture(bin, &["-pairs", "8", "-rate", &asked.to_string()])?;
     std::thread::sleep(Duration::from_millis(500));
-    let dir = out_dir(&format!("pingpong-{asked}"));
+    let dir = out_dir(&format!("parkrate-{asked}"));
     let t0 = Instant::now();
     let lt = start_leaktrace(
         leaktrace,
@@ -683,7 +683,7 @@ fn throughput_step(bin: &Path, leaktrace: &Path, asked: u64, seconds: u64) -> an
 fn throughput_section(md: &mut String, steps: &[Step]) {
     let _ = writeln!(
         md,
-        "## Collector throughput\n\n8 pairs of goroutines exchange values over unbuffered channels (testdata/go/pingpong; each exchange parks two goroutines and wakes two), traced with `--probes park,wake --max-overhead 100` for a fixed window. Offered = records the probes emitted a second (their hits over the window), lost = records dropped because the ring buffer was full; the target never waits for leaktrace.\n"
+        "## Collector throughput\n\n8 pairs of goroutines exchange values over unbuffered channels (testdata/go/parkrate; each exchange parks two goroutines and wakes two), traced with `--probes park,wake --max-overhead 100` for a fixed window. Offered = records the probes emitted a second (their hits over the window), lost = records dropped because the ring buffer was full; the target never waits for leaktrace.\n"
     );
     let _ = writeln!(
         md,
@@ -927,7 +927,7 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
         "testdata/go/fanout",
         "testdata/go/pipeline",
         "testdata/go/allocloop",
-        "testdata/go/pingpong",
+        "testdata/go/parkrate",
         "testdata/go/manyparked",
     ] {
         let (bin, v) = go::build_newest(src, "bench")?;
@@ -975,7 +975,7 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
     println!("==> collector throughput");
     let mut steps = Vec::new();
     for asked in [2_500, 5_000, 10_000, 15_000, 20_000, 25_000, 0] {
-        let s = throughput_step(&bins["testdata/go/pingpong"], &leaktrace, asked, 3)?;
+        let s = throughput_step(&bins["testdata/go/parkrate"], &leaktrace, asked, 3)?;
         println!(
             "asked {asked} exchanges/s: achieved {:.0}, hits {:?}, lost {}",
             s.achieved, s.tracer.hits, s.tracer.lost

@@ -1,4 +1,4 @@
-// pingpong parks and wakes goroutines at a controlled rate, to measure how many probe
+// parkrate parks and wakes goroutines at a controlled rate, to measure how many probe
 // records a second leaktrace's collector takes: -pairs pairs of goroutines exchange a value
 // over two unbuffered channels, -rate exchanges a second in all (0: as fast as they can),
 // paced in batches every 10 ms. Each exchange parks two goroutines and wakes two (four

@@ -1,3 +1,0 @@
-module fixture/pingpong
-
-go 1.21
