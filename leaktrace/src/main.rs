@@ -58,9 +58,9 @@ struct TraceArgs {
     /// (runtime.casgstatus: wake-ups that bypass ready, such as netpoll's), alloc
     /// (runtime.mallocgc, or Go 1.27's size-specialized entries), sites (targeted
     /// probes at suspected leaks' blocking calls and go statements); or `default`
-    /// (park,wake,create,exit,sites), `all`, `none`. Each hit costs the target about 5 us on
-    /// a VM: probes whose estimated or measured cost exceeds --max-overhead are not placed or
-    /// are shed, the hottest first.
+    /// (park,wake,create,exit,sites), `all`, `none`. Each hit costs the target 5-10 us on a
+    /// VM (measured at start-up): probes whose estimated or measured cost exceeds
+    /// --max-overhead are not placed or are shed, the hottest first.
     #[arg(long, default_value = "default", value_parser = parse_probes)]
     probes: ProbeList,
     /// The most of one CPU the probes may cost the target, in percent.

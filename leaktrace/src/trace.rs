@@ -29,7 +29,7 @@ use crate::{
     collector,
     detect::{Allocated, DetectOptions, LeakGroup, Observed, Pinned, Touch, Tracker},
     model::{Applied, Model},
-    probes::{HIT_COST, Probe, Probes, Samples, over_budget},
+    probes::{Probe, Probes, Samples, calibrate, over_budget},
     report::{
         self, exports,
         histograms::{self, Histograms},
@@ -185,6 +185,7 @@ fn fitting(
     wanted: &[Probe],
     exempt: &[Probe],
     budget: f64,
+    hit_cost: Duration,
     skipped: &mut Vec<String>,
 ) -> Vec<Probe> {
     let heap_before = census::memory::read(target)
@@ -224,9 +225,9 @@ fn fitting(
         .collect();
     if exempt.contains(&Probe::Alloc) {
         eprintln!(
-            "leaktrace: --alloc exact probes every allocation: each costs the target about {:.1} us more (one probe hit; a small allocation alone takes about 30 ns); at the ~{allocs:.0} allocations/s it makes now, that is about {:.1}% of a CPU",
-            HIT_COST.as_secs_f64() * 1e6,
-            allocs * HIT_COST.as_secs_f64() * 100.0
+            "leaktrace: --alloc exact probes every allocation: each costs the target about {:.1} us more (one probe hit, measured here; a small allocation alone takes about 30 ns); at the ~{allocs:.0} allocations/s it makes now, that is about {:.1}% of a CPU",
+            hit_cost.as_secs_f64() * 1e6,
+            allocs * hit_cost.as_secs_f64() * 100.0
         );
     }
     let judged: Vec<Probe> = wanted
@@ -234,7 +235,7 @@ fn fitting(
         .copied()
         .filter(|p| !exempt.contains(p))
         .collect();
-    let drop = over_budget(&per_probe, &judged, budget);
+    let drop = over_budget(&per_probe, &judged, budget, hit_cost);
     if !drop.is_empty() {
         let msg = format!(
             "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, not placed",
@@ -367,6 +368,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     if let Some(dir) = &opts.output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let hit_cost = calibrate::hit_cost();
     let start = Instant::now();
     // bpf_ktime_get_ns is CLOCK_MONOTONIC: records are placed in trace time with it.
     let start_mono_ns = census::goroutines::monotonic_ns() as u64;
@@ -406,6 +408,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     &with(&opts.probes, &plan.probes),
                     &plan.exempt,
                     opts.max_overhead,
+                    hit_cost,
                     &mut skipped,
                 )
             } else {
@@ -436,8 +439,8 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             }
             if plan.exempt.contains(&Probe::Alloc) {
                 eprintln!(
-                    "leaktrace: --alloc exact probes every allocation: each costs the target about {:.1} us more (one probe hit; a small allocation alone takes about 30 ns)",
-                    HIT_COST.as_secs_f64() * 1e6
+                    "leaktrace: --alloc exact probes every allocation: each costs the target about {:.1} us more (one probe hit, measured here; a small allocation alone takes about 30 ns)",
+                    hit_cost.as_secs_f64() * 1e6
                 );
             }
             place(
@@ -518,7 +521,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         .map(|p| p.function())
         .collect::<Vec<_>>();
     eprintln!(
-        "leaktrace: attached to PID {pid} ({}, {}): {}; snapshot every {:.1} s; Ctrl-C to stop",
+        "leaktrace: attached to PID {pid} ({}, {}): {} (a hit costs {:.1} us here); snapshot every {:.1} s; Ctrl-C to stop",
         target.process.exe_name(),
         target.binary.build().version_string,
         if probe_list.is_empty() {
@@ -526,6 +529,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         } else {
             format!("probes on {}", probe_list.join(", "))
         },
+        hit_cost.as_secs_f64() * 1e6,
         opts.snapshot_interval.as_secs_f64()
     );
 
@@ -636,8 +640,11 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 guard.clear_ready();
             }
             _ = budget.tick() => {
-                let counts = probes.counts()?;
-                let secs = last_tick.elapsed().as_secs_f64().max(1e-3);
+                let (counts, now) = (probes.counts()?, Instant::now());
+                let secs = now.duration_since(last_tick).as_secs_f64();
+                if secs < 0.1 {
+                    continue; // a tick caught up after a long snapshot: too short to judge
+                }
                 let rates: HashMap<Probe, f64> = Probe::ALL
                     .into_iter()
                     .map(|p| (p, (counts.hits(p) - last_counts.hits(p)) as f64 / secs))
@@ -648,13 +655,13 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     .into_iter()
                     .filter(|p| !plan.exempt.contains(p))
                     .collect();
-                let shed_now = over_budget(&rates, &attached, opts.max_overhead);
+                let shed_now = over_budget(&rates, &attached, opts.max_overhead, hit_cost);
                 if !shed_now.is_empty() {
                     let total: f64 = attached.iter().map(|p| rates[p]).sum();
                     let msg = format!(
                         "the probes fired {:.0} times/s, an estimated {:.1}% of a CPU, over --max-overhead {:.1}%: detached {}",
                         total,
-                        total * HIT_COST.as_secs_f64() * 100.0,
+                        total * hit_cost.as_secs_f64() * 100.0,
                         opts.max_overhead * 100.0,
                         shed_now.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
                     );
@@ -674,7 +681,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
                     shed.push(msg);
                 }
-                last_tick = Instant::now();
+                last_tick = now; // when `counts` were read: hits during a detach count
                 last_counts = counts;
             }
             _ = tick.tick() => {
@@ -922,6 +929,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             hits,
             lost_records: counts.lost,
             shed,
+            hit_cost_us: hit_cost.as_secs_f64() * 1e6,
         },
         allocations: alloc_probed.then_some(Allocated {
             count: counts.hits(Probe::Alloc),

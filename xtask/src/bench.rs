@@ -1,58 +1,342 @@
-//! `cargo xtask bench`: what leaktrace costs a busy Go service, measured side by side in one
-//! run. A fan-out HTTP service (testdata/go/fanout) is put under closed-loop load by wrk on
-//! 127.0.0.1, alternately untraced and traced by `leaktrace record` with default settings;
-//! each traced run must also find the service's leak. Prints throughput and p99 ratios
-//! (traced/untraced) with their spread, leaktrace's own CPU time and peak RSS, and writes
-//! BENCHMARKS.md. Figures, not pass/fail: these machines are noisy.
+//! `cargo xtask bench`: what leaktrace costs Go programs, measured side by side in one run.
+//!
+//! 1. Overhead. Three workloads, each run untraced, traced with default settings, traced
+//!    with no probe (snapshots only: leaktrace's own work) and traced with exact allocation
+//!    tracing, in rotating order within each repetition: the
+//!    fan-out HTTP service (testdata/go/fanout) under closed-loop load from wrk on 127.0.0.1
+//!    (req/s, p99), a channel-heavy worker pipeline (testdata/go/pipeline, items/s: nearly
+//!    every hand-off parks one goroutine and wakes another) and an allocation loop
+//!    (testdata/go/allocloop, allocations/s). leaktrace attaches half a second into each
+//!    measured window, as it would to a busy program in production. Ratios are traced over
+//!    untraced of the same repetition.
+//! 2. Collector throughput: goroutines ping-ponging at a controlled rate
+//!    (testdata/go/parkrate) traced with the park and wake probes and the budget at its
+//!    maximum; records offered, received and lost at each rate.
+//! 3. Scale: 100,000 goroutines parked at once and 1,000,000 created and exiting over the
+//!    run (testdata/go/manyparked); leaktrace's peak RSS and whether the report is right.
+//!
+//! Prints everything and writes BENCHMARKS.md. Figures, not pass/fail: machines are noisy.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     fs,
     io::{BufRead, BufReader},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
 
 use crate::go;
 
-/// The goals the overhead issue sets for default settings.
-const GOAL_THROUGHPUT: f64 = 0.98;
+/// How leaktrace is run in each mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Untraced,
+    Default,
+    /// Goroutine snapshots and no probe: what leaktrace's own work costs a busy machine,
+    /// apart from the probes.
+    Snapshots,
+    Exact,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::Untraced, Mode::Default, Mode::Snapshots, Mode::Exact];
+    const TRACED: [Mode; 3] = [Mode::Default, Mode::Snapshots, Mode::Exact];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Default => "default",
+            Mode::Snapshots => "snapshots only",
+            Mode::Exact => "exact alloc",
+        }
+    }
+}
+
+/// leaktrace's options in each traced mode. Exact allocation tracing probes every allocation
+/// entry and is exempt from the budget; its cost is what the benchmark reports.
+fn mode_args(mode: Mode) -> &'static [&'static str] {
+    match mode {
+        Mode::Untraced | Mode::Default => &[],
+        Mode::Snapshots => &["--probes", "none", "--alloc", "off"],
+        Mode::Exact => &["--alloc", "exact"],
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Http,
+    Pipeline,
+    AllocLoop,
+}
+
+impl Workload {
+    const ALL: [Workload; 3] = [Workload::Http, Workload::Pipeline, Workload::AllocLoop];
+
+    fn fixture(self) -> &'static str {
+        match self {
+            Workload::Http => "testdata/go/fanout",
+            Workload::Pipeline => "testdata/go/pipeline",
+            Workload::AllocLoop => "testdata/go/allocloop",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Workload::Http => {
+                "Fan-out HTTP service (testdata/go/fanout), `wrk -t1 -c32` on 127.0.0.1"
+            }
+            Workload::Pipeline => {
+                "Channel pipeline (testdata/go/pipeline): source, 2 stages x 4 workers, sink, unbuffered channels"
+            }
+            Workload::AllocLoop => {
+                "Allocation loop (testdata/go/allocloop): 2 goroutines allocating 32-byte objects"
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Http => "HTTP service",
+            Workload::Pipeline => "pipeline",
+            Workload::AllocLoop => "alloc loop",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Workload::Http => "req/s",
+            Workload::Pipeline => "items/s",
+            Workload::AllocLoop => "allocs/s",
+        }
+    }
+
+    /// The issue's goal for default settings: the least throughput ratio.
+    fn goal(self) -> f64 {
+        match self {
+            Workload::Http => 0.98,
+            Workload::Pipeline => 0.95,
+            Workload::AllocLoop => 0.97,
+        }
+    }
+}
+
+/// The goal for the HTTP service's p99 latency under default settings: the most ratio.
 const GOAL_P99: f64 = 1.05;
 
-struct Run {
-    rps: f64,
-    p99_ms: f64,
+/// One measured window of a workload.
+struct Sample {
+    rate: f64,
+    p99_ms: Option<f64>,
+    tracer: Option<Tracer>,
 }
 
-struct Traced {
-    run: Run,
-    leak_found: bool,
+/// What leaktrace did and cost in one traced run.
+struct Tracer {
     cpu_seconds: f64,
     peak_rss_kib: u64,
+    observed_seconds: f64,
+    attached: Vec<String>,
+    hits: BTreeMap<String, u64>,
+    lost: u64,
     shed: Vec<String>,
-    hits: String,
+    hit_cost_us: f64,
+    report: serde_json::Value,
 }
 
-fn start_service(bin: &std::path::Path) -> anyhow::Result<(Child, String)> {
+impl Tracer {
+    fn hits_per_second(&self) -> f64 {
+        self.hits.values().sum::<u64>() as f64 / self.observed_seconds.max(1e-3)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running things
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn interrupt(child: &Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(child.id() as i32, 2) };
+}
+
+/// CPU seconds (user + system) and peak RSS (KiB) of a live process, from /proc.
+fn proc_cpu_and_rss(pid: u32) -> Option<(f64, u64)> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    let cpu = (rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?) / ticks;
+    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+    Some((cpu, rss))
+}
+
+/// A fresh output directory for one leaktrace run.
+fn out_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("leaktrace-bench-{}-{tag}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `leaktrace record -p PID ARGS -o DIR`, stderr kept in DIR/stderr.
+fn start_leaktrace(leaktrace: &Path, pid: u32, args: &[&str], dir: &Path) -> anyhow::Result<Child> {
+    fs::create_dir_all(dir)?;
+    Command::new(leaktrace)
+        .args(["record", "-p", &pid.to_string()])
+        .args(args)
+        .arg("-o")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.join("stderr"))?)
+        .spawn()
+        .context("starting leaktrace")
+}
+
+/// Follows leaktrace until it exits, interrupting it (Ctrl-C) at `stop_at` if given; its
+/// CPU time and peak RSS are the last read before it exited, and report.json is read.
+fn finish_leaktrace(mut lt: Child, stop_at: Option<Instant>, dir: &Path) -> anyhow::Result<Tracer> {
+    let (mut cpu, mut rss) = (0.0, 0);
+    let mut interrupted = false;
+    let status = loop {
+        if let Some(s) = lt.try_wait()? {
+            break s;
+        }
+        if let Some((c, r)) = proc_cpu_and_rss(lt.id()) {
+            (cpu, rss) = (c, r);
+        }
+        // Interrupted only once attached: before that, Ctrl-C would kill it.
+        if !interrupted
+            && stop_at.is_some_and(|t| Instant::now() >= t)
+            && fs::read_to_string(dir.join("stderr")).is_ok_and(|e| e.contains("attached to PID"))
+        {
+            interrupt(&lt);
+            interrupted = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if !status.success() {
+        bail!(
+            "leaktrace failed ({status}):\n{}",
+            fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+        );
+    }
+    let report: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.join("report.json")).context("reading report.json")?,
+    )?;
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let p = &report["probes"];
+    Ok(Tracer {
+        cpu_seconds: cpu,
+        peak_rss_kib: rss,
+        observed_seconds: report["observed_seconds"].as_f64().unwrap_or(0.0),
+        attached: strings(&p["attached"]),
+        hits: p["hits"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        lost: p["lost_records"].as_u64().unwrap_or(0),
+        shed: strings(&p["shed"]),
+        hit_cost_us: p["hit_cost_us"].as_f64().unwrap_or(0.0),
+        report,
+    })
+}
+
+/// Progress lines of a fixture ("NAME ELAPSED_NS COUNT" on stdout), with when each arrived.
+type Progress = Arc<Mutex<Vec<(Instant, u64, u64)>>>;
+
+/// A started fixture: the HTTP service's address, or the progress it prints.
+struct Running {
+    child: Child,
+    addr: String,
+    progress: Progress,
+    stderr: Option<std::io::Lines<BufReader<std::process::ChildStderr>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a fixture and waits for its first stderr line: "ready", or the HTTP service's
+/// "listening on ADDR".
+fn start_fixture(bin: &Path, args: &[&str]) -> anyhow::Result<Running> {
     let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting the fan-out service")?;
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .rsplit(' ')
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = stderr
         .next()
-        .ok_or_else(|| anyhow!("no address in {line:?}"))?
-        .to_string();
-    Ok((child, addr))
+        .ok_or_else(|| anyhow!("{} printed nothing", bin.display()))??;
+    let addr = first.trim().rsplit(' ').next().unwrap_or("").to_string();
+    let progress: Progress = Arc::default();
+    let stdout = child.stdout.take().unwrap();
+    let sink = progress.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let mut f = line.split_whitespace().skip(1);
+            if let (Some(Ok(ns)), Some(Ok(n))) =
+                (f.next().map(str::parse), f.next().map(str::parse))
+            {
+                sink.lock().unwrap().push((Instant::now(), ns, n));
+            }
+        }
+    });
+    Ok(Running {
+        child,
+        addr,
+        progress,
+        stderr: Some(stderr),
+    })
+}
+
+/// The fixture's rate over the progress lines that arrived between `from` and `to`, by its
+/// own clock.
+fn progress_rate(p: &Progress, from: Instant, to: Instant) -> anyhow::Result<f64> {
+    let v = p.lock().unwrap();
+    let inside: Vec<_> = v.iter().filter(|s| s.0 >= from && s.0 <= to).collect();
+    let (Some(a), Some(b)) = (inside.first(), inside.last()) else {
+        bail!("no progress lines in the window");
+    };
+    if b.1 <= a.1 {
+        bail!("fewer than two progress lines in the window");
+    }
+    Ok((b.2 - a.2) as f64 / ((b.1 - a.1) as f64 / 1e9))
 }
 
 /// Runs wrk against `addr` for `seconds`; requests/s and the p99 latency in ms.
-fn wrk(addr: &str, seconds: u64) -> anyhow::Result<Run> {
+fn wrk(addr: &str, seconds: u64) -> anyhow::Result<(f64, f64)> {
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -74,10 +358,7 @@ fn wrk(addr: &str, seconds: u64) -> anyhow::Result<Run> {
         .find_map(|l| l.trim().strip_prefix("99%"))
         .map(|v| v.trim().to_string())
         .ok_or_else(|| anyhow!("no 99% latency in wrk's output:\n{text}"))?;
-    Ok(Run {
-        rps,
-        p99_ms: parse_latency(&p99)?,
-    })
+    Ok((rps, parse_latency(&p99)?))
 }
 
 /// wrk prints latencies as `812.00us`, `1.52ms` or `2.01s`.
@@ -94,109 +375,508 @@ fn parse_latency(s: &str) -> anyhow::Result<f64> {
     Ok(num.parse::<f64>()? * scale)
 }
 
-fn proc_cpu_and_rss(pid: u32) -> (f64, u64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let cpu = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit(')').next()?.split_whitespace().collect::<Vec<_>>();
-            Some((rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?) / ticks)
-        })
-        .unwrap_or(0.0);
-    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0);
-    (cpu, rss)
-}
-
-/// leaktrace attaches to the service half a second into the load, as it would to a busy
-/// service in production; the measured window includes its start-up.
-fn traced_run(
-    leaktrace: &std::path::Path,
-    service: &std::path::Path,
+/// One measured window of `workload` in `mode`: warmed up for a second, then measured for
+/// `seconds`, leaktrace attaching half a second in.
+fn run(
+    workload: Workload,
+    bin: &Path,
+    mode: Mode,
+    leaktrace: &Path,
     seconds: u64,
-    rep: usize,
-) -> anyhow::Result<Traced> {
-    let (mut svc, addr) = start_service(service)?;
-    wrk(&addr, 1)?; // warm-up
-    let dir = std::env::temp_dir().join(format!("leaktrace-bench-{}-{rep}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    let load = {
-        let addr = addr.clone();
-        std::thread::spawn(move || wrk(&addr, seconds))
-    };
-    std::thread::sleep(Duration::from_millis(500));
-    let mut lt = Command::new(leaktrace)
-        .args([
-            "record",
-            "-p",
-            &svc.id().to_string(),
-            "-d",
-            "1h",
-            "--min-age",
-            "2s",
-            "-o",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let run = load.join().map_err(|_| anyhow!("wrk thread panicked"))??;
-    let (cpu_seconds, peak_rss_kib) = proc_cpu_and_rss(lt.id());
-    // SAFETY: signalling our own child.
-    unsafe { libc_kill(lt.id() as i32, 2) };
-    let status = lt.wait()?;
-    let _ = svc.kill();
-    let _ = svc.wait();
-    if !status.success() {
-        bail!("leaktrace failed: {status}");
+    tag: &str,
+) -> anyhow::Result<Sample> {
+    let fx = start_fixture(bin, &[])?;
+    if workload == Workload::Http {
+        wrk(&fx.addr, 1)?;
+    } else {
+        std::thread::sleep(Duration::from_secs(1));
     }
-    let report: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(dir.join("report.json"))?)?;
-    let leak_found = report["leaks"]
-        .as_array()
-        .is_some_and(|l| l.iter().any(|g| g["site"]["function"] == "main.backend"));
-    let shed = report["probes"]["shed"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Traced {
-        run,
-        leak_found,
-        cpu_seconds,
-        peak_rss_kib,
-        shed,
-        hits: report["probes"]["hits"].to_string(),
+    let t0 = Instant::now();
+    let window = Duration::from_secs(seconds);
+    let load = (workload == Workload::Http).then(|| {
+        let addr = fx.addr.clone();
+        std::thread::spawn(move || wrk(&addr, seconds))
+    });
+    let tracer = if mode == Mode::Untraced {
+        None
+    } else {
+        std::thread::sleep(Duration::from_millis(500));
+        let dir = out_dir(tag);
+        let args = [&["-d", "1h", "--min-age", "2s"][..], mode_args(mode)].concat();
+        Some((start_leaktrace(leaktrace, fx.child.id(), &args, &dir)?, dir))
+    };
+    let (rate, p99_ms) = match load {
+        Some(load) => {
+            let (rps, p99) = load.join().map_err(|_| anyhow!("wrk thread panicked"))??;
+            (rps, Some(p99))
+        }
+        None => {
+            std::thread::sleep(window.saturating_sub(t0.elapsed()));
+            (progress_rate(&fx.progress, t0, Instant::now())?, None)
+        }
+    };
+    let tracer = match tracer {
+        Some((lt, dir)) => Some(finish_leaktrace(lt, Some(Instant::now()), &dir)?),
+        None => None,
+    };
+    drop(fx);
+    Ok(Sample {
+        rate,
+        p99_ms,
+        tracer,
     })
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+// ---------------------------------------------------------------------------------------
+// Figures
+
+/// Median and range.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
 }
 
-fn untraced_run(service: &std::path::Path, seconds: u64) -> anyhow::Result<Run> {
-    let (mut svc, addr) = start_service(service)?;
-    wrk(&addr, 1)?;
-    let run = wrk(&addr, seconds)?;
-    let _ = svc.kill();
-    let _ = svc.wait();
-    Ok(run)
+impl Spread {
+    fn of(v: &[f64]) -> Option<Spread> {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        Some(Spread {
+            median: *v.get(v.len() / 2)?,
+            min: *v.first()?,
+            max: *v.last()?,
+        })
+    }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.3} ({:.3}-{:.3})", self.median, self.min, self.max)
+    }
 }
+
+fn holds(ok: bool) -> &'static str {
+    if ok { "holds" } else { "does not hold" }
+}
+
+/// Every repetition of one workload: a sample per mode.
+struct Results {
+    workload: Workload,
+    reps: Vec<BTreeMap<Mode, Sample>>,
+}
+
+impl Results {
+    fn ratios(&self, mode: Mode, p99: bool) -> Vec<f64> {
+        self.reps
+            .iter()
+            .filter_map(|r| {
+                let (u, t) = (r.get(&Mode::Untraced)?, r.get(&mode)?);
+                if p99 {
+                    Some(t.p99_ms? / u.p99_ms?)
+                } else {
+                    Some(t.rate / u.rate)
+                }
+            })
+            .collect()
+    }
+
+    fn tracers(&self, mode: Mode) -> impl Iterator<Item = &Tracer> {
+        self.reps
+            .iter()
+            .filter_map(move |r| r.get(&mode)?.tracer.as_ref())
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
+    let w = res.workload;
+    let _ = writeln!(md, "### {}\n", w.title());
+    let http = w == Workload::Http;
+    let _ = writeln!(
+        md,
+        "| rep | untraced {u} |{}{}",
+        Mode::TRACED
+            .iter()
+            .map(|m| format!(" {} {} | ratio |", m.name(), w.unit()))
+            .collect::<String>(),
+        if http {
+            " p99 ms: untraced / default / snapshots only / exact alloc |"
+        } else {
+            ""
+        },
+        u = w.unit()
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|{}{}",
+        "---|---|".repeat(Mode::TRACED.len()),
+        if http { "---|" } else { "" }
+    );
+    for (i, r) in res.reps.iter().enumerate() {
+        let u = &r[&Mode::Untraced];
+        let cell = |m: Mode| {
+            r.get(&m).map_or("-".to_string(), |s| {
+                format!("{:.0} | {:.3}", s.rate, s.rate / u.rate)
+            })
+        };
+        let p99 = if http {
+            format!(
+                " {} |",
+                Mode::ALL
+                    .iter()
+                    .map(|m| r
+                        .get(m)
+                        .and_then(|s| s.p99_ms)
+                        .map_or("-".into(), |p| format!("{p:.2}")))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            md,
+            "| {i} | {:.0} |{}{p99}",
+            u.rate,
+            Mode::TRACED
+                .iter()
+                .map(|m| format!(" {} |", cell(*m)))
+                .collect::<String>()
+        );
+    }
+    let _ = writeln!(md);
+    for mode in Mode::TRACED {
+        let Some(r) = Spread::of(&res.ratios(mode, false)) else {
+            continue;
+        };
+        let goal = if mode == Mode::Default {
+            format!("; goal >= {:.2}: {}", w.goal(), holds(r.median >= w.goal()))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(md, "- **{}**: throughput ratio {r}{goal}", mode.name());
+        if http && let Some(p) = Spread::of(&res.ratios(mode, true)) {
+            let goal = if mode == Mode::Default {
+                format!("; goal <= {GOAL_P99:.2}: {}", holds(p.median <= GOAL_P99))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(md, "  - p99 ratio {p}{goal}");
+        }
+        let ts: Vec<&Tracer> = res.tracers(mode).collect();
+        if ts.is_empty() {
+            continue;
+        }
+        let hits = Spread::of(&ts.iter().map(|t| t.hits_per_second()).collect::<Vec<_>>());
+        let cost = Spread::of(&ts.iter().map(|t| t.hit_cost_us).collect::<Vec<_>>());
+        let cpu = ts.iter().map(|t| t.cpu_seconds).fold(0.0, f64::max);
+        let rss = ts.iter().map(|t| t.peak_rss_kib).max().unwrap_or(0);
+        if let (Some(h), Some(c)) = (hits, cost) {
+            let _ = writeln!(
+                md,
+                "  - probe hits {:.0}/s (median of runs; {:.0}-{:.0}) at a measured {:.1} us per hit ({:.1}-{:.1}): an estimated {:.2}% of a CPU",
+                h.median,
+                h.min,
+                h.max,
+                c.median,
+                c.min,
+                c.max,
+                h.median * c.median * 1e-4
+            );
+        }
+        let _ = writeln!(
+            md,
+            "  - leaktrace itself: at most {cpu:.2} s of CPU per {seconds} s run ({:.1}% of a CPU), peak RSS {:.1} MiB",
+            cpu / seconds as f64 * 100.0,
+            mib(rss)
+        );
+        if mode == Mode::Exact
+            && ts
+                .iter()
+                .all(|t| t.hits.get("runtime.mallocgc").copied().unwrap_or(0) == 0)
+        {
+            let _ = writeln!(
+                md,
+                "  - **the alloc probe never fired: not placed or shed at once, so this is not a measure of exact allocation tracing**"
+            );
+        }
+        if let Some(t) = ts.first() {
+            let _ = writeln!(
+                md,
+                "  - first run: probes left at the end: {}; hits {}",
+                if t.attached.is_empty() {
+                    "none".to_string()
+                } else {
+                    t.attached.join(", ")
+                },
+                serde_json::to_string(&t.hits).unwrap_or_default()
+            );
+            for s in &t.shed {
+                let _ = writeln!(md, "  - budget: {s}");
+            }
+        }
+        if http {
+            let found = ts
+                .iter()
+                .filter(|t| {
+                    t.report["leaks"]
+                        .as_array()
+                        .is_some_and(|l| l.iter().any(|g| g["site"]["function"] == "main.backend"))
+                })
+                .count();
+            let _ = writeln!(
+                md,
+                "  - the leak group (main.backend, chan send) found in {found} of {} runs",
+                ts.len()
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
+// ---------------------------------------------------------------------------------------
+// Collector throughput
+
+struct Step {
+    asked: u64,
+    achieved: f64,
+    seconds: f64,
+    tracer: Tracer,
+}
+
+/// Goroutines ping-ponging at `asked` exchanges/s (0: as fast as they can), traced with the
+/// park and wake probes for `seconds` with the budget at its maximum.
+fn throughput_step(bin: &Path, leaktrace: &Path, asked: u64, seconds: u64) -> anyhow::Result<Step> {
+    let fx = start_fixture(bin, &["-pairs", "8", "-rate", &asked.to_string()])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = out_dir(&format!("parkrate-{asked}"));
+    let t0 = Instant::now();
+    let lt = start_leaktrace(
+        leaktrace,
+        fx.child.id(),
+        &[
+            "-d",
+            &format!("{seconds}s"),
+            "--probes",
+            "park,wake",
+            "--max-overhead",
+            "100",
+        ],
+        &dir,
+    )?;
+    let tracer = finish_leaktrace(lt, None, &dir)?;
+    let achieved = progress_rate(&fx.progress, t0, Instant::now()).unwrap_or(0.0);
+    Ok(Step {
+        asked,
+        achieved,
+        seconds: seconds as f64,
+        tracer,
+    })
+}
+
+fn throughput_section(md: &mut String, steps: &[Step]) {
+    let _ = writeln!(
+        md,
+        "## Collector throughput\n\n8 pairs of goroutines exchange values over unbuffered channels (testdata/go/parkrate; each exchange parks two goroutines and wakes two), traced with `--probes park,wake --max-overhead 100` for a fixed window. Offered = records the probes emitted a second (their hits over the window), lost = records dropped because the ring buffer was full; the target never waits for leaktrace.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| asked exchanges/s | achieved exchanges/s | offered records/s | received records/s | lost | lost % | probes shed |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let mut knee: Option<f64> = None;
+    let mut first_loss: Option<f64> = None;
+    for s in steps {
+        let hits: u64 = s.tracer.hits.values().sum();
+        let offered = hits as f64 / s.seconds;
+        let received = hits.saturating_sub(s.tracer.lost) as f64 / s.seconds;
+        let shed = !s.tracer.shed.is_empty();
+        if s.tracer.lost == 0 && !shed {
+            knee = Some(knee.map_or(offered, |k| k.max(offered)));
+        }
+        if s.tracer.lost > 0 && first_loss.is_none() {
+            first_loss = Some(offered);
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {} |",
+            if s.asked == 0 {
+                "unpaced".to_string()
+            } else {
+                s.asked.to_string()
+            },
+            s.achieved,
+            offered,
+            received,
+            s.tracer.lost,
+            s.tracer.lost as f64 * 100.0 / hits.max(1) as f64,
+            if shed {
+                // "the probes fired N times/s, an estimated ...: detached P": the rate
+                // that made the budget remove them, and which.
+                s.tracer
+                    .shed
+                    .iter()
+                    .map(|m| {
+                        let rate = m.split(',').next().unwrap_or(m);
+                        let what = m.rsplit(": ").next().unwrap_or(m);
+                        format!("{what} ({})", rate.trim_start_matches("the probes "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            } else {
+                "no".into()
+            }
+        );
+    }
+    let _ = writeln!(md);
+    match knee {
+        Some(k) => {
+            let _ = writeln!(
+                md,
+                "- Highest sustained rate with no record lost and no probe shed: {k:.0} records/s."
+            );
+        }
+        None => {
+            let _ = writeln!(md, "- Every step lost records or shed its probes.");
+        }
+    }
+    match first_loss {
+        Some(r) => {
+            let _ = writeln!(md, "- Records were first lost at {r:.0} records/s offered.");
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "- No record was lost at any step: beyond the last rate the budget (100% of a CPU at the measured cost per hit) removes the probes before the collector falls behind."
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
+// ---------------------------------------------------------------------------------------
+// Scale
+
+struct ScaleRun {
+    churn: u64,
+    churned: bool,
+    tracer: Tracer,
+}
+
+/// 100,000 goroutines blocked for good, each on its own channel, then `churn` goroutines
+/// created and exiting over the run; leaktrace attached after they are parked, its probes
+/// allowed the whole budget so that they see the churn.
+fn scale_run(bin: &Path, leaktrace: &Path, churn: u64, seconds: u64) -> anyhow::Result<ScaleRun> {
+    let churn_s = churn.to_string();
+    let mut fx = start_fixture(
+        bin,
+        &[
+            "-n",
+            "100000",
+            "-own-channel",
+            "-no-worker",
+            "-churn",
+            &churn_s,
+            "-churn-rate",
+            "40000",
+            "-churn-delay",
+            "3s",
+        ],
+    )?;
+    let dir = out_dir(&format!("scale-{churn}"));
+    let lt = start_leaktrace(
+        leaktrace,
+        fx.child.id(),
+        &[
+            "-d",
+            &format!("{seconds}s"),
+            "--min-age",
+            "3s",
+            "--max-overhead",
+            "100",
+        ],
+        &dir,
+    )?;
+    let tracer = finish_leaktrace(lt, None, &dir)?;
+    // "churned N" arrives on stderr once the churn is over; it is over before leaktrace
+    // stops unless the machine was too slow.
+    let stderr = fx.stderr.take().unwrap();
+    let _ = fx.child.kill();
+    let churned = churn == 0
+        || stderr
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("churned"));
+    Ok(ScaleRun {
+        churn,
+        churned,
+        tracer,
+    })
+}
+
+fn scale_section(md: &mut String, runs: &[ScaleRun]) {
+    let _ = writeln!(
+        md,
+        "## Scale\n\n100,000 goroutines each blocked sending on a channel of its own (testdata/go/manyparked -own-channel), leaktrace attached once they are parked (`--min-age 3s --max-overhead 100`, so that the create and exit probes see the churn), and short-lived goroutines created and exiting at 40,000/s from 3 s in.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| goroutines churned | churn done in the run | leak group (main.leak, chan send) | created / exited seen by probes | records lost | leaktrace CPU s | peak RSS MiB | snapshots |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for r in runs {
+        let t = &r.tracer;
+        let group = t.report["leaks"]
+            .as_array()
+            .and_then(|l| l.iter().find(|g| g["site"]["function"] == "main.leak"))
+            .map_or("not found".to_string(), |g| {
+                format!(
+                    "{} goroutines, {}",
+                    g["count"],
+                    g["confidence"].as_str().unwrap_or("")
+                )
+            });
+        let _ = writeln!(
+            md,
+            "| {} | {} | {group} | {} / {} | {} | {:.2} | {:.1} | {} |",
+            r.churn,
+            if r.churned { "yes" } else { "no" },
+            t.report["goroutines_created"],
+            t.report["goroutines_exited"],
+            t.lost,
+            t.cpu_seconds,
+            mib(t.peak_rss_kib),
+            t.report["snapshots"]
+        );
+    }
+    let _ = writeln!(md);
+    for r in runs {
+        for s in &r.tracer.shed {
+            let _ = writeln!(md, "- budget ({} churned): {s}", r.churn);
+        }
+    }
+    if let [quiet, churned] = runs {
+        let _ = writeln!(
+            md,
+            "- leaktrace's peak RSS with {} goroutines churned: {:.1} MiB, against {:.1} MiB with none: it follows the goroutines alive, not those ever created.",
+            churned.churn,
+            mib(churned.tracer.peak_rss_kib),
+            mib(quiet.tracer.peak_rss_kib)
+        );
+    }
+    if runs.iter().any(|r| r.tracer.lost > 0) {
+        let _ = writeln!(
+            md,
+            "- Records are lost here, and not in the collector throughput runs at the same rate: the collector drains the ring buffer (4 MiB, about 75,000 records) on the thread that walks the goroutines, and a walk of 100,000 takes longer than the buffer lasts."
+        );
+    }
+    let _ = writeln!(md);
+}
+
+// ---------------------------------------------------------------------------------------
 
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
@@ -226,123 +906,159 @@ fn machine() -> String {
     format!("{cores} vCPU ({cpu}), {mem} GiB, Linux {}", kernel.trim())
 }
 
-pub fn bench(seconds: u64, reps: usize) -> anyhow::Result<()> {
-    let root = go::repo_root();
-    println!("==> building leaktrace (release) and testdata/go/fanout");
-    let leaktrace = go::build_leaktrace_release()?;
-    let (service, version) = go::build_newest("testdata/go/fanout", "bench")?;
+/// The 1-minute load average: how busy the machine was apart from the benchmark.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_default()
+}
 
-    let (mut untraced, mut traced) = (Vec::new(), Vec::new());
-    for rep in 0..reps {
-        // Alternate which goes first, so that drift of the machine hits both alike.
-        if rep % 2 == 0 {
-            untraced.push(untraced_run(&service, seconds)?);
-            traced.push(traced_run(&leaktrace, &service, seconds, rep)?);
-        } else {
-            traced.push(traced_run(&leaktrace, &service, seconds, rep)?);
-            untraced.push(untraced_run(&service, seconds)?);
-        }
-        let (u, t) = (untraced.last().unwrap(), &traced.last().unwrap().run);
-        println!(
-            "rep {rep}: untraced {:.0} req/s p99 {:.2} ms | traced {:.0} req/s p99 {:.2} ms | ratio {:.3}",
-            u.rps,
-            u.p99_ms,
-            t.rps,
-            t.p99_ms,
-            t.rps / u.rps
-        );
-        std::thread::sleep(Duration::from_millis(300));
+pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()> {
+    let root = go::repo_root();
+    let started = Instant::now();
+    println!("==> building leaktrace (release) and the benchmark programs");
+    let leaktrace = go::build_leaktrace_release()?;
+    let mut bins = BTreeMap::new();
+    let mut version = String::new();
+    for src in [
+        "testdata/go/fanout",
+        "testdata/go/pipeline",
+        "testdata/go/allocloop",
+        "testdata/go/parkrate",
+        "testdata/go/manyparked",
+    ] {
+        let (bin, v) = go::build_newest(src, "bench")?;
+        bins.insert(src, bin);
+        version = v;
     }
-    let mut ratios: Vec<f64> = untraced
-        .iter()
-        .zip(&traced)
-        .map(|(u, t)| t.run.rps / u.rps)
-        .collect();
-    let mut p99s: Vec<f64> = untraced
-        .iter()
-        .zip(&traced)
-        .map(|(u, t)| t.run.p99_ms / u.p99_ms)
-        .collect();
-    let (rmin, rmax) = (
-        ratios.iter().copied().fold(f64::MAX, f64::min),
-        ratios.iter().copied().fold(0.0, f64::max),
-    );
-    let (pmin, pmax) = (
-        p99s.iter().copied().fold(f64::MAX, f64::min),
-        p99s.iter().copied().fold(0.0, f64::max),
-    );
-    let (r, p) = (median(&mut ratios), median(&mut p99s));
-    let found = traced.iter().filter(|t| t.leak_found).count();
-    let cpu = traced.iter().map(|t| t.cpu_seconds).fold(0.0, f64::max);
-    let rss = traced.iter().map(|t| t.peak_rss_kib).max().unwrap_or(0);
+    let load_before = load_average();
+
+    let mut results = Vec::new();
+    for workload in Workload::ALL {
+        let bin = &bins[workload.fixture()];
+        let mut res = Results {
+            workload,
+            reps: Vec::new(),
+        };
+        for rep in 0..reps {
+            // Rotate the order, so that drift of the machine hits every mode alike.
+            let mut samples = BTreeMap::new();
+            for k in 0..Mode::ALL.len() {
+                let mode = Mode::ALL[(k + rep) % Mode::ALL.len()];
+                let tag = format!("{workload:?}-{rep}-{mode:?}");
+                samples.insert(mode, run(workload, bin, mode, &leaktrace, seconds, &tag)?);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let u = samples[&Mode::Untraced].rate;
+            println!(
+                "{workload:?} rep {rep}: {}",
+                Mode::ALL
+                    .iter()
+                    .map(|m| format!(
+                        "{} {:.0} {} (x{:.3})",
+                        m.name(),
+                        samples[m].rate,
+                        workload.unit(),
+                        samples[m].rate / u
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            res.reps.push(samples);
+        }
+        results.push(res);
+    }
+
+    println!("==> collector throughput");
+    let mut steps = Vec::new();
+    for asked in [2_500, 5_000, 10_000, 15_000, 20_000, 25_000, 0] {
+        let s = throughput_step(&bins["testdata/go/parkrate"], &leaktrace, asked, 3)?;
+        println!(
+            "asked {asked} exchanges/s: achieved {:.0}, hits {:?}, lost {}",
+            s.achieved, s.tracer.hits, s.tracer.lost
+        );
+        steps.push(s);
+    }
+
+    println!("==> scale: 100,000 parked, 1,000,000 created and exiting");
+    let mut scale = Vec::new();
+    for (churn, secs) in [(0, 8), (1_000_000, 30)] {
+        let r = scale_run(&bins["testdata/go/manyparked"], &leaktrace, churn, secs)?;
+        println!(
+            "churn {churn}: peak RSS {:.1} MiB, lost {}",
+            mib(r.tracer.peak_rss_kib),
+            r.tracer.lost
+        );
+        scale.push(r);
+    }
+
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Benchmarks\n\nWritten by `cargo xtask bench` (`./x bench`); figures from one run, traced and untraced side by side, alternating.\n"
+        "# Benchmarks\n\nWritten by `cargo xtask bench` (`./x bench`): every figure from one run, traced and untraced side by side, the modes rotating within each repetition. Ratios are traced/untraced of the same repetition: median (min-max).\n"
     );
     let _ = writeln!(
         md,
-        "Machine: {}. Go {version}. Load: `wrk -t1 -c32` on 127.0.0.1, {seconds} s per run, {reps} runs each.\n",
-        machine()
+        "Machine: {}. Go {version}. Load average before the run {load_before}, after {}. {seconds} s per measured window, {reps} repetitions; {:.0} s in all.\n",
+        machine(),
+        load_average(),
+        started.elapsed().as_secs_f64()
     );
+    if let Some(n) = note {
+        let _ = writeln!(md, "{n}\n");
+    }
     let _ = writeln!(
         md,
-        "## Fan-out HTTP service (testdata/go/fanout), leaktrace with default settings\n"
+        "Modes: **default** = `leaktrace record -p PID` with default settings (`--max-overhead 1`); **snapshots only** = `--probes none --alloc off` (leaktrace's own work: start-up, goroutine snapshots, heap profile reads); **exact alloc** = `{}` (every allocation probed, exempt from the budget by design: its cost is reported, not limited).\n",
+        mode_args(Mode::Exact).join(" ")
     );
+    let _ = writeln!(md, "## Goals (default settings)\n");
     let _ = writeln!(
         md,
-        "| run | untraced req/s | traced req/s | ratio | untraced p99 ms | traced p99 ms | leak found |"
+        "| workload | goal | default (median, min-max) | goal | snapshots only | exact alloc |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    for (i, (u, t)) in untraced.iter().zip(&traced).enumerate() {
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for res in &results {
+        let w = res.workload;
+        let d = Spread::of(&res.ratios(Mode::Default, false));
+        let e = Spread::of(&res.ratios(Mode::Exact, false));
+        let n = Spread::of(&res.ratios(Mode::Snapshots, false));
+        let show = |s: Option<Spread>| s.map_or("-".into(), |s| s.to_string());
         let _ = writeln!(
             md,
-            "| {i} | {:.0} | {:.0} | {:.3} | {:.2} | {:.2} | {} |",
-            u.rps,
-            t.run.rps,
-            t.run.rps / u.rps,
-            u.p99_ms,
-            t.run.p99_ms,
-            if t.leak_found { "yes" } else { "no" }
+            "| {} {} | >= {:.2} | {} | {} | {} | {} |",
+            w.name(),
+            w.unit(),
+            w.goal(),
+            show(d),
+            d.map_or("-", |d| holds(d.median >= w.goal())),
+            show(n),
+            show(e)
         );
-    }
-    let _ = writeln!(md);
-    let _ = writeln!(
-        md,
-        "- Throughput ratio (traced/untraced): median {r:.3} (spread {rmin:.3}-{rmax:.3}); goal >= {GOAL_THROUGHPUT}: {}",
-        if r >= GOAL_THROUGHPUT {
-            "holds"
-        } else {
-            "does not hold"
-        }
-    );
-    let _ = writeln!(
-        md,
-        "- p99 latency ratio: median {p:.3} (spread {pmin:.3}-{pmax:.3}); goal <= {GOAL_P99}: {}",
-        if p <= GOAL_P99 {
-            "holds"
-        } else {
-            "does not hold"
-        }
-    );
-    let _ = writeln!(
-        md,
-        "- The leak group (main.backend, chan send) was found in {found} of {} traced runs.",
-        traced.len()
-    );
-    let _ = writeln!(
-        md,
-        "- leaktrace itself: at most {cpu:.2} s of CPU per {seconds} s run, peak RSS {:.1} MiB.",
-        rss as f64 / 1024.0
-    );
-    if let Some(t) = traced.first() {
-        let _ = writeln!(md, "- Probe hits over the first traced run: {}.", t.hits);
-        for s in &t.shed {
-            let _ = writeln!(md, "- Budget: {s}.");
+        if w == Workload::Http {
+            let d = Spread::of(&res.ratios(Mode::Default, true));
+            let _ = writeln!(
+                md,
+                "| HTTP service p99 | <= {GOAL_P99:.2} | {} | {} | {} | {} |",
+                show(d),
+                d.map_or("-", |d| holds(d.median <= GOAL_P99)),
+                show(Spread::of(&res.ratios(Mode::Snapshots, true))),
+                show(Spread::of(&res.ratios(Mode::Exact, true)))
+            );
         }
     }
+    let _ = writeln!(md, "\n## Overhead\n");
+    for res in &results {
+        overhead_section(&mut md, res, seconds);
+    }
+    throughput_section(&mut md, &steps);
+    scale_section(&mut md, &scale);
     print!("\n{md}");
     fs::write(root.join("BENCHMARKS.md"), md)?;
-    println!("\n==> wrote BENCHMARKS.md");
+    println!(
+        "\n==> wrote BENCHMARKS.md in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

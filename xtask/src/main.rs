@@ -18,14 +18,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Measure what leaktrace costs a busy Go service, side by side, and write BENCHMARKS.md.
+    /// Measure what leaktrace costs Go programs (an HTTP service, a channel pipeline, an
+    /// allocation loop: untraced, default, exact allocation tracing, side by side), its
+    /// collector's throughput and its memory at scale; write BENCHMARKS.md.
     Bench {
-        /// Seconds of load per run.
+        /// Seconds of each measured window.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
-        /// Runs of each (untraced, traced), alternating.
+        /// Repetitions of each workload, the modes alternating within each.
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// A line to add to BENCHMARKS.md about the machine (e.g. that it was shared).
+        #[arg(long)]
+        note: Option<String>,
     },
     /// Build everything, start the bundled leaky Go service, load it, and trace it.
     Demo {
@@ -59,7 +64,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Bench { seconds, reps } => bench::bench(seconds, reps),
+        Command::Bench {
+            seconds,
+            reps,
+            note,
+        } => bench::bench(seconds, reps, note.as_deref()),
         Command::Demo { seconds } => demo::demo(seconds),
         Command::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
         Command::Test { args } => test::test(&args),

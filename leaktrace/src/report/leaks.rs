@@ -21,6 +21,9 @@ pub struct ProbeSummary {
     pub lost_records: u64,
     /// Each time probes were shed to stay under --max-overhead, and why.
     pub shed: Vec<String>,
+    /// What one probe hit costs on this machine, measured at start-up: the budget
+    /// multiplies hits by it.
+    pub hit_cost_us: f64,
 }
 
 /// The target's memory at one moment of the trace.

@@ -1,0 +1,3 @@
+module fixture/allocloop
+
+go 1.21

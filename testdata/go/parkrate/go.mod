@@ -1,0 +1,3 @@
+module fixture/parkrate
+
+go 1.21

@@ -1,0 +1,3 @@
+module fixture/pipeline
+
+go 1.21
