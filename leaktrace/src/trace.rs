@@ -169,6 +169,9 @@ fn with(wanted: &[Probe], more: &[Probe]) -> Vec<Probe> {
 
 const CHANNEL_PROBES: [Probe; 3] = [Probe::ChanSend, Probe::ChanRecv, Probe::ChanClose];
 
+/// The first budget check after probes are placed.
+const QUICK_CHECK: Duration = Duration::from_millis(20);
+
 /// A snapshot walk may take at most 1/SNAPSHOT_PACE of the time between snapshots.
 const SNAPSHOT_PACE: u32 = 20;
 
@@ -553,11 +556,14 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     // leaktrace about a second of CPU, which a small machine takes from the target: the
     // next snapshot is at least SNAPSHOT_PACE walks away, keeping walks under ~5% of a CPU.
     let mut next_snapshot = tokio::time::Instant::now() + opts.snapshot_interval;
-    // The probes' cost is checked four times a second, so that a busy target pays for a
-    // probe that does not fit the budget for at most a quarter of a second.
+    // The probes' cost is checked 20 ms after they are placed (a hot probe shows in so short a
+    // window), then four times a second, so that a busy target pays for a probe that does
+    // not fit the budget for at most a quarter of a second. A check delayed by a long
+    // snapshot is not made up for with a burst of short ones.
     let budget_period = Duration::from_millis(250);
     let mut budget =
-        tokio::time::interval_at(tokio::time::Instant::now() + budget_period, budget_period);
+        tokio::time::interval_at(tokio::time::Instant::now() + QUICK_CHECK, budget_period);
+    budget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_counts = probes.counts()?;
     let mut last_tick = Instant::now();
     let mut lost_reported = 0;
@@ -642,8 +648,8 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             _ = budget.tick() => {
                 let (counts, now) = (probes.counts()?, Instant::now());
                 let secs = now.duration_since(last_tick).as_secs_f64();
-                if secs < 0.1 {
-                    continue; // a tick caught up after a long snapshot: too short to judge
+                if secs < QUICK_CHECK.as_secs_f64() * 0.75 {
+                    continue; // too short a window to judge
                 }
                 let rates: HashMap<Probe, f64> = Probe::ALL
                     .into_iter()
@@ -750,6 +756,11 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                                 Ok(()) => {
                                     tracker.site_placed(pc, start.elapsed());
                                     sites_placed += 1;
+                                    // A site many goroutines pass is hot: judge it soon,
+                                    // on a window that starts now.
+                                    budget.reset_at(tokio::time::Instant::now() + QUICK_CHECK);
+                                    last_counts = probes.counts()?;
+                                    last_tick = Instant::now();
                                 }
                                 Err(e) => log::warn!("targeted probe at {pc:#x}: {e:#}"),
                             },
