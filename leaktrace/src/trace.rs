@@ -317,9 +317,12 @@ fn alloc_plan(binary: &GoBinary, mode: AllocMode) -> AllocPlan {
     plan
 }
 
-/// The goroutines of a snapshot as the detector sees them (runtime goroutines left out).
-fn observe(target: &Target) -> anyhow::Result<Vec<Observed>> {
+/// The goroutines of a snapshot as the detector sees them (runtime goroutines left out);
+/// `g_addrs` gets each one's g address, by goid.
+fn observe(target: &Target, g_addrs: &mut HashMap<u64, u64>) -> anyhow::Result<Vec<Observed>> {
     let gs = census::goroutines::walk(target)?;
+    g_addrs.clear();
+    g_addrs.extend(gs.iter().filter(|g| !g.system).map(|g| (g.goid, g.g_addr)));
     Ok(gs
         .into_iter()
         .filter(|g| !g.system)
@@ -378,6 +381,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let mut tracker = Tracker::default();
     let mut snapshot_error = None;
     let mut skipped: Vec<String> = Vec::new();
+    let mut g_addrs: HashMap<u64, u64> = HashMap::new();
     let plan;
     let mut goroutines_now = None;
     let (target, mut probes, spawned) = match &opts.target {
@@ -397,7 +401,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             // hours. It is taken before any probe is placed, so that the probes' first
             // burst is short.
             if signals::received() == 0 {
-                match observe(&target) {
+                match observe(&target, &mut g_addrs) {
                     Ok(gs) => {
                         goroutines_now = Some(gs.len());
                         tracker.observe(start.elapsed(), gs);
@@ -463,7 +467,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             let program = held.program.clone();
             held.release()?;
             let target = Target::from_parts(Process::open_spawned(pid, &program)?, binary)?;
-            match observe(&target) {
+            match observe(&target, &mut g_addrs) {
                 Ok(gs) => {
                     goroutines_now = Some(gs.len());
                     tracker.observe(start.elapsed(), gs);
@@ -497,6 +501,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     }
     let mut hist = Histograms::default();
     let mut pinned: HashMap<String, (Instant, usize, Pinned)> = HashMap::new();
+    let mut pinned_next = Instant::now();
     let metrics = match opts.prometheus {
         Some(addr) => {
             let (tx, rx) = tokio::sync::watch::channel(String::new());
@@ -715,7 +720,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             }
             _ = tokio::time::sleep_until(next_snapshot), if snapshot_error.is_none() => {
                 let walk = Instant::now();
-                let observed = observe(&target);
+                let observed = observe(&target, &mut g_addrs);
                 next_snapshot = tokio::time::Instant::now() + opts.snapshot_interval.max(walk.elapsed() * SNAPSHOT_PACE);
                 timeline.extend(memory_point(
                     &target,
@@ -744,7 +749,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 match observed {
                     Ok(gs) => {
                         tracker.observe(start.elapsed(), gs);
-                        estimate_pinned(&target, &tracker.leaks(&detect), &mut pinned, false);
+                        // Like walks, estimates take at most 1/SNAPSHOT_PACE of the time.
+                        if Instant::now() >= pinned_next {
+                            let t0 = Instant::now();
+                            estimate_pinned(&target, &tracker.leaks(&detect), &g_addrs, &mut pinned, false);
+                            pinned_next = Instant::now() + t0.elapsed() * SNAPSHOT_PACE;
+                        }
                     }
                     Err(e) if !target.process.is_alive() => log::debug!("snapshot after exit: {e:#}"),
                     Err(e) => eprintln!("leaktrace: snapshot failed: {e:#}"),
@@ -832,7 +842,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         && matches!(stop, Stop::Duration | Stop::Signal(_))
         && !interrupted_attaching
         && !abandoned()
-        && let Ok(gs) = observe(&target)
+        && let Ok(gs) = observe(&target, &mut g_addrs)
     {
         if let Some(p) = timeline.last_mut() {
             p.goroutines = Some(gs.len());
@@ -895,7 +905,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     };
     let mut leaks = tracker.leaks(&detect);
     if target.process.is_alive() {
-        estimate_pinned(&target, &leaks, &mut pinned, true);
+        estimate_pinned(&target, &leaks, &g_addrs, &mut pinned, true);
     }
     for l in &mut leaks {
         l.pinned = pinned.get(&group_key(l)).map(|(_, _, p)| p.clone());
@@ -989,6 +999,7 @@ fn group_key(l: &LeakGroup) -> String {
 fn estimate_pinned(
     target: &Target,
     leaks: &[LeakGroup],
+    addr: &HashMap<u64, u64>,
     cache: &mut HashMap<String, (Instant, usize, Pinned)>,
     fresh: bool,
 ) {
@@ -1004,10 +1015,6 @@ fn estimate_pinned(
     if stale.is_empty() {
         return;
     }
-    let Ok(gs) = census::goroutines::walk(target) else {
-        return;
-    };
-    let addr: HashMap<u64, u64> = gs.iter().map(|g| (g.goid, g.g_addr)).collect();
     for l in stale {
         let g_addrs: Vec<u64> = l
             .goids
