@@ -663,6 +663,9 @@ fn throughput_step(bin: &Path, leaktrace: &Path, asked: u64, seconds: u64) -> an
             &format!("{seconds}s"),
             "--probes",
             "park,wake",
+            // Only the records under test: no allocation sampler beside them.
+            "--alloc",
+            "off",
             "--max-overhead",
             "100",
         ],
@@ -681,7 +684,7 @@ fn throughput_step(bin: &Path, leaktrace: &Path, asked: u64, seconds: u64) -> an
 fn throughput_section(md: &mut String, steps: &[Step]) {
     let _ = writeln!(
         md,
-        "## Collector throughput\n\n8 pairs of goroutines exchange values over unbuffered channels (testdata/go/parkrate; each exchange parks two goroutines and wakes two), traced with `--probes park,wake --max-overhead 100` for a fixed window. Offered = records the probes emitted a second (their hits over the window), lost = records dropped because the ring buffer was full; the target never waits for leaktrace.\n"
+        "## Collector throughput\n\n8 pairs of goroutines exchange values over unbuffered channels (testdata/go/parkrate; each exchange parks two goroutines and wakes two), traced with `--probes park,wake --alloc off --max-overhead 100` for a fixed window. Offered = records the probes emitted a second (their hits over the window), lost = records dropped because the ring buffer was full; the target never waits for leaktrace.\n"
     );
     let _ = writeln!(
         md,
