@@ -149,30 +149,6 @@ fn traced_and_untraced_runs_print_the_same() {
     }
 }
 
-/// The ids of the BPF programs a process holds open, from its fdinfo.
-fn programs_held_by(pid: u32) -> Vec<u32> {
-    let mut ids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .filter_map(|e| fs::read_to_string(e.unwrap().path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
-fn still_loaded(ids: &[u32]) -> Vec<u32> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|p| p.id())
-        .filter(|id| ids.contains(id))
-        .collect()
-}
-
 /// After leaktrace exits, by --duration or by SIGINT mid-trace, the target's code is as it
 /// was (no int3 left at the probed functions) and none of leaktrace's programs is loaded.
 #[test]

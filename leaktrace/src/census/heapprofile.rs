@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context as _, anyhow, bail};
-use leaktrace_common::LARGE_CLASS;
+use leaktrace_common::{AllocStat, LARGE_CLASS, SampleKey};
 use serde::Serialize;
 
 use crate::{
@@ -154,19 +154,7 @@ impl HeapProfile {
     /// allocating call left out (`mallocgc`, `newobject`, `growslice`...), as `runtime/pprof`
     /// does; all of them when the stack has nothing else.
     pub fn frames(&self, target: &Target, b: &Bucket) -> Vec<Frame> {
-        let all: Vec<Frame> = b
-            .stack
-            .iter()
-            .filter_map(|&pc| {
-                let link = pc.checked_sub(target.load_bias)?.checked_sub(1)?;
-                target.binary.symbolize(link).into_iter().next()
-            })
-            .collect();
-        let first = all
-            .iter()
-            .position(|f| !is_runtime(&f.function))
-            .unwrap_or(0);
-        all[first..].to_vec()
+        allocating_frames(target, &b.stack)
     }
 
     /// Allocation sites by estimated bytes allocated since the program started, largest
@@ -263,32 +251,12 @@ pub fn sampled_sites(
     let mut by_site: HashMap<(String, String, u32), AllocSite> = HashMap::new();
     let mut sizes = Vec::new();
     for (key, stack, stat) in &samples.stacks {
-        let (objects, size) = if key.span_class == LARGE_CLASS {
-            (stat.count, key.size)
-        } else {
-            let class = (key.span_class >> 1) as usize;
-            match classes.and_then(|c| Some((c.size.get(class)?, c.span_bytes.get(class)?))) {
-                Some((&size, &span)) if size > 0 => (stat.count * (span / size), size),
-                _ => (stat.count, 0),
-            }
-        };
+        let (objects, size) = objects_and_size(key, stat, classes);
         if size > 0 {
             sizes.push((size, objects));
         }
-        // The first frame is the probed function itself; the rest are return addresses.
-        let frames: Vec<Frame> = stack
-            .iter()
-            .skip(1)
-            .filter_map(|&pc| {
-                let link = pc.checked_sub(target.load_bias)?.checked_sub(1)?;
-                target.binary.symbolize(link).into_iter().next()
-            })
-            .collect();
-        let Some(f) = frames
-            .iter()
-            .find(|f| !is_runtime(&f.function))
-            .or(frames.first())
-        else {
+        let frames = sampled_frames(target, stack);
+        let Some(f) = frames.first() else {
             continue;
         };
         let e = by_site
@@ -399,31 +367,9 @@ pub fn sampled_to_pprof(
         .stacks
         .iter()
         .map(|(key, stack, stat)| {
-            let objects = match (key.span_class, classes) {
-                (LARGE_CLASS, _) => stat.count,
-                (spc, Some(c)) => {
-                    let class = (spc >> 1) as usize;
-                    match (c.size.get(class), c.span_bytes.get(class)) {
-                        (Some(&size), Some(&span)) if size > 0 => stat.count * (span / size),
-                        _ => stat.count,
-                    }
-                }
-                _ => stat.count,
-            };
-            let frames: Vec<Frame> = stack
-                .iter()
-                .skip(1)
-                .filter_map(|&pc| {
-                    let link = pc.checked_sub(target.load_bias)?.checked_sub(1)?;
-                    target.binary.symbolize(link).into_iter().next()
-                })
-                .collect();
-            let first = frames
-                .iter()
-                .position(|f| !is_runtime(&f.function))
-                .unwrap_or(0);
+            let (objects, _) = objects_and_size(key, stat, classes);
             pprof::Sample {
-                stack: frames[first..].to_vec(),
+                stack: sampled_frames(target, stack),
                 values: vec![objects as i64, stat.bytes as i64],
                 ..pprof::Sample::default()
             }
@@ -440,6 +386,48 @@ pub fn sampled_to_pprof(
             "allocations sampled by leaktrace at span refills (a whole span each) and large allocations".into(),
         ],
         ..pprof::Profile::default()
+    }
+}
+
+/// Return addresses (runtime addresses, innermost first) as frames, with the runtime's own
+/// frames above the allocating call left out (`mallocgc`, `newobject`, `growslice`...), as
+/// `runtime/pprof` does; all of them when the stack has nothing else.
+fn allocating_frames(target: &Target, return_pcs: &[u64]) -> Vec<Frame> {
+    let all: Vec<Frame> = return_pcs
+        .iter()
+        .filter_map(|&pc| {
+            let link = pc.checked_sub(target.load_bias)?.checked_sub(1)?;
+            target.binary.symbolize(link).into_iter().next()
+        })
+        .collect();
+    let first = all
+        .iter()
+        .position(|f| !is_runtime(&f.function))
+        .unwrap_or(0);
+    all[first..].to_vec()
+}
+
+/// A sampler stack as frames: its first entry is the probed function itself (the
+/// instruction pointer), the rest return addresses.
+fn sampled_frames(target: &Target, stack: &[u64]) -> Vec<Frame> {
+    allocating_frames(target, stack.get(1..).unwrap_or_default())
+}
+
+/// The objects a sampler key stands for, and their size: a large allocation is one object of
+/// its size; a refill is a span of objects of its size class (0 when the tables are unknown,
+/// then one object per refill).
+fn objects_and_size(
+    key: &SampleKey,
+    stat: &AllocStat,
+    classes: Option<&SizeClasses>,
+) -> (u64, u64) {
+    if key.span_class == LARGE_CLASS {
+        return (stat.count, key.size);
+    }
+    let class = (key.span_class >> 1) as usize;
+    match classes.and_then(|c| Some((c.size.get(class)?, c.span_bytes.get(class)?))) {
+        Some((&size, &span)) if size > 0 => (stat.count * (span / size), size),
+        _ => (stat.count, 0),
     }
 }
 
