@@ -166,13 +166,15 @@ pub(crate) struct RawG {
     pub(crate) sched_pc: u64,
 }
 
-fn u64_at(b: &[u8], off: u64) -> u64 {
+/// The little-endian u64 at `off` in `b`; 0 past its end.
+pub(crate) fn u64_at(b: &[u8], off: u64) -> u64 {
     let o = off as usize;
     b.get(o..o + 8)
         .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap()))
 }
 
-fn u32_at(b: &[u8], off: u64) -> u32 {
+/// The little-endian u32 at `off` in `b`; 0 past its end.
+pub(crate) fn u32_at(b: &[u8], off: u64) -> u32 {
     let o = off as usize;
     b.get(o..o + 4)
         .map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap()))

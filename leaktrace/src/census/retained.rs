@@ -46,7 +46,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{Context as _, anyhow, bail};
 use serde::Serialize;
 
-use super::goroutines::all_gs;
+use super::goroutines::{all_gs, u32_at, u64_at};
 use super::unwind::{self, StackMemory};
 use crate::target::{
     Target,
@@ -596,18 +596,6 @@ impl<'t> Heap<'t> {
             off += len;
         }
     }
-}
-
-fn u64_at(b: &[u8], off: u64) -> u64 {
-    let o = off as usize;
-    b.get(o..o + 8)
-        .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap()))
-}
-
-fn u32_at(b: &[u8], off: u64) -> u32 {
-    let o = off as usize;
-    b.get(o..o + 4)
-        .map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap()))
 }
 
 fn u16_at(b: &[u8], off: u64) -> u16 {

@@ -272,17 +272,8 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn attach(pid: u32, extra: &[&str]) -> Self {
-        let mut child = Command::new(leaktrace_bin())
-            .arg("-p")
-            .arg(pid.to_string())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting leaktrace");
-        let stderr = Lines::new(child.stderr.take().unwrap());
-        let mut t = Self { child, stderr };
+        let pid = pid.to_string();
+        let mut t = Self::start(&[&["-p", pid.as_str()][..], extra].concat());
         t.stderr
             .wait_for("attached to PID", Duration::from_secs(30));
         t
