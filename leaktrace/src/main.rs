@@ -242,6 +242,11 @@ fn main() -> ExitCode {
     // detaches every probe.
     // SAFETY: setting a signal disposition before any thread is started.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // One malloc arena: a snapshot walk runs on a thread of its own while this one drains
+    // the ring buffer, and glibc would give that thread an arena whose freed walk memory
+    // the rest never reuses (peak RSS at 100,000 goroutines: 380 MiB, 300 MiB with one).
+    // SAFETY: a malloc tunable, set before any thread is started.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let opts = match cli.command {

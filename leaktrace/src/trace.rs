@@ -318,11 +318,11 @@ fn alloc_plan(binary: &GoBinary, mode: AllocMode) -> AllocPlan {
 }
 
 /// The goroutines of a snapshot as the detector sees them (runtime goroutines left out);
-/// `g_addrs` gets each one's g address, by goid.
+/// `g_addrs` gets the g address of every goroutine alive, runtime ones included, by goid.
 fn observe(target: &Target, g_addrs: &mut HashMap<u64, u64>) -> anyhow::Result<Vec<Observed>> {
     let gs = census::goroutines::walk(target)?;
     g_addrs.clear();
-    g_addrs.extend(gs.iter().filter(|g| !g.system).map(|g| (g.goid, g.g_addr)));
+    g_addrs.extend(gs.iter().map(|g| (g.goid, g.g_addr)));
     Ok(gs
         .into_iter()
         .filter(|g| !g.system)
@@ -642,12 +642,9 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         tokio::select! {
             guard = records.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    if let Some(rec) = collector::decode(&item) {
-                        handle(&mut model, &mut tracker, &mut hist, rec, &mut events);
-                    }
-                }
+                collector::drain(guard.get_inner_mut(), |rec| {
+                    handle(&mut model, &mut tracker, &mut hist, rec, &mut events)
+                });
                 guard.clear_ready();
             }
             _ = budget.tick() => {
@@ -720,7 +717,12 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             }
             _ = tokio::time::sleep_until(next_snapshot), if snapshot_error.is_none() => {
                 let walk = Instant::now();
-                let observed = observe(&target, &mut g_addrs);
+                let walk_ns = census::goroutines::monotonic_ns() as u64;
+                let observed = collector::while_draining(
+                    records.get_mut(),
+                    || observe(&target, &mut g_addrs),
+                    |rec| handle(&mut model, &mut tracker, &mut hist, rec, &mut events),
+                );
                 next_snapshot = tokio::time::Instant::now() + opts.snapshot_interval.max(walk.elapsed() * SNAPSHOT_PACE);
                 timeline.extend(memory_point(
                     &target,
@@ -748,11 +750,17 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                 }
                 match observed {
                     Ok(gs) => {
+                        model.forget_absent(|goid| g_addrs.contains_key(&goid), walk_ns);
                         tracker.observe(start.elapsed(), gs);
                         // Like walks, estimates take at most 1/SNAPSHOT_PACE of the time.
                         if Instant::now() >= pinned_next {
                             let t0 = Instant::now();
-                            estimate_pinned(&target, &tracker.leaks(&detect), &g_addrs, &mut pinned, false);
+                            let leaks = tracker.leaks(&detect);
+                            collector::while_draining(
+                                records.get_mut(),
+                                || estimate_pinned(&target, &leaks, &g_addrs, &mut pinned, false),
+                                |rec| handle(&mut model, &mut tracker, &mut hist, rec, &mut events),
+                            );
                             pinned_next = Instant::now() + t0.elapsed() * SNAPSHOT_PACE;
                         }
                     }
@@ -800,12 +808,9 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         Stop::TargetExited | Stop::TargetExeced => {}
     }
     // What the programs sent before we stopped is still in the ring buffer.
-    let rb = records.get_mut();
-    while let Some(item) = rb.next() {
-        if let Some(rec) = collector::decode(&item) {
-            handle(&mut model, &mut tracker, &mut hist, rec, &mut events);
-        }
-    }
+    collector::drain(records.get_mut(), |rec| {
+        handle(&mut model, &mut tracker, &mut hist, rec, &mut events)
+    });
     let counts = probes.counts()?;
     let samples = if plan.fallback {
         probes.samples().ok()

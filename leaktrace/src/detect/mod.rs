@@ -10,7 +10,7 @@
 //! goroutine. Sleep, IO wait and runtime-internal waits are never suspects.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::Duration,
 };
 
@@ -252,6 +252,10 @@ struct SiteProbe {
     active: bool,
 }
 
+/// How long the last operations on a channel nobody waits on are kept: a goroutine that
+/// blocks on it later than this after them is judged without them.
+const TOUCHES_KEPT: Duration = Duration::from_secs(60);
+
 /// Goroutine ids kept per targeted probe: enough to recognise a group's members.
 const MAX_PASSED: usize = 100_000;
 
@@ -287,6 +291,7 @@ impl Tracker {
         self.snapshots += 1;
         self.first_at.get_or_insert(at);
         self.last_at = at;
+        self.forget_the_past(at, &goroutines);
         let mut now: BTreeMap<GroupKey, Vec<Observed>> = BTreeMap::new();
         for g in goroutines {
             now.entry(g.key()).or_default().push(g);
@@ -312,6 +317,34 @@ impl Tracker {
             h.counts.push((at, gs.len()));
             h.latest = gs;
         }
+    }
+
+    /// Keeps what the probes said only while it can still matter, so that memory follows
+    /// the goroutines alive, not how many ever ran: wake-ups of goroutines alive now; the
+    /// last operations on a channel someone waits on, or made in the last [`TOUCHES_KEPT`];
+    /// exits of the goroutines those operations name.
+    fn forget_the_past(&mut self, at: Duration, now: &[Observed]) {
+        let live: HashSet<u64> = now.iter().map(|g| g.goid).collect();
+        let waited: HashSet<u64> = now
+            .iter()
+            .flat_map(|g| g.channels.iter().map(|c| c.addr))
+            .collect();
+        self.wakes.retain(|goid, _| live.contains(goid));
+        self.touches.retain(|chan, t| {
+            waited.contains(chan)
+                || [&t.send, &t.recv, &t.close]
+                    .into_iter()
+                    .flatten()
+                    .any(|(when, _)| at.saturating_sub(*when) < TOUCHES_KEPT)
+        });
+        let named: HashSet<u64> = self
+            .touches
+            .values()
+            .flat_map(|t| [&t.send, &t.recv, &t.close])
+            .flatten()
+            .map(|(_, touch)| touch.goid)
+            .collect();
+        self.exited.retain(|goid| named.contains(goid));
     }
 
     /// The park/wake probes watch from `at` on: wake-ups now count as evidence.
@@ -772,6 +805,34 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
     fn opts() -> DetectOptions {
         DetectOptions { min_age: 2 * S }
+    }
+
+    #[test]
+    fn what_the_probes_said_is_kept_only_while_it_can_matter() {
+        let touch = |goid, at: Duration| Touch {
+            op: "receive",
+            at_seconds: at.as_secs_f64(),
+            goid,
+            function: "main.consume".into(),
+            file: "main.go".into(),
+            line: 9,
+            exited: false,
+        };
+        let mut t = Tracker::default();
+        t.record_wake(10, S);
+        t.record_wake(11, S); // then exits
+        t.record_touch(100, S, touch(20, S)); // 100 is waited on below
+        t.record_touch(101, S, touch(21, S)); // nobody waits on 101
+        t.record_exit(20);
+        t.record_exit(21);
+        t.record_exit(22); // touched no channel
+        t.observe(30 * S, vec![g(10, "chan send", 22, Some(100))]);
+        assert_eq!(t.wakes.keys().collect::<Vec<_>>(), [&10]);
+        assert_eq!(t.touches.len(), 2, "101 was touched 29 s ago: kept");
+        assert_eq!(t.exited, BTreeSet::from([20, 21]));
+        t.observe(62 * S, vec![g(10, "chan send", 22, Some(100))]);
+        assert_eq!(t.touches.keys().collect::<Vec<_>>(), [&100]);
+        assert_eq!(t.exited, BTreeSet::from([20]), "named by a kept touch");
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub struct Goroutine {
 }
 
 impl Goroutine {
+    /// When the last record about it was made.
+    fn last_record_ns(&self) -> u64 {
+        let (State::Parked { since_ns, .. } | State::Runnable { since_ns }) = self.state;
+        since_ns.max(self.created_ns.unwrap_or(0))
+    }
+
     /// A goroutine first seen runnable at `ts_ns`.
     fn runnable(goid: u64, ts_ns: u64) -> Self {
         Self {
@@ -186,6 +192,17 @@ impl Model {
         Applied::Woken { reason, parked_ns }
     }
 
+    /// Forgets the goroutines a snapshot no longer holds (`live` is false for them) whose
+    /// last record is older than `before_ns`, when the walk began: their exit was not seen
+    /// (the exit probe was shed, or its record lost). Without this the model would grow
+    /// with every goroutine that ever ran. Returns how many were forgotten.
+    pub fn forget_absent(&mut self, live: impl Fn(u64) -> bool, before_ns: u64) -> usize {
+        let before = self.goroutines.len();
+        self.goroutines
+            .retain(|goid, g| live(*goid) || g.last_record_ns() >= before_ns);
+        before - self.goroutines.len()
+    }
+
     /// Returns the tallies since the last call and starts a new interval.
     pub fn take_interval(&mut self) -> Tally {
         std::mem::take(&mut self.interval)
@@ -205,6 +222,20 @@ mod tests {
             pc,
             ..Record::default()
         }
+    }
+
+    #[test]
+    fn goroutines_a_snapshot_misses_are_forgotten_unless_recorded_during_the_walk() {
+        let mut m = Model::default();
+        m.apply(&rec(RecordKind::Create, 1, 0, 0, 10)); // alive, in the snapshot
+        m.apply(&rec(RecordKind::Create, 2, 0, 0, 20)); // exited unseen
+        m.apply(&rec(RecordKind::Park, 3, 15, 0x10, 30)); // parked, then exited unseen
+        m.apply(&rec(RecordKind::Create, 4, 0, 0, 100)); // created during the walk
+        assert_eq!(m.forget_absent(|goid| goid == 1, 50), 2);
+        let mut left: Vec<u64> = m.goroutines.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, [1, 4]);
+        assert_eq!(m.created, 3, "the counts stay");
     }
 
     #[test]
