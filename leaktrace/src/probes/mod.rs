@@ -103,6 +103,19 @@ impl Probe {
         Probe::Site,
     ];
 
+    /// The probe whose records this one's complete: a park is ended by a wake-up and a
+    /// creation by an exit. One of a pair alone would leave the model holding goroutines it
+    /// never hears of again, so the budget sheds both.
+    pub fn partner(self) -> Option<Probe> {
+        match self {
+            Probe::Gopark => Some(Probe::Ready),
+            Probe::Ready => Some(Probe::Gopark),
+            Probe::Create => Some(Probe::Exit),
+            Probe::Exit => Some(Probe::Create),
+            _ => None,
+        }
+    }
+
     /// The name used by `--probes`.
     pub fn name(self) -> &'static str {
         match self {
@@ -510,7 +523,7 @@ impl Probes {
 
 /// Which probes to drop so that the estimated cost of the rest fits `budget` (a fraction of
 /// one CPU), given each probe's hits per second and what one hit costs ([`calibrate`]): in
-/// [`Probe::SHED_ORDER`], as few as needed.
+/// [`Probe::SHED_ORDER`], as few as needed, and a probe's [`Probe::partner`] with it.
 pub fn over_budget(
     rates: &HashMap<Probe, f64>,
     attached: &[Probe],
@@ -524,9 +537,11 @@ pub fn over_budget(
         if total <= budget {
             break;
         }
-        if attached.contains(&p) {
-            total -= cost(&p);
-            shed.push(p);
+        for q in std::iter::once(p).chain(p.partner()) {
+            if attached.contains(&q) && !shed.contains(&q) {
+                total -= cost(&q);
+                shed.push(q);
+            }
         }
     }
     shed
@@ -546,10 +561,17 @@ mod tests {
         ]);
         let attached = [Probe::Gopark, Probe::Ready, Probe::Create, Probe::ChanSend];
         let hit = Duration::from_micros(5);
-        // 4010 hits/s x 5 us = 2.0%; without the sends 1.5%; without wake 0.8%.
+        // 4010 hits/s x 5 us = 2.0%; without the sends 1.5%; without wake, and so park,
+        // 0.05%.
         assert_eq!(
             over_budget(&rates, &attached, 0.01, hit),
-            vec![Probe::ChanSend, Probe::Ready]
+            vec![Probe::ChanSend, Probe::Ready, Probe::Gopark]
+        );
+        // Exit goes with creation.
+        let churn = HashMap::from([(Probe::Create, 3000.0), (Probe::Exit, 3000.0)]);
+        assert_eq!(
+            over_budget(&churn, &[Probe::Create, Probe::Exit], 0.02, hit),
+            vec![Probe::Exit, Probe::Create]
         );
         assert_eq!(
             over_budget(&rates, &attached, 0.05, hit),
