@@ -33,7 +33,7 @@ use crate::{
     report::{
         self, exports,
         histograms::{self, Histograms},
-        leaks::{self, AllocationSites, MemoryPoint, ProbeSummary, Report},
+        leaks::{self, ActivityEstimate, AllocationSites, MemoryPoint, ProbeSummary, Report},
         live, pprof, prometheus, verdict,
     },
     signals::{self, Interrupted},
@@ -190,6 +190,7 @@ fn fitting(
     budget: f64,
     hit_cost: Duration,
     skipped: &mut Vec<String>,
+    estimated: &mut Option<ActivityEstimate>,
 ) -> Vec<Probe> {
     let heap_before = census::memory::read(target)
         .ok()
@@ -209,6 +210,11 @@ fn fitting(
         }
         _ => f64::INFINITY,
     };
+    *estimated = Some(ActivityEstimate {
+        goroutines_created_per_second: rates.creations,
+        state_changes_per_second: rates.transitions,
+        allocations_per_second: allocs.is_finite().then_some(allocs),
+    });
     let per_probe: HashMap<Probe, f64> = wanted
         .iter()
         .map(|&p| {
@@ -381,6 +387,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let mut tracker = Tracker::default();
     let mut snapshot_error = None;
     let mut skipped: Vec<String> = Vec::new();
+    let mut estimated = None;
     let mut g_addrs: HashMap<u64, u64> = HashMap::new();
     let plan;
     let mut goroutines_now = None;
@@ -417,6 +424,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     opts.max_overhead,
                     hit_cost,
                     &mut skipped,
+                    &mut estimated,
                 )
             } else {
                 Vec::new()
@@ -956,6 +964,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             lost_records: counts.lost,
             shed,
             hit_cost_us: hit_cost.as_secs_f64() * 1e6,
+            estimated_before_attach: estimated,
         },
         allocations: alloc_probed.then_some(Allocated {
             count: counts.hits(Probe::Alloc),

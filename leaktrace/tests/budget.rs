@@ -130,3 +130,46 @@ fn an_allocation_heavy_load_does_not_keep_the_alloc_probe() {
         );
     }
 }
+
+/// Before placing probes on a running target, leaktrace reads how often its goroutines
+/// stop from the runtime's own sample of them (`sched.timeToRun`). Paced ping-pong
+/// hand-offs (testdata/go/parkrate) are the hard case: each goroutine moves thousands of
+/// times between two reads, and a hand-off through `runnext` leaves the Ps' schedtick
+/// alone. The estimate must be close to what the park probe then counts.
+#[test]
+fn the_estimate_before_attaching_is_close_to_the_parks_then_counted() {
+    let bin = build_fixture("parkrate", &newest(), &[]);
+    // 4,000 exchanges/s, each parking two goroutines.
+    let mut fx = Fixture::start(&bin, &["-pairs", "4", "-rate", "4000"]);
+    fx.stderr.wait_for("ready", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = fx.pid().to_string();
+    let (r, _) = record(
+        "budget-estimate",
+        &[
+            "-p",
+            &pid,
+            "-d",
+            "3s",
+            "--probes",
+            "park,wake",
+            "--max-overhead",
+            "100",
+        ],
+    );
+    let p = &r["probes"];
+    let estimated = p["estimated_before_attach"]["state_changes_per_second"]
+        .as_f64()
+        .unwrap();
+    let parks = p["hits"]["runtime.gopark"].as_u64().unwrap() as f64
+        / r["observed_seconds"].as_f64().unwrap();
+    assert!(
+        parks > 4000.0,
+        "the fixture parked only {parks:.0} times/s: {p:#}"
+    );
+    let ratio = estimated / parks;
+    assert!(
+        (0.5..=2.0).contains(&ratio),
+        "estimated {estimated:.0} state changes/s before attaching, then counted {parks:.0} parks/s: {p:#}"
+    );
+}

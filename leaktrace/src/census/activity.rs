@@ -1,9 +1,16 @@
 //! How busy the target's scheduler is, estimated from two quick reads of its goroutine
-//! structs (no stacks, no probes): goroutines created per second from the growth of the
-//! largest goid, and state changes per second from goroutines whose status or saved PC
-//! moved. The second is a lower bound on parks and wake-ups (a goroutine that parks and
-//! wakes twice between the reads counts once), which is what decides whether a runtime-wide
-//! probe would fit the overhead budget before it is placed.
+//! structs and scheduler counters (no stacks, no probes): goroutines created per second from
+//! the growth of the largest goid, and state changes per second from the largest of three
+//! estimates of parks and wake-ups:
+//! - the runtime's own sample of them: `sched.timeToRun` records one scheduling latency for
+//!   every eighth time each goroutine stops running (parks, yields, preemptions), so eight
+//!   times its growth counts them all, hand-offs included (needs the `runtime.sched` symbol);
+//! - the Ps' `schedtick` counters: one per goroutine started on a fresh time slice (a
+//!   hand-off through `runnext` inherits the slice and is not counted);
+//! - the goroutines whose status or saved PC moved (one that parks and wakes twice between
+//!   the reads counts once).
+//! That decides whether a runtime-wide probe would fit the overhead budget before it is
+//! placed.
 
 use std::{
     collections::HashMap,
@@ -11,7 +18,7 @@ use std::{
 };
 
 use super::goroutines::{all_gs, read_gs};
-use crate::target::Target;
+use crate::target::{Target, globals};
 
 /// The `_Gscan` bit, masked off (runtime/runtime2.go, Go 1.21-1.27).
 const G_SCAN: u32 = 0x1000;
@@ -23,6 +30,59 @@ struct Reading {
     max_goid: u64,
     /// goid -> (status, saved PC)
     state: HashMap<u64, (u32, u64)>,
+    /// p address -> `p.schedtick`; empty where `runtime.allp` cannot be found or read.
+    schedticks: HashMap<u64, u32>,
+    /// Samples in `sched.timeToRun`, where `runtime.sched` can be found and read.
+    runs_sampled: Option<u64>,
+}
+
+/// The runtime samples one in this many stops of each goroutine into `sched.timeToRun`
+/// (`gTrackingPeriod`, runtime/runtime2.go, Go 1.21-1.27).
+const G_TRACKING_PERIOD: u64 = 8;
+
+/// How many scheduling latencies `sched.timeToRun` holds: the sum of its counters.
+fn runs_sampled(target: &Target) -> anyhow::Result<u64> {
+    let sched = target
+        .binary
+        .data_symbol("runtime.sched")
+        .ok_or_else(|| anyhow::anyhow!("no symbol runtime.sched"))?;
+    let l = &target.layout.sched;
+    let mut hist = vec![0u8; l.time_histogram_size as usize];
+    target
+        .process
+        .read(sched.addr + target.load_bias + l.time_to_run, &mut hist)?;
+    Ok(hist
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .fold(0u64, |n, c| n.wrapping_add(u64::from_le_bytes(*c))))
+}
+
+/// At most this many Ps are read (one per GOMAXPROCS).
+const MAX_PS: u64 = 1 << 16;
+
+/// Every P's `schedtick`, by the P's address.
+fn schedticks(target: &Target) -> anyhow::Result<HashMap<u64, u32>> {
+    let allp = globals::locate_heap(&target.binary)?
+        .allp
+        .wrapping_add(target.load_bias);
+    let p = &target.process;
+    let (ptr, len) = (p.read_u64(allp)?, p.read_u64(allp + 8)?);
+    anyhow::ensure!(
+        len <= MAX_PS,
+        "runtime.allp has an implausible length {len}"
+    );
+    let mut ps = vec![0u8; len as usize * 8];
+    p.read(ptr, &mut ps)?;
+    let mut out = HashMap::with_capacity(len as usize);
+    for pp in ps.as_chunks::<8>().0.iter().map(|c| u64::from_le_bytes(*c)) {
+        if pp != 0 {
+            let mut tick = [0u8; 4];
+            p.read(pp + target.layout.p.schedtick, &mut tick)?;
+            out.insert(pp, u32::from_le_bytes(tick));
+        }
+    }
+    Ok(out)
 }
 
 fn read(target: &Target) -> anyhow::Result<Reading> {
@@ -37,10 +97,19 @@ fn read(target: &Target) -> anyhow::Result<Reading> {
             state.insert(g.goid, (status, g.sched_pc));
         }
     }
+    let schedticks = schedticks(target).unwrap_or_else(|e| {
+        log::debug!("the Ps' schedtick counters cannot be read: {e:#}");
+        HashMap::new()
+    });
+    let runs_sampled = runs_sampled(target)
+        .inspect_err(|e| log::debug!("sched.timeToRun cannot be read: {e:#}"))
+        .ok();
     Ok(Reading {
         at,
         max_goid,
         state,
+        schedticks,
+        runs_sampled,
     })
 }
 
@@ -66,8 +135,18 @@ pub fn estimate(target: &Target, gap: Duration) -> anyhow::Result<Rates> {
         }
     }
     changed += a.state.keys().filter(|g| !b.state.contains_key(g)).count(); // exited
+    // u32 counters: a wrap between the reads is a small difference, not a huge one.
+    let scheduled: u64 = b
+        .schedticks
+        .iter()
+        .filter_map(|(p, now)| Some(u64::from(now.wrapping_sub(*a.schedticks.get(p)?))))
+        .sum();
+    let stops = match (a.runs_sampled, b.runs_sampled) {
+        (Some(a), Some(b)) => b.wrapping_sub(a).saturating_mul(G_TRACKING_PERIOD),
+        _ => 0,
+    };
     Ok(Rates {
         creations: b.max_goid.saturating_sub(a.max_goid) as f64 / secs,
-        transitions: changed as f64 / secs,
+        transitions: (changed as u64).max(scheduled).max(stops) as f64 / secs,
     })
 }

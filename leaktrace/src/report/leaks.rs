@@ -24,6 +24,19 @@ pub struct ProbeSummary {
     /// What one probe hit costs on this machine, measured at start-up: the budget
     /// multiplies hits by it.
     pub hit_cost_us: f64,
+    /// The target's activity, read just before any probe was placed on a running target:
+    /// what judged which probes fit the budget.
+    pub estimated_before_attach: Option<ActivityEstimate>,
+}
+
+/// Rates read off the target's runtime in 100 ms, without probes (`census::activity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ActivityEstimate {
+    pub goroutines_created_per_second: f64,
+    /// Parks, wake-ups and other goroutine state changes per second (a lower bound).
+    pub state_changes_per_second: f64,
+    /// From the heap's byte counter at 64 B an object; absent when it cannot be read.
+    pub allocations_per_second: Option<f64>,
 }
 
 /// The target's memory at one moment of the trace.

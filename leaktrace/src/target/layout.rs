@@ -46,6 +46,8 @@ pub struct RuntimeLayout {
     pub toolchain: String,
     pub g: GOffsets,
     pub m: MOffsets,
+    pub p: POffsets,
+    pub sched: SchedOffsets,
     pub hchan: HchanOffsets,
     pub waitq: WaitqOffsets,
     pub sudog: SudogOffsets,
@@ -161,6 +163,24 @@ pub struct MOffsets {
     pub id: u64,
     /// `m.alllink` (*m): the next m in `runtime.allm`.
     pub alllink: u64,
+}
+
+/// `runtime.p`, a processor: what runs Go code, one per GOMAXPROCS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct POffsets {
+    /// `p.schedtick` (u32): incremented each time the P starts a goroutine on a fresh time
+    /// slice (not when the goroutine inherits the slice, as a `runnext` hand-off does).
+    pub schedtick: u64,
+}
+
+/// `runtime.schedt`, the scheduler's globals, at the symbol `runtime.sched`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedOffsets {
+    /// `schedt.timeToRun` (`timeHistogram`): scheduling latencies, one sample for every
+    /// eighth time each goroutine stops running (gTrackingPeriod), when it next runs.
+    pub time_to_run: u64,
+    /// sizeof(runtime.timeHistogram): bucket counts, then underflow and overflow, all u64.
+    pub time_histogram_size: u64,
 }
 
 /// `runtime.hchan`, a channel.
@@ -946,6 +966,9 @@ impl<'a> DwarfIndex<'a> {
 
         let g = s.get("runtime.g")?;
         let m = s.get("runtime.m")?;
+        let p = s.get("runtime.p")?;
+        let schedt = s.get("runtime.schedt")?;
+        let time_histogram = s.get("runtime.timeHistogram")?;
         let hchan = s.get("runtime.hchan")?;
         let waitq = s.get("runtime.waitq")?;
         let sudog = s.get("runtime.sudog")?;
@@ -992,6 +1015,13 @@ impl<'a> DwarfIndex<'a> {
                 p: s.field(m, &["p"], Some(8))?,
                 id: s.field(m, &["id"], Some(8))?,
                 alllink: s.field(m, &["alllink"], Some(8))?,
+            },
+            p: POffsets {
+                schedtick: s.field(p, &["schedtick"], Some(4))?,
+            },
+            sched: SchedOffsets {
+                time_to_run: s.field(schedt, &["timeToRun"], None)?,
+                time_histogram_size: s.size(time_histogram)?,
             },
             hchan: HchanOffsets {
                 size: s.size(hchan)?,
