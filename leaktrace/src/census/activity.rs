@@ -9,6 +9,7 @@
 //!   hand-off through `runnext` inherits the slice and is not counted);
 //! - the goroutines whose status or saved PC moved (one that parks and wakes twice between
 //!   the reads counts once).
+//!
 //! That decides whether a runtime-wide probe would fit the overhead budget before it is
 //! placed.
 
