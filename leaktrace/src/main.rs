@@ -60,7 +60,8 @@ struct TraceArgs {
     /// probes at suspected leaks' blocking calls and go statements); or `default`
     /// (park,wake,create,exit,sites), `all`, `none`. Each hit costs the target 5-10 us on a
     /// VM (measured at start-up): probes whose estimated or measured cost exceeds
-    /// --max-overhead are not placed or are shed, the hottest first.
+    /// --max-overhead are not placed or are shed, as few as needed (park with wake, create
+    /// with exit).
     #[arg(long, default_value = "default", value_parser = parse_probes)]
     probes: ProbeList,
     /// The most of one CPU the probes may cost the target, in percent.

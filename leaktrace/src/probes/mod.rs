@@ -523,7 +523,8 @@ impl Probes {
 
 /// Which probes to drop so that the estimated cost of the rest fits `budget` (a fraction of
 /// one CPU), given each probe's hits per second and what one hit costs ([`calibrate`]): in
-/// [`Probe::SHED_ORDER`], as few as needed, and a probe's [`Probe::partner`] with it.
+/// [`Probe::SHED_ORDER`], as few as needed, and a probe's [`Probe::partner`] with it. A probe
+/// that did not fire (with its partner) is never shed: removing it would save nothing.
 pub fn over_budget(
     rates: &HashMap<Probe, f64>,
     attached: &[Probe],
@@ -537,11 +538,16 @@ pub fn over_budget(
         if total <= budget {
             break;
         }
-        for q in std::iter::once(p).chain(p.partner()) {
-            if attached.contains(&q) && !shed.contains(&q) {
-                total -= cost(&q);
-                shed.push(q);
-            }
+        let pair: Vec<Probe> = std::iter::once(p)
+            .chain(p.partner())
+            .filter(|q| attached.contains(q) && !shed.contains(q))
+            .collect();
+        if pair.iter().map(cost).sum::<f64>() <= 0.0 {
+            continue;
+        }
+        for q in pair {
+            total -= cost(&q);
+            shed.push(q);
         }
     }
     shed
@@ -566,6 +572,12 @@ mod tests {
         assert_eq!(
             over_budget(&rates, &attached, 0.01, hit),
             vec![Probe::ChanSend, Probe::Ready, Probe::Gopark]
+        );
+        // A hot targeted site goes alone: creation and exit, which did not fire, stay.
+        let site = HashMap::from([(Probe::Site, 90_000.0)]);
+        assert_eq!(
+            over_budget(&site, &[Probe::Create, Probe::Exit, Probe::Site], 0.01, hit),
+            vec![Probe::Site]
         );
         // Exit goes with creation.
         let churn = HashMap::from([(Probe::Create, 3000.0), (Probe::Exit, 3000.0)]);
