@@ -820,7 +820,11 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         handle(&mut model, &mut tracker, &mut hist, rec, &mut events)
     });
     let counts = probes.counts()?;
-    let samples = if plan.fallback {
+    // Only what the sampler saw: where the budget did not place it, a group's allocations
+    // and the sites are unknown, not zero.
+    let sampled = counts.hits(Probe::Refill) + counts.hits(Probe::Large) > 0
+        || probes.attached().contains(&Probe::Refill);
+    let samples = if plan.fallback && sampled {
         probes.samples().ok()
     } else {
         None
@@ -1096,6 +1100,23 @@ fn allocation_report(
     samples: Option<&Samples>,
     hist: &mut Histograms,
 ) -> AllocationOutcome {
+    if plan.fallback && samples.is_none() {
+        return AllocationOutcome {
+            report: AllocationSites {
+                source: "none".into(),
+                note: Some(format!(
+                    "{}; the sampler's probes were not placed or were shed (over --max-overhead), so allocation sites are unknown for this trace",
+                    plan.note
+                        .as_deref()
+                        .unwrap_or("the runtime's heap profile cannot be read")
+                )),
+                rate: None,
+                sites: Vec::new(),
+            },
+            growing: Vec::new(),
+            pprof: None,
+        };
+    }
     if let Some(smp) = samples {
         let (sites, sizes) = heapprofile::sampled_sites(target, smp, plan.classes.as_ref());
         for (size, n) in sizes {

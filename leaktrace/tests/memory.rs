@@ -148,3 +148,37 @@ fn heap_growth_without_goroutine_growth_points_at_the_map_insertion() {
         }
     }
 }
+
+/// Where the budget does not place the fallback sampler (judged before attaching to a running
+/// program), allocations are unknown, not zero: no allocation sites, a note that says why,
+/// and no `allocated` figure per group.
+#[test]
+fn allocations_are_unknown_when_the_sampler_is_over_budget() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("sessionmap", &version, &[]);
+    let fx = Fixture::start(&bin, &["-requests", "500", "-seconds", "8"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let pid = fx.pid().to_string();
+    let (r, _) = record(
+        "sessionmap-unsampled",
+        &["-p", &pid, "-d", "2s", "--max-overhead", "0.001"],
+    );
+    let p = &r["probes"];
+    assert!(
+        p["hits"].as_object().unwrap().is_empty() && p["shed"].to_string().contains("refill"),
+        "the sampler was placed: {p:#}"
+    );
+    let sites = &r["allocation_sites"];
+    assert_eq!(sites["source"], "none", "{sites:#}");
+    assert!(
+        sites["note"]
+            .as_str()
+            .unwrap()
+            .contains("not placed or were shed"),
+        "{sites:#}"
+    );
+    assert_eq!(sites["sites"], serde_json::json!([]), "{sites:#}");
+    for l in r["leaks"].as_array().unwrap() {
+        assert!(l["allocated"].is_null(), "{l:#}");
+    }
+}
