@@ -1,5 +1,6 @@
-//! Decoding the records the BPF programs send. The collector is thin on purpose: it turns
-//! bytes into [`Record`]s and hands them to the model.
+//! Taking the records the BPF programs send out of the ring buffer, also while a long
+//! snapshot walk runs, and decoding them. The collector is thin on purpose: it turns bytes
+//! into [`Record`]s and hands them to the model.
 
 use std::{os::fd::AsRawFd as _, time::Duration};
 
