@@ -38,6 +38,17 @@ fn remaining_cost(r: &Value) -> f64 {
         .sum()
 }
 
+/// The probes still placed at the end cost at most the default budget, 1% of a CPU.
+fn assert_remaining_within_budget(r: &Value, how: &str) {
+    let cost = remaining_cost(r);
+    assert!(
+        cost <= 0.01,
+        "{how}: the probes left cost an estimated {:.2}% of a CPU: {:#}",
+        cost * 100.0,
+        r["probes"]
+    );
+}
+
 /// `record` against `fixture` run with `args`, attached once it runs (`spawn` false) or
 /// spawned, with the default budget (1% of a CPU) and `extra` options.
 fn traced(fixture: &str, args: &[&str], spawn: bool, extra: &[&str]) -> Value {
@@ -95,13 +106,7 @@ fn a_park_heavy_load_sheds_park_and_wake() {
             "{how}: park/wake still placed: {:#}",
             r["probes"]
         );
-        let cost = remaining_cost(&r);
-        assert!(
-            cost <= 0.01,
-            "{how}: the probes left cost an estimated {:.2}% of a CPU: {:#}",
-            cost * 100.0,
-            r["probes"]
-        );
+        assert_remaining_within_budget(&r, how);
     }
 }
 
@@ -121,13 +126,7 @@ fn an_allocation_heavy_load_does_not_keep_the_alloc_probe() {
             "{how}: the alloc probe was not shed: {:#}",
             r["probes"]
         );
-        let cost = remaining_cost(&r);
-        assert!(
-            cost <= 0.01,
-            "{how}: the probes left cost an estimated {:.2}% of a CPU: {:#}",
-            cost * 100.0,
-            r["probes"]
-        );
+        assert_remaining_within_budget(&r, how);
     }
 }
 

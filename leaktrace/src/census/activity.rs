@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::goroutines::{all_gs, read_gs};
+use super::goroutines::{MAX_PS, all_gs, pointer_slice, read_gs};
 use crate::target::{Target, globals};
 
 /// The `_Gscan` bit, masked off (runtime/runtime2.go, Go 1.21-1.27).
@@ -59,29 +59,18 @@ fn runs_sampled(target: &Target) -> anyhow::Result<u64> {
         .fold(0u64, |n, c| n.wrapping_add(u64::from_le_bytes(*c))))
 }
 
-/// At most this many Ps are read (one per GOMAXPROCS).
-const MAX_PS: u64 = 1 << 16;
-
 /// Every P's `schedtick`, by the P's address.
 fn schedticks(target: &Target) -> anyhow::Result<HashMap<u64, u32>> {
     let allp = globals::locate_heap(&target.binary)?
         .allp
         .wrapping_add(target.load_bias);
-    let p = &target.process;
-    let (ptr, len) = (p.read_u64(allp)?, p.read_u64(allp + 8)?);
-    anyhow::ensure!(
-        len <= MAX_PS,
-        "runtime.allp has an implausible length {len}"
-    );
-    let mut ps = vec![0u8; len as usize * 8];
-    p.read(ptr, &mut ps)?;
-    let mut out = HashMap::with_capacity(len as usize);
-    for pp in ps.as_chunks::<8>().0.iter().map(|c| u64::from_le_bytes(*c)) {
-        if pp != 0 {
-            let mut tick = [0u8; 4];
-            p.read(pp + target.layout.p.schedtick, &mut tick)?;
-            out.insert(pp, u32::from_le_bytes(tick));
-        }
+    let mut out = HashMap::new();
+    for p in pointer_slice(target, allp, "runtime.allp", MAX_PS)? {
+        let mut tick = [0u8; 4];
+        target
+            .process
+            .read(p + target.layout.p.schedtick, &mut tick)?;
+        out.insert(p, u32::from_le_bytes(tick));
     }
     Ok(out)
 }

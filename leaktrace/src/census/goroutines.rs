@@ -183,28 +183,42 @@ pub(crate) fn u32_at(b: &[u8], off: u64) -> u32 {
 /// The addresses of every g in `runtime.allgs`.
 pub(crate) fn all_gs(target: &Target) -> anyhow::Result<Vec<u64>> {
     let allgs = target.globals()?.allgs + target.load_bias;
+    pointer_slice(target, allgs, "runtime.allgs", 50_000_000)
+}
+
+/// At most this many Ps are read from `runtime.allp` (one per GOMAXPROCS).
+pub(crate) const MAX_PS: u64 = 1 << 20;
+
+/// The non-nil pointers of the Go slice `name` (a `[]*T`, at `addr` in the target), which
+/// may hold at most `max_len` of them.
+pub(crate) fn pointer_slice(
+    target: &Target,
+    addr: u64,
+    name: &str,
+    max_len: u64,
+) -> anyhow::Result<Vec<u64>> {
     let mut hdr = [0u8; 16];
     target
         .process
-        .read(allgs, &mut hdr)
-        .context("reading runtime.allgs")?;
+        .read(addr, &mut hdr)
+        .with_context(|| format!("reading {name}"))?;
     let (ptr, len) = (u64_at(&hdr, 0), u64_at(&hdr, 8));
-    if len > 50_000_000 {
+    if len > max_len {
         bail!(
-            "runtime.allgs has an implausible length {len}: the runtime layout does not match this binary"
+            "{name} has an implausible length {len}: the runtime layout does not match this binary"
         );
     }
     let mut buf = vec![0u8; len as usize * 8];
     target
         .process
         .read(ptr, &mut buf)
-        .context("reading the allgs array")?;
+        .with_context(|| format!("reading the array of {name}"))?;
     Ok(buf
         .as_chunks::<8>()
         .0
         .iter()
         .map(|c| u64::from_le_bytes(*c))
-        .filter(|&g| g != 0)
+        .filter(|&p| p != 0)
         .collect())
 }
 

@@ -43,10 +43,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use serde::Serialize;
 
-use super::goroutines::{all_gs, u32_at, u64_at};
+use super::goroutines::{MAX_PS, all_gs, pointer_slice, u32_at, u64_at};
 use super::unwind::{self, StackMemory};
 use crate::target::{
     Target,
@@ -151,15 +151,9 @@ fn scheduler_structs(target: &Target, vars: &HeapGlobals) -> anyhow::Result<Hash
         .context("reading runtime.allgs, whose g structs the scan must not enter")?
         .into_iter()
         .collect();
-    let p = &target.process;
-    let (ptr, len) = (p.read_u64(vars.allp)?, p.read_u64(vars.allp + 8)?);
-    if len > 1 << 20 {
-        bail!("runtime.allp has an implausible length {len}");
-    }
-    let mut ps = vec![0u8; len as usize * 8];
-    p.read(ptr, &mut ps).context("reading runtime.allp")?;
-    stops.extend(ps.as_chunks::<8>().0.iter().map(|c| u64::from_le_bytes(*c)));
+    stops.extend(pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?);
 
+    let p = &target.process;
     let m = &target.layout.m;
     let mut mp = p.read_u64(vars.allm)?;
     let mut seen = 0;
