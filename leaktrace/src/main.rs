@@ -64,8 +64,10 @@ struct TraceArgs {
     /// with exit).
     #[arg(long, default_value = "default", value_parser = parse_probes)]
     probes: ProbeList,
-    /// The most of one CPU the probes may cost the target, in percent.
-    #[arg(long, default_value_t = 1.0, value_name = "PERCENT")]
+    /// The most of one CPU the probes may cost the target, in percent (above 0, at most
+    /// 100); `off` places every chosen probe and never sheds one, whatever it costs (for
+    /// tests and short, deliberate traces).
+    #[arg(long, default_value = "1", value_parser = parse_max_overhead, value_name = "PERCENT|off")]
     max_overhead: f64,
     /// How allocations are seen: `sampled` reads the runtime's own heap profile (about one
     /// sample per 512 KiB allocated, at no cost to the target) or, when the program disabled
@@ -138,6 +140,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}' must be a positive duration"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses --max-overhead: a percentage above 0 and at most 100, or `off` (no limit: an
+/// infinite budget, which no estimated or measured rate exceeds).
+fn parse_max_overhead(s: &str) -> Result<f64, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(f64::INFINITY);
+    }
+    match s.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!(
+            "'{s}' is not a budget: give a percentage of one CPU above 0 and at most 100 (e.g. 1, 0.5, 10), or off for no limit"
+        )),
+    }
 }
 
 fn parse_alloc(s: &str) -> Result<AllocMode, String> {
@@ -215,12 +231,6 @@ fn options(
     target: TargetSpec,
     output: Option<PathBuf>,
 ) -> Result<TraceOptions, String> {
-    if !(a.max_overhead > 0.0 && a.max_overhead <= 100.0) {
-        return Err(format!(
-            "--max-overhead {} must be a percentage above 0 and at most 100",
-            a.max_overhead
-        ));
-    }
     Ok(TraceOptions {
         target,
         duration: a.duration,
@@ -337,6 +347,17 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown unit")
         );
+    }
+
+    #[test]
+    fn budgets() {
+        assert_eq!(parse_max_overhead("1"), Ok(1.0));
+        assert_eq!(parse_max_overhead("0.5%"), Ok(0.5));
+        assert_eq!(parse_max_overhead("off"), Ok(f64::INFINITY));
+        assert!(parse_max_overhead("0").is_err());
+        assert!(parse_max_overhead("101").is_err());
+        assert!(parse_max_overhead("NaN").is_err());
+        assert!(parse_max_overhead("lots").unwrap_err().contains("off"));
     }
 
     #[test]

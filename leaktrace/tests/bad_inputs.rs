@@ -106,7 +106,14 @@ fn traced_exactly(bin: &Path, what: &str, expected_sum: u64) {
     let log = scratch(&format!("{what}.jsonl"));
     let tracer = Tracer::attach(
         pid,
-        &["--probes", "park,wake", "--events", log.to_str().unwrap()],
+        &[
+            "--probes",
+            "park,wake",
+            "--max-overhead",
+            "off",
+            "--events",
+            log.to_str().unwrap(),
+        ],
     );
     assert_eq!(first_byte_in_target(pid, at), 0xcc, "{what}: probe placed");
     fx.go_on();

@@ -38,11 +38,14 @@ fn remaining_cost(r: &Value) -> f64 {
         .sum()
 }
 
-/// The probes still placed at the end cost at most the default budget, 1% of a CPU.
+/// The probes still placed at the end cost at most twice the default budget (1% of a CPU).
+/// The budget judges each quarter second as it goes, at the hit cost this run measured (so a
+/// slower or faster machine moves both sides alike); this averages the whole trace, whose
+/// last quarter second and first 20 ms no check judged: a burst there may pass.
 fn assert_remaining_within_budget(r: &Value, how: &str) {
     let cost = remaining_cost(r);
     assert!(
-        cost <= 0.01,
+        cost <= 0.02,
         "{how}: the probes left cost an estimated {:.2}% of a CPU: {:#}",
         cost * 100.0,
         r["probes"]
@@ -152,8 +155,9 @@ fn the_estimate_before_attaching_is_close_to_the_parks_then_counted() {
             "3s",
             "--probes",
             "park,wake",
+            // Never shed: the parks counted must cover the whole trace, on any machine.
             "--max-overhead",
-            "100",
+            "off",
         ],
     );
     let p = &r["probes"];

@@ -65,9 +65,10 @@ fn a_hundred_thousand_parked_and_a_million_churned() {
     let (status, peak_kib) = wait_with_peak_rss(pid);
     let stderr = stderr.rest().join("\n");
     assert_eq!(status, 0, "leaktrace failed:\n{stderr}");
-    // The churn ran inside the trace: 3 s after ready, 25 s at 40,000/s.
+    // The churn ran inside the trace: 3 s after ready, 25 s at 40,000/s when the machine
+    // keeps up (the probes, when they fit, and a loaded second core slow it down).
     fx.stderr
-        .wait_for("churned 1000000", Duration::from_secs(10));
+        .wait_for("churned 1000000", Duration::from_secs(90));
 
     let r: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();

@@ -26,12 +26,18 @@ fn soak_seconds() -> u64 {
 
 /// The settings each run cycles through: the defaults (a 1% budget keeps runtime-wide probes
 /// off this service), and a 100% budget with park/wake/create/exit or every probe (placed
-/// when the load is paced, and the hottest shed once their measured cost is over it).
+/// where the load and this machine's hit cost let them fit, and the hottest shed once their
+/// measured cost is over it).
 const SETTINGS: [&[&str]; 3] = [
     &[],
     &["--max-overhead", "100", "--probes", "park,wake,create,exit"],
     &["--max-overhead", "100", "--probes", "all"],
 ];
+
+/// Under the paced load, one more: park/wake/create/exit with no budget, so that some runs
+/// place runtime-wide probes under load whatever a hit costs on this machine (at 10-18 us a
+/// hit, whether a 100% budget fits is the machine's call).
+const PACED_ONLY: &[&str] = &["--max-overhead", "off", "--probes", "park,wake,create,exit"];
 
 #[test]
 fn attach_and_detach_every_two_seconds_under_load() {
@@ -70,7 +76,10 @@ fn attach_and_detach_every_two_seconds_under_load() {
             .spawn()
             .expect("running wrk (scripts/setup.sh installs it)"));
         while wrk.0.try_wait().unwrap().is_none() {
-            let settings = SETTINGS[runs % SETTINGS.len()];
+            let settings = match (*phase, runs % (SETTINGS.len() + 1)) {
+                ("paced", i) if i == SETTINGS.len() => PACED_ONLY,
+                (_, i) => SETTINGS[i % SETTINGS.len()],
+            };
             let out = dir.join(runs.to_string());
             let pid_s = pid.to_string();
             let mut args = vec!["record", "-p", &pid_s, "-d", "2s", "--min-age", "1s"];

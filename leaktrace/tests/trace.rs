@@ -28,7 +28,14 @@ fn blocking_sends_are_parked_and_woken_on_the_right_goroutines() {
         let log = tempfile(&format!("chansend-{version}.jsonl"));
         let tracer = Tracer::attach(
             fixture.pid(),
-            &["--probes", "all", "--events", log.to_str().unwrap()],
+            &[
+                "--probes",
+                "all",
+                "--max-overhead",
+                "off",
+                "--events",
+                log.to_str().unwrap(),
+            ],
         );
         let gopark = symbol_address(&bin, "runtime.gopark");
         assert_eq!(
@@ -169,10 +176,11 @@ fn no_probe_remains_after_exit() {
     assert!(before.iter().all(|&b| b != 0xcc));
 
     for how in ["duration", "sigint", "sigterm"] {
+        // The probes must be in place whatever a hit costs here: no budget.
         let extra: &[&str] = if how == "duration" {
-            &["-d", "1500ms"]
+            &["--max-overhead", "off", "-d", "1500ms"]
         } else {
-            &[]
+            &["--max-overhead", "off"]
         };
         let tracer = Tracer::attach(pid, extra);
         let during: Vec<u8> = addrs
@@ -331,6 +339,8 @@ fn netpoll_wake_ups_are_seen_by_the_wake_any_probe() {
             &[
                 "--probes",
                 "park,wake,wake-any",
+                "--max-overhead",
+                "off",
                 "--events",
                 log.to_str().unwrap(),
             ],
@@ -407,7 +417,10 @@ fn only_the_chosen_copy_of_a_binary_is_traced() {
     chosen.stderr.wait_for("ready", Duration::from_secs(10));
     other.stderr.wait_for("ready", Duration::from_secs(10));
     let log = tempfile("two-copies.jsonl");
-    let tracer = Tracer::attach(chosen.pid(), &["--events", log.to_str().unwrap()]);
+    let tracer = Tracer::attach(
+        chosen.pid(),
+        &["--max-overhead", "off", "--events", log.to_str().unwrap()],
+    );
     let gopark = symbol_address(&bin, "runtime.gopark");
     assert_eq!(first_byte_in_target(chosen.pid(), gopark), 0xcc);
     assert_ne!(

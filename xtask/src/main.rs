@@ -49,7 +49,15 @@ enum Command {
     },
     /// cargo fmt --check, clippy with warnings denied, and every test (as root).
     Test {
-        /// Passed on to `cargo test` (e.g. a test name filter, or `-- --nocapture`).
+        /// Load every CPU with a busy loop while the tests run: the suite must hold on a
+        /// slower or busier machine.
+        #[arg(long)]
+        stress: bool,
+        /// Run the tests this many times and say how many runs passed (formatting, clippy
+        /// and fuzzing once).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Passed on to `cargo test` (e.g. `--test faults`, or `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -71,7 +79,15 @@ fn main() -> anyhow::Result<()> {
         } => bench::bench(seconds, reps, note.as_deref()),
         Command::Demo { seconds } => demo::demo(seconds),
         Command::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
-        Command::Test { args } => test::test(&args),
+        Command::Test {
+            stress,
+            repeat,
+            args,
+        } => test::test(&test::TestPlan {
+            stress,
+            repeat,
+            args: &args,
+        }),
         Command::GenLayouts { check } => layouts::gen_layouts(check),
     }
 }
