@@ -2,7 +2,7 @@
 //! fallback scan for a Go version string in a whole file.
 #![no_main]
 
-use leaktrace::target::buildinfo::{self, GoVersion};
+use leaktrace::tracee::buildinfo::{self, GoVersion};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! DWARF and from `runtime.waitReasonStrings` through its symbol and segments.
 #![no_main]
 
-use leaktrace::target::layout;
+use leaktrace::tracee::layout;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 //! of runtime code that finds the globals of stripped binaries.
 #![no_main]
 
-use leaktrace::target::binary::GoBinary;
-use leaktrace::target::globals;
+use leaktrace::tracee::binary::GoBinary;
+use leaktrace::tracee::globals;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

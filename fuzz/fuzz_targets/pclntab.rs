@@ -6,8 +6,8 @@
 //! be empty. A length past the end of the input takes the rest as the section.
 #![no_main]
 
-use leaktrace::target::buildinfo::GoVersion;
-use leaktrace::target::pclntab::Pclntab;
+use leaktrace::tracee::buildinfo::GoVersion;
+use leaktrace::tracee::pclntab::Pclntab;
 use libfuzzer_sys::fuzz_target;
 
 /// Functions looked at in detail per input, spread evenly over the table: every one of a

@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use crate::{
     census::{self, GoroutineSnapshot},
     report::dump::{self, Dump},
-    target::{Target, layout::LayoutSource},
+    tracee::{Target, layout::LayoutSource},
 };
 
 #[derive(Clone, Debug)]

@@ -1,7 +1,7 @@
 //! leaktrace: finds goroutine leaks and the memory they pin in a running Go program, with
 //! read-only snapshots of its memory and uprobes on its runtime.
 //!
-//! The modules follow the data flow: `target` (what the traced binary and process are) ->
+//! The modules follow the data flow: `tracee` (what the traced binary and process are) ->
 //! `probes` (BPF programs, attached and detached) -> `collector` (records decoded) -> `model`
 //! -> `report`; `trace` runs that flow for `leaktrace -p`; `census` reads the target's goroutines and memory
 //! without probes, for `dump`.
@@ -15,5 +15,5 @@ pub mod privileges;
 pub mod probes;
 pub mod report;
 pub mod signals;
-pub mod target;
 pub mod trace;
+pub mod tracee;

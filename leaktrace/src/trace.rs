@@ -37,7 +37,7 @@ use crate::{
         live, pprof, prometheus, verdict,
     },
     signals::{self, Interrupted},
-    target::{Target, binary::GoBinary, layout, process::Process, spawn},
+    tracee::{Target, binary::GoBinary, layout, process::Process, spawn},
 };
 
 /// What to trace.

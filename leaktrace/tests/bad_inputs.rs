@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use leaktrace::target::binary::GoBinary;
+use leaktrace::tracee::binary::GoBinary;
 use support::*;
 
 /// Debian's Go 1.19, installed by scripts/setup.sh (package golang-1.19-go).

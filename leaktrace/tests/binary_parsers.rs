@@ -1,4 +1,4 @@
-//! The binary parsers of `leaktrace::target` (`.go.buildinfo`, `.gopclntab`, the ELF around
+//! The binary parsers of `leaktrace::tracee` (`.go.buildinfo`, `.gopclntab`, the ELF around
 //! them) against real Go binaries: `testdata/go/symbolize` built by every Go toolchain under
 //! test, four ways (default, `-ldflags=-s -w`, `-buildmode=pie`, both). The symbol table and
 //! section headers, read here with the `object` crate directly, are the reference.
@@ -10,9 +10,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use leaktrace::target::binary::{BinaryError, GoBinary};
-use leaktrace::target::buildinfo::GoVersion;
-use leaktrace::target::pclntab::{Frame, wrapper_func_id};
+use leaktrace::tracee::binary::{BinaryError, GoBinary};
+use leaktrace::tracee::buildinfo::GoVersion;
+use leaktrace::tracee::pclntab::{Frame, wrapper_func_id};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use support::{build_fixture, go_versions, repo_root};
 
@@ -364,7 +364,7 @@ fn in_fixture_source(f: &Frame) -> bool {
 }
 
 /// Return addresses of `call rel32` instructions in `f` whose target is `target`.
-fn calls_to(bin: &GoBinary, f: &leaktrace::target::binary::Function, target: u64) -> Vec<u64> {
+fn calls_to(bin: &GoBinary, f: &leaktrace::tracee::binary::Function, target: u64) -> Vec<u64> {
     let code = bin.read_vaddr(f.addr, f.size as usize).unwrap();
     (0..code.len().saturating_sub(4))
         .filter(|&i| code[i] == 0xe8)

@@ -18,7 +18,7 @@ use serde_json::Value;
 use support::*;
 
 /// The ways the fixtures are built. Stripped ones (`-s -w`) have no symbol table: leaktrace
-/// finds `runtime.allgs`, `gcController` and `memstats` through the code (target::globals).
+/// finds `runtime.allgs`, `gcController` and `memstats` through the code (tracee::globals).
 const BUILDS: [(&str, &[&str]); 4] = [
     ("default", &[]),
     ("pie", &["-buildmode=pie"]),

@@ -20,7 +20,7 @@ use leaktrace::{
         pprof::{self, Profile, Sample, ValueType},
         prometheus::{self, Metrics},
     },
-    target::pclntab::Frame,
+    tracee::pclntab::Frame,
 };
 use serde_json::Value;
 use support::*;

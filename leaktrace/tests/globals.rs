@@ -1,4 +1,4 @@
-//! `target::globals` against real Go binaries: `testdata/go/classicleak` built by every Go
+//! `tracee::globals` against real Go binaries: `testdata/go/classicleak` built by every Go
 //! toolchain under test, default and `-buildmode=pie`, each with and without `-ldflags=-s -w`.
 //! The unstripped build's `.symtab`, read here with the `object` crate, is the reference.
 //!
@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use leaktrace::target::binary::GoBinary;
-use leaktrace::target::globals::{self, Globals, HeapGlobals};
+use leaktrace::tracee::binary::GoBinary;
+use leaktrace::tracee::globals::{self, Globals, HeapGlobals};
 use object::{Object, ObjectSection, ObjectSymbol};
 use support::{Fixture, build_fixture, go_versions, leaktrace_bin};
 

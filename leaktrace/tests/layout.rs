@@ -15,7 +15,7 @@ use std::{
     sync::Mutex,
 };
 
-use leaktrace::target::layout::{self, LayoutError, LayoutSource, RuntimeLayout};
+use leaktrace::tracee::layout::{self, LayoutError, LayoutSource, RuntimeLayout};
 use object::{Object as _, ObjectSymbol as _};
 use sha2::{Digest as _, Sha256};
 

@@ -18,7 +18,7 @@ use leaktrace::census::{
     goroutines,
     retained::{self, Limits, Retained},
 };
-use leaktrace::target::Target;
+use leaktrace::tracee::Target;
 use support::{build_fixture, go_versions, record};
 
 const FIXTURE: &str = "pinned";

@@ -6,7 +6,7 @@
 //! entry: its source is the table and it names its generator.
 use std::process::ExitCode;
 
-use leaktrace::target::layout;
+use leaktrace::tracee::layout;
 
 fn main() -> ExitCode {
     let mut table = false;

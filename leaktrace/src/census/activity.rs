@@ -19,7 +19,7 @@ use std::{
 };
 
 use super::goroutines::{MAX_PS, all_gs, pointer_slice, read_gs};
-use crate::target::{Target, globals};
+use crate::tracee::{Target, globals};
 
 /// The `_Gscan` bit, masked off (runtime/runtime2.go, Go 1.21-1.27).
 const G_SCAN: u32 = 0x1000;

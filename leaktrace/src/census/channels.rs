@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::target::Target;
+use crate::tracee::Target;
 
 /// A select has at most 65536 cases (runtime/select.go); stop well before that.
 const MAX_SUDOGS: usize = 1024;

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::unwind::{self, PhysFrame, StackMemory};
-use crate::target::{Target, pclntab::Frame};
+use crate::tracee::{Target, pclntab::Frame};
 
 /// `_Gscan`, or-ed into the status while the GC scans the stack (runtime/runtime2.go,
 /// Go 1.21-1.27).

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::{
     probes::Samples,
     report::pprof,
-    target::{Target, binary::GoBinary, pclntab::Frame},
+    tracee::{Target, binary::GoBinary, pclntab::Frame},
 };
 
 /// `bucket` header: next, allnext, typ, hash, size, nstk (six words).

@@ -6,7 +6,7 @@
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::target::Target;
+use crate::tracee::Target;
 
 /// Field names are those of Go's `runtime.MemStats`, plus the RSS figures from /proc.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

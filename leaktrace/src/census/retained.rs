@@ -37,7 +37,7 @@
 //!   panics, pprof labels) is missed, and so is its `g` itself (a few hundred bytes).
 //!
 //! `runtime.mheap_`, `allp` and `allm` come from `.symtab`, or in a stripped binary from the
-//! runtime's code ([`crate::target::globals::locate_heap`]).
+//! runtime's code ([`crate::tracee::globals::locate_heap`]).
 //!
 //! The work is bounded by [`Limits`]; [`Retained::truncated`] says a bound was hit.
 
@@ -48,7 +48,7 @@ use serde::Serialize;
 
 use super::goroutines::{MAX_PS, all_gs, pointer_slice, u32_at, u64_at};
 use super::unwind::{self, StackMemory};
-use crate::target::{
+use crate::tracee::{
     Target,
     globals::{self, HeapGlobals},
 };
@@ -119,7 +119,7 @@ pub fn estimate(target: &Target, g_addrs: &[u64], limits: Limits) -> anyhow::Res
 
 /// The runtime variables the scan starts from (`runtime.mheap_`, `allp`, `allm`), as
 /// addresses in the target: from `.symtab`, or read off the runtime's code in a stripped
-/// binary (see `target::globals`).
+/// binary (see `tracee::globals`).
 fn runtime_vars(target: &Target) -> anyhow::Result<HeapGlobals> {
     let link = globals::locate_heap(&target.binary).map_err(|e| {
         anyhow!(

@@ -5,7 +5,7 @@
 //! frame pointer in `g.sched.bp` (CL 476235, asm_amd64.s), which would drop the function that
 //! called `gopark` from every parked stack.
 
-use crate::target::binary::GoBinary;
+use crate::tracee::binary::GoBinary;
 
 /// At most this many physical frames. Go's traceback walks every frame and prints the
 /// innermost and outermost 50 (report::dump does the same); this only bounds the work on a

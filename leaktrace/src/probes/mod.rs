@@ -17,7 +17,7 @@ use aya::{
 };
 use leaktrace_common::{AllocStat, Config, Counter, MADVISE_ADVICES, SPAN_CLASSES, SampleKey};
 
-use crate::target::{binary::GoBinary, code};
+use crate::tracee::{binary::GoBinary, code};
 
 pub mod calibrate;
 

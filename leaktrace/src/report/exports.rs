@@ -26,7 +26,7 @@ use super::{
     leaks::{self, Report},
     pprof,
 };
-use crate::{signals::Interrupted, target::pclntab::Frame};
+use crate::{signals::Interrupted, tracee::pclntab::Frame};
 
 /// Writes each file under a temporary name in `dir`, then renames them all into place, so
 /// that no reader, and no signal abandoning the report, leaves half a file under the final

@@ -2,15 +2,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use crate::model::Tally;
-
-/// Go's wording for a raw waitReason value, from the target's own table.
-pub fn reason_name(wait_reasons: &[String], reason: u8) -> String {
-    match wait_reasons.get(reason as usize) {
-        Some(s) if !s.is_empty() => s.clone(),
-        _ => format!("waitReason({reason})"),
-    }
-}
+use crate::{model::Tally, tracee::layout::reason_name};
 
 fn by_reason(counts: &std::collections::BTreeMap<u8, u64>, wait_reasons: &[String]) -> String {
     let mut v: Vec<_> = counts

@@ -11,7 +11,7 @@ use std::{collections::HashMap, io::Write as _};
 
 use flate2::{Compression, write::GzEncoder};
 
-use crate::target::pclntab::Frame;
+use crate::tracee::pclntab::Frame;
 
 /// What a value in a sample measures, as pprof names it: `("goroutine", "count")`,
 /// `("inuse_space", "bytes")`.

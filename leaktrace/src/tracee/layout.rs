@@ -27,6 +27,15 @@ use object::{
 };
 use serde::{Deserialize, Serialize};
 
+/// Go's wording for a raw waitReason value, from the target's own table (`wait_reasons` of
+/// its [`RuntimeLayout`]); `waitReason(N)` for a value the table does not name.
+pub fn reason_name(wait_reasons: &[String], reason: u8) -> String {
+    match wait_reasons.get(reason as usize) {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => format!("waitReason({reason})"),
+    }
+}
+
 /// Offsets, constants and wait-reason strings of one Go version's runtime (amd64).
 ///
 /// Every offset is in bytes from the start of the struct named by its group (`g`, `m`,

@@ -13,7 +13,6 @@ pub mod spawn;
 
 use anyhow::{Context as _, anyhow};
 
-use crate::report::live;
 use binary::GoBinary;
 use process::Process;
 
@@ -78,7 +77,7 @@ impl Target {
 
     /// Go's wording for a raw waitReason of this target.
     pub fn reason_name(&self, reason: u8) -> String {
-        live::reason_name(&self.layout.wait_reasons, reason)
+        layout::reason_name(&self.layout.wait_reasons, reason)
     }
 
     /// The innermost function at a runtime return address, for messages and event logs.
