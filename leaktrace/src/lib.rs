@@ -6,6 +6,7 @@
 //! -> `report`; `trace` runs that flow for `leaktrace -p`; `census` reads the target's goroutines and memory
 //! without probes, for `dump`.
 
+pub mod alloc;
 pub mod census;
 pub mod collector;
 pub mod detect;

@@ -4,10 +4,11 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use leaktrace::{
+    alloc::AllocMode,
     dump::DumpOptions,
     probes::Probe,
     signals::Interrupted,
-    trace::{self, AllocMode, TargetSpec, TraceOptions},
+    trace::{self, TargetSpec, TraceOptions},
 };
 
 /// Find goroutine leaks and the memory they pin in a running Go program, with eBPF.

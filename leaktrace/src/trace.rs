@@ -14,27 +14,26 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use leaktrace_common::{AllocStat, Config, MADVISE_NAMES, Record, RecordKind};
+use leaktrace_common::{Config, MADVISE_NAMES, Record, RecordKind};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
 
 use crate::{
-    census::{
-        self, channels,
-        heapprofile::{self, AllocSite, HeapProfile, SizeClasses},
-        retained,
-    },
+    alloc::{self, AllocMode, Allocated},
+    census::{self, activity::ActivityEstimate, channels, retained},
     collector,
-    detect::{Allocated, DetectOptions, LeakGroup, Observed, Pinned, Touch, Tracker},
-    model::{Applied, Model},
-    probes::{Probe, Probes, Samples, calibrate, over_budget},
-    report::{
-        self, exports,
+    detect::{DetectOptions, LeakGroup, Observed, Pinned, Touch, Tracker, verdict},
+    model::{
+        Applied, MemoryPoint, Model,
         histograms::{self, Histograms},
-        leaks::{self, ActivityEstimate, AllocationSites, MemoryPoint, ProbeSummary, Report},
-        live, pprof, prometheus, verdict,
+    },
+    probes::{Probe, Probes, calibrate, over_budget},
+    report::{
+        self, events, exports, live, pprof, prometheus,
+        schema::{ProbeSummary, Report},
+        text,
     },
     signals::{self, Interrupted},
     tracee::{Target, binary::GoBinary, layout, process::Process, spawn},
@@ -72,20 +71,6 @@ pub struct TraceOptions {
     pub alloc: AllocMode,
     /// Serve metrics for Prometheus here.
     pub prometheus: Option<std::net::SocketAddr>,
-}
-
-/// How allocations are seen (`--alloc`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AllocMode {
-    /// The runtime's own memory-profile samples, read from its memory at no cost; when the
-    /// binary disabled memory profiling, span refills and large allocations, probed within
-    /// the budget.
-    Sampled,
-    /// Every allocation, probed at each allocation entry point of the target's Go version;
-    /// exempt from the budget, with its cost stated before it starts.
-    Exact,
-    /// No allocation figures beyond the heap totals.
-    Off,
 }
 
 /// Why tracing stopped.
@@ -264,65 +249,6 @@ fn fitting(
         .collect()
 }
 
-/// Where the allocation figures come from, decided from the binary before attaching.
-struct AllocPlan {
-    /// Probes to add to the chosen ones.
-    probes: Vec<Probe>,
-    /// Probes the budget does not shed (`--alloc exact`).
-    exempt: Vec<Probe>,
-    /// The fallback sampler (refill and large probes) is used.
-    fallback: bool,
-    classes: Option<SizeClasses>,
-    /// Why the runtime's own profile is not used, when it is not.
-    note: Option<String>,
-}
-
-impl AllocPlan {
-    /// The runtime's heap profile is the source of allocation sites.
-    fn reads_profile(&self) -> bool {
-        !self.fallback && self.exempt.is_empty()
-    }
-}
-
-fn alloc_plan(binary: &GoBinary, mode: AllocMode) -> AllocPlan {
-    let mut plan = AllocPlan {
-        probes: Vec::new(),
-        exempt: Vec::new(),
-        fallback: false,
-        classes: SizeClasses::read(binary),
-        note: None,
-    };
-    match mode {
-        AllocMode::Off => {}
-        AllocMode::Exact => {
-            plan.probes.push(Probe::Alloc);
-            plan.exempt.push(Probe::Alloc);
-        }
-        AllocMode::Sampled => {
-            // The linker's choice is in the file: initialized data when true, .bss (no bytes
-            // in the file) when false.
-            let disabled = binary
-                .data_symbol("runtime.disableMemoryProfiling")
-                .map(|s| binary.read_vaddr(s.addr, 1).is_some_and(|b| b[0] != 0));
-            let readable = binary.data_symbol("runtime.mbuckets").is_some();
-            plan.note = match (disabled, readable) {
-                (Some(false), true) => None,
-                (Some(true), _) => Some(
-                    "this program disabled the runtime's memory profiling (nothing in it can read the profile, e.g. no runtime/pprof), so allocations are sampled at span refills and large allocations instead".into(),
-                ),
-                _ => Some(
-                    "the runtime's heap profile cannot be found without a symbol table (built with -ldflags=-s), so allocations are sampled at span refills and large allocations instead".into(),
-                ),
-            };
-            if plan.note.is_some() {
-                plan.fallback = true;
-                plan.probes.extend([Probe::Refill, Probe::Large]);
-            }
-        }
-    }
-    plan
-}
-
 /// The goroutines of a snapshot as the detector sees them (runtime goroutines left out);
 /// `g_addrs` gets the g address of every goroutine alive, runtime ones included, by goid.
 fn observe(target: &Target, g_addrs: &mut HashMap<u64, u64>) -> anyhow::Result<Vec<Observed>> {
@@ -394,7 +320,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let (target, mut probes, spawned) = match &opts.target {
         TargetSpec::Pid(pid) => {
             let target = Target::inspect(*pid)?;
-            plan = alloc_plan(&target.binary, opts.alloc);
+            plan = alloc::plan::plan(&target.binary, opts.alloc);
             let mut probes = Probes::load(config_for(*pid, &target.layout), opts.ring_bytes)?;
             if let Some(c) = &plan.classes {
                 probes.set_span_bytes(&c.by_span_class())?;
@@ -445,7 +371,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             let binary = GoBinary::open(&program).map_err(|e| anyhow!("{e}"))?;
             let v = binary.version();
             let layout = layout::for_binary(binary.data(), v.major, v.minor)?;
-            plan = alloc_plan(&binary, opts.alloc);
+            plan = alloc::plan::plan(&binary, opts.alloc);
             let held = spawn::hold(argv)?;
             let pid = held.pid;
             let mut probes = Probes::load(config_for(pid, &layout), opts.ring_bytes)?;
@@ -501,7 +427,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         memory_point(&target, &probes, start.elapsed(), goroutines_now)
             .into_iter()
             .collect();
-    let profile_start = heapprofile::read(&target);
+    let profile_start = alloc::profile::read(&target);
     // Read again at each snapshot: a target that exits can no longer be read at the end.
     let mut profile_last = None;
     if let Some(note) = &plan.note {
@@ -642,7 +568,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
             _ => {}
         }
         if let Some(w) = events.as_mut() {
-            let _ = writeln!(w, "{}", event_json(&target, &rec));
+            let _ = writeln!(w, "{}", events::json(&target, &rec));
         }
     };
 
@@ -739,7 +665,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
                     observed.as_ref().ok().map(Vec::len),
                 ));
                 if plan.reads_profile() {
-                    profile_last = heapprofile::read(&target).ok().or(profile_last);
+                    profile_last = alloc::profile::read(&target).ok().or(profile_last);
                 }
                 if let Some((tx, _)) = &metrics {
                     let counts = probes.counts()?;
@@ -927,25 +853,44 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     for l in &mut leaks {
         l.pinned = pinned.get(&group_key(l)).map(|(_, _, p)| p.clone());
         if alloc_probed {
-            l.allocated = Some(sum_allocations(&l.goids, &allocations, "exact"));
+            l.allocated = Some(alloc::sites::sum_allocations(
+                &l.goids,
+                &allocations,
+                "exact",
+            ));
         } else if let Some(smp) = &samples {
-            l.allocated = Some(sum_allocations(&l.goids, &smp.by_goroutine, "sampled"));
+            l.allocated = Some(alloc::sites::sum_allocations(
+                &l.goids,
+                &smp.by_goroutine,
+                "sampled",
+            ));
         }
         for age in &l.ages {
             hist.record("leak_blocked_ms", age.as_millis() as u64);
         }
     }
     if plan.reads_profile() && target.process.is_alive() {
-        profile_last = heapprofile::read(&target).ok().or(profile_last);
+        profile_last = alloc::profile::read(&target).ok().or(profile_last);
     }
-    let allocation_sites = allocation_report(
+    let allocation_sites = alloc::sites::report(
         &target,
         &plan,
         &profile_start,
         profile_last,
         samples.as_ref(),
-        &mut hist,
     );
+    for &(size, n) in &allocation_sites.sizes {
+        hist.record_n("alloc_size_bytes", size, n);
+    }
+    let allocations_pprof = match (&samples, &allocation_sites.profile) {
+        (Some(smp), _) => Some(pprof::sampled_allocations(
+            &target,
+            smp,
+            plan.classes.as_ref(),
+        )),
+        (None, Some(profile)) => Some(pprof::heap_allocations(profile, &target)),
+        (None, None) => None,
+    };
     hist.close_interval(start.elapsed());
     let memory_verdict = verdict::judge(&timeline, leaks.len(), allocation_sites.growing.clone());
     let report = Report {
@@ -979,16 +924,10 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
         histograms: hist.percentiles(),
         leaks,
     };
-    let text = leaks::text(&report);
+    let text = text::text(&report);
     print!("\n{text}");
     if let Some(dir) = &opts.output {
-        exports::write_all(
-            dir,
-            &report,
-            &hist,
-            allocation_sites.pprof.as_ref(),
-            abandoned,
-        )?;
+        exports::write_all(dir, &report, &hist, allocations_pprof.as_ref(), abandoned)?;
     }
     Ok(Outcome { stop, report })
 }
@@ -1059,195 +998,4 @@ fn estimate_pinned(
             Err(e) => log::warn!("estimating the memory a leak group pins: {e:#}"),
         }
     }
-}
-
-/// What the goroutines `goids` allocated, from per-goroutine counts.
-fn sum_allocations(
-    goids: &[u64],
-    per_goroutine: &HashMap<u64, AllocStat>,
-    source: &'static str,
-) -> Allocated {
-    let mut a = Allocated {
-        source,
-        ..Allocated::default()
-    };
-    for s in goids.iter().filter_map(|g| per_goroutine.get(g)) {
-        a.count += s.count;
-        a.bytes += s.bytes;
-    }
-    a
-}
-
-/// The allocation sites of the report, with the sites that grew most during the trace and
-/// the heap profile they came from.
-struct AllocationOutcome {
-    report: AllocationSites,
-    growing: Vec<AllocSite>,
-    /// For `allocations.pb.gz`.
-    pprof: Option<pprof::Profile>,
-}
-
-/// Sites in report.json.
-const REPORTED_SITES: usize = 20;
-
-/// Allocation sites from the runtime's heap profile (read again now), or from the fallback
-/// sampler; allocation sizes go into the size histogram.
-fn allocation_report(
-    target: &Target,
-    plan: &AllocPlan,
-    profile_start: &anyhow::Result<HeapProfile>,
-    profile_last: Option<HeapProfile>,
-    samples: Option<&Samples>,
-    hist: &mut Histograms,
-) -> AllocationOutcome {
-    if plan.fallback && samples.is_none() {
-        return AllocationOutcome {
-            report: AllocationSites {
-                source: "none".into(),
-                note: Some(format!(
-                    "{}; the sampler's probes were not placed or were shed (over --max-overhead), so allocation sites are unknown for this trace",
-                    plan.note
-                        .as_deref()
-                        .unwrap_or("the runtime's heap profile cannot be read")
-                )),
-                rate: None,
-                sites: Vec::new(),
-            },
-            growing: Vec::new(),
-            pprof: None,
-        };
-    }
-    if let Some(smp) = samples {
-        let (sites, sizes) = heapprofile::sampled_sites(target, smp, plan.classes.as_ref());
-        for (size, n) in sizes {
-            hist.record_n("alloc_size_bytes", size, n);
-        }
-        return AllocationOutcome {
-            report: AllocationSites {
-                source: "span refills and large allocations (probes)".into(),
-                note: plan.note.clone(),
-                rate: None,
-                sites: sites.iter().take(REPORTED_SITES).cloned().collect(),
-            },
-            growing: sites,
-            pprof: Some(heapprofile::sampled_to_pprof(
-                target,
-                smp,
-                plan.classes.as_ref(),
-            )),
-        };
-    }
-    let profile = match profile_last.ok_or_else(|| match profile_start {
-        Ok(_) => anyhow!("the target could not be read again"),
-        Err(e) => anyhow!("{e:#}"),
-    }) {
-        Ok(p) => p,
-        Err(e) => {
-            return AllocationOutcome {
-                report: AllocationSites {
-                    source: "none".into(),
-                    note: Some(format!("{e:#}")),
-                    rate: None,
-                    sites: Vec::new(),
-                },
-                growing: Vec::new(),
-                pprof: None,
-            };
-        }
-    };
-    for (size, n) in profile.sizes() {
-        hist.record_n("alloc_size_bytes", size, n);
-    }
-    let sites = profile.sites(target);
-    let growing = match profile_start {
-        Ok(p0) => heapprofile::growth(&p0.sites(target), &sites),
-        Err(_) => sites.clone(),
-    };
-    let note = if profile.sampling() {
-        plan.note.clone()
-    } else {
-        Some(format!(
-            "the runtime's memory profiling is off (MemProfileRate {}{}): no allocation sites",
-            profile.rate,
-            if profile.disabled {
-                ", disabled by the linker"
-            } else {
-                ""
-            }
-        ))
-    };
-    AllocationOutcome {
-        report: AllocationSites {
-            source: "runtime heap profile (read from the target's memory)".into(),
-            note,
-            rate: Some(profile.rate),
-            sites: sites.into_iter().take(REPORTED_SITES).collect(),
-        },
-        growing,
-        pprof: profile
-            .sampling()
-            .then(|| heapprofile::to_pprof(&profile, target)),
-    }
-}
-
-fn event_json(target: &Target, r: &Record) -> String {
-    match RecordKind::from_u8(r.kind) {
-        Some(RecordKind::Park) => serde_json::json!({
-            "ts_ns": r.ts_ns,
-            "kind": "park",
-            "goid": r.goid,
-            "reason": target.reason_name(r.reason),
-            "reason_value": r.reason,
-            "wait_addr": format!("{:#x}", r.addr),
-            "caller": target.function_at_return(r.pc),
-            "tid": r.tid,
-        }),
-        Some(RecordKind::Wake) => serde_json::json!({
-            "ts_ns": r.ts_ns,
-            "kind": "wake",
-            "goid": r.goid,
-            "waker_goid": r.other_goid,
-            "tid": r.tid,
-        }),
-        Some(RecordKind::Create) => serde_json::json!({
-            "ts_ns": r.ts_ns,
-            "kind": "create",
-            "goid": r.goid,
-            "parent_goid": r.other_goid,
-            "go_statement": target.site_at_return(r.pc),
-            "start": target.function_at_return(r.addr + 1),
-        }),
-        Some(RecordKind::Exit) => {
-            serde_json::json!({ "ts_ns": r.ts_ns, "kind": "exit", "goid": r.goid })
-        }
-        Some(RecordKind::Madvise) => serde_json::json!({
-            "ts_ns": r.ts_ns,
-            "kind": "madvise",
-            "bytes": r.addr,
-            "advice": MADVISE_NAMES.get(r.reason as usize).copied().unwrap_or("other"),
-        }),
-        Some(RecordKind::Site) => serde_json::json!({
-            "ts_ns": r.ts_ns,
-            "kind": "site",
-            "goid": r.goid,
-            "at": target.site_at_return(r.pc + 1),
-        }),
-        Some(
-            k @ (RecordKind::ChanSend
-            | RecordKind::ChanRecv
-            | RecordKind::ChanClose
-            | RecordKind::Select),
-        ) => {
-            serde_json::json!({
-                "ts_ns": r.ts_ns,
-                "kind": format!("{k:?}").to_lowercase(),
-                "goid": r.goid,
-                "addr": format!("{:#x}", r.addr),
-                "site": target.site_at_return(r.pc),
-                "block_or_cases": r.reason,
-            })
-        }
-        None => serde_json::json!({ "kind": "unknown", "raw_kind": r.kind }),
-    }
-    .to_string()
 }

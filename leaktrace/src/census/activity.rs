@@ -19,6 +19,8 @@ use std::{
 };
 
 use super::goroutines::{MAX_PS, all_gs, pointer_slice, read_gs};
+use serde::Serialize;
+
 use crate::tracee::{Target, globals};
 
 /// The `_Gscan` bit, masked off (runtime/runtime2.go, Go 1.21-1.27).
@@ -139,4 +141,14 @@ pub fn estimate(target: &Target, gap: Duration) -> anyhow::Result<Rates> {
         creations: b.max_goid.saturating_sub(a.max_goid) as f64 / secs,
         transitions: (changed as u64).max(scheduled).max(stops) as f64 / secs,
     })
+}
+
+/// Rates read off the target's runtime in 100 ms, without probes (`census::activity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ActivityEstimate {
+    pub goroutines_created_per_second: f64,
+    /// Parks, wake-ups and other goroutine state changes per second (a lower bound).
+    pub state_changes_per_second: f64,
+    /// From the heap's byte counter at 64 B an object; absent when it cannot be read.
+    pub allocations_per_second: Option<f64>,
 }

@@ -80,3 +80,8 @@ pub fn read(target: &Target) -> anyhow::Result<MemorySnapshot> {
         last_gc: rd(ms + l.memstats.last_gc_unix)?,
     })
 }
+
+/// Bytes in MiB, for people.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

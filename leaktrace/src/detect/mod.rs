@@ -9,6 +9,8 @@
 //! (it will fire), receivers sharing one channel without growing (an idle pool), the main
 //! goroutine. Sleep, IO wait and runtime-internal waits are never suspects.
 
+pub mod verdict;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::Duration,
@@ -16,7 +18,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::census::{CreatedBy, StackFrame, channels::ChannelState};
+use crate::{
+    alloc::Allocated,
+    census::{CreatedBy, Seconds, StackFrame, channels::ChannelState},
+};
 
 /// Suspects are reported at or above this score (see [`Confidence`]).
 const REPORT_SCORE: i32 = 2;
@@ -125,12 +130,6 @@ fn confidence(score: i32) -> Confidence {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Seconds {
-    pub min: f64,
-    pub max: f64,
-}
-
 /// The channels a leak group waits on.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ChannelSummary {
@@ -176,15 +175,6 @@ pub struct LeakGroup {
     /// How long each goroutine of the group has been blocked.
     #[serde(skip)]
     pub ages: Vec<Duration>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Allocated {
-    pub count: u64,
-    pub bytes: u64,
-    /// "exact": every allocation; "sampled": span refills (a whole span each) and large
-    /// allocations, an estimate of the bytes the goroutines allocated.
-    pub source: &'static str,
 }
 
 /// The memory a leak group pins.

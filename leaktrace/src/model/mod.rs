@@ -1,9 +1,16 @@
-//! The model: what leaktrace knows about the target's goroutines, kept current by records.
-//! A plain data structure; it neither reads the target nor prints anything.
+//! The model: what leaktrace knows about the target, kept current by records and snapshots:
+//! its goroutines as the probes saw them (here), the histograms of park durations,
+//! lifetimes and sizes (`histograms`), and the memory timeline (`memory`). Plain data
+//! structures; they neither read the target nor print anything.
+
+pub mod histograms;
+pub mod memory;
 
 use std::collections::{BTreeMap, HashMap};
 
 use leaktrace_common::{Record, RecordKind};
+
+pub use memory::MemoryPoint;
 
 /// Where a goroutine stands, as far as the records say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

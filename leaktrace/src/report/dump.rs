@@ -20,14 +20,9 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::Serialize;
 
 use crate::census::{
-    CreatedBy, GoroutineSnapshot, MemorySnapshot, StackFrame, goroutines::shown_by_go,
+    CreatedBy, GoroutineSnapshot, MemorySnapshot, Seconds, StackFrame, goroutines::shown_by_go,
+    memory,
 };
-
-#[derive(Clone, Debug, Serialize)]
-pub struct WaitingSeconds {
-    pub min: f64,
-    pub max: f64,
-}
 
 /// Goroutines with the same state, stack and creation site.
 #[derive(Clone, Debug, Serialize)]
@@ -35,7 +30,7 @@ pub struct Group {
     pub wait_reason: String,
     pub count: usize,
     pub goids: Vec<u64>,
-    pub waiting_seconds: Option<WaitingSeconds>,
+    pub waiting_seconds: Option<Seconds>,
     pub stack: Vec<StackFrame>,
     /// Frames left out between `stack[49]` and `stack[50]` of a deep stack.
     pub elided_frames: usize,
@@ -128,11 +123,7 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
         e.goids.push(g.goid);
         if let Some(w) = g.waiting {
             let s = w.as_secs_f64();
-            let ws = e
-                .waiting_seconds
-                .get_or_insert(WaitingSeconds { min: s, max: s });
-            ws.min = ws.min.min(s);
-            ws.max = ws.max.max(s);
+            e.waiting_seconds.get_or_insert(Seconds::of(s)).take_in(s);
         }
     }
     let mut v: Vec<Group> = groups.into_values().collect();
@@ -144,7 +135,7 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
 }
 
 fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+    format!("{:.1} MiB", memory::mib(b))
 }
 
 pub fn memory_line(m: &MemorySnapshot) -> String {
@@ -194,7 +185,7 @@ pub(crate) fn write_frames(
     }
 }
 
-fn waiting_text(w: &Option<WaitingSeconds>) -> String {
+fn waiting_text(w: &Option<Seconds>) -> String {
     match w {
         Some(w) if w.max >= 1.0 => format!(", waiting {:.0}-{:.0} s", w.min, w.max),
         _ => String::new(),

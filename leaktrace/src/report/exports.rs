@@ -21,12 +21,12 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    histograms::Histograms,
     hlog::{self, HlogInterval},
-    leaks::{self, Report},
     pprof,
+    schema::Report,
+    text,
 };
-use crate::{signals::Interrupted, tracee::pclntab::Frame};
+use crate::{model::histograms::Histograms, signals::Interrupted, tracee::pclntab::Frame};
 
 /// Writes each file under a temporary name in `dir`, then renames them all into place, so
 /// that no reader, and no signal abandoning the report, leaves half a file under the final
@@ -131,7 +131,7 @@ pub fn write_all(
     allocations: Option<&pprof::Profile>,
     abandoned: impl Fn() -> bool,
 ) -> anyhow::Result<()> {
-    let text = leaks::text(report);
+    let text = text::text(report);
     let mut json = serde_json::to_string_pretty(report)?;
     json.push('\n');
 

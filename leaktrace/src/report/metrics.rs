@@ -2,7 +2,8 @@
 //! goroutines and suspected leaks, park durations, and what the probes cost. Names are
 //! documented in the README ("Prometheus").
 
-use super::{histograms::Histograms, leaks::MemoryPoint, prometheus::Metrics};
+use super::prometheus::Metrics;
+use crate::model::{MemoryPoint, histograms::Histograms};
 use crate::{detect::LeakGroup, probes::Counts};
 
 /// Park-duration bucket bounds, in seconds.

@@ -1,15 +1,17 @@
-//! What leaktrace prints: the live line each interval and the summary at the end (`live`),
-//! and the goroutine and memory snapshot (`dump`). What it exports for other tools: pprof
-//! profiles (`pprof`), histograms over time as HdrHistogram interval logs (`hlog`), and
-//! metrics for Prometheus to scrape (`prometheus`).
+//! Renderers, each a leaf that imports what it renders and nothing imports but the trace:
+//! report.json's structs (`schema`) and the text report (`text`); the live line each
+//! interval and the summary (`live`); the goroutine and memory snapshot (`dump`); every
+//! probe record as a JSON line (`events`); pprof profiles (`pprof`); histograms over time as
+//! an HdrHistogram interval log (`hlog`); the Prometheus text format (`metrics`) and the
+//! endpoint that serves it (`prometheus`); and the files `record -o` writes (`exports`).
 
 pub mod dump;
+pub mod events;
 pub mod exports;
-pub mod histograms;
 pub mod hlog;
-pub mod leaks;
 pub mod live;
 pub mod metrics;
 pub mod pprof;
 pub mod prometheus;
-pub mod verdict;
+pub mod schema;
+pub mod text;

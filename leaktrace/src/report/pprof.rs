@@ -11,7 +11,14 @@ use std::{collections::HashMap, io::Write as _};
 
 use flate2::{Compression, write::GzEncoder};
 
-use crate::tracee::pclntab::Frame;
+use crate::{
+    alloc::{
+        HeapProfile, profile,
+        sampler::{self, SizeClasses},
+    },
+    probes::Samples,
+    tracee::{Target, pclntab::Frame},
+};
 
 /// What a value in a sample measures, as pprof names it: `("goroutine", "count")`,
 /// `("inuse_space", "bytes")`.
@@ -284,6 +291,76 @@ impl Pb {
         if !m.0.is_empty() {
             self.bytes(field, &m.0);
         }
+    }
+}
+
+/// The runtime's profile as a pprof heap profile, scaled as `runtime/pprof` scales it:
+/// what `go tool pprof -sample_index=inuse_space` reads.
+pub fn heap_allocations(profile: &HeapProfile, target: &Target) -> Profile {
+    let samples = profile
+        .buckets
+        .iter()
+        .map(|b| {
+            let allocs = b.allocs + b.recent_allocs;
+            let (ao, ab) = profile::scale(allocs, allocs * b.size, profile.rate);
+            let live = b.allocs.saturating_sub(b.frees);
+            let (io, ib) = profile::scale(live, live * b.size, profile.rate);
+            Sample {
+                stack: profile.frames(target, b),
+                values: [ao, ab, io, ib].map(|v| v as i64).to_vec(),
+                num_labels: vec![("bytes".into(), b.size as i64, "bytes".into())],
+                ..Sample::default()
+            }
+        })
+        .collect();
+    Profile {
+        sample_types: vec![
+            ValueType::new("alloc_objects", "count"),
+            ValueType::new("alloc_space", "bytes"),
+            ValueType::new("inuse_objects", "count"),
+            ValueType::new("inuse_space", "bytes"),
+        ],
+        samples,
+        period_type: Some(ValueType::new("space", "bytes")),
+        period: profile.rate as i64,
+        default_sample_type: Some("inuse_space".into()),
+        comments: vec![
+            "the target's runtime heap profile, read from its memory by leaktrace".into(),
+        ],
+        ..Profile::default()
+    }
+}
+
+/// The fallback sampler's allocations as a pprof profile (allocated objects and bytes; it
+/// does not see frees).
+pub fn sampled_allocations(
+    target: &Target,
+    samples: &Samples,
+    classes: Option<&SizeClasses>,
+) -> Profile {
+    let samples = samples
+        .stacks
+        .iter()
+        .map(|(key, stack, stat)| {
+            let (objects, _) = sampler::objects_and_size(key, stat, classes);
+            Sample {
+                stack: sampler::sampled_frames(target, stack),
+                values: vec![objects as i64, stat.bytes as i64],
+                ..Sample::default()
+            }
+        })
+        .collect();
+    Profile {
+        sample_types: vec![
+            ValueType::new("alloc_objects", "count"),
+            ValueType::new("alloc_space", "bytes"),
+        ],
+        samples,
+        default_sample_type: Some("alloc_space".into()),
+        comments: vec![
+            "allocations sampled by leaktrace at span refills (a whole span each) and large allocations".into(),
+        ],
+        ..Profile::default()
     }
 }
 

@@ -17,14 +17,9 @@
 use std::collections::HashMap;
 
 use anyhow::{Context as _, anyhow, bail};
-use leaktrace_common::{AllocStat, LARGE_CLASS, SampleKey};
 use serde::Serialize;
 
-use crate::{
-    probes::Samples,
-    report::pprof,
-    tracee::{Target, binary::GoBinary, pclntab::Frame},
-};
+use crate::tracee::{Target, pclntab::Frame};
 
 /// `bucket` header: next, allnext, typ, hash, size, nstk (six words).
 const BUCKET_HEADER: u64 = 48;
@@ -197,78 +192,7 @@ impl HeapProfile {
     }
 }
 
-/// The target's size classes, from the tables the runtime allocates by
-/// (`runtime.class_to_size` and `runtime.class_to_allocnpages`; in Go 1.25+
-/// `internal/runtime/gc.SizeClassToSize` and `SizeClassToNPages`), read from the binary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SizeClasses {
-    /// Object size of each size class (class 0 is unused).
-    pub size: Vec<u64>,
-    /// Bytes of one span of each size class.
-    pub span_bytes: Vec<u64>,
-}
-
-impl SizeClasses {
-    pub fn read(binary: &GoBinary) -> Option<Self> {
-        let table = |names: [&str; 2]| {
-            names.iter().find_map(|n| {
-                let s = binary.data_symbol(n)?;
-                binary.read_vaddr(s.addr, s.size as usize)
-            })
-        };
-        let sizes = table([
-            "runtime.class_to_size",
-            "internal/runtime/gc.SizeClassToSize",
-        ])?;
-        let pages = table([
-            "runtime.class_to_allocnpages",
-            "internal/runtime/gc.SizeClassToNPages",
-        ])?;
-        let size: Vec<u64> = sizes
-            .as_chunks::<2>()
-            .0
-            .iter()
-            .map(|c| u16::from_le_bytes(*c) as u64)
-            .collect();
-        let span_bytes: Vec<u64> = pages.iter().map(|&n| n as u64 * 8192).collect();
-        (size.len() == span_bytes.len() && size.len() > 1).then_some(Self { size, span_bytes })
-    }
-
-    /// Bytes of one span of each span class (size class << 1 | noscan).
-    pub fn by_span_class(&self) -> Vec<u64> {
-        self.span_bytes.iter().flat_map(|&b| [b, b]).collect()
-    }
-}
-
-/// Allocation sites from the fallback sampler (span refills and large allocations): bytes
-/// are whole spans for refills, so small-object sites are estimated to a span; in-use bytes
-/// are not known to it. Also returns (object size, objects) pairs for the size histogram.
-pub fn sampled_sites(
-    target: &Target,
-    samples: &Samples,
-    classes: Option<&SizeClasses>,
-) -> (Vec<AllocSite>, Vec<(u64, u64)>) {
-    let mut by_site: HashMap<(String, String, u32), AllocSite> = HashMap::new();
-    let mut sizes = Vec::new();
-    for (key, stack, stat) in &samples.stacks {
-        let (objects, size) = objects_and_size(key, stat, classes);
-        if size > 0 {
-            sizes.push((size, objects));
-        }
-        let frames = sampled_frames(target, stack);
-        let Some(f) = frames.first() else {
-            continue;
-        };
-        let e = by_site
-            .entry((f.function.clone(), f.file.clone(), f.line))
-            .or_insert_with(|| AllocSite::at(f));
-        e.alloc_objects += objects;
-        e.alloc_bytes += stat.bytes;
-    }
-    (sorted(by_site), sizes)
-}
-
-fn sorted(by_site: HashMap<(String, String, u32), AllocSite>) -> Vec<AllocSite> {
+pub(super) fn sorted(by_site: HashMap<(String, String, u32), AllocSite>) -> Vec<AllocSite> {
     let mut v: Vec<AllocSite> = by_site.into_values().collect();
     v.sort_by(|a, b| {
         b.alloc_bytes
@@ -279,7 +203,7 @@ fn sorted(by_site: HashMap<(String, String, u32), AllocSite>) -> Vec<AllocSite> 
 }
 
 impl AllocSite {
-    fn at(f: &Frame) -> Self {
+    pub(super) fn at(f: &Frame) -> Self {
         Self {
             function: f.function.clone(),
             file: f.file.clone(),
@@ -319,80 +243,10 @@ pub fn growth(before: &[AllocSite], after: &[AllocSite]) -> Vec<AllocSite> {
     v
 }
 
-/// The runtime's profile as a pprof heap profile, scaled as `runtime/pprof` scales it:
-/// what `go tool pprof -sample_index=inuse_space` reads.
-pub fn to_pprof(profile: &HeapProfile, target: &Target) -> pprof::Profile {
-    let samples = profile
-        .buckets
-        .iter()
-        .map(|b| {
-            let allocs = b.allocs + b.recent_allocs;
-            let (ao, ab) = scale(allocs, allocs * b.size, profile.rate);
-            let live = b.allocs.saturating_sub(b.frees);
-            let (io, ib) = scale(live, live * b.size, profile.rate);
-            pprof::Sample {
-                stack: profile.frames(target, b),
-                values: [ao, ab, io, ib].map(|v| v as i64).to_vec(),
-                num_labels: vec![("bytes".into(), b.size as i64, "bytes".into())],
-                ..pprof::Sample::default()
-            }
-        })
-        .collect();
-    pprof::Profile {
-        sample_types: vec![
-            pprof::ValueType::new("alloc_objects", "count"),
-            pprof::ValueType::new("alloc_space", "bytes"),
-            pprof::ValueType::new("inuse_objects", "count"),
-            pprof::ValueType::new("inuse_space", "bytes"),
-        ],
-        samples,
-        period_type: Some(pprof::ValueType::new("space", "bytes")),
-        period: profile.rate as i64,
-        default_sample_type: Some("inuse_space".into()),
-        comments: vec![
-            "the target's runtime heap profile, read from its memory by leaktrace".into(),
-        ],
-        ..pprof::Profile::default()
-    }
-}
-
-/// The fallback sampler's allocations as a pprof profile (allocated objects and bytes; it
-/// does not see frees).
-pub fn sampled_to_pprof(
-    target: &Target,
-    samples: &Samples,
-    classes: Option<&SizeClasses>,
-) -> pprof::Profile {
-    let samples = samples
-        .stacks
-        .iter()
-        .map(|(key, stack, stat)| {
-            let (objects, _) = objects_and_size(key, stat, classes);
-            pprof::Sample {
-                stack: sampled_frames(target, stack),
-                values: vec![objects as i64, stat.bytes as i64],
-                ..pprof::Sample::default()
-            }
-        })
-        .collect();
-    pprof::Profile {
-        sample_types: vec![
-            pprof::ValueType::new("alloc_objects", "count"),
-            pprof::ValueType::new("alloc_space", "bytes"),
-        ],
-        samples,
-        default_sample_type: Some("alloc_space".into()),
-        comments: vec![
-            "allocations sampled by leaktrace at span refills (a whole span each) and large allocations".into(),
-        ],
-        ..pprof::Profile::default()
-    }
-}
-
 /// Return addresses (runtime addresses, innermost first) as frames, with the runtime's own
 /// frames above the allocating call left out (`mallocgc`, `newobject`, `growslice`...), as
 /// `runtime/pprof` does; all of them when the stack has nothing else.
-fn allocating_frames(target: &Target, return_pcs: &[u64]) -> Vec<Frame> {
+pub(super) fn allocating_frames(target: &Target, return_pcs: &[u64]) -> Vec<Frame> {
     let all: Vec<Frame> = return_pcs
         .iter()
         .filter_map(|&pc| {
@@ -405,30 +259,6 @@ fn allocating_frames(target: &Target, return_pcs: &[u64]) -> Vec<Frame> {
         .position(|f| !is_runtime(&f.function))
         .unwrap_or(0);
     all[first..].to_vec()
-}
-
-/// A sampler stack as frames: its first entry is the probed function itself (the
-/// instruction pointer), the rest return addresses.
-fn sampled_frames(target: &Target, stack: &[u64]) -> Vec<Frame> {
-    allocating_frames(target, stack.get(1..).unwrap_or_default())
-}
-
-/// The objects a sampler key stands for, and their size: a large allocation is one object of
-/// its size; a refill is a span of objects of its size class (0 when the tables are unknown,
-/// then one object per refill).
-fn objects_and_size(
-    key: &SampleKey,
-    stat: &AllocStat,
-    classes: Option<&SizeClasses>,
-) -> (u64, u64) {
-    if key.span_class == LARGE_CLASS {
-        return (stat.count, key.size);
-    }
-    let class = (key.span_class >> 1) as usize;
-    match classes.and_then(|c| Some((c.size.get(class)?, c.span_bytes.get(class)?))) {
-        Some((&size, &span)) if size > 0 => (stat.count * (span / size), size),
-        _ => (stat.count, 0),
-    }
 }
 
 fn is_runtime(function: &str) -> bool {

@@ -5,8 +5,7 @@
 
 use serde::Serialize;
 
-use super::leaks::MemoryPoint;
-use crate::census::heapprofile::AllocSite;
+use crate::{alloc::AllocSite, census::memory::mib, model::MemoryPoint};
 
 /// Heap in use grows when the lowest reading of the last third of the trace is this much
 /// above the lowest reading of the first third (lowest: the GC's sawtooth is read at its
@@ -53,10 +52,6 @@ pub struct MemoryVerdict {
     /// For heap growth: the allocation sites whose in-use bytes grew most (from the heap
     /// profile, or the fallback sampler's bytes).
     pub top_growing_sites: Vec<AllocSite>,
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
 }
 
 /// The lowest value of `f` over the first and over the last third of `points`.

@@ -1,0 +1,64 @@
+//! report.json: the report as data, one struct per section. The text report
+//! (`report::text`), the exports and the Prometheus metrics render it; the README documents
+//! it ("report.json").
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    alloc::{Allocated, AllocationSites},
+    census::activity::ActivityEstimate,
+    detect::{LeakGroup, verdict::MemoryVerdict},
+    model::{MemoryPoint, histograms::Percentiles},
+};
+
+/// What the probes did during the trace.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProbeSummary {
+    /// Runtime functions probed at the end of the trace.
+    pub attached: Vec<String>,
+    /// Hits per probed function over the whole trace.
+    pub hits: BTreeMap<String, u64>,
+    pub lost_records: u64,
+    /// Each time probes were shed to stay under --max-overhead, and why.
+    pub shed: Vec<String>,
+    /// What one probe hit costs on this machine, measured at start-up: the budget
+    /// multiplies hits by it.
+    pub hit_cost_us: f64,
+    /// The target's activity, read just before any probe was placed on a running target:
+    /// what judged which probes fit the budget.
+    pub estimated_before_attach: Option<ActivityEstimate>,
+}
+
+/// `report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub pid: u32,
+    pub executable: String,
+    pub go_version: String,
+    pub stopped: String,
+    pub observed_seconds: f64,
+    pub snapshots: usize,
+    pub min_age_seconds: f64,
+    /// Goroutines parked and woken while traced, by Go's wording of the wait reason.
+    pub parks: BTreeMap<String, u64>,
+    pub wakes: BTreeMap<String, u64>,
+    /// Seen by the create/exit probes while they ran.
+    pub goroutines_created: u64,
+    pub goroutines_exited: u64,
+    /// Every allocation the alloc probe saw, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocations: Option<Allocated>,
+    pub probes: ProbeSummary,
+    /// RSS, the Go heap and madvise at each snapshot: a heap in use that stays flat while
+    /// pages are returned tells "not returned yet" from "still referenced".
+    pub memory_timeline: Vec<MemoryPoint>,
+    /// Leak, or memory not yet returned? See the README for the values of `kind`.
+    pub memory_verdict: MemoryVerdict,
+    pub allocation_sites: AllocationSites,
+    /// Percentiles of every histogram, by tag (`histograms.hlog` has them per interval).
+    pub histograms: BTreeMap<String, Percentiles>,
+    /// Suspected leak groups, strongest first.
+    pub leaks: Vec<LeakGroup>,
+}
