@@ -47,6 +47,7 @@ fn leaktrace(args: &[&str], timeout: Duration) -> (String, String, Option<i32>) 
         stderr.read_to_string(&mut s).unwrap();
         s
     });
+    let timeout = patience(timeout);
     let end = Instant::now() + timeout;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

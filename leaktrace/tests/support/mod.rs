@@ -61,6 +61,17 @@ pub fn go_binary(version: &str) -> PathBuf {
     go
 }
 
+/// How long a test waits for a line or an exit: the time it names, and never under
+/// [`MIN_PATIENCE`]. These waits catch hangs; how fast things go depends on the machine (a
+/// probe hit costs 10-18 us on these VMs, 2x apart) and on what else loads its two CPUs,
+/// and a wait tuned on an idle machine fails on a busy one.
+pub fn patience(named: Duration) -> Duration {
+    named.max(MIN_PATIENCE)
+}
+
+/// The shortest wait for anything a test waits for.
+pub const MIN_PATIENCE: Duration = Duration::from_secs(90);
+
 /// Builds `testdata/go/<name>` with Go `version` and extra `go build` flags; cached under
 /// the project's cache by a hash of the sources, the version and the flags.
 pub fn build_fixture(name: &str, version: &str, flags: &[&str]) -> PathBuf {
@@ -182,6 +193,7 @@ impl Lines {
 
     /// Waits for a line containing `needle`; panics with everything seen after `timeout`.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let timeout = patience(timeout);
         let end = Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -286,6 +298,7 @@ impl Tracer {
 
     /// Waits for leaktrace to exit; returns (stdout, stderr lines, exit code).
     pub fn finish(mut self, timeout: Duration) -> (String, Vec<String>, Option<i32>) {
+        let timeout = patience(timeout);
         let end = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
