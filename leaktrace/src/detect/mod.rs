@@ -9,6 +9,7 @@
 //! (it will fire), receivers sharing one channel without growing (an idle pool), the main
 //! goroutine. Sleep, IO wait and runtime-internal waits are never suspects.
 
+pub mod pinned;
 pub mod verdict;
 
 use std::{
@@ -79,16 +80,28 @@ impl Observed {
     }
 
     pub fn key(&self) -> GroupKey {
-        GroupKey {
-            state: self.state.clone(),
-            site: self
-                .site()
-                .map(|f| (f.function.clone(), f.file.clone(), f.line)),
-            created: self
-                .created_by
-                .as_ref()
-                .map(|c| (c.function.clone(), c.file.clone(), c.line)),
+        GroupKey::of(&self.state, self.site(), self.created_by.as_ref())
+    }
+}
+
+impl GroupKey {
+    fn of(state: &str, site: Option<&StackFrame>, created: Option<&CreatedBy>) -> Self {
+        Self {
+            state: state.to_string(),
+            site: site.map(|f| (f.function.clone(), f.file.clone(), f.line)),
+            created: created.map(|c| (c.function.clone(), c.file.clone(), c.line)),
         }
+    }
+}
+
+impl LeakGroup {
+    /// The group's identity across snapshots.
+    pub fn key(&self) -> GroupKey {
+        GroupKey::of(
+            &self.wait_reason,
+            self.site.as_ref(),
+            self.created_by.as_ref(),
+        )
     }
 }
 

@@ -1,0 +1,270 @@
+//! Attaching: one path for a running process (`-p`) and a spawned command (`-- CMD`).
+//! The binary is identified, the BPF programs loaded, the goroutines read (before any probe
+//! on a running process, so that the probes' first burst is short; once the command runs
+//! when spawned), and the chosen probes placed, those that fit the budget on a running
+//! process. Ctrl-C at any point places no further probe.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::anyhow;
+use leaktrace_common::Config;
+
+use super::{
+    TargetSpec, TraceOptions, budget,
+    snapshot::{self, Snapshot},
+};
+use crate::{
+    alloc::{self, AllocPlan},
+    census::{self, activity::ActivityEstimate},
+    probes::{Probe, Probes},
+    signals::{self, Interrupted},
+    tracee::{Target, binary::GoBinary, layout, process::Process, spawn},
+};
+
+/// A target with leaktrace's programs loaded and the chosen probes placed.
+pub(super) struct Attached {
+    pub target: Target,
+    pub probes: Probes,
+    pub plan: AllocPlan,
+    /// The spawned command's PID (reaped at the end, for its exit status).
+    pub spawned: Option<u32>,
+    /// When the trace started, and the same moment on the BPF clock (CLOCK_MONOTONIC).
+    pub start: Instant,
+    pub start_mono_ns: u64,
+    /// The first snapshot, or why it failed; none when a signal came first.
+    pub first: Option<anyhow::Result<Snapshot>>,
+    /// Probes the pre-attach estimate kept off, and why.
+    pub not_placed: Vec<String>,
+    pub estimated: Option<ActivityEstimate>,
+    /// A signal came while attaching: no further probe was placed.
+    pub interrupted: bool,
+}
+
+pub(super) fn attach(opts: &TraceOptions, hit_cost: Duration) -> anyhow::Result<Attached> {
+    let start = Instant::now();
+    let start_mono_ns = census::goroutines::monotonic_ns() as u64;
+    let mut a = match &opts.target {
+        TargetSpec::Pid(pid) => running(*pid, opts, hit_cost, start)?,
+        TargetSpec::Spawn(argv) => spawned(argv, opts, hit_cost, start)?,
+    };
+    a.start_mono_ns = start_mono_ns;
+    a.interrupted = signals::received() > 0;
+    if a.interrupted {
+        eprintln!(
+            "leaktrace: {} received while attaching to PID {}: no further probe placed; stopping",
+            signals::name(signals::last()),
+            a.target.process.pid()
+        );
+    }
+    Ok(a)
+}
+
+/// A running process: read first, then place what fits the budget.
+fn running(
+    pid: u32,
+    opts: &TraceOptions,
+    hit_cost: Duration,
+    start: Instant,
+) -> anyhow::Result<Attached> {
+    let target = Target::inspect(pid)?;
+    let (mut probes, plan) = load(pid, &target.binary, &target.layout, opts)?;
+    eprintln!(
+        "leaktrace: attaching to PID {pid} ({}, {}): reading its goroutines, then placing probes",
+        target.process.exe_name(),
+        target.binary.build().version_string
+    );
+    // The snapshot at attach time sees what happened before: goroutines blocked for hours.
+    // It is taken before any probe is placed, so that the probes' first burst is short.
+    let first = (signals::received() == 0).then(|| snapshot::take(&target));
+    let mut not_placed = Vec::new();
+    let mut estimated = None;
+    let wanted = if signals::received() == 0 {
+        let fit = budget::fitting(
+            &target,
+            &with(&opts.probes, &plan.probes),
+            &plan.exempt,
+            opts.max_overhead,
+            hit_cost,
+        );
+        if plan.exempt.contains(&Probe::Alloc) {
+            announce_exact(
+                hit_cost,
+                fit.estimated.and_then(|e| e.allocations_per_second),
+            );
+        }
+        not_placed.extend(fit.not_placed);
+        estimated = fit.estimated;
+        fit.probes
+    } else {
+        Vec::new()
+    };
+    place(
+        &mut probes,
+        &target.binary,
+        &target.process.exe_path(),
+        &wanted,
+    )?;
+    Ok(Attached {
+        target,
+        probes,
+        plan,
+        spawned: None,
+        start,
+        start_mono_ns: 0,
+        first,
+        not_placed,
+        estimated,
+        interrupted: false,
+    })
+}
+
+/// A command to spawn: held before its exec until every chosen probe is placed (nothing
+/// can be estimated before it runs; the measured check judges them), then read once it runs.
+fn spawned(
+    argv: &[std::ffi::OsString],
+    opts: &TraceOptions,
+    hit_cost: Duration,
+    start: Instant,
+) -> anyhow::Result<Attached> {
+    let program = spawn::resolve(Path::new(
+        argv.first()
+            .ok_or_else(|| anyhow!("no command given after --"))?,
+    ))?;
+    let binary = GoBinary::open(&program).map_err(|e| anyhow!("{e}"))?;
+    let v = binary.version();
+    let layout = layout::for_binary(binary.data(), v.major, v.minor)?;
+    let held = spawn::hold(argv)?;
+    let pid = held.pid;
+    let (mut probes, plan) = load(pid, &binary, &layout, opts)?;
+    if plan.exempt.contains(&Probe::Alloc) {
+        announce_exact(hit_cost, None);
+    }
+    place(
+        &mut probes,
+        &binary,
+        &held.program,
+        &with(&opts.probes, &plan.probes),
+    )?;
+    if signals::received() > 0 {
+        // Dropping `held` closes its pipe: the child exits without running CMD.
+        return Err(Interrupted::now(format!(
+            "while attaching: {} was not started; all probes detached",
+            held.program.display()
+        ))
+        .into());
+    }
+    let program = held.program.clone();
+    held.release()?;
+    let target = Target::from_parts(Process::open_spawned(pid, &program)?, binary)?;
+    let first = Some(snapshot::take(&target));
+    Ok(Attached {
+        target,
+        probes,
+        plan,
+        spawned: Some(pid),
+        start,
+        start_mono_ns: 0,
+        first,
+        not_placed: Vec::new(),
+        estimated: None,
+        interrupted: false,
+    })
+}
+
+/// Loads the BPF programs for PID and decides where allocation figures come from.
+fn load(
+    pid: u32,
+    binary: &GoBinary,
+    layout: &layout::RuntimeLayout,
+    opts: &TraceOptions,
+) -> anyhow::Result<(Probes, AllocPlan)> {
+    let plan = alloc::plan::plan(binary, opts.alloc);
+    let mut probes = Probes::load(config_for(pid, layout), opts.ring_bytes)?;
+    if let Some(c) = &plan.classes {
+        probes.set_span_bytes(&c.by_span_class())?;
+    }
+    Ok((probes, plan))
+}
+
+/// `--alloc exact` states its cost before it starts, at the target's allocation rate when
+/// it could be read.
+fn announce_exact(hit_cost: Duration, allocs_per_second: Option<f64>) {
+    let us = hit_cost.as_secs_f64() * 1e6;
+    let at_rate = allocs_per_second
+        .map(|a| {
+            format!(
+                "; at the ~{a:.0} allocations/s it makes now, that is about {:.1}% of a CPU",
+                a * hit_cost.as_secs_f64() * 100.0
+            )
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "leaktrace: --alloc exact probes every allocation: each costs the target about {us:.1} us more (one probe hit, measured here; a small allocation alone takes about 30 ns){at_rate}"
+    );
+}
+
+fn config_for(pid: u32, layout: &layout::RuntimeLayout) -> Config {
+    Config {
+        tgid: pid,
+        g_goid: layout.g.goid,
+        g_m: layout.g.m,
+        m_curg: layout.m.curg,
+        g_parent_goid: layout.g.parent_goid,
+        g_gopc: layout.g.gopc,
+        g_startpc: layout.g.startpc,
+        ..Config::default()
+    }
+}
+
+/// Places `wanted` on `exe`.
+fn place(
+    probes: &mut Probes,
+    binary: &GoBinary,
+    exe: &Path,
+    wanted: &[Probe],
+) -> anyhow::Result<()> {
+    for &probe in wanted {
+        if signals::received() > 0 {
+            break; // Ctrl-C while attaching: no further probe
+        }
+        if probe == Probe::Site {
+            continue; // placed while tracing, at the suspects' sites
+        }
+        // The linker drops runtime functions a program never calls: a program without a
+        // select has no runtime.selectgo, and nothing for that probe to see.
+        let optional = !matches!(probe, Probe::Gopark | Probe::Ready);
+        if optional && binary.function(probe.function()).is_none() {
+            eprintln!(
+                "leaktrace: {} is not in this program (it never calls it): no {} probe",
+                probe.function(),
+                probe.name()
+            );
+            continue;
+        }
+        let offsets = probe
+            .addresses(binary)?
+            .into_iter()
+            .map(|a| {
+                binary.file_offset(a).ok_or_else(|| {
+                    anyhow!(
+                        "{} at {a:#x} is outside every loadable segment",
+                        probe.function()
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<u64>>>()?;
+        probes.attach(probe, exe, &offsets)?;
+    }
+    Ok(())
+}
+
+/// `wanted` and `more`, each once.
+fn with(wanted: &[Probe], more: &[Probe]) -> Vec<Probe> {
+    let mut v: Vec<Probe> = wanted.iter().chain(more).copied().collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}

@@ -1,0 +1,215 @@
+//! The overhead budget (`--max-overhead`): which probes are placed on a running target,
+//! judged before placing from its activity (`fitting`); the measured hit rates of those
+//! placed, checked 20 ms after a placement and then four times a second, shedding as few
+//! as needed (`Session::check_budget`); and the targeted probes at suspects' sites
+//! (`Session::place_sites`).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use super::session::Session;
+use crate::{
+    census::{self, activity::ActivityEstimate},
+    probes::{Probe, over_budget},
+    tracee::Target,
+};
+
+/// The first budget check after probes are placed.
+pub(super) const QUICK_CHECK: Duration = Duration::from_millis(20);
+
+/// Then the budget is checked this often.
+pub(super) const BUDGET_PERIOD: Duration = Duration::from_millis(250);
+
+/// At most this many targeted probes in one trace: each placement writes a breakpoint into
+/// the target's code under its mmap lock.
+const MAX_SITES: usize = 32;
+
+pub(super) const CHANNEL_PROBES: [Probe; 3] = [Probe::ChanSend, Probe::ChanRecv, Probe::ChanClose];
+
+/// What the pre-attach judgement decided.
+pub(super) struct Fit {
+    /// The probes to place.
+    pub probes: Vec<Probe>,
+    /// Why the others are not placed.
+    pub not_placed: Vec<String>,
+    /// The rates it judged by, when they could be read.
+    pub estimated: Option<ActivityEstimate>,
+}
+
+/// The probes of `wanted` whose estimated cost fits `budget`, judged before any is placed:
+/// removing a probe that does not fit costs the target its hits for the ~100 ms the kernel
+/// takes to unregister it. Rates come from two reads of the goroutine structs 100 ms apart
+/// ([`census::activity`]); a channel probe fires at least as often as the parks. `exempt`
+/// probes (`--alloc exact`) are placed whatever they cost.
+pub(super) fn fitting(
+    target: &Target,
+    wanted: &[Probe],
+    exempt: &[Probe],
+    budget: f64,
+    hit_cost: Duration,
+) -> Fit {
+    let heap_before = census::memory::read(target)
+        .ok()
+        .map(|m| (Instant::now(), m.total_alloc));
+    let rates = match census::activity::estimate(target, Duration::from_millis(100)) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("cannot estimate the target's scheduling rate: {e:#}");
+            return Fit {
+                probes: wanted.to_vec(),
+                not_placed: Vec::new(),
+                estimated: None,
+            };
+        }
+    };
+    // Allocations/s from the heap's own byte counter, at a typical small object of 64 B;
+    // unknown (as if hot) when the heap figures cannot be read.
+    let allocs = match (heap_before, census::memory::read(target)) {
+        (Some((t0, b0)), Ok(m)) => {
+            m.total_alloc.saturating_sub(b0) as f64 / t0.elapsed().as_secs_f64().max(1e-3) / 64.0
+        }
+        _ => f64::INFINITY,
+    };
+    let estimated = ActivityEstimate {
+        goroutines_created_per_second: rates.creations,
+        state_changes_per_second: rates.transitions,
+        allocations_per_second: allocs.is_finite().then_some(allocs),
+    };
+    let per_probe: HashMap<Probe, f64> = wanted
+        .iter()
+        .map(|&p| {
+            let r = match p {
+                Probe::Create | Probe::Exit => rates.creations,
+                // casgstatus sees every state change: parks, wake-ups, runs, preemptions.
+                Probe::WakeAny => rates.transitions * 4.0,
+                // Placed later, at suspects' sites; judged by their measured rate.
+                Probe::Site => 0.0,
+                Probe::Alloc => allocs,
+                // One refill per span, 8 KiB at least; large allocations are rarer.
+                Probe::Refill | Probe::Large => allocs * 64.0 / 8192.0,
+                _ => rates.transitions,
+            };
+            (p, r)
+        })
+        .collect();
+    let judged: Vec<Probe> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !exempt.contains(p))
+        .collect();
+    let drop = over_budget(&per_probe, &judged, budget, hit_cost);
+    let mut not_placed = Vec::new();
+    if !drop.is_empty() {
+        let msg = format!(
+            "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, not placed",
+            rates.creations,
+            rates.transitions,
+            allocs,
+            drop.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+            budget * 100.0
+        );
+        eprintln!("leaktrace: {msg}; goroutine snapshots carry the picture");
+        not_placed.push(msg);
+    }
+    Fit {
+        probes: wanted
+            .iter()
+            .copied()
+            .filter(|p| !drop.contains(p))
+            .collect(),
+        not_placed,
+        estimated: Some(estimated),
+    }
+}
+
+impl Session {
+    /// Judges the probes' hit rates since the last check and sheds those over budget.
+    pub(super) fn check_budget(&mut self) -> anyhow::Result<()> {
+        let (counts, now) = (self.probes.counts()?, Instant::now());
+        let secs = now.duration_since(self.last_check).as_secs_f64();
+        if secs < QUICK_CHECK.as_secs_f64() * 0.75 {
+            return Ok(()); // too short a window to judge
+        }
+        let rates: HashMap<Probe, f64> = Probe::ALL
+            .into_iter()
+            .map(|p| {
+                let hits = counts.hits(p) - self.last_counts.hits(p);
+                (p, hits as f64 / secs)
+            })
+            .collect();
+        // --alloc exact is not shed: its cost was stated and chosen.
+        let attached: Vec<Probe> = self
+            .probes
+            .attached()
+            .into_iter()
+            .filter(|p| !self.plan.exempt.contains(p))
+            .collect();
+        let budget = self.opts.max_overhead;
+        let shed_now = over_budget(&rates, &attached, budget, self.hit_cost);
+        if !shed_now.is_empty() {
+            let total: f64 = attached.iter().map(|p| rates[p]).sum();
+            let msg = format!(
+                "the probes fired {:.0} times/s, an estimated {:.1}% of a CPU, over --max-overhead {:.1}%: detached {}",
+                total,
+                total * self.hit_cost.as_secs_f64() * 100.0,
+                budget * 100.0,
+                shed_now
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let t0 = Instant::now();
+            self.probes.detach(&shed_now)?;
+            log::debug!("shedding {} probes took {:?}", shed_now.len(), t0.elapsed());
+            let tracker = &mut self.findings.tracker;
+            if shed_now.contains(&Probe::Gopark) || shed_now.contains(&Probe::Ready) {
+                tracker.probes_inactive();
+            }
+            if shed_now.iter().any(|p| CHANNEL_PROBES.contains(p)) {
+                tracker.chan_probes_inactive();
+            }
+            if shed_now.contains(&Probe::Site) {
+                tracker.sites_inactive();
+                self.sites_enabled = false;
+            }
+            eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
+            self.shed.push(msg);
+        }
+        self.last_check = now; // when `counts` were read: hits during a detach count
+        self.last_counts = counts;
+        Ok(())
+    }
+
+    /// Places targeted probes at the sites the detector wants watched; true when one was
+    /// placed (a site many goroutines pass is hot: the budget judges it soon, on a window
+    /// that starts now).
+    pub(super) fn place_sites(&mut self) -> anyhow::Result<bool> {
+        if !self.sites_enabled {
+            return Ok(false);
+        }
+        let mut placed = false;
+        let room = MAX_SITES.saturating_sub(self.sites_placed);
+        let wanted = self.findings.tracker.wanted_sites(&self.detect);
+        for pc in wanted.into_iter().take(room) {
+            let Some(off) = self.target.binary.file_offset(pc) else {
+                log::warn!("targeted probe at {pc:#x}: not in a loadable segment");
+                continue;
+            };
+            let exe = self.target.process.exe_path();
+            match self.probes.attach(Probe::Site, &exe, &[off]) {
+                Ok(()) => {
+                    self.findings.tracker.site_placed(pc, self.start.elapsed());
+                    self.sites_placed += 1;
+                    self.last_counts = self.probes.counts()?;
+                    self.last_check = Instant::now();
+                    placed = true;
+                }
+                Err(e) => log::warn!("targeted probe at {pc:#x}: {e:#}"),
+            }
+        }
+        Ok(placed)
+    }
+}

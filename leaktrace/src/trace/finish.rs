@@ -1,0 +1,363 @@
+//! Finishing: the records still in the ring buffer, every probe detached, a last look at
+//! the target, then the report (text, report.json and the exports). Finishing a large
+//! target takes a second: a further SIGINT or SIGTERM abandons it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use leaktrace_common::AllocStat;
+
+use super::{Outcome, Stop, TraceOptions, apply::Findings, follow::Io, session::Session, snapshot};
+use crate::{
+    alloc::{self, AllocPlan, Allocated, HeapProfile, sites::AllocationOutcome},
+    census::activity::ActivityEstimate,
+    collector,
+    detect::{DetectOptions, LeakGroup, pinned::PinnedEstimates, verdict},
+    model::MemoryPoint,
+    probes::{Counts, Probe, Samples},
+    report::{
+        exports, live, pprof,
+        schema::{ProbeSummary, Report},
+        text,
+    },
+    signals::{self, Interrupted},
+    tracee::{Target, spawn},
+};
+
+/// What the probes left when they were detached.
+struct ProbeTotals {
+    counts: Counts,
+    /// The runtime functions still probed at the end.
+    attached: Vec<String>,
+    /// Per-goroutine allocation counts, when the alloc probe counted any.
+    allocations: Option<HashMap<u64, AllocStat>>,
+    /// The fallback sampler's stacks and per-goroutine figures, when it sampled.
+    samples: Option<Samples>,
+}
+
+/// A session whose probes are gone: what the report is made of.
+struct Ending {
+    opts: TraceOptions,
+    target: Target,
+    plan: AllocPlan,
+    hit_cost: Duration,
+    start: Instant,
+    spawned: Option<u32>,
+    findings: Findings,
+    detect: DetectOptions,
+    g_addrs: HashMap<u64, u64>,
+    timeline: Vec<MemoryPoint>,
+    profile_start: anyhow::Result<HeapProfile>,
+    profile_last: Option<HeapProfile>,
+    pinned: PinnedEstimates,
+    shed: Vec<String>,
+    estimated: Option<ActivityEstimate>,
+    lost_reported: u64,
+    /// Snapshots can be taken, and should be: stopped on leaktrace's terms, not while
+    /// attaching.
+    look_again: bool,
+}
+
+impl Session {
+    pub(super) fn finish(mut self, stop: Stop, mut io: Io) -> anyhow::Result<Outcome> {
+        let signals_at_stop = signals::received();
+        let abandoned = || signals::received() > signals_at_stop;
+        if stop.by_leaktrace() {
+            eprintln!(
+                "leaktrace: stopping ({}): detaching, then the report; SIGINT or SIGTERM again abandons it",
+                stop.wording(self.target.process.pid(), None)
+            );
+        }
+        // What the programs sent before we stopped is still in the ring buffer.
+        let (target, findings) = (&self.target, &mut self.findings);
+        collector::drain(io.records.get_mut(), |rec| findings.apply(target, rec));
+        let totals = self.probe_totals()?;
+        if stop.by_leaktrace() {
+            self.timeline.extend(snapshot::memory_point(
+                &self.target,
+                &self.probes,
+                self.start.elapsed(),
+                None,
+            ));
+        }
+        drop(io);
+        let mut end = self.detach(stop);
+        if end.look_again && !abandoned() {
+            end.last_look();
+        }
+        if let Some(w) = end.findings.events.as_mut() {
+            w.flush().context("writing the event log")?;
+        }
+        if abandoned() {
+            return Err(Interrupted::now(
+                "again while finishing: the report was abandoned; all probes detached",
+            )
+            .into());
+        }
+        let pid = end.target.process.pid();
+        let why = stop.wording(pid, end.spawned.and_then(spawn::reap));
+        end.say_stopped(&totals, &why);
+        let (report, allocations_pprof) = end.report(why, totals);
+        print!("\n{}", text::text(&report));
+        if let Some(dir) = &end.opts.output {
+            exports::write_all(
+                dir,
+                &report,
+                &end.findings.hist,
+                allocations_pprof.as_ref(),
+                abandoned,
+            )?;
+        }
+        Ok(Outcome { stop, report })
+    }
+
+    /// The probes' counters and kernel-side aggregates, read before they are detached.
+    fn probe_totals(&self) -> anyhow::Result<ProbeTotals> {
+        let counts = self.probes.counts()?;
+        // Only what the sampler saw: where the budget did not place it, a group's
+        // allocations and the sites are unknown, not zero.
+        let sampled = counts.hits(Probe::Refill) + counts.hits(Probe::Large) > 0
+            || self.probes.attached().contains(&Probe::Refill);
+        let samples = if self.plan.fallback && sampled {
+            self.probes.samples().ok()
+        } else {
+            None
+        };
+        let allocations =
+            (counts.hits(Probe::Alloc) > 0).then(|| self.probes.allocations().unwrap_or_default());
+        Ok(ProbeTotals {
+            attached: self
+                .probes
+                .attached()
+                .iter()
+                .map(|p| p.function().to_string())
+                .collect(),
+            counts,
+            allocations,
+            samples,
+        })
+    }
+
+    /// Detaches every uprobe and unloads the programs (dropping them), and stops serving
+    /// metrics.
+    fn detach(self, stop: Stop) -> Ending {
+        let Session {
+            opts,
+            target,
+            probes,
+            plan,
+            hit_cost,
+            start,
+            spawned,
+            interrupted_attaching,
+            findings,
+            detect,
+            g_addrs,
+            snapshot_error,
+            timeline,
+            profile_start,
+            profile_last,
+            pinned,
+            metrics,
+            shed,
+            estimated,
+            lost_reported,
+            ..
+        } = self;
+        drop(probes);
+        if let Some((_, server)) = metrics {
+            server.abort();
+        }
+        Ending {
+            opts,
+            target,
+            plan,
+            hit_cost,
+            start,
+            spawned,
+            findings,
+            detect,
+            g_addrs,
+            timeline,
+            profile_start,
+            profile_last,
+            pinned,
+            shed,
+            estimated,
+            lost_reported,
+            // A last look, unless the target is gone: the verdict is about its state now.
+            // Not after a Ctrl-C while attaching, whose snapshot is only just taken: stop
+            // promptly.
+            look_again: snapshot_error.is_none() && stop.by_leaktrace() && !interrupted_attaching,
+        }
+    }
+}
+
+impl Ending {
+    /// One more snapshot for the detector, the timeline's last point its goroutine count.
+    fn last_look(&mut self) {
+        let Ok(s) = snapshot::take(&self.target) else {
+            return;
+        };
+        if let Some(p) = self.timeline.last_mut() {
+            p.goroutines = Some(s.observed.len());
+        }
+        self.g_addrs = s.g_addrs;
+        self.findings
+            .tracker
+            .observe(self.start.elapsed(), s.observed);
+    }
+
+    /// The last live line, the stop line and the park/wake summary.
+    fn say_stopped(&mut self, totals: &ProbeTotals, why: &str) {
+        let lost = totals.counts.lost;
+        let wait_reasons = &self.target.layout.wait_reasons;
+        let last = self.findings.model.take_interval();
+        if last.total_parks() + last.total_wakes() > 0 {
+            println!(
+                "{}",
+                live::interval_line(
+                    self.start.elapsed(),
+                    &last,
+                    wait_reasons,
+                    lost - self.lost_reported
+                )
+            );
+        }
+        eprintln!(
+            "leaktrace: stopped after {:.1} s ({why}); all probes detached",
+            self.start.elapsed().as_secs_f64()
+        );
+        let model = &self.findings.model;
+        print!(
+            "{}",
+            live::summary(&model.total, wait_reasons, lost, model.goroutines.len())
+        );
+        if totals.counts.read_errors > 0 {
+            eprintln!(
+                "leaktrace: {} probe hits could not read the target's memory and were not recorded",
+                totals.counts.read_errors
+            );
+        }
+    }
+
+    /// The leak groups, with what each pins and allocated.
+    fn leak_groups(&mut self, totals: &ProbeTotals) -> Vec<LeakGroup> {
+        let mut leaks = self.findings.tracker.leaks(&self.detect);
+        if self.target.process.is_alive() {
+            self.pinned
+                .update(&self.target, &leaks, &self.g_addrs, true);
+        }
+        for l in &mut leaks {
+            l.pinned = self.pinned.get(l);
+            if let Some(per_goroutine) = &totals.allocations {
+                l.allocated = Some(alloc::sites::sum_allocations(
+                    &l.goids,
+                    per_goroutine,
+                    "exact",
+                ));
+            } else if let Some(smp) = &totals.samples {
+                l.allocated = Some(alloc::sites::sum_allocations(
+                    &l.goids,
+                    &smp.by_goroutine,
+                    "sampled",
+                ));
+            }
+            for age in &l.ages {
+                self.findings
+                    .hist
+                    .record("leak_blocked_ms", age.as_millis() as u64);
+            }
+        }
+        leaks
+    }
+
+    /// Allocation sites from the runtime's profile (read once more) or the sampler, their
+    /// sizes into the histogram, and their pprof form for `allocations.pb.gz`.
+    fn allocation_sites(
+        &mut self,
+        totals: &ProbeTotals,
+    ) -> (AllocationOutcome, Option<pprof::Profile>) {
+        if self.plan.reads_profile() && self.target.process.is_alive() {
+            self.profile_last = alloc::profile::read(&self.target)
+                .ok()
+                .or(self.profile_last.take());
+        }
+        let sites = alloc::sites::report(
+            &self.target,
+            &self.plan,
+            &self.profile_start,
+            self.profile_last.take(),
+            totals.samples.as_ref(),
+        );
+        for &(size, n) in &sites.sizes {
+            self.findings.hist.record_n("alloc_size_bytes", size, n);
+        }
+        let profile = match (&totals.samples, &sites.profile) {
+            (Some(smp), _) => Some(pprof::sampled_allocations(
+                &self.target,
+                smp,
+                self.plan.classes.as_ref(),
+            )),
+            (None, Some(p)) => Some(pprof::heap_allocations(p, &self.target)),
+            (None, None) => None,
+        };
+        (sites, profile)
+    }
+
+    /// report.json, and the allocations' pprof profile.
+    fn report(&mut self, why: String, totals: ProbeTotals) -> (Report, Option<pprof::Profile>) {
+        let leaks = self.leak_groups(&totals);
+        let (sites, allocations_pprof) = self.allocation_sites(&totals);
+        self.findings.hist.close_interval(self.start.elapsed());
+        let memory_verdict = verdict::judge(&self.timeline, leaks.len(), sites.growing.clone());
+        let target = &self.target;
+        let name = |m: &BTreeMap<u8, u64>| -> BTreeMap<String, u64> {
+            m.iter()
+                .map(|(r, n)| (target.reason_name(*r), *n))
+                .collect()
+        };
+        let counts = &totals.counts;
+        let model = &self.findings.model;
+        let report = Report {
+            pid: target.process.pid(),
+            executable: target.process.exe_name(),
+            go_version: target.binary.build().version_string.clone(),
+            stopped: why,
+            observed_seconds: self.start.elapsed().as_secs_f64(),
+            snapshots: self.findings.tracker.snapshots(),
+            min_age_seconds: self.opts.min_age.as_secs_f64(),
+            parks: name(&model.total.parks),
+            wakes: name(&model.total.wakes),
+            goroutines_created: model.created,
+            goroutines_exited: model.exited,
+            memory_timeline: std::mem::take(&mut self.timeline),
+            memory_verdict,
+            probes: ProbeSummary {
+                attached: totals.attached.clone(),
+                hits: Probe::ALL
+                    .into_iter()
+                    .filter(|p| counts.hits(*p) > 0)
+                    .map(|p| (p.function().to_string(), counts.hits(p)))
+                    .collect(),
+                lost_records: counts.lost,
+                shed: std::mem::take(&mut self.shed),
+                hit_cost_us: self.hit_cost.as_secs_f64() * 1e6,
+                estimated_before_attach: self.estimated,
+            },
+            allocations: totals.allocations.is_some().then_some(Allocated {
+                count: counts.hits(Probe::Alloc),
+                bytes: counts.alloc_bytes,
+                source: "exact",
+            }),
+            allocation_sites: sites.report,
+            histograms: self.findings.hist.percentiles(),
+            leaks,
+        };
+        (report, allocations_pprof)
+    }
+}

@@ -1,0 +1,136 @@
+//! Following the target: one loop that drains the probes' records as they come, checks the
+//! budget, prints a line each `--interval`, takes a snapshot each `--snapshot-interval`, and
+//! stops on Ctrl-C, SIGTERM, `--duration`, or the target's exit or exec.
+
+use std::os::fd::OwnedFd;
+
+use anyhow::anyhow;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{Signal, SignalKind, signal},
+    time::{Instant, MissedTickBehavior, interval_at, sleep_until},
+};
+
+use super::{
+    Stop,
+    budget::{BUDGET_PERIOD, QUICK_CHECK},
+    session::Session,
+};
+use crate::{collector, probes::Probe, report::live};
+
+/// What the loop waits on besides time.
+pub(super) struct Io {
+    pub records: AsyncFd<RingBuf<MapData>>,
+    /// The target's pidfd (a copy), readable once it exits.
+    pidfd: AsyncFd<OwnedFd>,
+    sigint: Signal,
+    sigterm: Signal,
+}
+
+impl Io {
+    /// Listens for SIGINT and SIGTERM: once this is made, they stop the trace instead of
+    /// ending leaktrace (tokio buffers them for the loop).
+    pub fn signals() -> anyhow::Result<(Signal, Signal)> {
+        Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    }
+
+    pub fn new(
+        records: RingBuf<MapData>,
+        session: &Session,
+        (sigint, sigterm): (Signal, Signal),
+    ) -> anyhow::Result<Self> {
+        let pidfd = session
+            .target
+            .process
+            .pidfd()
+            .try_clone_to_owned()
+            .map_err(|e| anyhow!("copying the target's pidfd: {e}"))?;
+        // SAFETY: the ring buffer and the pidfd copy own their descriptors, and the AsyncFds
+        // own them: each descriptor lives exactly as long as its registration.
+        let records = unsafe { AsyncFd::register(records) }
+            .map_err(|e| anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+        let pidfd = unsafe { AsyncFd::register(pidfd) }
+            .map_err(|e| anyhow!("polling the target's pidfd: {}", e.into_parts().1))?;
+        Ok(Self {
+            records,
+            pidfd,
+            sigint,
+            sigterm,
+        })
+    }
+}
+
+/// Follows the target until something stops the trace.
+pub(super) async fn follow(s: &mut Session, io: &mut Io) -> anyhow::Result<Stop> {
+    let deadline = s.opts.duration.map(|d| Instant::now() + d);
+    let mut tick = interval_at(Instant::now() + s.opts.interval, s.opts.interval);
+    // The probes' cost is checked 20 ms after they are placed (a hot probe shows in so
+    // short a window), then four times a second, so that a busy target pays for a probe that
+    // does not fit the budget for at most a quarter of a second. A check delayed by a long
+    // snapshot is not made up for with a burst of short ones.
+    let mut budget = interval_at(Instant::now() + QUICK_CHECK, BUDGET_PERIOD);
+    budget.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    s.next_snapshot = Instant::now() + s.opts.snapshot_interval;
+    let stop = loop {
+        tokio::select! {
+            guard = io.records.readable_mut() => {
+                let mut guard = guard?;
+                let (target, findings) = (&s.target, &mut s.findings);
+                collector::drain(guard.get_inner_mut(), |rec| findings.apply(target, rec));
+                guard.clear_ready();
+            }
+            _ = budget.tick() => s.check_budget()?,
+            _ = tick.tick() => {
+                s.live_line()?;
+                if s.target.process.has_execed() {
+                    break Stop::TargetExeced;
+                }
+            }
+            _ = sleep_until(s.next_snapshot), if s.snapshot_error.is_none() => {
+                if s.snapshot(io.records.get_mut())? {
+                    budget.reset_at(Instant::now() + QUICK_CHECK);
+                }
+            }
+            _ = io.sigint.recv() => break Stop::Signal("SIGINT"),
+            _ = io.sigterm.recv() => break Stop::Signal("SIGTERM"),
+            _ = io.pidfd.readable() => break Stop::TargetExited,
+            _ = async { sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
+        }
+    };
+    Ok(stop)
+}
+
+impl Session {
+    /// The live line of the interval that just ended.
+    fn live_line(&mut self) -> anyhow::Result<()> {
+        let elapsed = self.start.elapsed();
+        self.findings.hist.close_interval(elapsed);
+        let counts = self.probes.counts()?;
+        let t = self.findings.model.take_interval();
+        let suspects = self.findings.tracker.leaks(&self.detect).len();
+        let parks_traced = self.probes.attached().contains(&Probe::Gopark);
+        if parks_traced || t.total_parks() + t.total_wakes() > 0 {
+            println!(
+                "{} | suspects {suspects}",
+                live::interval_line(
+                    elapsed,
+                    &t,
+                    &self.target.layout.wait_reasons,
+                    counts.lost - self.lost_reported
+                )
+            );
+        } else {
+            println!(
+                "[{:>5}s] park/wake not probed (over budget or not chosen); {} snapshots | suspects {suspects}",
+                elapsed.as_secs(),
+                self.findings.tracker.snapshots()
+            );
+        }
+        self.lost_reported = counts.lost;
+        Ok(())
+    }
+}

@@ -1,0 +1,39 @@
+//! The live trace (`leaktrace -p PID`, `leaktrace record`), as stages that read as the
+//! README's flow. `attach` identifies the target (or spawns it), takes the first snapshot
+//! and places the probes that fit the budget; a [`Session`](session::Session) then
+//! `follow`s it: records into the model and the detector (`apply`), a snapshot each
+//! `--snapshot-interval` (`snapshot`), the budget checked and suspects' sites probed
+//! (`budget`), a line per interval. It stops on Ctrl-C, SIGTERM, `--duration`, or when the
+//! target exits or execs, and `finish` detaches every probe, then reports.
+
+mod apply;
+mod attach;
+mod budget;
+mod finish;
+mod follow;
+mod options;
+mod session;
+mod snapshot;
+
+use anyhow::{Context as _, anyhow};
+
+pub use options::{Outcome, Stop, TargetSpec, TraceOptions};
+
+use crate::{probes::calibrate, signals};
+
+pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
+    // From here on SIGINT and SIGTERM stop the trace instead of killing leaktrace: counted
+    // for the phases around the event loop, and buffered by tokio for the loop itself.
+    signals::watch().context("handling SIGINT and SIGTERM")?;
+    let signals = follow::Io::signals()?;
+    crate::privileges::check().map_err(|e| anyhow!(e))?;
+    if let Some(dir) = &opts.output {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let hit_cost = calibrate::hit_cost();
+    let attached = attach::attach(&opts, hit_cost)?;
+    let (mut session, records) = session::Session::start(opts, attached, hit_cost).await?;
+    let mut io = follow::Io::new(records, &session, signals)?;
+    let stop = follow::follow(&mut session, &mut io).await?;
+    session.finish(stop, io)
+}

@@ -1,0 +1,177 @@
+//! Snapshots while tracing: every goroutine read from the target (while the ring buffer
+//! keeps draining), the memory figures beside them, the heap profile read again, the
+//! metrics published, the detector fed, the pinned-memory estimates refreshed and the
+//! suspects' sites probed. Walks and scans are paced to at most 1/[`SNAPSHOT_PACE`] of the
+//! time.
+
+use std::{collections::HashMap, time::Instant};
+
+use aya::maps::{MapData, RingBuf};
+use leaktrace_common::MADVISE_NAMES;
+
+use super::session::Session;
+use crate::{
+    alloc, census, collector,
+    detect::Observed,
+    model::MemoryPoint,
+    probes::{Probe, Probes},
+    report,
+    tracee::Target,
+};
+
+/// A snapshot walk may take at most 1/SNAPSHOT_PACE of the time between snapshots: a walk
+/// of 100,000 goroutines takes leaktrace about a second of CPU, which a small machine takes
+/// from the target, so walks stay under ~5% of a CPU.
+pub(super) const SNAPSHOT_PACE: u32 = 20;
+
+/// The goroutines of one snapshot.
+pub(super) struct Snapshot {
+    /// As the detector sees them (runtime goroutines left out).
+    pub observed: Vec<Observed>,
+    /// The g address of every goroutine alive, runtime ones included, by goid.
+    pub g_addrs: HashMap<u64, u64>,
+    pub taken: Instant,
+}
+
+/// Reads every goroutine of the target.
+pub(super) fn take(target: &Target) -> anyhow::Result<Snapshot> {
+    let gs = census::goroutines::walk(target)?;
+    let taken = Instant::now();
+    let g_addrs = gs.iter().map(|g| (g.goid, g.g_addr)).collect();
+    let observed = gs
+        .into_iter()
+        .filter(|g| !g.system)
+        .map(|g| {
+            let chans = match g.state.as_str() {
+                "chan send" | "chan receive" | "select" => {
+                    census::channels::waited_on(target, g.g_addr)
+                }
+                _ => Vec::new(),
+            };
+            Observed {
+                goid: g.goid,
+                waiting: g.waiting,
+                stack: g.shown_frames().cloned().collect(),
+                created_by: g.created_by.clone(),
+                state: g.state,
+                channels: chans,
+            }
+        })
+        .collect();
+    Ok(Snapshot {
+        observed,
+        g_addrs,
+        taken,
+    })
+}
+
+/// The target's memory now, with the madvise totals so far.
+pub(super) fn memory_point(
+    target: &Target,
+    probes: &Probes,
+    at: std::time::Duration,
+    goroutines: Option<usize>,
+) -> Option<MemoryPoint> {
+    let m = census::memory::read(target).ok()?;
+    let madvise = probes.madvise().ok()?;
+    Some(MemoryPoint {
+        seconds: at.as_secs_f64(),
+        memory: m,
+        madvise_bytes: MADVISE_NAMES
+            .iter()
+            .zip(madvise)
+            .map(|(n, (bytes, _))| (n.to_string(), bytes))
+            .collect(),
+        goroutines,
+    })
+}
+
+impl Session {
+    /// Takes a snapshot and everything that follows from it; true when a targeted probe
+    /// was placed.
+    pub(super) fn snapshot(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<bool> {
+        let walk = Instant::now();
+        let walk_ns = census::goroutines::monotonic_ns() as u64;
+        let (target, findings) = (&self.target, &mut self.findings);
+        let taken =
+            collector::while_draining(records, || take(target), |rec| findings.apply(target, rec));
+        self.next_snapshot = tokio::time::Instant::now()
+            + self
+                .opts
+                .snapshot_interval
+                .max(walk.elapsed() * SNAPSHOT_PACE);
+        self.timeline.extend(memory_point(
+            &self.target,
+            &self.probes,
+            self.start.elapsed(),
+            taken.as_ref().ok().map(|s| s.observed.len()),
+        ));
+        if self.plan.reads_profile() {
+            self.profile_last = alloc::profile::read(&self.target)
+                .ok()
+                .or(self.profile_last.take());
+        }
+        self.publish_metrics()?;
+        match taken {
+            Ok(s) => {
+                self.g_addrs = s.g_addrs;
+                let g_addrs = &self.g_addrs;
+                self.findings
+                    .model
+                    .forget_absent(|goid| g_addrs.contains_key(&goid), walk_ns);
+                self.findings
+                    .tracker
+                    .observe(self.start.elapsed(), s.observed);
+                self.estimate_pinned(records);
+            }
+            Err(e) if !self.target.process.is_alive() => {
+                log::debug!("snapshot after exit: {e:#}")
+            }
+            Err(e) => eprintln!("leaktrace: snapshot failed: {e:#}"),
+        }
+        self.place_sites()
+    }
+
+    /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time.
+    fn estimate_pinned(&mut self, records: &mut RingBuf<MapData>) {
+        if Instant::now() < self.pinned_next {
+            return;
+        }
+        let t0 = Instant::now();
+        let leaks = self.findings.tracker.leaks(&self.detect);
+        let (target, findings, pinned, g_addrs) = (
+            &self.target,
+            &mut self.findings,
+            &mut self.pinned,
+            &self.g_addrs,
+        );
+        collector::while_draining(
+            records,
+            || pinned.update(target, &leaks, g_addrs, false),
+            |rec| findings.apply(target, rec),
+        );
+        self.pinned_next = Instant::now() + t0.elapsed() * SNAPSHOT_PACE;
+    }
+
+    /// Refreshes what the Prometheus endpoint serves, when it is on.
+    fn publish_metrics(&self) -> anyhow::Result<()> {
+        let Some((tx, _)) = &self.metrics else {
+            return Ok(());
+        };
+        let counts = self.probes.counts()?;
+        let hits: Vec<(&'static str, u64)> = self
+            .probes
+            .attached()
+            .iter()
+            .map(|p: &Probe| (p.function(), counts.hits(*p)))
+            .collect();
+        tx.send_replace(report::metrics::render(
+            self.timeline.last(),
+            &self.findings.tracker.leaks(&self.detect),
+            &self.findings.hist,
+            &counts,
+            &hits,
+        ));
+        Ok(())
+    }
+}
