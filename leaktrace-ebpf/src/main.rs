@@ -62,10 +62,7 @@ fn add(counter: Counter, n: u64) {
 
 #[inline(always)]
 fn bump(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot of a map value; no other writer on this CPU while we run.
-        unsafe { *slot += 1 };
-    }
+    add(counter, 1);
 }
 
 /// The config, if userspace wrote it and this hit belongs to the target process.

@@ -1,10 +1,13 @@
 //! leaktrace: finds goroutine leaks and the memory they pin in a running Go program, with
 //! read-only snapshots of its memory and uprobes on its runtime.
 //!
-//! The modules follow the data flow: `tracee` (what the traced binary and process are) ->
-//! `probes` (BPF programs, attached and detached) -> `collector` (records decoded) -> `model`
-//! -> `report`; `trace` runs that flow for `leaktrace -p`; `census` reads the target's goroutines and memory
-//! without probes, for `dump`.
+//! The modules follow the data flow, and each imports only from those before it: `tracee`
+//! (what the traced binary and process are) -> `probes` (BPF programs, attached within a
+//! budget, and `collector`, their records decoded), `census` (read-only snapshots of the
+//! target's goroutines and memory) and `alloc` (where allocations come from) -> `model`
+//! (plain data: goroutines, histograms, the memory timeline) -> `detect` (leak groups and
+//! their evidence, the memory verdict, pinned memory) -> `report` (renderers). `trace` runs
+//! that flow for `leaktrace -p` and `record`; `dump` takes one snapshot.
 
 pub mod alloc;
 pub mod census;

@@ -128,8 +128,13 @@ fn leak_verdicts_over_the_fixture_set() {
                     &[
                         "-d",
                         "20s",
+                        // The program lives 3.5 s after its leaks: snapshots every 500 ms
+                        // and a 1 s age judge them with room to spare on a loaded machine
+                        // (with 2 s of each, one snapshot fell 0.1 s short of the age).
                         "--min-age",
-                        "2s",
+                        "1s",
+                        "--snapshot-interval",
+                        "500ms",
                         // The parks from the first instruction are checked: never shed
                         // (a spawned program's start-up bursts, judged at 10-18 us a hit).
                         "--max-overhead",
@@ -177,6 +182,8 @@ fn leak_verdicts_over_the_fixture_set() {
                         "20s",
                         "--min-age",
                         "1s",
+                        "--snapshot-interval",
+                        "500ms",
                         "--",
                         classic.to_str().unwrap(),
                         "-linger",

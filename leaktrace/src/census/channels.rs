@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::goroutines::u64_at;
 use crate::tracee::Target;
 
 /// A select has at most 65536 cases (runtime/select.go); stop well before that.
@@ -24,12 +25,6 @@ pub struct ChannelState {
     /// The channel of a `time.Timer` or `time.Ticker` (Go 1.23+, `hchan.timer`): it will be
     /// sent to when the timer fires. None where the runtime does not record it (Go < 1.23).
     pub timer: Option<bool>,
-}
-
-fn u64_at(b: &[u8], off: u64) -> u64 {
-    let o = off as usize;
-    b.get(o..o + 8)
-        .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap()))
 }
 
 /// Reads one hchan.

@@ -24,7 +24,7 @@ use object::{LittleEndian, Object, ObjectSymbol, SymbolKind};
 use thiserror::Error;
 
 use super::buildinfo::{self, BuildInfo, BuildInfoError, GoVersion, MIN_SUPPORTED};
-use super::pclntab::{Frame, Pclntab, PclntabError};
+use super::pclntab::{Frame, Pclntab, PclntabError, u64_at};
 
 /// A function's address range, at link-time addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -536,11 +536,6 @@ fn find_moduledata(
                 })
                 .and_then(|i| s.addr.checked_add(i as u64))
         })
-}
-
-fn u64_at(data: &[u8], at: usize) -> Option<u64> {
-    let bytes = data.get(at..at.checked_add(8)?)?;
-    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 #[cfg(test)]

@@ -670,7 +670,8 @@ fn i32_at(data: &[u8], at: usize) -> Option<i32> {
     u32_at(data, at).map(|v| v as i32)
 }
 
-fn u64_at(data: &[u8], at: usize) -> Option<u64> {
+/// The little-endian u64 at `at` in `data`, if it is all there.
+pub(crate) fn u64_at(data: &[u8], at: usize) -> Option<u64> {
     let bytes = data.get(at..at.checked_add(8)?)?;
     Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
