@@ -128,13 +128,11 @@ fn leak_verdicts_over_the_fixture_set() {
                     &[
                         "-d",
                         "20s",
-                        // The program lives 3.5 s after its leaks: snapshots every 500 ms
-                        // and a 1 s age judge them with room to spare on a loaded machine
-                        // (with 2 s of each, one snapshot fell 0.1 s short of the age).
+                        // The program lives 5 s after its leaks: a 1 s age leaves room for
+                        // several snapshots a second apart on a loaded machine (with a 2 s
+                        // age and 3.5 s, the one snapshot old enough could fall short).
                         "--min-age",
                         "1s",
-                        "--snapshot-interval",
-                        "500ms",
                         // The parks from the first instruction are checked: never shed
                         // (a spawned program's start-up bursts, judged at 10-18 us a hit).
                         "--max-overhead",
@@ -144,7 +142,7 @@ fn leak_verdicts_over_the_fixture_set() {
                         "-mode",
                         "leaks",
                         "-linger",
-                        "3500ms",
+                        "5s",
                     ],
                 );
                 assert!(
@@ -182,12 +180,12 @@ fn leak_verdicts_over_the_fixture_set() {
                         "20s",
                         "--min-age",
                         "1s",
-                        "--snapshot-interval",
-                        "500ms",
                         "--",
                         classic.to_str().unwrap(),
+                        // Long enough for several snapshots a second apart while seven
+                        // versions run at once, every probe on (at 20+ us a hit, loaded).
                         "-linger",
-                        "2500ms",
+                        "5s",
                     ],
                 );
                 let l = &r["leaks"][0];
