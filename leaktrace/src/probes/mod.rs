@@ -87,6 +87,10 @@ impl Probe {
     /// The order in which probes are shed when over budget: the channel probes fire on
     /// every operation and only sharpen evidence, park/wake next; creation and exit, which
     /// fire once per goroutine, go last.
+    /// The channel-operation probes: the detector trusts their silence only when all three
+    /// ran.
+    pub const CHANNEL_OPS: [Probe; 3] = [Probe::ChanSend, Probe::ChanRecv, Probe::ChanClose];
+
     pub const SHED_ORDER: [Probe; 13] = [
         Probe::Alloc,
         Probe::WakeAny,

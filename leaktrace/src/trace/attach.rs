@@ -1,25 +1,35 @@
-//! Attaching: one path for a running process (`-p`) and a spawned command (`-- CMD`).
-//! The binary is identified, the BPF programs loaded, the goroutines read (before any probe
-//! on a running process, so that the probes' first burst is short; once the command runs
-//! when spawned), and the chosen probes placed, those that fit the budget on a running
-//! process. Ctrl-C at any point places no further probe.
+//! Attaching: one path for a running process (`-p`) and a spawned command (`-- CMD`),
+//! returning a session. The binary is identified, the BPF programs loaded, the goroutines
+//! read (before any probe on a running process, so that the probes' first burst is short;
+//! once the command runs when spawned), and the chosen probes placed, those that fit the
+//! budget on a running process; then the session is set up and says what was placed.
+//! Ctrl-C at any point places no further probe.
 
 use std::{
+    collections::HashMap,
+    fs::File,
+    io::BufWriter,
     path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::anyhow;
+use anyhow::{Context as _, anyhow};
+use aya::maps::{MapData, RingBuf};
 use leaktrace_common::Config;
 
 use super::{
-    TargetSpec, TraceOptions, budget,
+    TargetSpec, TraceOptions,
+    apply::Findings,
+    budget,
+    session::{Session, memory_point},
     snapshot::{self, Snapshot},
 };
 use crate::{
     alloc::{self, AllocPlan},
     census::{self, activity::ActivityEstimate},
+    detect::{DetectOptions, Tracker, pinned::PinnedEstimates},
     probes::{Probe, Probes},
+    report::prometheus,
     signals::{self, Interrupted},
     tracee::{Target, binary::GoBinary, layout, process::Process, spawn},
 };
@@ -267,4 +277,131 @@ fn with(wanted: &[Probe], more: &[Probe]) -> Vec<Probe> {
     v.sort_unstable();
     v.dedup();
     v
+}
+
+impl Session {
+    /// Sets up the trace after attaching; returns it with the ring buffer the records come
+    /// through.
+    pub async fn start(
+        opts: TraceOptions,
+        a: Attached,
+        hit_cost: Duration,
+    ) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        let Attached {
+            target,
+            mut probes,
+            plan,
+            spawned,
+            start,
+            start_mono_ns,
+            first,
+            not_placed,
+            estimated,
+            interrupted,
+        } = a;
+        let records = probes.take_records()?;
+        if let Some(e) = &probes.madvise_error {
+            eprintln!("leaktrace: madvise not traced: {e}");
+        }
+        let mut tracker = Tracker::default();
+        let (mut g_addrs, mut snapshot_error, mut goroutines_now) = (HashMap::new(), None, None);
+        match first {
+            Some(Ok(s)) => {
+                goroutines_now = Some(s.observed.len());
+                tracker.observe(s.taken.duration_since(start), s.observed);
+                g_addrs = s.g_addrs;
+            }
+            Some(Err(e)) => snapshot_error = Some(e),
+            None => {}
+        }
+        let timeline = memory_point(&target, &probes, start.elapsed(), goroutines_now)
+            .into_iter()
+            .collect();
+        let profile_start = alloc::profile::read(&target);
+        if let Some(note) = &plan.note {
+            eprintln!("leaktrace: {note}");
+        }
+        let metrics = match opts.prometheus {
+            Some(addr) => {
+                let (tx, rx) = tokio::sync::watch::channel(String::new());
+                let (bound, server) = prometheus::serve(addr, rx)
+                    .await
+                    .with_context(|| format!("serving metrics on {addr}"))?;
+                eprintln!("leaktrace: serving metrics for Prometheus on http://{bound}/metrics");
+                Some((tx, server))
+            }
+            None => None,
+        };
+        let attached = probes.attached();
+        if attached.contains(&Probe::Gopark) && attached.contains(&Probe::Ready) {
+            tracker.probes_active(Duration::ZERO);
+        }
+        if Probe::CHANNEL_OPS.iter().all(|p| attached.contains(p)) {
+            tracker.chan_probes_active(Duration::ZERO);
+        }
+        if let Some(e) = &snapshot_error {
+            eprintln!("leaktrace: goroutine snapshots unavailable, following probes only: {e:#}");
+        }
+        say_attached(&target, &probes, hit_cost, &opts);
+        let events = match &opts.events {
+            Some(path) => Some(BufWriter::new(
+                File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let session = Self {
+            detect: DetectOptions {
+                min_age: opts.min_age,
+            },
+            sites_enabled: opts.probes.contains(&Probe::Site),
+            next_snapshot: tokio::time::Instant::now() + opts.snapshot_interval,
+            last_counts: probes.counts()?,
+            last_check: Instant::now(),
+            findings: Findings::new(tracker, events, start_mono_ns),
+            opts,
+            target,
+            probes,
+            plan,
+            hit_cost,
+            start,
+            spawned,
+            interrupted_attaching: interrupted,
+            g_addrs,
+            snapshot_error,
+            timeline,
+            profile_start,
+            profile_last: None,
+            pinned: PinnedEstimates::default(),
+            pinned_next: Instant::now(),
+            metrics,
+            shed: not_placed,
+            estimated,
+            sites_placed: 0,
+            lost_reported: 0,
+        };
+        Ok((session, records))
+    }
+}
+
+/// The attach line: what was placed, what a hit costs, how often snapshots come.
+fn say_attached(target: &Target, probes: &Probes, hit_cost: Duration, opts: &TraceOptions) {
+    let placed: Vec<&str> = probes.attached().iter().map(|p| p.function()).collect();
+    eprintln!(
+        "leaktrace: attached to PID {} ({}, {}): {} (a hit costs {:.1} us here{}); snapshot every {:.1} s; Ctrl-C to stop",
+        target.process.pid(),
+        target.process.exe_name(),
+        target.binary.build().version_string,
+        if placed.is_empty() {
+            "no probes".to_string()
+        } else {
+            format!("probes on {}", placed.join(", "))
+        },
+        hit_cost.as_secs_f64() * 1e6,
+        if opts.max_overhead.is_finite() {
+            ""
+        } else {
+            ", no budget"
+        },
+        opts.snapshot_interval.as_secs_f64()
+    );
 }

@@ -26,8 +26,6 @@ pub(super) const BUDGET_PERIOD: Duration = Duration::from_millis(250);
 /// the target's code under its mmap lock.
 const MAX_SITES: usize = 32;
 
-pub(super) const CHANNEL_PROBES: [Probe; 3] = [Probe::ChanSend, Probe::ChanRecv, Probe::ChanClose];
-
 /// What the pre-attach judgement decided.
 pub(super) struct Fit {
     /// The probes to place.
@@ -168,7 +166,7 @@ impl Session {
             if shed_now.contains(&Probe::Gopark) || shed_now.contains(&Probe::Ready) {
                 tracker.probes_inactive();
             }
-            if shed_now.iter().any(|p| CHANNEL_PROBES.contains(p)) {
+            if shed_now.iter().any(|p| Probe::CHANNEL_OPS.contains(p)) {
                 tracker.chan_probes_inactive();
             }
             if shed_now.contains(&Probe::Site) {

@@ -11,7 +11,13 @@ use std::{
 use anyhow::Context as _;
 use leaktrace_common::AllocStat;
 
-use super::{Outcome, Stop, TraceOptions, apply::Findings, follow::Io, session::Session, snapshot};
+use super::{
+    Outcome, Stop, TraceOptions,
+    apply::Findings,
+    follow::Io,
+    session::{Session, memory_point},
+    snapshot,
+};
 use crate::{
     alloc::{self, AllocPlan, Allocated, HeapProfile, sites::AllocationOutcome},
     census::activity::ActivityEstimate,
@@ -77,7 +83,7 @@ impl Session {
         collector::drain(io.records.get_mut(), |rec| findings.apply(target, rec));
         let totals = self.probe_totals()?;
         if stop.by_leaktrace() {
-            self.timeline.extend(snapshot::memory_point(
+            self.timeline.extend(memory_point(
                 &self.target,
                 &self.probes,
                 self.start.elapsed(),

@@ -7,17 +7,9 @@
 use std::{collections::HashMap, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
-use leaktrace_common::MADVISE_NAMES;
 
-use super::session::Session;
-use crate::{
-    alloc, census, collector,
-    detect::Observed,
-    model::MemoryPoint,
-    probes::{Probe, Probes},
-    report,
-    tracee::Target,
-};
+use super::session::{Session, memory_point};
+use crate::{alloc, census, collector, detect::Observed, probes::Probe, report, tracee::Target};
 
 /// A snapshot walk may take at most 1/SNAPSHOT_PACE of the time between snapshots: a walk
 /// of 100,000 goroutines takes leaktrace about a second of CPU, which a small machine takes
@@ -62,27 +54,6 @@ pub(super) fn take(target: &Target) -> anyhow::Result<Snapshot> {
         observed,
         g_addrs,
         taken,
-    })
-}
-
-/// The target's memory now, with the madvise totals so far.
-pub(super) fn memory_point(
-    target: &Target,
-    probes: &Probes,
-    at: std::time::Duration,
-    goroutines: Option<usize>,
-) -> Option<MemoryPoint> {
-    let m = census::memory::read(target).ok()?;
-    let madvise = probes.madvise().ok()?;
-    Some(MemoryPoint {
-        seconds: at.as_secs_f64(),
-        memory: m,
-        madvise_bytes: MADVISE_NAMES
-            .iter()
-            .zip(madvise)
-            .map(|(n, (bytes, _))| (n.to_string(), bytes))
-            .collect(),
-        goroutines,
     })
 }
 
