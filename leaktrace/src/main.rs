@@ -2,13 +2,14 @@
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use leaktrace::{
     alloc::AllocMode,
     dump::DumpOptions,
     probes::Probe,
     signals::Interrupted,
     trace::{self, TargetSpec, TraceOptions},
+    tracee::buildinfo::{MAX_TESTED, MIN_SUPPORTED},
 };
 
 /// Find goroutine leaks and the memory they pin in a running Go program, with eBPF.
@@ -34,6 +35,67 @@ enum Command {
     Record(RecordArgs),
     /// Print every goroutine and the memory figures of a Go process, once, with no probe.
     Dump(DumpArgs),
+    /// Print a shell completion script (e.g. `leaktrace completions bash >
+    /// /etc/bash_completion.d/leaktrace`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command to DIR.
+    #[command(hide = true)]
+    Man {
+        /// Write leaktrace.1 and leaktrace-COMMAND.1 here instead of printing leaktrace.1.
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `leaktrace --version`: the release, the commit it was built from, and the Go releases it
+/// reads (from the same constants that refuse older programs).
+fn versions() -> (String, String) {
+    let short = format!(
+        "{} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("LEAKTRACE_COMMIT")
+    );
+    let long = format!(
+        "{short}\nreads Go {}.{} to {}.{} programs for linux/amd64 (tested with go{}.{}.x to {MAX_TESTED})",
+        MIN_SUPPORTED.major,
+        MIN_SUPPORTED.minor,
+        MAX_TESTED.major,
+        MAX_TESTED.minor,
+        MIN_SUPPORTED.major,
+        MIN_SUPPORTED.minor,
+    );
+    (short, long)
+}
+
+/// The command line's definition, with the versions filled in: parsing, completions and the
+/// man page all come from it.
+fn command() -> clap::Command {
+    let (short, long) = versions();
+    Cli::command()
+        .version(short)
+        .long_version(long)
+        .after_long_help(REQUIREMENTS)
+}
+
+/// The end of `--help` and of the man page: what the kernel must have (leaktrace::kernel).
+const REQUIREMENTS: &str = "Requirements: Linux 5.8 or newer on x86_64 (the BPF ring buffer) with \
+uprobes and tracefs (mounted on /sys/kernel/tracing if it is not); run as root, or with CAP_BPF, \
+CAP_PERFMON and CAP_SYS_PTRACE. `dump` needs only CAP_SYS_PTRACE.";
+
+/// `leaktrace man [DIR]`: the man page on stdout, or a page per command in DIR.
+fn man(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    match dir {
+        None => clap_mangen::Man::new(command()).render(&mut std::io::stdout().lock())?,
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(command(), &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -257,11 +319,25 @@ fn main() -> ExitCode {
     // One malloc arena: a snapshot walk runs on a thread of its own while this one drains
     // the ring buffer, and glibc would give that thread an arena whose freed walk memory
     // the rest never reuses (peak RSS at 100,000 goroutines: 380 MiB, 300 MiB with one).
+    // musl's allocator has no arenas: the static build needs no such setting.
     // SAFETY: a malloc tunable, set before any thread is started.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let opts = match cli.command {
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut command(), "leaktrace", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man { dir }) => {
+            return match man(dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            };
+        }
         Some(Command::Dump(d)) => {
             let opts = DumpOptions {
                 pid: d.pid,
