@@ -14,6 +14,7 @@ pub mod census;
 pub mod collector;
 pub mod detect;
 pub mod dump;
+pub mod kernel;
 pub mod model;
 pub mod privileges;
 pub mod probes;

@@ -27,6 +27,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     signals::watch().context("handling SIGINT and SIGTERM")?;
     let signals = follow::Io::signals()?;
     crate::privileges::check().map_err(|e| anyhow!(e))?;
+    crate::kernel::check().map_err(|e| anyhow!(e))?;
     if let Some(dir) = &opts.output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
