@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod dist;
 mod fuzz;
 mod go;
 mod layouts;
@@ -38,6 +39,10 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Build a static leaktrace (musl) and pack dist/leaktrace-VERSION-x86_64-linux.tar.gz
+    /// (binary, licenses, README, man pages, completions), dist/leaktrace_VERSION_amd64.deb
+    /// and dist/SHA256SUMS.
+    Dist,
     /// Run each fuzz target of fuzz/ for a bounded time from its committed corpus; fail on
     /// any crash.
     Fuzz {
@@ -78,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             note,
         } => bench::bench(seconds, reps, note.as_deref()),
         Command::Demo { seconds } => demo::demo(seconds),
+        Command::Dist => dist::dist().map(drop),
         Command::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
         Command::Test {
             stress,
