@@ -32,7 +32,7 @@ pub struct Probe<'a> {
 pub fn check() -> Result<(), String> {
     check_with(&Probe {
         root: Path::new("/"),
-        ring_buffer: ring_buffer,
+        ring_buffer,
         mount_tracefs,
     })
 }
