@@ -136,8 +136,24 @@ mod tests {
         std::fs::write(at.join("uprobe_events"), "")
     }
 
-    /// A scratch root under the system temp dir, with the given files.
-    fn root(name: &str, files: &[&str]) -> std::path::PathBuf {
+    /// A scratch root under the system temp dir, removed when dropped.
+    struct Root(std::path::PathBuf);
+
+    impl std::ops::Deref for Root {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A scratch root with an empty /sys/kernel/tracing and the given files.
+    fn root(name: &str, files: &[&str]) -> Root {
         let dir =
             std::env::temp_dir().join(format!("leaktrace-kernel-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -147,7 +163,7 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "").unwrap();
         }
-        dir
+        Root(dir)
     }
 
     fn check_at(
