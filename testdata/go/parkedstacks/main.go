@@ -12,10 +12,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,9 +130,16 @@ func work() {
 	}
 }
 
-// waitParked waits until `want` goroutines have counted themselves parked, then a little
-// longer for the last of them to block.
-func waitParked(want int64) {
+// blocked counts the goroutines that runtime.Stack shows blocked in a channel receive or a
+// select.
+func blocked(buf []byte) int {
+	dump := buf[:runtime.Stack(buf, true)]
+	return bytes.Count(dump, []byte(" [chan receive")) + bytes.Count(dump, []byte(" [select"))
+}
+
+// waitParked waits until `want` goroutines have counted themselves parked, then, for up to
+// 100,000 goroutines, until the runtime shows all n blocked (beyond that, 50 ms longer).
+func waitParked(want int64, n int) {
 	deadline := time.Now().Add(120 * time.Second)
 	for parked.Load() < want {
 		if time.Now().After(deadline) {
@@ -139,7 +148,18 @@ func waitParked(want int64) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(50 * time.Millisecond)
+	if n > 100000 {
+		time.Sleep(50 * time.Millisecond)
+		return
+	}
+	buf := make([]byte, 4096*n+1<<20)
+	for blocked(buf) < n {
+		if time.Now().After(deadline) {
+			fmt.Fprintf(os.Stderr, "only %d of %d goroutines blocked\n", blocked(buf), n)
+			os.Exit(3)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func main() {
@@ -157,7 +177,7 @@ func main() {
 		sites[i%len(sites)](s, &started)
 	}
 	started.Wait()
-	waitParked(int64(*n))
+	waitParked(int64(*n), *n)
 	if !*noWorker {
 		go work()
 	}
@@ -175,7 +195,7 @@ func main() {
 			sleepers[next].wake <- struct{}{}
 			next = (next + 1) % *n
 		}
-		waitParked(want)
+		waitParked(want, *n)
 		fmt.Fprintf(os.Stderr, "moved %d\n", k)
 	}
 }
