@@ -463,7 +463,7 @@ impl Symbolizer {
 /// [`GoroutineSnapshot::system`]), in allgs order. One full snapshot; a loop that takes
 /// many keeps a [`Census`] instead.
 pub fn walk(target: &Target) -> anyhow::Result<Vec<GoroutineSnapshot>> {
-    Census::new().snapshot(target)
+    Census::full().snapshot(target)
 }
 
 #[cfg(test)]

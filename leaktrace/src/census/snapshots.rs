@@ -215,11 +215,13 @@ impl Census {
         self.stacks_read = pending.len();
         self.read_stacks(target, &pending, &mut out)?;
         // Keep what proves each stack next time; drop stacks no goroutine holds any more.
-        self.kept.reserve(out.len());
-        for ((addr, proof), g) in proofs.into_iter().zip(&out) {
-            if let Some(proof) = proof {
-                let stack = Arc::clone(&g.stack);
-                self.kept.insert(addr, Kept { proof, stack });
+        if self.incremental {
+            self.kept.reserve(out.len());
+            for ((addr, proof), g) in proofs.into_iter().zip(&out) {
+                if let Some(proof) = proof {
+                    let stack = Arc::clone(&g.stack);
+                    self.kept.insert(addr, Kept { proof, stack });
+                }
             }
         }
         drop(previous);
