@@ -1,35 +1,40 @@
-//! What a `leaktrace dump` costs a busy target with 100 000 goroutines, measured side by side
-//! in one run: `testdata/go/manyparked` parks them and hashes on one core, reporting its rate
-//! every 250 ms. Windows without leaktrace (3 s) alternate with windows of 5 consecutive
-//! dumps; the result is the target's throughput during the dumps over its throughput without
-//! them, and the wall time of one dump.
+//! What goroutine snapshots cost, for 10k, 100k and 1M parked goroutines with realistic
+//! stacks (`testdata/go/parkedstacks`: five creation sites, 10-30 frames each, a hashing
+//! worker on one core that reports its rate every 250 ms). For each size it prints:
+//!
+//! - leaktrace's CPU per full snapshot (every stack read and unwound; symbols cached, as in
+//!   a live trace), and per incremental snapshot after 1% of the goroutines moved;
+//! - the target's throughput during back-to-back full snapshots over its throughput without
+//!   them, measured side by side in alternating windows of one run;
+//! - leaktrace's RSS while it holds the census and one snapshot, per 100k goroutines.
 //!
 //! ```text
-//! cargo run --release --example bench_dump [-- ROUNDS]
+//! cargo run --release --example bench_dump [-- SIZES [ROUNDS]]   # e.g. -- 10000,100000 3
 //! ```
 //!
 //! Needs root (or CAP_SYS_PTRACE) and the Go toolchains of scripts/setup.sh; it uses the
-//! newest of scripts/versions.sh, or LEAKTRACE_GO_VERSION. The dumps run in this process
-//! (`leaktrace::dump::run`, the whole `dump --json` minus process start-up).
+//! newest of scripts/versions.sh, or LEAKTRACE_GO_VERSION. Snapshots run in this process
+//! (`leaktrace::census::Census`), CPU is this thread's (CLOCK_THREAD_CPUTIME_ID).
 
 use std::{
     env, fs,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
-use leaktrace::dump::DumpOptions;
+use anyhow::{Context as _, bail};
+use leaktrace::{census::Census, tracee::Target};
 
-const GOROUTINES: u32 = 100_000;
-const UNTRACED: Duration = Duration::from_secs(3);
-const DUMPS_PER_WINDOW: usize = 5;
+const UNTRACED: Duration = Duration::from_secs(2);
+const TRACED: Duration = Duration::from_secs(2);
 /// The fixture's reporting period: a report at time t covers (t - PERIOD, t].
 const PERIOD: Duration = Duration::from_millis(250);
+/// Snapshots timed per kind and size.
+const SAMPLES: usize = 5;
 
 // The test harness's helpers: Go toolchains from the project's cache and fixtures built by
 // content hash.
@@ -43,25 +48,30 @@ fn go_version() -> String {
 }
 
 /// The fixture, with its rate reports timestamped as they arrive.
-struct Target {
+struct Fixture {
     child: Child,
+    stdin: ChildStdin,
+    stderr: mpsc::Receiver<String>,
     reports: Arc<Mutex<Vec<(Instant, f64)>>>,
 }
 
-impl Target {
-    fn start(bin: &Path) -> anyhow::Result<Self> {
+impl Fixture {
+    fn start(bin: &Path, goroutines: usize) -> anyhow::Result<Self> {
         let mut child = Command::new(bin)
-            .args(["-n", &GOROUTINES.to_string()])
+            .args(["-n", &goroutines.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let stderr = child.stderr.take().unwrap();
-        for line in BufReader::new(stderr).lines() {
-            if line? == "ready" {
-                break;
+        let (tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
+        });
         let reports = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&reports);
         let stdout = child.stdout.take().unwrap();
@@ -72,7 +82,34 @@ impl Target {
                 }
             }
         });
-        Ok(Self { child, reports })
+        let stdin = child.stdin.take().unwrap();
+        let mut f = Self {
+            child,
+            stdin,
+            stderr,
+            reports,
+        };
+        f.wait_for("ready")?;
+        Ok(f)
+    }
+
+    fn wait_for(&mut self, what: &str) -> anyhow::Result<()> {
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(Duration::from_secs(600))
+                .with_context(|| format!("the fixture never said {what:?}"))?;
+            if line.starts_with(what) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Wakes `k` goroutines, which park again with another stack.
+    fn move_goroutines(&mut self, k: usize) -> anyhow::Result<()> {
+        writeln!(self.stdin, "move {k}")?;
+        self.stdin.flush()?;
+        self.wait_for("moved")
     }
 
     /// The mean rate over the reports that lie wholly inside [from, to].
@@ -90,14 +127,37 @@ impl Target {
     }
 }
 
-impl Drop for Target {
+impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// The 1-minute load average: on a shared machine, other work moves both windows.
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// This process's resident set, in bytes.
+fn rss() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The 1-minute load average: on a shared machine, other work moves the windows.
 fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .ok()
@@ -105,70 +165,106 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn spread(v: &[f64]) -> (f64, f64, f64) {
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (mean, min, max)
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median and maximum, in ms.
+fn median_max(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    (ms(v[v.len() / 2]), ms(*v.last().unwrap()))
+}
+
+fn bench(bin: &Path, n: usize, rounds: usize, baseline_rss: u64) -> anyhow::Result<()> {
+    let mut fixture = Fixture::start(bin, n)?;
+    let target = Target::inspect(fixture.child.id())?;
+    let one_percent = (n / 100).max(1);
+
+    // Full snapshots, caches warm after the first (as in a live trace).
+    let mut full = Census::full();
+    let first = full.snapshot(&target)?;
+    let parked = first.iter().filter(|g| g.stack.len() >= 10).count();
+    drop(first);
+    let mut full_cpu = Vec::new();
+    for _ in 0..SAMPLES {
+        let t = thread_cpu();
+        std::hint::black_box(full.snapshot(&target)?);
+        full_cpu.push(thread_cpu() - t);
+    }
+
+    // Incremental snapshots, each after 1% of the goroutines moved.
+    let mut census = Census::new();
+    let mut held = census.snapshot(&target)?;
+    let mut incr_cpu = Vec::new();
+    for _ in 0..SAMPLES {
+        fixture.move_goroutines(one_percent)?;
+        let t = thread_cpu();
+        held = census.snapshot(&target)?;
+        incr_cpu.push(thread_cpu() - t);
+    }
+    let held_rss = rss();
+
+    // Target throughput: untraced windows alternate with back-to-back full snapshots.
+    let mut ratios = Vec::new();
+    let mut snapshots = 0usize;
+    for _ in 0..rounds {
+        let start = Instant::now();
+        thread::sleep(UNTRACED);
+        let untraced = fixture.rate(start, Instant::now())?;
+        let start = Instant::now();
+        while start.elapsed() < TRACED {
+            std::hint::black_box(full.snapshot(&target)?);
+            snapshots += 1;
+        }
+        let end = Instant::now();
+        thread::sleep(Duration::from_millis(50)); // the last report inside the window
+        ratios.push(fixture.rate(start, end)? / untraced);
+    }
+    let ratio = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let (rmin, rmax) = ratios
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(a, b), &r| (a.min(r), b.max(r)));
+
+    let (full_med, full_max) = median_max(full_cpu);
+    let (incr_med, incr_max) = median_max(incr_cpu);
+    let grown = held_rss.saturating_sub(baseline_rss);
+    println!(
+        "{n:>8} goroutines ({parked} with 10+ frames): full snapshot {full_med:.1} ms CPU (max {full_max:.1}), \
+         incremental with 1% moved {incr_med:.1} ms (max {incr_max:.1}); \
+         target throughput during back-to-back full snapshots / without: {ratio:.3} \
+         (min {rmin:.3}, max {rmax:.3}, {rounds} rounds, {snapshots} snapshots); \
+         leaktrace RSS {:.0} MiB, {:.0} MiB above start, {:.0} MiB per 100k goroutines",
+        rss() as f64 / 1048576.0,
+        grown as f64 / 1048576.0,
+        grown as f64 / 1048576.0 * 100_000.0 / held.len() as f64,
+    );
+    drop(held);
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
+    let sizes: Vec<usize> = match env::args().nth(1) {
+        Some(s) => s.split(',').map(|n| n.parse()).collect::<Result<_, _>>()?,
+        None => vec![10_000, 100_000, 1_000_000],
+    };
     let rounds: usize = env::args()
-        .nth(1)
+        .nth(2)
         .map(|r| r.parse())
         .transpose()?
         .unwrap_or(3);
     let version = go_version();
-    let bin = support::build_fixture("manyparked", &version, &[]);
-    let target = Target::start(&bin)?;
-    let opts = DumpOptions {
-        pid: target.child.id(),
-        all: false,
-        json: true,
-        runtime: false,
-    };
+    let bin = support::build_fixture("parkedstacks", &version, &[]);
     println!(
-        "Go {version}, {GOROUTINES} parked goroutines, a hashing loop on one core; {rounds} rounds of {UNTRACED:?} untraced / {DUMPS_PER_WINDOW} dumps; {} CPUs, load average {}",
+        "Go {version}, parkedstacks (5 creation sites, 10-30 frames, a hashing loop on one core); \
+         {SAMPLES} snapshots timed per kind, {rounds} rounds of {UNTRACED:?} untraced / {TRACED:?} of snapshots; \
+         {} CPUs, load average {}",
         thread::available_parallelism().map_or(0, |n| n.get()),
         load_average()
     );
-    thread::sleep(Duration::from_secs(1)); // let the worker settle
-    let (mut ratios, mut dump_times) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        let start = Instant::now();
-        thread::sleep(UNTRACED);
-        let untraced = target.rate(start, Instant::now())?;
-
-        let start = Instant::now();
-        for _ in 0..DUMPS_PER_WINDOW {
-            let t = Instant::now();
-            let out = leaktrace::dump::run(&opts)?;
-            dump_times.push(t.elapsed().as_secs_f64());
-            std::hint::black_box(out);
-        }
-        let end = Instant::now();
-        // Let the last report that lies inside the window arrive.
-        thread::sleep(Duration::from_millis(50));
-        let traced = target.rate(start, end)?;
-        let ratio = traced / untraced;
-        ratios.push(ratio);
-        println!(
-            "round {round}: untraced {untraced:.0} ops/s, during dumps {traced:.0} ops/s, ratio {ratio:.3}, dumps took {:.0} ms",
-            (end - start).as_secs_f64() * 1000.0 / DUMPS_PER_WINDOW as f64
-        );
+    let baseline = rss();
+    for n in sizes {
+        bench(&bin, n, rounds, baseline)?;
     }
-    let (r_mean, r_min, r_max) = spread(&ratios);
-    let (d_mean, d_min, d_max) = spread(&dump_times);
-    println!(
-        "dump of {GOROUTINES} goroutines: {:.0} ms (min {:.0}, max {:.0}, n={})",
-        d_mean * 1000.0,
-        d_min * 1000.0,
-        d_max * 1000.0,
-        dump_times.len()
-    );
-    println!(
-        "target throughput during dumps / without: {r_mean:.3} (min {r_min:.3}, max {r_max:.3}, {rounds} rounds); load average now {}",
-        load_average()
-    );
+    println!("load average now {}", load_average());
     Ok(())
 }

@@ -1057,11 +1057,31 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
     }
     throughput_section(&mut md, &steps);
     scale_section(&mut md, &scale);
+    let path = root.join("BENCHMARKS.md");
+    md.push_str(&kept_snapshot_section(
+        &fs::read_to_string(&path).unwrap_or_default(),
+    ));
     print!("\n{md}");
-    fs::write(root.join("BENCHMARKS.md"), md)?;
+    fs::write(path, md)?;
     println!(
         "\n==> wrote BENCHMARKS.md in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The heading of the section that `cargo run --release --example bench_dump` figures go
+/// under, by hand: a run of this benchmark keeps it as it was.
+const SNAPSHOT_SECTION: &str = "## Goroutine snapshots (bench_dump)";
+
+/// The snapshot section of the BENCHMARKS.md being replaced, up to the next section.
+fn kept_snapshot_section(old: &str) -> String {
+    let Some(start) = old.find(SNAPSHOT_SECTION) else {
+        return String::new();
+    };
+    let rest = &old[start..];
+    let end = rest[SNAPSHOT_SECTION.len()..]
+        .find("\n## ")
+        .map_or(rest.len(), |i| i + SNAPSHOT_SECTION.len() + 1);
+    format!("\n{}", rest[..end].trim_end()) + "\n"
 }

@@ -1,28 +1,20 @@
 //! A read-only walk of every goroutine in the target: status, wait reason, how long it has
 //! waited, its stack, and where it was created, as `runtime.Stack(all)` would print them.
 //!
-//! The walk reads `runtime.allgs` (a `[]*g`), then every g in batches, then each stopped
-//! goroutine's stack in one read, and unwinds it locally. The target runs on meanwhile, so a
-//! goroutine that changes state during the walk may be seen half-way; such a stack is cut
-//! where it stops making sense rather than reported wrong.
+//! The walk itself, batched and incremental, is [`Census`] (census/snapshots.rs); this file
+//! holds what it produces and how a PC becomes the frames Go prints.
 
-use std::{collections::HashMap, io, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use super::unwind::{self, PhysFrame, StackMemory};
-use crate::tracee::{Target, pclntab::Frame};
+pub use super::snapshots::Census;
 
-/// `_Gscan`, or-ed into the status while the GC scans the stack (runtime/runtime2.go,
-/// Go 1.21-1.27).
-const G_SCAN: u32 = 0x1000;
-/// Read at most this much of one goroutine's stack, from its saved SP up; the frames of a
-/// deeper stack past that are cut, the outermost ones (where it was started) included.
-/// Parked goroutines use a few hundred bytes; a deep recursion a few MiB.
-const MAX_STACK_READ: u64 = 64 << 20;
-/// Goroutine structs read per `process_vm_readv` call (IOV_MAX is 1024).
-const BATCH: usize = 512;
+/// g structs read per batch: their buffer stays in the CPU's caches.
+const BATCH: usize = 4096;
+use super::unwind::{PcMap, PhysFrame};
+use crate::tracee::{Target, batch, pclntab::Frame};
 
 /// One frame of a goroutine's stack, innermost first; inlined calls are frames of their own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -69,7 +61,9 @@ pub struct GoroutineSnapshot {
     /// the GC the first time it finds the goroutine blocked, so a goroutine that blocked after
     /// the last GC has no figure yet.
     pub waiting: Option<Duration>,
-    pub stack: Vec<StackFrame>,
+    /// Shared by every goroutine stopped at the same PCs, and kept from one snapshot to the
+    /// next while the goroutine does not run.
+    pub stack: Arc<[StackFrame]>,
     pub created_by: Option<CreatedBy>,
     /// The goroutine's start function (`g.startpc`), e.g. `main.main.gowrap1`.
     pub start_function: Option<String>,
@@ -100,7 +94,7 @@ impl GoroutineSnapshot {
 }
 
 /// Go's names for g statuses, for the traceback header (runtime/traceback.go gStatusStrings).
-fn status_string(status: u32) -> &'static str {
+pub(crate) fn status_string(status: u32) -> &'static str {
     match status {
         0 => "idle",
         1 => "runnable",
@@ -143,7 +137,7 @@ pub fn shown_by_go(name: &str) -> bool {
 /// Go's `isSystemGoroutine` (runtime/traceback.go) with fixed=false, as `runtime.Stack` uses
 /// it: a goroutine started in package runtime, except runtime.main and the coroutine and
 /// event entry points. The finalizer goroutine counts as a system one here.
-fn is_system(start_function: Option<&str>) -> bool {
+pub(crate) fn is_system(start_function: Option<&str>) -> bool {
     match start_function {
         Some("runtime.main" | "runtime.corostart" | "runtime.handleAsyncEvent") => false,
         Some(f) => f.starts_with("runtime."),
@@ -155,14 +149,17 @@ pub(crate) struct RawG {
     pub(crate) addr: u64,
     pub(crate) status: u32,
     pub(crate) goid: u64,
-    waitsince: i64,
-    waitreason: u8,
-    parent_goid: u64,
-    gopc: u64,
-    startpc: u64,
-    stack_lo: u64,
-    stack_hi: u64,
-    sched_sp: u64,
+    pub(crate) waitsince: i64,
+    pub(crate) waitreason: u8,
+    pub(crate) tracking_seq: u8,
+    /// `g.waiting`: the sudog a goroutine blocked in a channel operation waits with.
+    pub(crate) waiting: u64,
+    pub(crate) parent_goid: u64,
+    pub(crate) gopc: u64,
+    pub(crate) startpc: u64,
+    pub(crate) stack_lo: u64,
+    pub(crate) stack_hi: u64,
+    pub(crate) sched_sp: u64,
     pub(crate) sched_pc: u64,
 }
 
@@ -222,26 +219,30 @@ pub(crate) fn pointer_slice(
         .collect())
 }
 
+/// The g structs at `addrs`, read in batches; a g that cannot be read (garbage in allgs)
+/// reads as zeros, which is a dead g.
 pub(crate) fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG>> {
     let l = &target.layout.g;
     let size = l.size as usize;
     let mut out = Vec::with_capacity(addrs.len());
+    // g structs are allocated packed in their spans: read as few stretches as that allows.
     let mut buf = vec![0u8; size * BATCH];
+    let mut ranges = Vec::with_capacity(BATCH);
     for chunk in addrs.chunks(BATCH) {
-        let ranges: Vec<(u64, usize)> = chunk.iter().map(|&a| (a, size)).collect();
+        ranges.clear();
+        ranges.extend(chunk.iter().map(|&a| (a, size)));
         let bytes = &mut buf[..size * chunk.len()];
-        target
-            .process
-            .read_many(&ranges, bytes)
+        batch::read_coalesced(&target.process, &ranges, bytes, size as u64)
             .context("reading goroutine structs")?;
-        for (i, &addr) in chunk.iter().enumerate() {
-            let g = &bytes[i * size..(i + 1) * size];
+        for (g, &addr) in bytes.chunks_exact(size).zip(chunk) {
             out.push(RawG {
                 addr,
                 status: u32_at(g, l.atomicstatus),
                 goid: u64_at(g, l.goid),
                 waitsince: u64_at(g, l.waitsince) as i64,
                 waitreason: g.get(l.waitreason as usize).copied().unwrap_or(0),
+                tracking_seq: g.get(l.tracking_seq as usize).copied().unwrap_or(0),
+                waiting: u64_at(g, l.waiting),
                 parent_goid: u64_at(g, l.parent_goid),
                 gopc: u64_at(g, l.gopc),
                 startpc: u64_at(g, l.startpc),
@@ -327,7 +328,7 @@ fn elide_wrapper_calling(callee: Option<&str>) -> bool {
     )
 }
 
-/// What one physical PC symbolizes to, computed once per walk: most goroutines of a program
+/// What one physical PC symbolizes to, computed once: most goroutines of a program
 /// stop at the same few PCs.
 struct PcInfo {
     /// Innermost first; the last one is the physical function.
@@ -336,22 +337,33 @@ struct PcInfo {
     wrapper: bool,
 }
 
-/// Symbolizes stacks and creation sites for one walk, caching by PC.
-struct Symbolizer<'a> {
-    target: &'a Target,
-    pcs: HashMap<u64, PcInfo>,
-    created: HashMap<u64, Option<(String, String, u32)>>,
-    starts: HashMap<u64, Option<String>>,
+/// Symbolizes stacks and creation sites of one target's goroutines, caching by PC (the
+/// function, its inlined calls, file and line) for as long as it lives: a program's
+/// goroutines stop at, and were created at, a few hundred distinct PCs.
+#[derive(Default)]
+pub(crate) struct Symbolizer {
+    pcs: PcMap<u64, PcInfo>,
+    created: PcMap<u64, Option<(String, String, u32)>>,
+    starts: PcMap<u64, Option<String>>,
+    /// The header's state by (status, wait reason).
+    states: PcMap<u64, String>,
 }
 
-impl<'a> Symbolizer<'a> {
-    fn new(target: &'a Target) -> Self {
-        Self {
-            target,
-            pcs: HashMap::new(),
-            created: HashMap::new(),
-            starts: HashMap::new(),
-        }
+impl Symbolizer {
+    /// What Go prints between the brackets of the header: the wait reason of a waiting
+    /// goroutine ("chan send"), else its status ("running", "runnable", "syscall").
+    pub(crate) fn state(&mut self, target: &Target, status: u32, waitreason: u8) -> String {
+        let key = u64::from(status) << 8 | u64::from(waitreason);
+        self.states
+            .entry(key)
+            .or_insert_with(|| {
+                if status == 4 && waitreason != 0 {
+                    target.reason_name(waitreason)
+                } else {
+                    status_string(status).to_string()
+                }
+            })
+            .clone()
     }
 
     /// Expands physical frames into source frames (inlined calls first) and marks those
@@ -360,15 +372,15 @@ impl<'a> Symbolizer<'a> {
     /// `runtime.gopanic` is shown (as `panic`) unless it is the first frame printed. When
     /// that leaves nothing, Go prints every frame (`traceback1`), and so every frame is
     /// marked shown.
-    fn stack(&mut self, frames: &[PhysFrame]) -> Vec<StackFrame> {
-        let table = self.target.binary.pclntab();
+    pub(crate) fn stack(&mut self, target: &Target, frames: &[PhysFrame]) -> Vec<StackFrame> {
+        let table = target.binary.pclntab();
         let wrapper_id = table.wrapper_id();
         let mut out = Vec::new();
         let mut callee: Option<String> = None;
         let mut printed = 0;
         for pf in frames {
             let info = self.pcs.entry(pf.lookup_pc).or_insert_with(|| PcInfo {
-                frames: self.target.binary.symbolize(pf.lookup_pc),
+                frames: table.symbolize(pf.lookup_pc),
                 wrapper: table
                     .find_func(pf.lookup_pc)
                     .is_some_and(|f| f.func_id == wrapper_id),
@@ -405,11 +417,10 @@ impl<'a> Symbolizer<'a> {
         out
     }
 
-    fn created_by(&mut self, g: &RawG) -> Option<CreatedBy> {
+    pub(crate) fn created_by(&mut self, target: &Target, g: &RawG) -> Option<CreatedBy> {
         if g.gopc == 0 || g.goid == 1 {
             return None;
         }
-        let target = self.target;
         let (function, file, line) = self
             .created
             .entry(g.gopc)
@@ -430,12 +441,11 @@ impl<'a> Symbolizer<'a> {
             file,
             line,
             goid: g.parent_goid,
-            pc: self.target.link_addr(g.gopc),
+            pc: target.link_addr(g.gopc),
         })
     }
 
-    fn start_function(&mut self, startpc: u64) -> Option<String> {
-        let target = self.target;
+    pub(crate) fn start_function(&mut self, target: &Target, startpc: u64) -> Option<String> {
         self.starts
             .entry(startpc)
             .or_insert_with(|| {
@@ -449,78 +459,11 @@ impl<'a> Symbolizer<'a> {
     }
 }
 
-/// The target has exited: its memory is gone, and `process_vm_readv` says ESRCH.
-fn exited(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ESRCH)
-}
-
 /// Every live goroutine of the target, system ones included (see
-/// [`GoroutineSnapshot::system`]), in allgs order.
+/// [`GoroutineSnapshot::system`]), in allgs order. One full snapshot; a loop that takes
+/// many keeps a [`Census`] instead.
 pub fn walk(target: &Target) -> anyhow::Result<Vec<GoroutineSnapshot>> {
-    let addrs = all_gs(target)?;
-    let raw = read_gs(target, &addrs)?;
-    let now = monotonic_ns();
-    let mut symbolizer = Symbolizer::new(target);
-    let mut out = Vec::with_capacity(raw.len());
-    let mut stack_buf = Vec::new();
-    for g in raw {
-        let status = g.status & !G_SCAN;
-        if status == 6 || (status == 0 && g.goid == 0) {
-            continue; // _Gdead (free g kept for reuse) or _Gidle (just allocated)
-        }
-        let waiting_status = status == 4;
-        let state = if waiting_status && g.waitreason != 0 {
-            target.reason_name(g.waitreason)
-        } else {
-            status_string(status).to_string()
-        };
-        let waiting = (g.waitsince != 0 && (waiting_status || status == 3))
-            .then(|| Duration::from_nanos(now.saturating_sub(g.waitsince).max(0) as u64));
-        let start_function = symbolizer.start_function(g.startpc);
-        // A running goroutine's registers are on a CPU, not in g.sched: no stack, as in Go.
-        let stack = if status == 2
-            || g.sched_pc == 0
-            || g.sched_sp < g.stack_lo
-            || g.sched_sp >= g.stack_hi
-        {
-            Vec::new()
-        } else {
-            let len = (g.stack_hi - g.sched_sp).min(MAX_STACK_READ) as usize;
-            stack_buf.resize(len, 0);
-            match target.process.read(g.sched_sp, &mut stack_buf) {
-                Ok(()) => {
-                    let mem = StackMemory {
-                        base: g.sched_sp,
-                        bytes: &stack_buf,
-                    };
-                    symbolizer.stack(&unwind::unwind(
-                        &target.binary,
-                        &mem,
-                        g.sched_sp,
-                        g.sched_pc,
-                        target.load_bias,
-                    ))
-                }
-                Err(e) if exited(&e) => {
-                    return Err(e).context("reading a goroutine's stack");
-                }
-                Err(_) => Vec::new(), // the goroutine moved on (stack freed or grown) mid-walk
-            }
-        };
-        out.push(GoroutineSnapshot {
-            goid: g.goid,
-            status,
-            state,
-            wait_reason_value: waiting_status.then_some(g.waitreason),
-            waiting,
-            stack,
-            created_by: symbolizer.created_by(&g),
-            system: is_system(start_function.as_deref()),
-            start_function,
-            g_addr: g.addr,
-        });
-    }
-    Ok(out)
+    Census::full().snapshot(target)
 }
 
 #[cfg(test)]

@@ -10,9 +10,12 @@ pub mod channels;
 pub mod goroutines;
 pub mod memory;
 pub mod retained;
+mod snapshots;
 mod unwind;
 
 pub use goroutines::{CreatedBy, GoroutineSnapshot, StackFrame};
+pub use memory::MemorySnapshot;
+pub use snapshots::Census;
 
 /// The shortest and the longest of some durations, in seconds (how long a group of
 /// goroutines has waited or been blocked).
@@ -34,4 +37,3 @@ impl Seconds {
         self.max = self.max.max(s);
     }
 }
-pub use memory::MemorySnapshot;

@@ -49,7 +49,7 @@ use serde::Serialize;
 use super::goroutines::{MAX_PS, all_gs, pointer_slice, u32_at, u64_at};
 use super::unwind::{self, StackMemory};
 use crate::tracee::{
-    Target,
+    Target, batch,
     globals::{self, HeapGlobals},
 };
 
@@ -576,18 +576,10 @@ impl<'t> Heap<'t> {
         }
         let start = out.len();
         out.resize(start + bytes, 0);
-        let buf = &mut out[start..];
-        if self.target.process.read_many(batch, buf).is_ok() {
-            return;
-        }
-        // One range failed (freed and unmapped meanwhile, or garbage): read them one by one.
-        let mut off = 0;
-        for &(addr, len) in batch {
-            let piece = &mut buf[off..off + len];
-            if self.target.process.read(addr, piece).is_err() {
-                piece.fill(0);
-            }
-            off += len;
+        // A range that cannot be read (freed and unmapped meanwhile, or garbage) reads as
+        // zeros, and so does the batch when the target has gone.
+        if batch::read_ranges(&self.target.process, batch, &mut out[start..]).is_err() {
+            out[start..].fill(0);
         }
     }
 }

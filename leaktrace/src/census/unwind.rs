@@ -5,6 +5,8 @@
 //! frame pointer in `g.sched.bp` (CL 476235, asm_amd64.s), which would drop the function that
 //! called `gopark` from every parked stack.
 
+use std::{collections::HashMap, hash::BuildHasherDefault};
+
 use crate::tracee::binary::GoBinary;
 
 /// At most this many physical frames. Go's traceback walks every frame and prints the
@@ -48,6 +50,145 @@ const INJECTED_CALLS: [&str; 3] = [
     "runtime.debugCallV2",
 ];
 
+/// Hashes a PC (or a word made of one) with one multiplication: the keys of the per-PC caches
+/// are addresses, not attacker-chosen strings, and SipHash would cost more than the lookup.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PcHash(u64);
+
+impl std::hash::Hasher for PcHash {
+    fn finish(&self) -> u64 {
+        // The multiplication leaves the low bits, which pick the bucket, as aligned as the
+        // addresses were: bring high bits down.
+        self.0.rotate_left(26)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let (words, rest) = bytes.as_chunks::<8>();
+        for w in words {
+            self.write_u64(u64::from_le_bytes(*w));
+        }
+        for &b in rest {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+pub(crate) type PcMap<K, V> = HashMap<K, V, BuildHasherDefault<PcHash>>;
+
+/// What unwinding needs of the function at one link-time PC.
+#[derive(Clone, Copy)]
+enum Step {
+    /// In no function: the walk ends before this frame.
+    Outside,
+    Frame {
+        entry: u64,
+        /// The frame's size at this PC; `None` ends the walk after this frame (the
+        /// outermost function of a goroutine, a stack switch, or a size the table lacks).
+        delta: Option<u64>,
+        /// One of [`INJECTED_CALLS`].
+        injected: bool,
+    },
+}
+
+/// Unwinds many stacks of one binary, looking each PC's function and frame size up once:
+/// a program's goroutines stop at a few hundred distinct PCs.
+#[derive(Default)]
+pub struct Unwinder {
+    steps: PcMap<u64, Step>,
+}
+
+impl Unwinder {
+    fn step(&mut self, binary: &GoBinary, link_pc: u64) -> Step {
+        if let Some(&s) = self.steps.get(&link_pc) {
+            return s;
+        }
+        let table = binary.pclntab();
+        let step = match table.find_func(link_pc) {
+            None => Step::Outside,
+            Some(f) => {
+                let last = f.name == "runtime.goexit" || STACK_SWITCHES.contains(&f.name.as_str());
+                Step::Frame {
+                    entry: f.entry,
+                    delta: if last {
+                        None
+                    } else {
+                        table
+                            .sp_delta(&f, link_pc)
+                            .and_then(|d| u64::try_from(d).ok())
+                    },
+                    injected: INJECTED_CALLS.contains(&f.name.as_str()),
+                }
+            }
+        };
+        self.steps.insert(link_pc, step);
+        step
+    }
+
+    /// Walks from (`sp`, `pc`), both runtime addresses, into `frames` (cleared first); `bias`
+    /// turns them into link-time PCs. See [`unwind`].
+    pub fn unwind_into(
+        &mut self,
+        binary: &GoBinary,
+        stack: &StackMemory,
+        sp: u64,
+        pc: u64,
+        bias: u64,
+        frames: &mut Vec<PhysFrame>,
+    ) {
+        frames.clear();
+        let (mut sp, mut pc) = (sp, pc);
+        let mut trap = false;
+        while frames.len() < MAX_FRAMES {
+            let link_pc = pc.wrapping_sub(bias);
+            let Step::Frame {
+                entry,
+                delta,
+                injected,
+            } = self.step(binary, link_pc)
+            else {
+                break;
+            };
+            let lookup_pc = if trap || link_pc == entry {
+                link_pc
+            } else {
+                link_pc - 1
+            };
+            frames.push(PhysFrame {
+                pc: link_pc,
+                lookup_pc,
+                sp,
+            });
+            let Some(delta) = delta else { break };
+            // amd64 has no link register: the return address is the word below the caller's
+            // SP. The SP comes from the target's memory: a garbage one ends the walk, not
+            // leaktrace.
+            let Some(fp) = sp.checked_add(delta).and_then(|v| v.checked_add(8)) else {
+                break;
+            };
+            let Some(ret) = stack.word(fp - 8) else { break };
+            if ret == 0 {
+                break;
+            }
+            sp = fp;
+            pc = ret;
+            trap = injected;
+        }
+    }
+}
+
+/// Functions that switch stacks or start one: the walk of a goroutine's stack ends at them.
+const STACK_SWITCHES: [&str; 4] = [
+    "runtime.systemstack",
+    "runtime.mstart",
+    "runtime.mcall",
+    "runtime.morestack",
+];
+
 /// Walks from (`sp`, `pc`), both runtime addresses; `bias` turns them into link-time PCs.
 /// The first PC is a return address: `g.sched` is always saved by a call (gopark's `mcall`,
 /// `asyncPreempt2`'s `mcall`, `entersyscall`), even for a goroutine stopped asynchronously,
@@ -59,52 +200,7 @@ pub fn unwind(
     pc: u64,
     bias: u64,
 ) -> Vec<PhysFrame> {
-    let table = binary.pclntab();
-    let wrapper_systemstack = [
-        "runtime.systemstack",
-        "runtime.mstart",
-        "runtime.mcall",
-        "runtime.morestack",
-    ];
     let mut frames = Vec::new();
-    let (mut sp, mut pc) = (sp, pc);
-    let mut trap = false;
-    while frames.len() < MAX_FRAMES {
-        let link_pc = pc.wrapping_sub(bias);
-        let Some(f) = table.find_func(link_pc) else {
-            break;
-        };
-        let lookup_pc = if trap || link_pc == f.entry {
-            link_pc
-        } else {
-            link_pc - 1
-        };
-        frames.push(PhysFrame {
-            pc: link_pc,
-            lookup_pc,
-            sp,
-        });
-        if f.name == "runtime.goexit" || wrapper_systemstack.contains(&f.name.as_str()) {
-            break;
-        }
-        let Some(delta) = table.sp_delta(&f, link_pc) else {
-            break;
-        };
-        let Ok(delta) = u64::try_from(delta) else {
-            break;
-        };
-        // amd64 has no link register: the return address is the word below the caller's SP.
-        // The SP comes from the target's memory: a garbage one ends the walk, not leaktrace.
-        let Some(fp) = sp.checked_add(delta).and_then(|v| v.checked_add(8)) else {
-            break;
-        };
-        let Some(ret) = stack.word(fp - 8) else { break };
-        if ret == 0 {
-            break;
-        }
-        sp = fp;
-        pc = ret;
-        trap = INJECTED_CALLS.contains(&f.name.as_str());
-    }
+    Unwinder::default().unwind_into(binary, stack, sp, pc, bias, &mut frames);
     frames
 }

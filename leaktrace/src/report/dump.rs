@@ -15,7 +15,10 @@
 //!               "PauseTotalNs", "LastGC" } | null }
 //! ```
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+};
 
 use serde::Serialize;
 
@@ -88,7 +91,27 @@ pub fn created_by(g: &GoroutineSnapshot, runtime_frames: bool) -> Option<Created
 }
 
 /// Groups goroutines by (state, stack, creation site), the largest group first.
+///
+/// Goroutines are first grouped by what they share without a copy (the state, the census's
+/// shared stack, the `go` statement's PC), then those groups by the frames they print: the
+/// frames of a stack are compared once per distinct stack, not once per goroutine.
 pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Group> {
+    type Shared<'a> = (&'a str, *const StackFrame, Option<u64>);
+    let mut shared: HashMap<Shared, usize> = HashMap::new();
+    // Each shared group's goroutines, in the order its first goroutine came.
+    let mut members: Vec<Vec<&GoroutineSnapshot>> = Vec::new();
+    for &g in goroutines {
+        let key = (
+            g.state.as_str(),
+            g.stack.as_ptr(),
+            g.created_by.as_ref().map(|c| c.pc),
+        );
+        let i = *shared.entry(key).or_insert_with(|| {
+            members.push(Vec::new());
+            members.len() - 1
+        });
+        members[i].push(g);
+    }
     type Key = (
         String,
         Vec<(String, String, u32)>,
@@ -96,11 +119,12 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
         Option<(String, String, u32)>,
     );
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
-    for g in goroutines {
-        let ShownStack { frames, elided } = frames(g, runtime_frames);
-        let created_by = created_by(g, runtime_frames);
+    for gs in members {
+        let first = gs[0];
+        let ShownStack { frames, elided } = frames(first, runtime_frames);
+        let created_by = created_by(first, runtime_frames);
         let key: Key = (
-            g.state.clone(),
+            first.state.clone(),
             frames
                 .iter()
                 .map(|f| (f.function.clone(), f.file.clone(), f.line))
@@ -111,7 +135,7 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
                 .map(|c| (c.function.clone(), c.file.clone(), c.line)),
         );
         let e = groups.entry(key).or_insert_with(|| Group {
-            wait_reason: g.state.clone(),
+            wait_reason: first.state.clone(),
             count: 0,
             goids: Vec::new(),
             waiting_seconds: None,
@@ -119,11 +143,13 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
             elided_frames: elided,
             created_by,
         });
-        e.count += 1;
-        e.goids.push(g.goid);
-        if let Some(w) = g.waiting {
-            let s = w.as_secs_f64();
-            e.waiting_seconds.get_or_insert(Seconds::of(s)).take_in(s);
+        for g in gs {
+            e.count += 1;
+            e.goids.push(g.goid);
+            if let Some(w) = g.waiting {
+                let s = w.as_secs_f64();
+                e.waiting_seconds.get_or_insert(Seconds::of(s)).take_in(s);
+            }
         }
     }
     let mut v: Vec<Group> = groups.into_values().collect();

@@ -141,6 +141,9 @@ pub struct GOffsets {
     pub waitsince: u64,
     /// `g.waitreason` (u8, a `waitReason`).
     pub waitreason: u64,
+    /// `g.trackingSeq` (u8): `casgstatus` adds one each time the g stops running
+    /// (runtime/proc.go, Go 1.21-1.27), so an unchanged value says it did not run, modulo 256.
+    pub tracking_seq: u64,
     /// `g.parentGoid` (u64).
     pub parent_goid: u64,
     /// `g.gopc` (uintptr): the pc of the `go` statement that created this g.
@@ -1009,6 +1012,7 @@ impl<'a> DwarfIndex<'a> {
                 goid: s.field(g, &["goid"], Some(8))?,
                 waitsince: s.field(g, &["waitsince"], Some(8))?,
                 waitreason: s.field(g, &["waitreason"], Some(1))?,
+                tracking_seq: s.field(g, &["trackingSeq"], Some(1))?,
                 parent_goid: s.field(g, &["parentGoid"], Some(8))?,
                 gopc: s.field(g, &["gopc"], Some(8))?,
                 startpc: s.field(g, &["startpc"], Some(8))?,

@@ -2,6 +2,7 @@
 //! its Go version and build settings, function addresses, the runtime's struct layout, and
 //! the process's mappings.
 
+pub mod batch;
 pub mod binary;
 pub mod buildinfo;
 pub mod code;

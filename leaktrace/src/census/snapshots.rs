@@ -1,0 +1,320 @@
+//! Snapshots of every goroutine at memory speed, one after another.
+//!
+//! A snapshot reads `runtime.allgs` (a `[]*g`), then the g structs in batches of IOV_MAX
+//! ranges per `process_vm_readv`, then the live part of every stopped goroutine's stack
+//! (saved SP to `stack.hi`), again IOV_MAX stacks per call, and unwinds them locally. PCs are
+//! resolved once for the life of the [`Census`] (frame sizes, functions, inlined calls, file
+//! and line), and a stack is symbolized once per distinct list of PCs and shared by every
+//! goroutine stopped at them.
+//!
+//! A goroutine that provably did not run since the previous snapshot keeps the stack it had
+//! then, unread; see [`Kept`]. The target runs on meanwhile, so a goroutine that changes
+//! state during the walk may be seen half-way; such a stack is cut where it stops making
+//! sense rather than reported wrong.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+
+use super::{
+    goroutines::{
+        GoroutineSnapshot, RawG, StackFrame, Symbolizer, all_gs, is_system, monotonic_ns, read_gs,
+    },
+    unwind::{PcMap, PhysFrame, StackMemory, Unwinder},
+};
+use crate::tracee::{Target, batch};
+
+/// `_Gscan`, or-ed into the status while the GC scans the stack (runtime/runtime2.go,
+/// Go 1.21-1.27).
+const G_SCAN: u32 = 0x1000;
+/// g statuses (runtime/runtime2.go, Go 1.21-1.27).
+const G_RUNNABLE: u32 = 1;
+const G_RUNNING: u32 = 2;
+const G_WAITING: u32 = 4;
+const G_DEAD: u32 = 6;
+const G_PREEMPTED: u32 = 9;
+/// Read at most this much of one goroutine's stack, from its saved SP up; the frames of a
+/// deeper stack past that are cut, the outermost ones (where it was started) included.
+/// Parked goroutines use a few hundred bytes; a deep recursion a few MiB.
+const MAX_STACK_READ: u64 = 64 << 20;
+/// Stack bytes read per batch (a larger stack is read alone): the buffer is reused, so it
+/// stays in the CPU's caches while its stacks are unwound.
+const BATCH_BYTES: usize = 1 << 20;
+/// One snapshot in this many reads every stack again, whatever the runtime says: it bounds
+/// how long a stack that the 8-bit `trackingSeq` failed to show as changed (see [`Kept`]) can
+/// stay stale.
+const FULL_EVERY: u32 = 16;
+
+/// What proves that a goroutine did not run between two snapshots, and the stack it had.
+///
+/// `casgstatus` (runtime/proc.go) adds one to `g.trackingSeq` every time a goroutine stops
+/// running: in Go 1.21-1.26 on every transition out of `_Grunning`, in Go 1.27 out of
+/// `_Grunning` or `_Gsyscall` into any other status (proc.go, "Do not track _Grunning <->
+/// _Gsyscall transitions"). A goroutine that is waiting, runnable or preempted now got there
+/// from `_Grunning`, so if it ran since the last snapshot the counter moved, and so, almost
+/// always, did its saved PC and SP (`g.sched`, written by the `mcall` or `gosave` that
+/// stopped it) or, for a channel operation, its sudog (`g.waiting`). All must match, with the
+/// same g (goid) on the same stack (`stack.hi`; a stack the GC moved or shrank has another).
+/// `_Gsyscall` stacks are always read again: in Go 1.27 a goroutine can leave and re-enter a
+/// system call without the counter moving. The counter is 8 bits, so a goroutine that ran
+/// exactly a multiple of 256 times and stopped again at the same PC, SP and sudog keeps its
+/// old stack, which for a goroutine looping on one blocking call is its stack anyway; every
+/// [`FULL_EVERY`]th snapshot reads every stack.
+#[derive(Clone, PartialEq, Eq)]
+struct Proof {
+    goid: u64,
+    status: u32,
+    tracking_seq: u8,
+    sched_pc: u64,
+    sched_sp: u64,
+    stack_hi: u64,
+    waiting: u64,
+}
+
+impl Proof {
+    fn of(g: &RawG, status: u32) -> Option<Self> {
+        matches!(status, G_WAITING | G_RUNNABLE | G_PREEMPTED).then(|| Self {
+            goid: g.goid,
+            status,
+            tracking_seq: g.tracking_seq,
+            sched_pc: g.sched_pc,
+            sched_sp: g.sched_sp,
+            stack_hi: g.stack_hi,
+            waiting: g.waiting,
+        })
+    }
+}
+
+struct Kept {
+    proof: Proof,
+    stack: Arc<[StackFrame]>,
+}
+
+/// A stack waiting to be read: the goroutine's index in the snapshot, its saved SP and PC.
+struct Pending {
+    index: usize,
+    sp: u64,
+    pc: u64,
+    len: usize,
+}
+
+/// Takes snapshots of one target's goroutines, keeping what it learnt (symbols, frame sizes,
+/// the previous snapshot's stacks) from one to the next. Use one `Census` per target.
+pub struct Census {
+    unwinder: Unwinder,
+    symbolizer: Symbolizer,
+    /// Symbolized stacks by their physical frames (see [`stack_key`]).
+    stacks: PcMap<Box<[u64]>, Arc<[StackFrame]>>,
+    /// The previous snapshot's provably unchanged-if-still-equal stacks, by g address.
+    kept: PcMap<u64, Kept>,
+    incremental: bool,
+    snapshots: u32,
+    stacks_read: usize,
+    empty: Arc<[StackFrame]>,
+    /// Reused from one snapshot to the next.
+    buf: Vec<u8>,
+    frames: Vec<PhysFrame>,
+    key: Vec<u64>,
+}
+
+impl Default for Census {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Census {
+    /// An incremental census: each snapshot reads only the stacks of goroutines that may
+    /// have run since the previous one.
+    pub fn new() -> Self {
+        Self {
+            unwinder: Unwinder::default(),
+            symbolizer: Symbolizer::default(),
+            stacks: PcMap::default(),
+            kept: PcMap::default(),
+            incremental: true,
+            snapshots: 0,
+            stacks_read: 0,
+            empty: Arc::from(Vec::new()),
+            buf: Vec::new(),
+            frames: Vec::new(),
+            key: Vec::new(),
+        }
+    }
+
+    /// A census whose every snapshot reads every stack (its caches still apply).
+    pub fn full() -> Self {
+        Self {
+            incremental: false,
+            ..Self::new()
+        }
+    }
+
+    /// Every live goroutine of the target, system ones included (see
+    /// [`GoroutineSnapshot::system`]), in allgs order.
+    pub fn snapshot(&mut self, target: &Target) -> anyhow::Result<Vec<GoroutineSnapshot>> {
+        let addrs = all_gs(target)?;
+        let raw = read_gs(target, &addrs)?;
+        let now = monotonic_ns();
+        let reuse = self.incremental && !self.snapshots.is_multiple_of(FULL_EVERY);
+        self.snapshots = self.snapshots.wrapping_add(1);
+        let previous = std::mem::take(&mut self.kept);
+        let mut proofs = Vec::with_capacity(raw.len());
+        let mut out = Vec::with_capacity(raw.len());
+        let mut pending = Vec::new();
+        for g in &raw {
+            let status = g.status & !G_SCAN;
+            if status == G_DEAD || (status == 0 && g.goid == 0) {
+                continue; // _Gdead (free g kept for reuse) or _Gidle (just allocated)
+            }
+            let waiting_status = status == G_WAITING;
+            let waiting = (g.waitsince != 0 && (waiting_status || status == 3))
+                .then(|| Duration::from_nanos(now.saturating_sub(g.waitsince).max(0) as u64));
+            let start_function = self.symbolizer.start_function(target, g.startpc);
+            let proof = Proof::of(g, status);
+            let kept = proof.as_ref().filter(|_| reuse).and_then(|p| {
+                previous
+                    .get(&g.addr)
+                    .filter(|k| k.proof == *p)
+                    .map(|k| Arc::clone(&k.stack))
+            });
+            let stack = match kept {
+                Some(stack) => stack,
+                None => {
+                    // A running goroutine's registers are on a CPU, not in g.sched: no
+                    // stack, as in Go.
+                    if status != G_RUNNING
+                        && g.sched_pc != 0
+                        && g.sched_sp >= g.stack_lo
+                        && g.sched_sp < g.stack_hi
+                    {
+                        pending.push(Pending {
+                            index: out.len(),
+                            sp: g.sched_sp,
+                            pc: g.sched_pc,
+                            len: (g.stack_hi - g.sched_sp).min(MAX_STACK_READ) as usize,
+                        });
+                    }
+                    Arc::clone(&self.empty)
+                }
+            };
+            proofs.push((g.addr, proof));
+            out.push(GoroutineSnapshot {
+                goid: g.goid,
+                status,
+                state: self.symbolizer.state(target, status, g.waitreason),
+                wait_reason_value: waiting_status.then_some(g.waitreason),
+                waiting,
+                stack,
+                created_by: self.symbolizer.created_by(target, g),
+                system: is_system(start_function.as_deref()),
+                start_function,
+                g_addr: g.addr,
+            });
+        }
+        self.stacks_read = pending.len();
+        self.read_stacks(target, &pending, &mut out)?;
+        // Keep what proves each stack next time; drop stacks no goroutine holds any more.
+        if self.incremental {
+            self.kept.reserve(out.len());
+            for ((addr, proof), g) in proofs.into_iter().zip(&out) {
+                if let Some(proof) = proof {
+                    let stack = Arc::clone(&g.stack);
+                    self.kept.insert(addr, Kept { proof, stack });
+                }
+            }
+        }
+        drop(previous);
+        self.stacks.retain(|_, s| Arc::strong_count(s) > 1);
+        Ok(out)
+    }
+
+    /// How many stacks the last snapshot read; the others it kept from the one before.
+    pub fn stacks_read(&self) -> usize {
+        self.stacks_read
+    }
+
+    /// Reads, unwinds and symbolizes the `pending` stacks into `out`, a batch at a time.
+    fn read_stacks(
+        &mut self,
+        target: &Target,
+        pending: &[Pending],
+        out: &mut [GoroutineSnapshot],
+    ) -> anyhow::Result<()> {
+        let mut ranges = Vec::with_capacity(batch::IOV_MAX);
+        let mut start = 0;
+        while start < pending.len() {
+            // A batch: up to IOV_MAX stacks and BATCH_BYTES, or one larger stack alone.
+            let mut end = start;
+            let mut bytes = 0;
+            while end < pending.len()
+                && end - start < batch::IOV_MAX
+                && (end == start || bytes + pending[end].len <= BATCH_BYTES)
+            {
+                bytes += pending[end].len;
+                end += 1;
+            }
+            let batch_of = &pending[start..end];
+            ranges.clear();
+            ranges.extend(batch_of.iter().map(|p| (p.sp, p.len)));
+            if self.buf.len() < bytes {
+                self.buf.resize(bytes, 0);
+            }
+            let mut buf = std::mem::take(&mut self.buf);
+            let read = batch::read_ranges(&target.process, &ranges, &mut buf[..bytes])
+                .context("reading goroutine stacks");
+            let ok = match read {
+                Ok(ok) => ok,
+                Err(e) => {
+                    self.buf = buf;
+                    return Err(e);
+                }
+            };
+            let mut off = 0;
+            for (p, ok) in batch_of.iter().zip(ok) {
+                let bytes = &buf[off..off + p.len];
+                off += p.len;
+                // A stack that could not be read: the goroutine moved on (stack freed or
+                // grown) mid-walk.
+                if ok {
+                    out[p.index].stack = self.stack(target, p, bytes);
+                }
+            }
+            self.buf = buf;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// The symbolized stack in `bytes`, shared with every goroutine stopped at the same PCs.
+    fn stack(&mut self, target: &Target, p: &Pending, bytes: &[u8]) -> Arc<[StackFrame]> {
+        let mem = StackMemory { base: p.sp, bytes };
+        self.unwinder.unwind_into(
+            &target.binary,
+            &mem,
+            p.sp,
+            p.pc,
+            target.load_bias,
+            &mut self.frames,
+        );
+        stack_key(&self.frames, &mut self.key);
+        if let Some(s) = self.stacks.get(self.key.as_slice()) {
+            return Arc::clone(s);
+        }
+        let stack: Arc<[StackFrame]> = self.symbolizer.stack(target, &self.frames).into();
+        self.stacks
+            .insert(self.key.clone().into_boxed_slice(), Arc::clone(&stack));
+        stack
+    }
+}
+
+/// What a stack's symbolization depends on: each frame's PC and whether it is looked up as
+/// is (the top bit, free in a link-time address) or as a return address.
+fn stack_key(frames: &[PhysFrame], key: &mut Vec<u64>) {
+    key.clear();
+    key.extend(
+        frames
+            .iter()
+            .map(|f| f.pc | (u64::from(f.lookup_pc == f.pc) << 63)),
+    );
+}

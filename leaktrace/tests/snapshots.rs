@@ -1,0 +1,121 @@
+//! Incremental goroutine snapshots against full ones taken at the same moment, on a target
+//! where some goroutines move (wake up and park again with another stack) and the others do
+//! not: the incremental census must read only the stacks that may have changed and still see
+//! exactly what a full walk sees. On the oldest and newest Go under test, whose runtimes bump
+//! `g.trackingSeq` on different transitions.
+
+mod support;
+
+use std::{collections::BTreeMap, io::Write as _, thread, time::Duration};
+
+use leaktrace::{
+    census::{Census, CreatedBy, GoroutineSnapshot, StackFrame},
+    tracee::Target,
+};
+use support::{Fixture, build_fixture, go_versions};
+
+const GOROUTINES: usize = 2000;
+const MOVED: usize = 100;
+
+type View = BTreeMap<
+    u64,
+    (
+        u32,
+        String,
+        Vec<StackFrame>,
+        Option<CreatedBy>,
+        Option<String>,
+    ),
+>;
+
+/// `_Gsyscall` (runtime/runtime2.go, Go 1.21-1.27).
+const G_SYSCALL: u32 = 3;
+
+/// Everything a snapshot says of the program's goroutines but how long they have waited (a
+/// clock reading). Runtime goroutines (the GC's workers) may run between two snapshots, and
+/// so may main, which reads the next command in a system call: both snapshots read the
+/// stack of a goroutine in a system call anew, so it proves nothing here.
+fn view(gs: &[GoroutineSnapshot]) -> View {
+    gs.iter()
+        .filter(|g| !g.system && g.status != G_SYSCALL)
+        .map(|g| {
+            let value = (
+                g.status,
+                g.state.clone(),
+                g.stack.to_vec(),
+                g.created_by.clone(),
+                g.start_function.clone(),
+            );
+            (g.goid, value)
+        })
+        .collect()
+}
+
+fn move_goroutines(fixture: &mut Fixture, k: usize) {
+    let stdin = fixture.child.stdin.as_mut().unwrap();
+    writeln!(stdin, "move {k}").unwrap();
+    stdin.flush().unwrap();
+    fixture
+        .stderr
+        .wait_for(&format!("moved {k}"), Duration::from_secs(60));
+}
+
+fn incremental_equals_full(version: &str) {
+    let bin = build_fixture("parkedstacks", version, &[]);
+    let mut fixture = Fixture::start(&bin, &["-n", &GOROUTINES.to_string(), "-no-worker"]);
+    fixture.stderr.wait_for("ready", Duration::from_secs(60));
+    let target = Target::inspect(fixture.pid()).unwrap();
+    let mut census = Census::new();
+    let mut before = view(&census.snapshot(&target).unwrap());
+    assert!(
+        census.stacks_read() >= GOROUTINES,
+        "Go {version}: the first snapshot reads every stack"
+    );
+    for round in 1..=3 {
+        move_goroutines(&mut fixture, MOVED);
+        let incremental = view(&census.snapshot(&target).unwrap());
+        let read = census.stacks_read();
+        let full = view(&Census::full().snapshot(&target).unwrap());
+        assert_eq!(
+            incremental.len(),
+            full.len(),
+            "Go {version} round {round}: goroutines"
+        );
+        for (goid, f) in &full {
+            assert_eq!(
+                incremental.get(goid),
+                Some(f),
+                "Go {version} round {round}: goroutine {goid} differs between the incremental and the full snapshot"
+            );
+        }
+        let changed = full
+            .iter()
+            .filter(|(goid, f)| before.get(goid).is_none_or(|b| b.2 != f.2))
+            .count();
+        assert!(
+            changed >= MOVED,
+            "Go {version} round {round}: {changed} stacks changed, {MOVED} goroutines moved"
+        );
+        // The moved goroutines, main (which woke them), and runtime goroutines; not the
+        // thousands that stayed parked.
+        assert!(
+            (MOVED..GOROUTINES / 4).contains(&read),
+            "Go {version} round {round}: the incremental snapshot read {read} stacks"
+        );
+        before = full;
+    }
+}
+
+#[test]
+fn an_incremental_snapshot_equals_a_full_one_taken_at_the_same_moment() {
+    let versions = go_versions();
+    let mut picked = vec![versions[0].clone()];
+    picked.extend(versions.last().filter(|v| **v != versions[0]).cloned());
+    let runs: Vec<_> = picked
+        .into_iter()
+        .map(|v| thread::spawn(move || incremental_equals_full(&v)))
+        .collect();
+    for r in runs {
+        r.join().unwrap();
+    }
+}

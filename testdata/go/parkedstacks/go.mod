@@ -1,0 +1,3 @@
+module fixture/parkedstacks
+
+go 1.21
