@@ -155,15 +155,17 @@ pub(crate) struct RawG {
     pub(crate) addr: u64,
     pub(crate) status: u32,
     pub(crate) goid: u64,
-    waitsince: i64,
-    waitreason: u8,
+    pub(crate) waitsince: i64,
+    pub(crate) waitreason: u8,
     parent_goid: u64,
     gopc: u64,
     startpc: u64,
-    stack_lo: u64,
-    stack_hi: u64,
-    sched_sp: u64,
+    pub(crate) stack_lo: u64,
+    pub(crate) stack_hi: u64,
+    pub(crate) sched_sp: u64,
     pub(crate) sched_pc: u64,
+    /// `g.waiting`: the first sudog of the g's wait list.
+    pub(crate) waiting: u64,
 }
 
 /// The little-endian u64 at `off` in `b`; 0 past its end.
@@ -249,6 +251,7 @@ pub(crate) fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG
                 stack_hi: u64_at(g, l.stack_hi),
                 sched_sp: u64_at(g, l.sched_sp),
                 sched_pc: u64_at(g, l.sched_pc),
+                waiting: u64_at(g, l.waiting),
             });
         }
     }

@@ -10,6 +10,7 @@
 //! goroutine. Sleep, IO wait and runtime-internal waits are never suspects.
 
 pub mod pinned;
+pub mod proof;
 pub mod verdict;
 
 use std::{
