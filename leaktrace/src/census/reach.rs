@@ -81,7 +81,10 @@ enum WaitClass {
 fn wait_class(reason: &str) -> WaitClass {
     match reason {
         "chan send" | "chan receive" | "select" => WaitClass::Chan,
-        "sync.Cond.Wait" | "sync.Mutex.Lock" | "sync.RWMutex.RLock" | "sync.RWMutex.Lock"
+        "sync.Cond.Wait"
+        | "sync.Mutex.Lock"
+        | "sync.RWMutex.RLock"
+        | "sync.RWMutex.Lock"
         | "sync.WaitGroup.Wait" => WaitClass::Sync,
         "chan send (nil chan)" | "chan receive (nil chan)" | "select (no cases)" => {
             WaitClass::Never
@@ -284,7 +287,10 @@ fn data_and_bss(target: &Target) -> anyhow::Result<Vec<(u64, u64)>> {
         .read(md + MODULEDATA_DATA_WORD * 8, &mut b)
         .context("reading runtime.firstmoduledata")?;
     let mut out = Vec::new();
-    for (lo, hi) in [(u64_at(&b, 0), u64_at(&b, 8)), (u64_at(&b, 16), u64_at(&b, 24))] {
+    for (lo, hi) in [
+        (u64_at(&b, 0), u64_at(&b, 8)),
+        (u64_at(&b, 16), u64_at(&b, 24)),
+    ] {
         anyhow::ensure!(
             lo <= hi && hi - lo <= MAX_SECTION,
             "runtime.firstmoduledata gives an implausible data or bss range {lo:#x}..{hi:#x}: \
@@ -303,12 +309,13 @@ fn stack_range(g: &RawG) -> Option<(u64, u64)> {
         return None;
     }
     let status = g.status & !G_SCAN;
-    let from = if status != G_RUNNING && g.sched_pc != 0 && (g.stack_lo..g.stack_hi).contains(&g.sched_sp)
-    {
-        g.sched_sp & !7
-    } else {
-        g.stack_lo
-    };
+    let from =
+        if status != G_RUNNING && g.sched_pc != 0 && (g.stack_lo..g.stack_hi).contains(&g.sched_sp)
+        {
+            g.sched_sp & !7
+        } else {
+            g.stack_lo
+        };
     Some((from, g.stack_hi - from))
 }
 

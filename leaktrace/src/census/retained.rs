@@ -397,7 +397,11 @@ impl<'t> Heap<'t> {
         let base = span.object(p)?;
         Some(Slot {
             span: span_addr,
-            index: if span.large { 0 } else { (base - span.start) / span.elemsize },
+            index: if span.large {
+                0
+            } else {
+                (base - span.start) / span.elemsize
+            },
             slots: if span.large { 1 } else { span.objects() },
             base,
             size: span.elemsize,

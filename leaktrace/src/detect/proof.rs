@@ -77,7 +77,11 @@ impl Proof {
     pub fn evidence(&self) -> String {
         let objects: u64 = self.passes.iter().map(|p| p.objects_marked).sum();
         let read: u64 = self.passes.iter().map(|p| p.bytes_read).sum();
-        let ms: f64 = self.passes.iter().map(|p| p.elapsed.as_secs_f64() * 1e3).sum();
+        let ms: f64 = self
+            .passes
+            .iter()
+            .map(|p| p.elapsed.as_secs_f64() * 1e3)
+            .sum();
         let gcs = self
             .gc_cycles_between
             .map_or("unknown".into(), |n| n.to_string());
@@ -118,8 +122,7 @@ pub fn prove(target: &Target, opts: &ProofOptions) -> anyhow::Result<Proof> {
     let gc1 = num_gc(target);
     let between = t0.elapsed();
     let second = reach::pass(target, opts.limits)?;
-    let again: HashMap<u64, BlockedG> =
-        second.unreachable.iter().map(|b| (b.goid, *b)).collect();
+    let again: HashMap<u64, BlockedG> = second.unreachable.iter().map(|b| (b.goid, *b)).collect();
     let main_select = (0..=u8::MAX).find(|&r| target.reason_name(r) == "select (no cases)");
     let mut proven: Vec<BlockedG> = watched
         .into_iter()
@@ -127,15 +130,12 @@ pub fn prove(target: &Target, opts: &ProofOptions) -> anyhow::Result<Proof> {
         .filter(|b| !(b.goid == 1 && Some(b.wait_reason) == main_select))
         .collect();
     proven.sort_by_key(|b| b.goid);
-    let not_proven = [&first, &second]
-        .iter()
-        .find_map(|p| p.bounded)
-        .map(|why| {
-            format!(
-                "a pass stopped at its bound on {why} before its fixed point: nothing is proven \
+    let not_proven = [&first, &second].iter().find_map(|p| p.bounded).map(|why| {
+        format!(
+            "a pass stopped at its bound on {why} before its fixed point: nothing is proven \
                  (the heap is larger than the pass may read)"
-            )
-        });
+        )
+    });
     if not_proven.is_some() {
         proven.clear();
     }
