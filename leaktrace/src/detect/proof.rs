@@ -99,52 +99,90 @@ fn num_gc(target: &Target) -> Option<u32> {
     memory::read(target).ok().map(|m| m.num_gc)
 }
 
+/// A proof under way: the first pass done, its unreachable goroutines watched until the
+/// second. [`prove`] runs one start to end; the live trace advances one at its snapshots.
+#[derive(Debug)]
+pub struct Prover {
+    first: Pass,
+    gc0: Option<u32>,
+    t0: Instant,
+    /// The first pass's unreachable goroutines not yet seen moving.
+    watched: Vec<BlockedG>,
+}
+
+impl Prover {
+    /// Runs the first pass.
+    pub fn start(target: &Target, limits: PassLimits) -> anyhow::Result<Self> {
+        let first = reach::pass(target, limits)?;
+        Ok(Self {
+            gc0: num_gc(target),
+            t0: Instant::now(),
+            watched: first.unreachable.clone(),
+            first,
+        })
+    }
+
+    /// Re-reads the watched goroutines, dropping those that moved; true when the second
+    /// pass may run: a GC cycle of the target and `min_gap`, or `max_gap`, since the first.
+    pub fn watch(&mut self, target: &Target, opts: &ProofOptions) -> bool {
+        self.watched = reach::still_blocked(target, &self.watched)
+            .into_iter()
+            .flatten()
+            .collect();
+        let gc_done = matches!((self.gc0, num_gc(target)), (Some(a), Some(b)) if b != a);
+        let waited = self.t0.elapsed();
+        waited >= opts.max_gap || (gc_done && waited >= opts.min_gap)
+    }
+
+    /// Runs the second pass and says what is proven.
+    pub fn finish(mut self, target: &Target, limits: PassLimits) -> anyhow::Result<Proof> {
+        self.watch(target, &ProofOptions::default());
+        let gc1 = num_gc(target);
+        let between = self.t0.elapsed();
+        let second = reach::pass(target, limits)?;
+        let again: HashMap<u64, BlockedG> =
+            second.unreachable.iter().map(|b| (b.goid, *b)).collect();
+        let main_select = (0..=u8::MAX).find(|&r| target.reason_name(r) == "select (no cases)");
+        let mut proven: Vec<BlockedG> = self
+            .watched
+            .into_iter()
+            .filter(|b| again.get(&b.goid) == Some(b))
+            .filter(|b| !(b.goid == 1 && Some(b.wait_reason) == main_select))
+            .collect();
+        proven.sort_by_key(|b| b.goid);
+        let not_proven = [&self.first, &second]
+            .iter()
+            .find_map(|p| p.bounded)
+            .map(|why| {
+                format!(
+                    "a pass stopped at its bound on {why} before its fixed point: nothing is \
+                     proven (the heap is larger than the pass may read)"
+                )
+            });
+        if not_proven.is_some() {
+            proven.clear();
+        }
+        Ok(Proof {
+            method: METHOD,
+            gc_cycles_between: self.gc0.zip(gc1).map(|(a, b)| b.wrapping_sub(a)),
+            between,
+            passes: vec![self.first, second],
+            proven,
+            not_proven,
+        })
+    }
+}
+
 /// Runs a first pass, then watches its unreachable goroutines until a GC cycle of the
 /// target (or `max_gap`), then a second pass; the goroutines unreachable in both, in the
 /// same wait and never seen moving, are proven.
 pub fn prove(target: &Target, opts: &ProofOptions) -> anyhow::Result<Proof> {
-    let first = reach::pass(target, opts.limits)?;
-    let gc0 = num_gc(target);
-    let t0 = Instant::now();
-    let mut watched: Vec<BlockedG> = first.unreachable.clone();
+    let mut prover = Prover::start(target, opts.limits)?;
     loop {
         thread::sleep(opts.poll);
-        watched = reach::still_blocked(target, &watched)
-            .into_iter()
-            .flatten()
-            .collect();
-        let gc_done = matches!((gc0, num_gc(target)), (Some(a), Some(b)) if b != a);
-        let waited = t0.elapsed();
-        if waited >= opts.max_gap || (gc_done && waited >= opts.min_gap) {
+        if prover.watch(target, opts) {
             break;
         }
     }
-    let gc1 = num_gc(target);
-    let between = t0.elapsed();
-    let second = reach::pass(target, opts.limits)?;
-    let again: HashMap<u64, BlockedG> = second.unreachable.iter().map(|b| (b.goid, *b)).collect();
-    let main_select = (0..=u8::MAX).find(|&r| target.reason_name(r) == "select (no cases)");
-    let mut proven: Vec<BlockedG> = watched
-        .into_iter()
-        .filter(|b| again.get(&b.goid) == Some(b))
-        .filter(|b| !(b.goid == 1 && Some(b.wait_reason) == main_select))
-        .collect();
-    proven.sort_by_key(|b| b.goid);
-    let not_proven = [&first, &second].iter().find_map(|p| p.bounded).map(|why| {
-        format!(
-            "a pass stopped at its bound on {why} before its fixed point: nothing is proven \
-                 (the heap is larger than the pass may read)"
-        )
-    });
-    if not_proven.is_some() {
-        proven.clear();
-    }
-    Ok(Proof {
-        method: METHOD,
-        gc_cycles_between: gc0.zip(gc1).map(|(a, b)| b.wrapping_sub(a)),
-        between,
-        passes: vec![first, second],
-        proven,
-        not_proven,
-    })
+    prover.finish(target, opts.limits)
 }
