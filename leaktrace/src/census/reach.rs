@@ -259,12 +259,12 @@ impl Marker<'_> {
         }
     }
 
-    /// Go's `isMarkedOrNotInHeap`: marked, or not an allocated heap object.
-    fn marked_or_not_heap(&mut self, p: u64) -> bool {
+    /// Go's `isMarkedOrNotInHeap`: marked, or not an allocated heap object. `p`'s span must
+    /// have been looked up ([`Heap::resolve_spans`]).
+    fn marked_or_not_heap(&self, p: u64) -> bool {
         if p < MIN_POINTER {
             return true;
         }
-        self.heap.resolve_spans(&[p]);
         let Some(s) = self.heap.slot(p) else {
             return true;
         };
@@ -427,6 +427,12 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
     m.heap.read_words(&ranges, &mut words);
     m.mark(words);
 
+    // What the candidates wait on, looked up in one batch.
+    let mut waited: Vec<u64> = cands.iter().flat_map(|c| c.on.iter().copied()).collect();
+    waited.retain(|&p| p >= MIN_POINTER);
+    waited.sort_unstable();
+    waited.dedup();
+    m.heap.resolve_spans(&waited);
     let mut revived = 0;
     loop {
         let mut ranges = Vec::new();
