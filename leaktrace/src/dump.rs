@@ -1,11 +1,17 @@
 //! `leaktrace dump -p PID`: one read-only snapshot of every goroutine and the memory
 //! figures, with no probe loaded.
 
+use std::collections::HashSet;
+
 use anyhow::anyhow;
 
 use crate::{
     census::{self, GoroutineSnapshot},
-    report::dump::{self, Dump},
+    detect::proof::{ProofOptions, prove},
+    report::{
+        dump::{self, Dump},
+        proven::{self, ProvenLeaks},
+    },
     tracee::{Target, layout::LayoutSource},
 };
 
@@ -17,6 +23,8 @@ pub struct DumpOptions {
     pub json: bool,
     /// Include runtime-internal frames and goroutines.
     pub runtime: bool,
+    /// Print only the goroutines proven leaked by two reachability passes.
+    pub leaks: bool,
 }
 
 /// True when PID is gone or a zombie: its memory can no longer be read.
@@ -81,6 +89,9 @@ pub fn run(opts: &DumpOptions) -> anyhow::Result<String> {
 
 fn render(opts: &DumpOptions) -> anyhow::Result<String> {
     let target = Target::inspect(opts.pid)?;
+    if opts.leaks {
+        return render_leaks(&target, opts);
+    }
     let (d, goroutines) = snapshot(&target, opts.runtime)?;
     if opts.json {
         let mut v = serde_json::to_value(&d)?;
@@ -110,4 +121,29 @@ fn render(opts: &DumpOptions) -> anyhow::Result<String> {
         .filter(|g| opts.runtime || !g.system)
         .collect();
     Ok(dump::text(&d, &shown, opts.all, opts.runtime))
+}
+
+/// `dump --leaks`: two reachability passes a moment apart, then the proven goroutines,
+/// grouped by stack from a walk taken after the second pass.
+fn render_leaks(target: &Target, opts: &DumpOptions) -> anyhow::Result<String> {
+    let proof = prove(target, &ProofOptions::default())?;
+    let goroutines = census::goroutines::walk(target)?;
+    let proven: HashSet<(u64, u64)> = proof.proven.iter().map(|b| (b.goid, b.g_addr)).collect();
+    let leaked: Vec<&GoroutineSnapshot> = goroutines
+        .iter()
+        .filter(|g| proven.contains(&(g.goid, g.g_addr)))
+        .collect();
+    let out = ProvenLeaks {
+        pid: target.process.pid(),
+        executable: target.process.exe_name(),
+        go_version: target.binary.build().version_string.clone(),
+        proven_count: leaked.len(),
+        not_proven: proof.not_proven.clone(),
+        leaks: dump::group(&leaked, opts.runtime),
+        proof,
+    };
+    if opts.json {
+        return Ok(serde_json::to_string_pretty(&out)? + "\n");
+    }
+    Ok(proven::text(&out))
 }

@@ -180,6 +180,10 @@ struct DumpArgs {
     /// Include runtime-internal goroutines and frames, which Go's tracebacks leave out.
     #[arg(long)]
     runtime: bool,
+    /// Print only the goroutines proven leaked: two reachability passes over the heap a
+    /// moment apart (a few seconds), like Go's goroutineleak profile.
+    #[arg(long, conflicts_with = "all")]
+    leaks: bool,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
@@ -344,6 +348,7 @@ fn main() -> ExitCode {
                 all: d.all,
                 json: d.json,
                 runtime: d.runtime,
+                leaks: d.leaks,
             };
             return match leaktrace::dump::run(&opts) {
                 Ok(out) => {

@@ -674,6 +674,7 @@ fn record_writes_exports_that_other_tools_read() {
         "report.json",
         "histograms.hlog",
         "goroutines.pb.gz",
+        "goroutineleak.pb.gz",
         "allocations.pb.gz",
     ] {
         assert!(dir.join(f).exists(), "{f} not written: {rest}");

@@ -245,6 +245,7 @@ fn signals_while_running_and_while_finishing_the_report() {
         files_in(&dir),
         vec![
             "allocations.pb.gz",
+            "goroutineleak.pb.gz",
             "goroutines.pb.gz",
             "histograms.hlog",
             "report.json",

@@ -9,6 +9,7 @@ pub mod activity;
 pub mod channels;
 pub mod goroutines;
 pub mod memory;
+pub mod reach;
 pub mod retained;
 mod snapshots;
 mod unwind;

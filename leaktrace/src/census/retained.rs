@@ -120,7 +120,7 @@ pub fn estimate(target: &Target, g_addrs: &[u64], limits: Limits) -> anyhow::Res
 /// The runtime variables the scan starts from (`runtime.mheap_`, `allp`, `allm`), as
 /// addresses in the target: from `.symtab`, or read off the runtime's code in a stripped
 /// binary (see `tracee::globals`).
-fn runtime_vars(target: &Target) -> anyhow::Result<HeapGlobals> {
+pub(super) fn runtime_vars(target: &Target) -> anyhow::Result<HeapGlobals> {
     let link = globals::locate_heap(&target.binary).map_err(|e| {
         anyhow!(
             "PID {} ({}): estimating the memory goroutines pin: {e}",
@@ -168,6 +168,20 @@ fn scheduler_structs(target: &Target, vars: &HeapGlobals) -> anyhow::Result<Hash
     Ok(stops)
 }
 
+/// An allocated object slot, as [`Heap::slot`] finds it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot {
+    /// The mspan's address: the key of its mark bitmap.
+    pub span: u64,
+    pub index: u64,
+    /// Object slots in the span.
+    pub slots: u64,
+    pub base: u64,
+    pub size: u64,
+    /// The object may hold pointers (its span is not noscan).
+    pub scan: bool,
+}
+
 /// What the scan needs of one span.
 #[derive(Debug, Clone)]
 struct Span {
@@ -211,7 +225,7 @@ impl Span {
 }
 
 /// The target's heap as the scan sees it, with every lookup cached.
-struct Heap<'t> {
+pub(super) struct Heap<'t> {
     target: &'t Target,
     limits: Limits,
     /// `mheap_.arenas` in the target.
@@ -231,12 +245,12 @@ struct Heap<'t> {
     stops: HashSet<u64>,
     visited: HashSet<u64>,
     heap_bytes: u64,
-    bytes_read: u64,
-    truncated: bool,
+    pub(super) bytes_read: u64,
+    pub(super) truncated: bool,
 }
 
 impl<'t> Heap<'t> {
-    fn new(target: &'t Target, mheap: u64, limits: Limits) -> Self {
+    pub(super) fn new(target: &'t Target, mheap: u64, limits: Limits) -> Self {
         let a = &target.layout.arena;
         Self {
             target,
@@ -259,7 +273,7 @@ impl<'t> Heap<'t> {
     /// Makes the objects holding `addrs` stops. An address is not always its object's base:
     /// from Go 1.22 an object of more than 512 bytes that holds pointers starts with an
     /// 8-byte malloc header, and a pointer to it points past that (runtime/mbitmap.go).
-    fn stop_at(&mut self, addrs: HashSet<u64>) {
+    pub(super) fn stop_at(&mut self, addrs: HashSet<u64>) {
         let mut addrs: Vec<u64> = addrs.into_iter().collect();
         addrs.sort_unstable();
         self.resolve_spans(&addrs);
@@ -375,6 +389,31 @@ impl<'t> Heap<'t> {
         }
     }
 
+    /// The allocated slot holding `p`, from the caches that [`Heap::resolve_spans`] filled:
+    /// its span's address, slot index and slot count, for a mark bitmap per span.
+    pub(super) fn slot(&self, p: u64) -> Option<Slot> {
+        let span_addr = *self.page.get(&(p >> self.page_shift))?;
+        let span = self.span.get(&span_addr)?.as_ref()?;
+        let base = span.object(p)?;
+        Some(Slot {
+            span: span_addr,
+            index: if span.large {
+                0
+            } else {
+                (base - span.start) / span.elemsize
+            },
+            slots: if span.large { 1 } else { span.objects() },
+            base,
+            size: span.elemsize,
+            scan: !span.noscan,
+        })
+    }
+
+    /// True for the base of an object the scan must not enter ([`Heap::stop_at`]).
+    pub(super) fn is_stop(&self, base: u64) -> bool {
+        self.stops.contains(&base)
+    }
+
     /// The object holding `p` (base, size, holds pointers), from the caches that
     /// [`Heap::resolve_spans`] filled.
     fn object_of(&self, p: u64) -> Option<(u64, u64, bool)> {
@@ -386,7 +425,7 @@ impl<'t> Heap<'t> {
 
     /// Fills the caches from arena to span for every page of `pointers` not yet looked up,
     /// a level at a time so that each level is a few batched reads.
-    fn resolve_spans(&mut self, pointers: &[u64]) {
+    pub(super) fn resolve_spans(&mut self, pointers: &[u64]) {
         let target = self.target;
         let a = &target.layout.arena;
         let arena_count = 1u64 << (a.l1_bits + a.l2_bits);
@@ -526,7 +565,7 @@ impl<'t> Heap<'t> {
     }
 
     /// The aligned words of `ranges` appended to `words`, within the read budget.
-    fn read_words(&mut self, ranges: &[(u64, u64)], words: &mut Vec<u64>) {
+    pub(super) fn read_words(&mut self, ranges: &[(u64, u64)], words: &mut Vec<u64>) {
         let mut pieces = Vec::new();
         for &(addr, len) in ranges {
             let mut off = 0;

@@ -10,6 +10,7 @@
 //! goroutine. Sleep, IO wait and runtime-internal waits are never suspects.
 
 pub mod pinned;
+pub mod proof;
 pub mod verdict;
 
 use std::{
@@ -133,6 +134,8 @@ pub enum Confidence {
     Low,
     Medium,
     High,
+    /// Every goroutine of the group unreachable in a proof by reachability ([`proof`]).
+    Proven,
 }
 
 fn confidence(score: i32) -> Confidence {
@@ -286,9 +289,19 @@ pub struct Tracker {
     /// Targeted probes by link-time PC: after a blocking call (resume) or a `go` statement.
     sites: HashMap<u64, SiteProbe>,
     probes_since: Option<Duration>,
+    /// The goroutines the last proof by reachability proved leaked, and its evidence line.
+    proven: BTreeSet<u64>,
+    proof_evidence: String,
 }
 
 impl Tracker {
+    /// Takes the result of a proof by reachability: the goroutines it proved leaked (those
+    /// of an earlier proof not proven again are dropped) and its evidence line.
+    pub fn set_proven(&mut self, goids: impl IntoIterator<Item = u64>, evidence: String) {
+        self.proven = goids.into_iter().collect();
+        self.proof_evidence = evidence;
+    }
+
     /// Adds a snapshot taken `at` (since the trace started).
     pub fn observe(&mut self, at: Duration, goroutines: Vec<Observed>) {
         self.snapshots += 1;
@@ -450,7 +463,12 @@ impl Tracker {
             .filter(|(_, h)| !h.latest.is_empty())
             .filter_map(|(k, h)| self.judge(k, h, opts))
             .collect();
-        out.sort_by(|a, b| b.score.cmp(&a.score).then(b.count.cmp(&a.count)));
+        out.sort_by(|a, b| {
+            (b.confidence == Confidence::Proven)
+                .cmp(&(a.confidence == Confidence::Proven))
+                .then(b.score.cmp(&a.score))
+                .then(b.count.cmp(&a.count))
+        });
         out
     }
 
@@ -730,6 +748,28 @@ impl Tracker {
             against.push("it is the main goroutine, which programs often block on purpose".into());
         }
 
+        // A proof by reachability outranks the evidence gathered over time, and needs no
+        // --min-age.
+        let proven = h
+            .latest
+            .iter()
+            .filter(|g| self.proven.contains(&g.goid))
+            .count();
+        let mut confidence = confidence(score);
+        if proven == count {
+            confidence = Confidence::Proven;
+            score = score.max(REPORT_SCORE);
+            evidence.insert(
+                0,
+                format!("all {count} unreachable: {}", self.proof_evidence),
+            );
+        } else if proven > 0 {
+            evidence.insert(
+                0,
+                format!("{proven} of {count} unreachable: {}", self.proof_evidence),
+            );
+        }
+
         let mut goids: Vec<u64> = h.latest.iter().map(|g| g.goid).collect();
         goids.sort_unstable();
         let first_g = &h.latest[0];
@@ -745,7 +785,7 @@ impl Tracker {
                 max: max_age.as_secs_f64(),
             },
             channel,
-            confidence: confidence(score),
+            confidence,
             score,
             evidence,
             against,

@@ -245,7 +245,14 @@ pub fn text(d: &Dump, all: &[&GoroutineSnapshot], list_each: bool, runtime_frame
         }
         return out;
     }
-    for grp in &d.goroutines {
+    out.push_str(&text_groups(&d.goroutines));
+    out
+}
+
+/// Groups as text, each with its count, state, stack, creation site and goids.
+pub fn text_groups(groups: &[Group]) -> String {
+    let mut out = String::new();
+    for grp in groups {
         let noun = if grp.count == 1 {
             "goroutine"
         } else {

@@ -4,6 +4,8 @@
 //! - `histograms.hlog`: every histogram per interval, an HdrHistogram interval log;
 //! - `goroutines.pb.gz`: the leaked goroutines by stack, a pprof profile (`goroutine`/count,
 //!   labelled with the wait reason and confidence);
+//! - `goroutineleak.pb.gz`: the goroutines proven leaked by reachability, a pprof profile
+//!   shaped like Go's own `goroutineleak` profile (`goroutineleak`/count);
 //! - `allocations.pb.gz`: sampled allocations by stack, a pprof profile (the runtime's heap
 //!   profile with alloc and in-use sample types, or the fallback sampler's allocations).
 //!
@@ -26,7 +28,12 @@ use super::{
     schema::Report,
     text,
 };
-use crate::{model::histograms::Histograms, signals::Interrupted, tracee::pclntab::Frame};
+use crate::{
+    detect::{Confidence, LeakGroup},
+    model::histograms::Histograms,
+    signals::Interrupted,
+    tracee::pclntab::Frame,
+};
 
 /// Writes each file under a temporary name in `dir`, then renames them all into place, so
 /// that no reader, and no signal abandoning the report, leaves half a file under the final
@@ -81,11 +88,29 @@ pub fn write_outputs(
 
 /// The leaked goroutines by stack.
 pub fn goroutine_profile(report: &Report) -> pprof::Profile {
+    leak_profile(report, "goroutine", |_| true)
+}
+
+/// The goroutines proven leaked by reachability, by stack, shaped like Go's own
+/// `goroutineleak` profile (sample and period type `goroutineleak`/count).
+pub fn goroutineleak_profile(report: &Report) -> pprof::Profile {
+    let mut p = leak_profile(report, "goroutineleak", |l| {
+        l.confidence == Confidence::Proven
+    });
+    p.comments = vec![format!(
+        "goroutines proven leaked by reachability in PID {} ({})",
+        report.pid, report.executable
+    )];
+    p
+}
+
+fn leak_profile(report: &Report, kind: &str, keep: impl Fn(&LeakGroup) -> bool) -> pprof::Profile {
     pprof::Profile {
-        sample_types: vec![pprof::ValueType::new("goroutine", "count")],
+        sample_types: vec![pprof::ValueType::new(kind, "count")],
         samples: report
             .leaks
             .iter()
+            .filter(|l| keep(l))
             .map(|l| pprof::Sample {
                 stack: l
                     .stack
@@ -111,7 +136,7 @@ pub fn goroutine_profile(report: &Report) -> pprof::Profile {
                 )],
             })
             .collect(),
-        period_type: Some(pprof::ValueType::new("goroutine", "count")),
+        period_type: Some(pprof::ValueType::new(kind, "count")),
         period: 1,
         duration_nanos: (report.observed_seconds * 1e9) as i64,
         comments: vec![format!(
@@ -151,6 +176,7 @@ pub fn write_all(
     let mut hlog_bytes = Vec::new();
     hlog::write_hlog(&mut hlog_bytes, start, &intervals).context("writing histograms.hlog")?;
     let goroutines = pprof::encode(&goroutine_profile(report));
+    let goroutineleak = pprof::encode(&goroutineleak_profile(report));
     let allocations = allocations.map(pprof::encode);
 
     let mut files: Vec<(&str, &[u8])> = vec![
@@ -158,6 +184,7 @@ pub fn write_all(
         ("report.json", json.as_bytes()),
         ("histograms.hlog", &hlog_bytes),
         ("goroutines.pb.gz", &goroutines),
+        ("goroutineleak.pb.gz", &goroutineleak),
     ];
     if let Some(a) = &allocations {
         files.push(("allocations.pb.gz", a));

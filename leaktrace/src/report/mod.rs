@@ -1,6 +1,6 @@
 //! Renderers, each a leaf that imports what it renders and nothing imports but the trace:
 //! report.json's structs (`schema`) and the text report (`text`); the live line each
-//! interval and the summary (`live`); the goroutine and memory snapshot (`dump`); every
+//! interval and the summary (`live`); the goroutine and memory snapshot (`dump`) and the goroutines proven leaked (`proven`); every
 //! probe record as a JSON line (`events`); pprof profiles (`pprof`); histograms over time as
 //! an HdrHistogram interval log (`hlog`); the Prometheus text format (`metrics`) and the
 //! endpoint that serves it (`prometheus`); and the files `record -o` writes (`exports`).
@@ -13,5 +13,6 @@ pub mod live;
 pub mod metrics;
 pub mod pprof;
 pub mod prometheus;
+pub mod proven;
 pub mod schema;
 pub mod text;

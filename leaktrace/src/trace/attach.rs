@@ -378,6 +378,8 @@ impl Session {
             estimated,
             sites_placed: 0,
             lost_reported: 0,
+            prover: None,
+            proof_next: Instant::now(),
         };
         Ok((session, records))
     }

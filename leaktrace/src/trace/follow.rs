@@ -17,7 +17,7 @@ use super::{
     budget::{BUDGET_PERIOD, QUICK_CHECK},
     session::Session,
 };
-use crate::{collector, probes::Probe, report::live};
+use crate::{collector, detect::Confidence, probes::Probe, report::live};
 
 /// What the loop waits on besides time.
 pub(super) struct Io {
@@ -111,7 +111,12 @@ impl Session {
         self.findings.hist.close_interval(elapsed);
         let counts = self.probes.counts()?;
         let t = self.findings.model.take_interval();
-        let suspects = self.findings.tracker.leaks(&self.detect).len();
+        let leaks = self.findings.tracker.leaks(&self.detect);
+        let proven = leaks
+            .iter()
+            .filter(|l| l.confidence == Confidence::Proven)
+            .count();
+        let suspects = format!("{} ({proven} proven)", leaks.len());
         let parks_traced = self.probes.attached().contains(&Probe::Gopark);
         if parks_traced || t.total_parks() + t.total_wakes() > 0 {
             println!(

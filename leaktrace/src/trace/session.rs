@@ -15,7 +15,7 @@ use super::{TraceOptions, apply::Findings};
 use crate::{
     alloc::{AllocPlan, HeapProfile},
     census::{self, activity::ActivityEstimate},
-    detect::{DetectOptions, pinned::PinnedEstimates},
+    detect::{DetectOptions, pinned::PinnedEstimates, proof::Prover},
     model::MemoryPoint,
     probes::{Counts, Probes},
     tracee::Target,
@@ -62,6 +62,9 @@ pub(super) struct Session {
     pub sites_placed: usize,
     /// Lost records already shown on a live line.
     pub lost_reported: u64,
+    /// A proof by reachability under way, and when the next pass may run.
+    pub prover: Option<Prover>,
+    pub proof_next: Instant,
 }
 
 /// The target's memory now, with the madvise totals so far.

@@ -9,7 +9,16 @@ use std::{collections::HashMap, time::Instant};
 use aya::maps::{MapData, RingBuf};
 
 use super::session::{Session, memory_point};
-use crate::{alloc, census, collector, detect::Observed, probes::Probe, report, tracee::Target};
+use crate::{
+    alloc, census, collector,
+    detect::{
+        Observed,
+        proof::{ProofOptions, Prover},
+    },
+    probes::Probe,
+    report,
+    tracee::Target,
+};
 
 /// A snapshot walk may take at most 1/SNAPSHOT_PACE of the time between snapshots: a walk
 /// of 100,000 goroutines takes leaktrace about a second of CPU, which a small machine takes
@@ -93,6 +102,7 @@ impl Session {
                 self.findings
                     .tracker
                     .observe(self.start.elapsed(), s.observed);
+                self.advance_proof(records);
                 self.estimate_pinned(records);
             }
             Err(e) if !self.target.process.is_alive() => {
@@ -101,6 +111,52 @@ impl Session {
             Err(e) => eprintln!("leaktrace: snapshot failed: {e:#}"),
         }
         self.place_sites()
+    }
+
+    /// Advances the proof by reachability: a first pass, the goroutines it found unreachable
+    /// watched at each snapshot, then the second pass, whose proven goroutines the detector
+    /// takes. Passes are paced like walks, at most 1/SNAPSHOT_PACE of the time.
+    fn advance_proof(&mut self, records: &mut RingBuf<MapData>) {
+        let opts = ProofOptions::default();
+        if Instant::now() < self.proof_next {
+            return;
+        }
+        let t0 = Instant::now();
+        let (target, findings) = (&self.target, &mut self.findings);
+        match self.prover.take() {
+            None => {
+                match collector::while_draining(
+                    records,
+                    || Prover::start(target, opts.limits),
+                    |rec| findings.apply(target, rec),
+                ) {
+                    Ok(p) => self.prover = Some(p),
+                    Err(e) => log::warn!("reachability pass failed: {e:#}"),
+                }
+            }
+            Some(mut p) => {
+                if !p.watch(target, &opts) {
+                    self.prover = Some(p);
+                    return;
+                }
+                match collector::while_draining(
+                    records,
+                    || p.finish(target, opts.limits),
+                    |rec| findings.apply(target, rec),
+                ) {
+                    Ok(proof) => {
+                        if let Some(why) = &proof.not_proven {
+                            log::warn!("leaks not proven: {why}");
+                        }
+                        findings
+                            .tracker
+                            .set_proven(proof.proven.iter().map(|b| b.goid), proof.evidence());
+                    }
+                    Err(e) => log::warn!("reachability pass failed: {e:#}"),
+                }
+            }
+        }
+        self.proof_next = Instant::now() + t0.elapsed() * SNAPSHOT_PACE;
     }
 
     /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time.

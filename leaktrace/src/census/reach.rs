@@ -1,0 +1,500 @@
+//! One reachability pass over the target's heap, read-only: which goroutines blocked on a
+//! channel or a sync primitive nothing live can reach, the question Go's own detector asks
+//! during a GC (Go 1.27 `runtime/mgc.go`: `findGoroutineLeaks`,
+//! `findMaybeRunnableGoroutines`, `(*g).isMaybeRunnable`, `setSyncObjectsUntraceable`).
+//!
+//! Rules, as Go's of 1.27 and applied to every version 1.21-1.27:
+//! - A goroutine is a candidate when it waits (`_Gwaiting`, or `_Gleaked` once Go's own
+//!   detector has run) in "chan send", "chan receive" or "select" (it waits on the channels
+//!   of its sudogs, `g.waiting` linked by `waitlink`, field `c`), in "sync.Cond.Wait",
+//!   "sync.Mutex.Lock", "sync.RWMutex.RLock", "sync.RWMutex.Lock" or "sync.WaitGroup.Wait"
+//!   (it waits on the object at `elem` of its first sudog), or on a nil channel or in a
+//!   `select {}` (it can never run). Every other goroutine (running, runnable, in a syscall,
+//!   IO wait, sleep, "semacquire", timers, GC workers, ...) is a root: its stack is scanned.
+//!   Before Go 1.26 a goroutine blocked in package sync has no `g.waiting`, so what it waits
+//!   on is unknown and it is a root: sync leaks of those versions are never proven.
+//! - Roots: the program's data and bss (`moduledata.data..edata`, `bss..ebss`), scanned
+//!   conservatively, every word; and the whole stack of each root goroutine from its saved SP
+//!   (the whole of `g.stack` for a running one), runtime frames included.
+//! - Marking follows every word of every reached object that may hold pointers (not noscan),
+//!   with one mark bit per object slot in a bitmap per span. The g, m and p structs are
+//!   followed as Go follows them (a g's stack is not a heap object, so a g leads to no
+//!   stack); the candidates' sudogs are not entered, as Go makes their `c` and `elem`
+//!   untraceable: through them every waiter would reach what it waits on.
+//! - A candidate becomes live when what it waits on is marked or is not a heap object (a
+//!   global, a stack slot, or anything the pass could not resolve); its stack is then
+//!   scanned. Repeated to a fixed point; the candidates left are unreachable.
+//!
+//! Conservative scanning (words that only look like pointers, stale slots of a frame) and
+//! read errors (an object read as zeros is not followed, but a span that cannot be read
+//! makes what it holds "not in heap", hence live) err toward reachable. What it cannot see:
+//! a pointer held only in a running goroutine's registers, or one that moves while the pass
+//! reads. That is why one pass proves nothing: [`crate::detect::proof`] asks for two.
+//!
+//! A pass is bounded ([`PassLimits`]); one that hits a bound says so in [`Pass::bounded`]
+//! and its result must not be used.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use super::{
+    goroutines::{RawG, all_gs, read_gs, u64_at},
+    retained::{self, Heap, runtime_vars},
+};
+use crate::tracee::Target;
+
+/// `_Gscan`, or-ed into the status while the GC scans the stack.
+const G_SCAN: u32 = 0x1000;
+const G_IDLE: u32 = 0;
+const G_RUNNING: u32 = 2;
+const G_WAITING: u32 = 4;
+const G_DEAD: u32 = 6;
+/// `_Gleaked` (Go 1.26+): a goroutine Go's own detector found leaked; still parked.
+const G_LEAKED: u32 = 10;
+/// Addresses below this are never heap pointers (`runtime.minLegalPointer`).
+const MIN_POINTER: u64 = 4096;
+/// A select has at most 65536 cases; stop following a wait list well before.
+const MAX_SUDOGS: usize = 1 << 16;
+/// `moduledata.data` is word 26 in Go 1.21-1.27 (`edata`, `bss`, `ebss` follow).
+const MODULEDATA_DATA_WORD: u64 = 26;
+/// Data or bss larger than this is not a Go program's (a layout mismatch): not scanned.
+const MAX_SECTION: u64 = 1 << 30;
+
+/// What a waiting goroutine waits on, by its wait reason (Go 1.27 `isMaybeRunnable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitClass {
+    /// A root: not blocked on a concurrency primitive the pass can follow.
+    Root,
+    /// A channel operation or a select with cases: live if any of its channels is.
+    Chan,
+    /// A sync primitive: live if the object at its first sudog's `elem` is.
+    Sync,
+    /// A nil channel or `select {}`: never runnable.
+    Never,
+}
+
+fn wait_class(reason: &str) -> WaitClass {
+    match reason {
+        "chan send" | "chan receive" | "select" => WaitClass::Chan,
+        "sync.Cond.Wait"
+        | "sync.Mutex.Lock"
+        | "sync.RWMutex.RLock"
+        | "sync.RWMutex.Lock"
+        | "sync.WaitGroup.Wait" => WaitClass::Sync,
+        "chan send (nil chan)" | "chan receive (nil chan)" | "select (no cases)" => {
+            WaitClass::Never
+        }
+        _ => WaitClass::Root,
+    }
+}
+
+/// Bounds on one pass; a pass that reaches one proves nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassLimits {
+    /// Distinct heap objects marked.
+    pub max_objects: u64,
+    /// Bytes read from the target.
+    pub max_bytes_read: u64,
+    /// Wall time of the pass.
+    pub max_time: Duration,
+}
+
+impl Default for PassLimits {
+    fn default() -> Self {
+        Self {
+            max_objects: 50_000_000,
+            max_bytes_read: 8 << 30,
+            max_time: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A blocked goroutine as one pass saw it: the fields that must not change for two passes
+/// to speak of the same wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct BlockedG {
+    pub goid: u64,
+    #[serde(skip)]
+    pub g_addr: u64,
+    pub wait_reason: u8,
+    /// `g.waitsince` (0 until a GC of the target has seen it blocked).
+    pub wait_since: i64,
+    #[serde(skip)]
+    pub sched_sp: u64,
+    #[serde(skip)]
+    pub sched_pc: u64,
+    /// `g.waiting`: the first sudog.
+    #[serde(skip)]
+    pub waiting: u64,
+}
+
+impl BlockedG {
+    fn of(g: &RawG) -> Self {
+        Self {
+            goid: g.goid,
+            g_addr: g.addr,
+            wait_reason: g.waitreason,
+            wait_since: g.waitsince,
+            sched_sp: g.sched_sp,
+            sched_pc: g.sched_pc,
+            waiting: g.waiting,
+        }
+    }
+}
+
+/// The goroutines at `addrs`, re-read: the same wait as `before`, or None where the g is
+/// not in that wait any more (moved, woken, exited, or could not be read).
+pub fn still_blocked(target: &Target, before: &[BlockedG]) -> Vec<Option<BlockedG>> {
+    let addrs: Vec<u64> = before.iter().map(|b| b.g_addr).collect();
+    let Ok(now) = read_gs(target, &addrs) else {
+        return vec![None; before.len()];
+    };
+    before
+        .iter()
+        .zip(now)
+        .map(|(b, g)| {
+            let status = g.status & !G_SCAN;
+            let same = (status == G_WAITING || status == G_LEAKED) && BlockedG::of(&g) == *b;
+            same.then_some(*b)
+        })
+        .collect()
+}
+
+/// What one pass found, and what it cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pass {
+    /// Blocked goroutines that nothing live reaches.
+    pub unreachable: Vec<BlockedG>,
+    /// Goroutines blocked on a channel or sync primitive (the candidates).
+    pub candidates: usize,
+    /// Of those, the ones that became live because what they wait on was marked.
+    pub revived: usize,
+    pub goroutines: usize,
+    pub objects_marked: u64,
+    pub bytes_marked: u64,
+    pub bytes_read: u64,
+    #[serde(serialize_with = "millis")]
+    pub elapsed: Duration,
+    /// Why the pass stopped before its fixed point ("objects", "bytes read", "time"); such a
+    /// pass proves nothing.
+    pub bounded: Option<&'static str>,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// A blocked candidate and what it waits on.
+struct Candidate {
+    g: RawG,
+    class: WaitClass,
+    /// Channels (Chan) or the sync object (Sync) it waits on.
+    on: Vec<u64>,
+    live: bool,
+}
+
+/// The marking state of one pass.
+struct Marker<'t> {
+    heap: Heap<'t>,
+    /// Span address -> one bit per object slot.
+    marks: HashMap<u64, Vec<u64>>,
+    limits: PassLimits,
+    started: Instant,
+    objects: u64,
+    bytes: u64,
+    bounded: Option<&'static str>,
+}
+
+impl Marker<'_> {
+    fn is_bounded(&mut self) -> bool {
+        if self.bounded.is_none() {
+            if self.heap.truncated {
+                self.bounded = Some("bytes read");
+            } else if self.objects >= self.limits.max_objects {
+                self.bounded = Some("objects");
+            } else if self.started.elapsed() >= self.limits.max_time {
+                self.bounded = Some("time");
+            }
+        }
+        self.bounded.is_some()
+    }
+
+    /// Marks what `words` point at, transitively.
+    fn mark(&mut self, mut words: Vec<u64>) {
+        while !words.is_empty() && !self.is_bounded() {
+            words.retain(|&p| p >= MIN_POINTER);
+            words.sort_unstable();
+            words.dedup();
+            self.heap.resolve_spans(&words);
+            let mut to_scan = Vec::new();
+            for &p in &words {
+                let Some(s) = self.heap.slot(p) else {
+                    continue;
+                };
+                if self.heap.is_stop(s.base) {
+                    continue;
+                }
+                let bits = self
+                    .marks
+                    .entry(s.span)
+                    .or_insert_with(|| vec![0; s.slots.div_ceil(64) as usize]);
+                let (w, b) = ((s.index / 64) as usize, s.index % 64);
+                if w >= bits.len() || bits[w] & (1 << b) != 0 {
+                    continue;
+                }
+                bits[w] |= 1 << b;
+                self.objects += 1;
+                self.bytes += s.size;
+                if s.scan {
+                    to_scan.push((s.base, s.size));
+                }
+            }
+            words.clear();
+            self.heap.read_words(&to_scan, &mut words);
+        }
+    }
+
+    /// Go's `isMarkedOrNotInHeap`: marked, or not an allocated heap object. `p`'s span must
+    /// have been looked up ([`Heap::resolve_spans`]).
+    fn marked_or_not_heap(&self, p: u64) -> bool {
+        if p < MIN_POINTER {
+            return true;
+        }
+        let Some(s) = self.heap.slot(p) else {
+            return true;
+        };
+        self.marks
+            .get(&s.span)
+            .and_then(|bits| bits.get((s.index / 64) as usize))
+            .is_some_and(|w| w & (1 << (s.index % 64)) != 0)
+    }
+}
+
+/// The program's data and bss, as runtime addresses: `moduledata.data..edata` and
+/// `bss..ebss`, read from the target (already relocated in a PIE).
+fn data_and_bss(target: &Target) -> anyhow::Result<Vec<(u64, u64)>> {
+    let md = target.binary.moduledata_addr().context(
+        "the binary's runtime.firstmoduledata was not found, so its globals cannot be scanned",
+    )? + target.load_bias;
+    let mut b = [0u8; 32];
+    target
+        .process
+        .read(md + MODULEDATA_DATA_WORD * 8, &mut b)
+        .context("reading runtime.firstmoduledata")?;
+    let mut out = Vec::new();
+    for (lo, hi) in [
+        (u64_at(&b, 0), u64_at(&b, 8)),
+        (u64_at(&b, 16), u64_at(&b, 24)),
+    ] {
+        anyhow::ensure!(
+            lo <= hi && hi - lo <= MAX_SECTION,
+            "runtime.firstmoduledata gives an implausible data or bss range {lo:#x}..{hi:#x}: \
+             the runtime layout does not match this binary"
+        );
+        // Whole words only: the words of all ranges are read as one run.
+        out.push((lo & !7, (hi - (lo & !7)) & !7));
+    }
+    Ok(out)
+}
+
+/// The live part of a goroutine's stack: from its saved SP to `stack.hi`, or all of it when
+/// the saved SP is stale (running) or not inside the stack.
+fn stack_range(g: &RawG) -> Option<(u64, u64)> {
+    if g.stack_hi <= g.stack_lo {
+        return None;
+    }
+    let status = g.status & !G_SCAN;
+    let from =
+        if status != G_RUNNING && g.sched_pc != 0 && (g.stack_lo..g.stack_hi).contains(&g.sched_sp)
+        {
+            g.sched_sp & !7
+        } else {
+            g.stack_lo
+        };
+    Some((from, g.stack_hi - from))
+}
+
+/// Follows each candidate's wait list (`g.waiting`, `sudog.waitlink`) a level at a time, in
+/// batched reads: fills `on` with the channels (`c`) or the sync object (`elem` of the
+/// first sudog), and returns every sudog seen.
+fn wait_lists(target: &Target, cands: &mut [Candidate]) -> HashSet<u64> {
+    let s = &target.layout.sudog;
+    let size = s.size as usize;
+    let mut sudogs = HashSet::new();
+    let mut frontier: Vec<(usize, u64)> = cands
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.g.waiting != 0 && c.class != WaitClass::Never)
+        .map(|(i, c)| (i, c.g.waiting))
+        .collect();
+    let mut depth = 0;
+    while !frontier.is_empty() && depth < MAX_SUDOGS {
+        let mut next = Vec::new();
+        for chunk in frontier.chunks(512) {
+            let ranges: Vec<(u64, usize)> = chunk.iter().map(|&(_, a)| (a, size)).collect();
+            let mut buf = vec![0u8; size * chunk.len()];
+            if target.process.read_many(&ranges, &mut buf).is_err() {
+                // Freed meanwhile: those goroutines moved; leave their lists short, which
+                // makes them live (nothing to wait on) or is caught by the second pass.
+                for &(i, _) in chunk {
+                    cands[i].on.push(0);
+                }
+                continue;
+            }
+            for (&(i, addr), b) in chunk.iter().zip(buf.chunks_exact(size)) {
+                if !sudogs.insert(addr) {
+                    continue;
+                }
+                let c = &mut cands[i];
+                match c.class {
+                    WaitClass::Chan => c.on.push(u64_at(b, s.c)),
+                    WaitClass::Sync if depth == 0 => c.on.push(u64_at(b, s.elem)),
+                    _ => {}
+                }
+                let link = u64_at(b, s.waitlink);
+                if link != 0 && c.class == WaitClass::Chan {
+                    next.push((i, link));
+                }
+            }
+        }
+        frontier = next;
+        depth += 1;
+    }
+    sudogs
+}
+
+/// One pass: marks from the roots, revives candidates whose primitive is marked, to a fixed
+/// point, and returns the candidates left unreachable.
+pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
+    let started = Instant::now();
+    let vars = runtime_vars(target)?;
+    let gs = read_gs(target, &all_gs(target)?)?;
+    let mut reasons: HashMap<u8, WaitClass> = HashMap::new();
+    let mut roots = Vec::new();
+    let mut cands = Vec::new();
+    let mut goroutines = 0;
+    for g in gs {
+        let status = g.status & !G_SCAN;
+        if status == G_DEAD || (status == G_IDLE && g.goid == 0) {
+            continue;
+        }
+        goroutines += 1;
+        let class = if status == G_WAITING || status == G_LEAKED {
+            *reasons
+                .entry(g.waitreason)
+                .or_insert_with(|| wait_class(&target.reason_name(g.waitreason)))
+        } else {
+            WaitClass::Root
+        };
+        // A primitive wait with no wait list is one the pass cannot follow (Go < 1.26 sync
+        // waits, or a g caught half-way): a root.
+        if class == WaitClass::Root || (class != WaitClass::Never && g.waiting == 0) {
+            roots.push(g);
+        } else {
+            cands.push(Candidate {
+                g,
+                class,
+                on: Vec::new(),
+                live: false,
+            });
+        }
+    }
+    let stops = wait_lists(target, &mut cands);
+
+    let heap_limits = retained::Limits {
+        max_objects: u64::MAX,
+        max_bytes_read: limits.max_bytes_read,
+    };
+    let mut heap = Heap::new(target, vars.mheap, heap_limits);
+    heap.stop_at(stops);
+    let mut m = Marker {
+        heap,
+        marks: HashMap::new(),
+        limits,
+        started,
+        objects: 0,
+        bytes: 0,
+        bounded: None,
+    };
+    let mut ranges = data_and_bss(target)?;
+    ranges.extend(roots.iter().filter_map(stack_range));
+    let mut words = Vec::new();
+    m.heap.read_words(&ranges, &mut words);
+    m.mark(words);
+
+    // What the candidates wait on, looked up in one batch.
+    let mut waited: Vec<u64> = cands.iter().flat_map(|c| c.on.iter().copied()).collect();
+    waited.retain(|&p| p >= MIN_POINTER);
+    waited.sort_unstable();
+    waited.dedup();
+    m.heap.resolve_spans(&waited);
+    let mut revived = 0;
+    loop {
+        let mut ranges = Vec::new();
+        for c in cands.iter_mut().filter(|c| !c.live) {
+            let live = match c.class {
+                WaitClass::Never | WaitClass::Root => false,
+                WaitClass::Chan | WaitClass::Sync => {
+                    c.on.is_empty() || c.on.iter().any(|&p| m.marked_or_not_heap(p))
+                }
+            };
+            if live {
+                c.live = true;
+                revived += 1;
+                ranges.extend(stack_range(&c.g));
+            }
+        }
+        if ranges.is_empty() || m.is_bounded() {
+            break;
+        }
+        let mut words = Vec::new();
+        m.heap.read_words(&ranges, &mut words);
+        m.mark(words);
+    }
+    m.is_bounded();
+    Ok(Pass {
+        unreachable: cands
+            .iter()
+            .filter(|c| !c.live)
+            .map(|c| BlockedG::of(&c.g))
+            .collect(),
+        candidates: cands.len(),
+        revived,
+        goroutines,
+        objects_marked: m.objects,
+        bytes_marked: m.bytes,
+        bytes_read: m.heap.bytes_read,
+        elapsed: started.elapsed(),
+        bounded: m.bounded,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_reasons_are_classed_as_go_1_27_classes_them() {
+        assert_eq!(wait_class("chan send"), WaitClass::Chan);
+        assert_eq!(wait_class("select"), WaitClass::Chan);
+        assert_eq!(wait_class("sync.WaitGroup.Wait"), WaitClass::Sync);
+        assert_eq!(wait_class("sync.RWMutex.RLock"), WaitClass::Sync);
+        assert_eq!(wait_class("select (no cases)"), WaitClass::Never);
+        assert_eq!(wait_class("chan receive (nil chan)"), WaitClass::Never);
+        // Not primitives Go's detector follows: roots.
+        for r in [
+            "semacquire",
+            "sleep",
+            "IO wait",
+            "chan receive (durable)",
+            "GC sweep wait",
+        ] {
+            assert_eq!(wait_class(r), WaitClass::Root, "{r}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+module fixture/reach
+
+go 1.21
