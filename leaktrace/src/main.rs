@@ -5,6 +5,7 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use leaktrace::{
     alloc::AllocMode,
+    detect::Confidence,
     dump::DumpOptions,
     probes::Probe,
     signals::Interrupted,
@@ -89,6 +90,10 @@ struct TraceArgs {
     /// two, at least 4096). Records that find it full are counted as lost, never waited for.
     #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_bytes)]
     ring_buffer: u32,
+    /// Exit with status 3 when the report has a leak group of at least this confidence
+    /// (low, medium, high; alone: medium), for scripts and CI.
+    #[arg(long, value_name = "CONFIDENCE", num_args = 0..=1, default_missing_value = "medium", value_parser = parse_confidence)]
+    fail_on_leak: Option<Confidence>,
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +161,20 @@ fn parse_max_overhead(s: &str) -> Result<f64, String> {
         )),
     }
 }
+
+fn parse_confidence(s: &str) -> Result<Confidence, String> {
+    match s {
+        "low" => Ok(Confidence::Low),
+        "medium" => Ok(Confidence::Medium),
+        "high" => Ok(Confidence::High),
+        _ => Err(format!(
+            "unknown confidence '{s}': choose low, medium or high"
+        )),
+    }
+}
+
+/// The exit status when --fail-on-leak finds a leak group of at least its confidence.
+const EXIT_LEAK_FOUND: u8 = 3;
 
 fn parse_alloc(s: &str) -> Result<AllocMode, String> {
     match s {
@@ -227,12 +246,14 @@ fn fail(e: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The trace's options, and the confidence --fail-on-leak fails at.
 fn options(
     a: TraceArgs,
     target: TargetSpec,
     output: Option<PathBuf>,
-) -> Result<TraceOptions, String> {
-    Ok(TraceOptions {
+) -> Result<(TraceOptions, Option<Confidence>), String> {
+    let fail_on_leak = a.fail_on_leak;
+    let opts = TraceOptions {
         target,
         duration: a.duration,
         interval: a.interval,
@@ -245,7 +266,8 @@ fn options(
         alloc: a.alloc,
         prometheus: a.prometheus,
         ring_bytes: a.ring_buffer,
-    })
+    };
+    Ok((opts, fail_on_leak))
 }
 
 fn main() -> ExitCode {
@@ -307,7 +329,7 @@ fn main() -> ExitCode {
             None => Err("give the PID of the Go program to trace: leaktrace -p PID".into()),
         },
     };
-    let opts = match opts {
+    let (opts, fail_on_leak) = match opts {
         Ok(o) => o,
         Err(e) => {
             eprintln!("leaktrace: error: {e}");
@@ -322,7 +344,16 @@ fn main() -> ExitCode {
         Err(e) => return fail(anyhow::anyhow!("cannot start the event loop: {e}")),
     };
     match runtime.block_on(trace::run(opts)) {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(outcome) => match fail_on_leak {
+            Some(at) if outcome.report.leaks.iter().any(|l| l.confidence >= at) => {
+                eprintln!(
+                    "leaktrace: a leak group of {} confidence or more was found (--fail-on-leak): exit status {EXIT_LEAK_FOUND}",
+                    format!("{at:?}").to_lowercase()
+                );
+                ExitCode::from(EXIT_LEAK_FOUND)
+            }
+            _ => ExitCode::SUCCESS,
+        },
         Err(e) => match e.downcast_ref::<Interrupted>() {
             Some(i) => {
                 eprintln!("leaktrace: {i}");
