@@ -613,6 +613,9 @@ fn record_writes_exports_that_other_tools_read() {
             "300ms",
             "-d",
             "20s",
+            // leaktrace_probe_hits_total is checked below.
+            "--max-overhead",
+            "off",
         ])
         .args(["--prometheus", "127.0.0.1:0", "--"])
         .arg(&bin)
@@ -658,9 +661,29 @@ fn record_writes_exports_that_other_tools_read() {
         "leaktrace_target_heap_inuse_bytes",
         "leaktrace_leak_groups",
         "leaktrace_leaked_goroutines",
-        "leaktrace_target_madvise_bytes",
     ] {
         assert!(text.contains(name), "{name} not parsed: {families:#}");
+    }
+    // Every counter's samples end in _total (the parser names the family without it).
+    let counters: Vec<&Value> = families
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["type"] == "counter")
+        .collect();
+    for name in [
+        "leaktrace_target_madvise_bytes",
+        "leaktrace_target_gc_cycles",
+        "leaktrace_probe_hits",
+        "leaktrace_lost_records",
+    ] {
+        let family = counters
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no counter {name}: {families:#}"));
+        for sample in family["samples"].as_array().unwrap() {
+            assert_eq!(sample["name"], format!("{name}_total"), "{family:#}");
+        }
     }
     assert!(text.contains("main.produce"), "{families:#}");
     let rest: String = std::iter::from_fn(|| {
