@@ -330,6 +330,9 @@ impl Ending {
         let counts = &totals.counts;
         let model = &self.findings.model;
         let report = Report {
+            leaktrace_version: env!("CARGO_PKG_VERSION").to_string(),
+            schema_version: crate::report::schema::SCHEMA_VERSION,
+            started_at: Report::started_at(std::time::SystemTime::now() - self.start.elapsed()),
             pid: target.process.pid(),
             executable: target.process.exe_name(),
             go_version: target.binary.build().version_string.clone(),
