@@ -16,5 +16,6 @@ GO_VERSIONS="1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3"
 APT_PACKAGES="llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev build-essential pkg-config util-linux procps wrk curl python3-venv golang-1.19-go chromium"
 # The tests read leaktrace's exports back with these projects' own Python libraries (PyPI),
 # in a venv at $LEAKTRACE_CACHE/venv-readers: HdrHistogram's interval log reader and the
-# Prometheus client's text format parser.
-PY_READERS="hdrhistogram==0.10.8 prometheus-client==0.26.0"
+# Prometheus client's text format parser; jsonschema checks report.json and dump --json against
+# their committed JSON Schemas.
+PY_READERS="hdrhistogram==0.10.8 prometheus-client==0.26.0 jsonschema==4.26.0"

@@ -83,27 +83,26 @@ fn render(opts: &DumpOptions) -> anyhow::Result<String> {
     let target = Target::inspect(opts.pid)?;
     let (d, goroutines) = snapshot(&target, opts.runtime)?;
     if opts.json {
-        let mut v = serde_json::to_value(&d)?;
-        if opts.all {
-            let each: Vec<_> = goroutines
+        let each = opts.all.then(|| {
+            goroutines
                 .iter()
                 .filter(|g| opts.runtime || !g.system)
                 .map(|g| {
                     let shown = dump::frames(g, opts.runtime);
-                    serde_json::json!({
-                        "goid": g.goid,
-                        "wait_reason": g.state,
-                        "waiting_seconds": g.waiting.map(|w| w.as_secs_f64()),
-                        "stack": shown.frames,
-                        "elided_frames": shown.elided,
-                        "created_by": dump::created_by(g, opts.runtime),
-                        "start_function": g.start_function,
-                    })
+                    dump::EachGoroutine {
+                        goid: g.goid,
+                        wait_reason: g.state.clone(),
+                        waiting_seconds: g.waiting.map(|w| w.as_secs_f64()),
+                        stack: shown.frames,
+                        elided_frames: shown.elided,
+                        created_by: dump::created_by(g, opts.runtime),
+                        start_function: g.start_function.clone(),
+                    }
                 })
-                .collect();
-            v["each"] = serde_json::Value::Array(each);
-        }
-        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+                .collect()
+        });
+        let json = dump::DumpJson { dump: d, each };
+        return Ok(serde_json::to_string_pretty(&json)? + "\n");
     }
     let shown: Vec<&GoroutineSnapshot> = goroutines
         .iter()

@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 mod go;
 mod layouts;
+mod schema;
 mod test;
 
 #[derive(Parser)]
@@ -68,6 +69,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Regenerate schema/report.schema.json and schema/dump.schema.json (JSON Schema) from
+    /// the report's Rust types; the schema test fails while they are stale.
+    GenSchema,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,5 +93,6 @@ fn main() -> anyhow::Result<()> {
             args: &args,
         }),
         Command::GenLayouts { check } => layouts::gen_layouts(check),
+        Command::GenSchema => schema::gen_schema(),
     }
 }

@@ -25,7 +25,7 @@ const MAX_STACK_READ: u64 = 64 << 20;
 const BATCH: usize = 512;
 
 /// One frame of a goroutine's stack, innermost first; inlined calls are frames of their own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct StackFrame {
     pub function: String,
     pub file: String,
@@ -42,7 +42,7 @@ pub struct StackFrame {
 }
 
 /// Where a goroutine was created: the `go` statement.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CreatedBy {
     pub function: String,
     pub file: String,

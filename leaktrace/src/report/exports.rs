@@ -23,8 +23,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     hlog::{self, HlogInterval},
-    html,
-    pprof,
+    html, pprof,
     schema::Report,
     text,
 };

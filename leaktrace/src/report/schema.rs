@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// What the probes did during the trace.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct ProbeSummary {
     /// Runtime functions probed at the end of the trace.
     pub attached: Vec<String>,
@@ -36,7 +36,7 @@ pub struct ProbeSummary {
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// `report.json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Report {
     /// The leaktrace that wrote the report.
     pub leaktrace_version: String,
@@ -80,4 +80,18 @@ impl Report {
             .map(|t| t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string())
             .unwrap_or_default()
     }
+}
+
+/// The JSON Schemas of report.json and of `dump --json` (draft 2020-12), by the file name
+/// they are committed under in schema/; the schema test fails when those are stale.
+pub fn json_schemas() -> [(&'static str, String); 2] {
+    let text =
+        |s: schemars::Schema| serde_json::to_string_pretty(&s).expect("a schema serializes") + "\n";
+    [
+        ("report.schema.json", text(schemars::schema_for!(Report))),
+        (
+            "dump.schema.json",
+            text(schemars::schema_for!(super::dump::DumpJson)),
+        ),
+    ]
 }
