@@ -83,7 +83,9 @@ struct TraceArgs {
     /// listen elsewhere.
     #[arg(long, value_name = "ADDR", value_parser = leaktrace::report::prometheus::parse_listen)]
     prometheus: Option<std::net::SocketAddr>,
-    /// Also write every park and wake-up record as a JSON line to this file.
+    /// Also write every park and wake-up record as a JSON line to this file; `-` writes them
+    /// to stdout, and then the live lines, the report and a spawned command's output go to
+    /// stderr.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// The ring buffer the probes' records pass through (e.g. 4M, 256K, 4096: a power of
