@@ -126,6 +126,7 @@ fn main() -> anyhow::Result<()> {
         all: false,
         json: true,
         runtime: false,
+        output: None,
     };
     println!(
         "Go {version}, {GOROUTINES} parked goroutines, a hashing loop on one core; {rounds} rounds of {UNTRACED:?} untraced / {DUMPS_PER_WINDOW} dumps; {} CPUs, load average {}",

@@ -1,11 +1,16 @@
 //! `leaktrace dump -p PID`: one read-only snapshot of every goroutine and the memory
 //! figures, with no probe loaded.
 
-use anyhow::anyhow;
+use std::{path::PathBuf, time::SystemTime};
+
+use anyhow::{Context as _, anyhow};
 
 use crate::{
     census::{self, GoroutineSnapshot},
-    report::dump::{self, Dump},
+    report::{
+        dump::{self, Dump},
+        exports, pprof,
+    },
     tracee::{Target, layout::LayoutSource},
 };
 
@@ -17,6 +22,8 @@ pub struct DumpOptions {
     pub json: bool,
     /// Include runtime-internal frames and goroutines.
     pub runtime: bool,
+    /// Write the goroutines as a pprof goroutine profile to this file instead of printing.
+    pub output: Option<PathBuf>,
 }
 
 /// True when PID is gone or a zombie: its memory can no longer be read.
@@ -82,6 +89,36 @@ pub fn run(opts: &DumpOptions) -> anyhow::Result<String> {
 fn render(opts: &DumpOptions) -> anyhow::Result<String> {
     let target = Target::inspect(opts.pid)?;
     let (d, goroutines) = snapshot(&target, opts.runtime)?;
+    if let Some(path) = &opts.output {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos() as i64);
+        let bytes = pprof::encode(&pprof::dump_goroutines(&d, now));
+        let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+            (Some(dir), Some(name)) => (
+                if dir.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    dir
+                },
+                name,
+            ),
+            _ => anyhow::bail!(
+                "-o {}: give a file name, e.g. goroutines.pb.gz",
+                path.display()
+            ),
+        };
+        exports::write_outputs(dir, &[(name, &bytes)], || false)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "leaktrace: wrote {} goroutines in {} stacks to {} (go tool pprof {})",
+            d.goroutine_count,
+            d.goroutines.len(),
+            path.display(),
+            path.display()
+        );
+        return Ok(String::new());
+    }
     if opts.json {
         let each = opts.all.then(|| {
             goroutines

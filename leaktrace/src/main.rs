@@ -125,6 +125,10 @@ struct DumpArgs {
     /// Include runtime-internal goroutines and frames, which Go's tracebacks leave out.
     #[arg(long)]
     runtime: bool,
+    /// Write the goroutines by stack as a pprof goroutine profile (gzipped protobuf, e.g.
+    /// goroutines.pb.gz, for `go tool pprof`) instead of printing them.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["json", "all"])]
+    output: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
@@ -292,6 +296,7 @@ fn main() -> ExitCode {
                 all: d.all,
                 json: d.json,
                 runtime: d.runtime,
+                output: d.output,
             };
             return match leaktrace::dump::run(&opts) {
                 Ok(out) => {
