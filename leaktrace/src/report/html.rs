@@ -108,7 +108,7 @@ fn bytes(v: f64) -> String {
         v if v >= 1024.0 * 1024.0 * 1024.0 => (v / (1024.0 * 1024.0 * 1024.0), "GiB"),
         v if v >= 1024.0 * 1024.0 => (v / (1024.0 * 1024.0), "MiB"),
         v if v >= 1024.0 => (v / 1024.0, "KiB"),
-        v => return format!("{v} B"),
+        v => return format!("{v:.0} B"),
     };
     format!("{} {unit}", format!("{n:.1}").trim_end_matches(".0"))
 }
@@ -160,8 +160,9 @@ struct Plot<'a> {
     log: bool,
 }
 
-/// Round tick values from `lo` to `hi`: about five on a linear axis, whole powers between
-/// them on a log axis (`lo`, `hi` are then logarithms of the values).
+/// Round tick values: about five on a linear axis, from `lo` up to the first at or above
+/// `hi`; whole powers between `lo` and `hi` on a log axis (`lo`, `hi` are then logarithms
+/// of the values).
 fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
     if log {
         let (a, b) = (lo.floor() as i32, hi.ceil() as i32);
@@ -180,13 +181,9 @@ fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
         .map(|m| m * mag)
         .find(|s| span / s <= 6.0)
         .unwrap_or(10.0 * mag);
-    let mut t = (lo / step).ceil() * step;
-    let mut out = Vec::new();
-    while t <= hi + step * 1e-9 {
-        out.push(t);
-        t += step;
-    }
-    out
+    let first = (lo / step - 1e-9).ceil() as i64;
+    let last = (hi / step - 1e-9).ceil() as i64;
+    (first..=last).map(|i| i as f64 * step).collect()
 }
 
 /// Writes `plot` with `series` as an SVG line chart and its legend.
@@ -218,7 +215,25 @@ fn plot(out: &mut String, p: &Plot, series: &[Series]) {
         x1 = x0 + 1.0;
     }
     if y1 - y0 < 1e-9 {
-        y1 = y0 + 1.0;
+        // Nothing varies (all zero, say): an axis in whole units, not fractions of a byte.
+        y1 = y0
+            + match (p.unit, p.log) {
+                (Unit::Bytes, false) => 1024.0 * 1024.0,
+                (Unit::Count, false) => 5.0,
+                _ => 1.0,
+            };
+    }
+    // The y axis: grid lines and labels; bytes on a linear axis in round KiB, MiB or GiB.
+    // A linear axis ends on its last tick, so that its top line is labelled.
+    let scale = match (p.unit, p.log) {
+        (Unit::Bytes, false) => byte_scale(y1),
+        _ => 1.0,
+    };
+    let y_ticks = ticks(y0 / scale, y1 / scale, p.log);
+    if !p.log
+        && let Some(&top) = y_ticks.last()
+    {
+        y1 = y1.max(top * scale);
     }
     let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT);
     let sy = |y: f64| HEIGHT - BOTTOM - (yv(y) - y0) / (y1 - y0) * (HEIGHT - TOP - BOTTOM);
@@ -228,12 +243,7 @@ fn plot(out: &mut String, p: &Plot, series: &[Series]) {
         id = esc(p.id),
         title = esc(p.title)
     );
-    // The y axis: grid lines and labels; bytes on a linear axis in round KiB, MiB or GiB.
-    let scale = match (p.unit, p.log) {
-        (Unit::Bytes, false) => byte_scale(y1),
-        _ => 1.0,
-    };
-    for t in ticks(y0 / scale, y1 / scale, p.log) {
+    for t in y_ticks {
         let v = if p.log { base.powf(t) } else { t * scale };
         let y = sy(v);
         let _ = writeln!(
@@ -255,6 +265,7 @@ fn plot(out: &mut String, p: &Plot, series: &[Series]) {
     let labels: Vec<(f64, String)> = match p.x {
         XAxis::Seconds => ticks(x0, x1, false)
             .into_iter()
+            .filter(|t| *t <= x1 + 1e-9)
             .map(|t| (t, format!("{} s", Unit::Count.format(t))))
             .collect(),
         XAxis::Categories(c) => c
@@ -628,7 +639,8 @@ mod tests {
     #[test]
     fn ticks_are_round_and_cover_the_range() {
         assert_eq!(ticks(0.0, 10.0, false), [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
-        assert_eq!(ticks(0.0, 7.3, false), [0.0, 2.0, 4.0, 6.0]);
+        assert_eq!(ticks(0.0, 7.3, false), [0.0, 2.0, 4.0, 6.0, 8.0]);
+        assert_eq!(ticks(0.0, 5.0, false), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
         assert_eq!(ticks(3.0, 9.0, true), [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
         assert_eq!(byte_scale(3.5 * 1024.0 * 1024.0), 1024.0 * 1024.0);
         assert_eq!(bytes(1536.0), "1.5 KiB");

@@ -366,6 +366,43 @@ pub fn sampled_allocations(
     }
 }
 
+/// Every goroutine of a `dump`, by stack, as Go's own goroutine profile counts them
+/// (`goroutine`/count), each stack labelled with its wait reason.
+pub fn dump_goroutines(d: &Dump, time_nanos: i64) -> Profile {
+    Profile {
+        sample_types: vec![ValueType::new("goroutine", "count")],
+        samples: d
+            .goroutines
+            .iter()
+            .map(|g| Sample {
+                stack: g
+                    .stack
+                    .iter()
+                    .map(|f| Frame {
+                        function: f.function.clone(),
+                        file: f.file.clone(),
+                        line: f.line,
+                    })
+                    .collect(),
+                values: vec![g.count as i64],
+                labels: vec![("wait_reason".into(), g.wait_reason.clone())],
+                num_labels: g
+                    .waiting_seconds
+                    .map(|w| vec![("waiting_max".into(), w.max as i64, "seconds".into())])
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        period_type: Some(ValueType::new("goroutine", "count")),
+        period: 1,
+        time_nanos,
+        comments: vec![format!(
+            "every goroutine of PID {} ({}, {}), read by leaktrace dump",
+            d.pid, d.executable, d.go_version
+        )],
+        ..Profile::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,42 +515,5 @@ mod tests {
             }
         }
         fields
-    }
-}
-
-/// Every goroutine of a `dump`, by stack, as Go's own goroutine profile counts them
-/// (`goroutine`/count), each stack labelled with its wait reason.
-pub fn dump_goroutines(d: &Dump, time_nanos: i64) -> Profile {
-    Profile {
-        sample_types: vec![ValueType::new("goroutine", "count")],
-        samples: d
-            .goroutines
-            .iter()
-            .map(|g| Sample {
-                stack: g
-                    .stack
-                    .iter()
-                    .map(|f| Frame {
-                        function: f.function.clone(),
-                        file: f.file.clone(),
-                        line: f.line,
-                    })
-                    .collect(),
-                values: vec![g.count as i64],
-                labels: vec![("wait_reason".into(), g.wait_reason.clone())],
-                num_labels: g
-                    .waiting_seconds
-                    .map(|w| vec![("waiting_max".into(), w.max as i64, "seconds".into())])
-                    .unwrap_or_default(),
-            })
-            .collect(),
-        period_type: Some(ValueType::new("goroutine", "count")),
-        period: 1,
-        time_nanos,
-        comments: vec![format!(
-            "every goroutine of PID {} ({}, {}), read by leaktrace dump",
-            d.pid, d.executable, d.go_version
-        )],
-        ..Profile::default()
     }
 }
