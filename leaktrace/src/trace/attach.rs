@@ -379,6 +379,7 @@ impl Session {
             estimated,
             sites_placed: 0,
             lost_reported: 0,
+            announced: crate::report::live::Announced::default(),
         };
         Ok((session, records))
     }

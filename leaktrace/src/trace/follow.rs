@@ -111,7 +111,8 @@ impl Session {
         self.findings.hist.close_interval(elapsed);
         let counts = self.probes.counts()?;
         let t = self.findings.model.take_interval();
-        let suspects = self.findings.tracker.leaks(&self.detect).len();
+        let leaks = self.findings.tracker.leaks(&self.detect);
+        let suspects = leaks.len();
         let parks_traced = self.probes.attached().contains(&Probe::Gopark);
         if parks_traced || t.total_parks() + t.total_wakes() > 0 {
             self.opts.say(&format!(
@@ -131,6 +132,9 @@ impl Session {
             ));
         }
         self.lost_reported = counts.lost;
+        for line in self.announced.news(elapsed, &leaks) {
+            self.opts.say(&format!("{line}\n"));
+        }
         Ok(())
     }
 }

@@ -62,6 +62,8 @@ pub(super) struct Session {
     pub sites_placed: usize,
     /// Lost records already shown on a live line.
     pub lost_reported: u64,
+    /// The leak groups the live output has named, and at what size.
+    pub announced: crate::report::live::Announced,
 }
 
 /// The target's memory now, with the madvise totals so far.
