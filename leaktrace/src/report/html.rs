@@ -116,7 +116,7 @@ fn bytes(v: f64) -> String {
 /// The power of 1024 that byte ticks are rounded in: ticks of 0.5 MiB, not of 524288 B.
 fn byte_scale(max: f64) -> f64 {
     let mut scale = 1.0;
-    while max / scale >= 1024.0 {
+    while max / scale >= 2048.0 {
         scale *= 1024.0;
     }
     scale
