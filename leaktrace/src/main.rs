@@ -30,7 +30,7 @@ enum Command {
     /// Trace a running Go process live (the default when no command is given).
     Trace(TraceArgs),
     /// Trace for a bounded time (default 60 s, or until a spawned command exits) and write
-    /// report.txt and report.json to a directory. `record [options] -- CMD ARGS` spawns the
+    /// report.txt, report.json and report.html to a directory. `record [options] -- CMD ARGS` spawns the
     /// command and traces it from its first instruction.
     Record(RecordArgs),
     /// Print every goroutine and the memory figures of a Go process, once, with no probe.
@@ -102,7 +102,7 @@ struct TraceArgs {
 struct RecordArgs {
     #[command(flatten)]
     trace: TraceArgs,
-    /// The directory to write report.txt and report.json to.
+    /// The directory to write report.txt, report.json, report.html and the exports to.
     #[arg(short, long, default_value = "leaktrace-out")]
     output: PathBuf,
     /// The command to spawn and trace (after --).

@@ -695,6 +695,7 @@ fn record_writes_exports_that_other_tools_read() {
     for f in [
         "report.txt",
         "report.json",
+        "report.html",
         "histograms.hlog",
         "goroutines.pb.gz",
         "allocations.pb.gz",

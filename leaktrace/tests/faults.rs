@@ -247,6 +247,7 @@ fn signals_while_running_and_while_finishing_the_report() {
             "allocations.pb.gz",
             "goroutines.pb.gz",
             "histograms.hlog",
+            "report.html",
             "report.json",
             "report.txt"
         ]
