@@ -1,15 +1,16 @@
 //! `leaktrace dump -p PID`: one read-only snapshot of every goroutine and the memory
 //! figures, with no probe loaded.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, path::PathBuf, time::SystemTime};
 
-use anyhow::anyhow;
+use anyhow::{Context as _, anyhow};
 
 use crate::{
     census::{self, GoroutineSnapshot},
     detect::proof::{ProofOptions, prove},
     report::{
         dump::{self, Dump},
+        exports, pprof,
         proven::{self, ProvenLeaks},
     },
     tracee::{Target, layout::LayoutSource},
@@ -25,6 +26,8 @@ pub struct DumpOptions {
     pub runtime: bool,
     /// Print only the goroutines proven leaked by two reachability passes.
     pub leaks: bool,
+    /// Write the goroutines as a pprof goroutine profile to this file instead of printing.
+    pub output: Option<PathBuf>,
 }
 
 /// True when PID is gone or a zombie: its memory can no longer be read.
@@ -93,28 +96,57 @@ fn render(opts: &DumpOptions) -> anyhow::Result<String> {
         return render_leaks(&target, opts);
     }
     let (d, goroutines) = snapshot(&target, opts.runtime)?;
+    if let Some(path) = &opts.output {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos() as i64);
+        let bytes = pprof::encode(&pprof::dump_goroutines(&d, now));
+        let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+            (Some(dir), Some(name)) => (
+                if dir.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    dir
+                },
+                name,
+            ),
+            _ => anyhow::bail!(
+                "-o {}: give a file name, e.g. goroutines.pb.gz",
+                path.display()
+            ),
+        };
+        exports::write_outputs(dir, &[(name, &bytes)], || false)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "leaktrace: wrote {} goroutines in {} stacks to {} (go tool pprof {})",
+            d.goroutine_count,
+            d.goroutines.len(),
+            path.display(),
+            path.display()
+        );
+        return Ok(String::new());
+    }
     if opts.json {
-        let mut v = serde_json::to_value(&d)?;
-        if opts.all {
-            let each: Vec<_> = goroutines
+        let each = opts.all.then(|| {
+            goroutines
                 .iter()
                 .filter(|g| opts.runtime || !g.system)
                 .map(|g| {
                     let shown = dump::frames(g, opts.runtime);
-                    serde_json::json!({
-                        "goid": g.goid,
-                        "wait_reason": g.state,
-                        "waiting_seconds": g.waiting.map(|w| w.as_secs_f64()),
-                        "stack": shown.frames,
-                        "elided_frames": shown.elided,
-                        "created_by": dump::created_by(g, opts.runtime),
-                        "start_function": g.start_function,
-                    })
+                    dump::EachGoroutine {
+                        goid: g.goid,
+                        wait_reason: g.state.clone(),
+                        waiting_seconds: g.waiting.map(|w| w.as_secs_f64()),
+                        stack: shown.frames,
+                        elided_frames: shown.elided,
+                        created_by: dump::created_by(g, opts.runtime),
+                        start_function: g.start_function.clone(),
+                    }
                 })
-                .collect();
-            v["each"] = serde_json::Value::Array(each);
-        }
-        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+                .collect()
+        });
+        let json = dump::DumpJson { dump: d, each };
+        return Ok(serde_json::to_string_pretty(&json)? + "\n");
     }
     let shown: Vec<&GoroutineSnapshot> = goroutines
         .iter()

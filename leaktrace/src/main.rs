@@ -5,6 +5,7 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use leaktrace::{
     alloc::AllocMode,
+    detect::Confidence,
     dump::DumpOptions,
     probes::Probe,
     signals::Interrupted,
@@ -30,7 +31,7 @@ enum Command {
     /// Trace a running Go process live (the default when no command is given).
     Trace(TraceArgs),
     /// Trace for a bounded time (default 60 s, or until a spawned command exits) and write
-    /// report.txt and report.json to a directory. `record [options] -- CMD ARGS` spawns the
+    /// report.txt, report.json and report.html to a directory. `record [options] -- CMD ARGS` spawns the
     /// command and traces it from its first instruction.
     Record(RecordArgs),
     /// Print every goroutine and the memory figures of a Go process, once, with no probe.
@@ -144,20 +145,26 @@ struct TraceArgs {
     /// listen elsewhere.
     #[arg(long, value_name = "ADDR", value_parser = leaktrace::report::prometheus::parse_listen)]
     prometheus: Option<std::net::SocketAddr>,
-    /// Also write every park and wake-up record as a JSON line to this file.
+    /// Also write every park and wake-up record as a JSON line to this file; `-` writes them
+    /// to stdout, and then the live lines, the report and a spawned command's output go to
+    /// stderr.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// The ring buffer the probes' records pass through (e.g. 4M, 256K, 4096: a power of
     /// two, at least 4096). Records that find it full are counted as lost, never waited for.
     #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_bytes)]
     ring_buffer: u32,
+    /// Exit with status 3 when the report has a leak group of at least this confidence
+    /// (low, medium, high; alone: medium), for scripts and CI.
+    #[arg(long, value_name = "CONFIDENCE", num_args = 0..=1, default_missing_value = "medium", value_parser = parse_confidence)]
+    fail_on_leak: Option<Confidence>,
 }
 
 #[derive(Args, Debug)]
 struct RecordArgs {
     #[command(flatten)]
     trace: TraceArgs,
-    /// The directory to write report.txt and report.json to.
+    /// The directory to write report.txt, report.json, report.html and the exports to.
     #[arg(short, long, default_value = "leaktrace-out")]
     output: PathBuf,
     /// The command to spawn and trace (after --).
@@ -184,6 +191,10 @@ struct DumpArgs {
     /// moment apart (a few seconds), like Go's goroutineleak profile.
     #[arg(long, conflicts_with = "all")]
     leaks: bool,
+    /// Write the goroutines by stack as a pprof goroutine profile (gzipped protobuf, e.g.
+    /// goroutines.pb.gz, for `go tool pprof`) instead of printing them.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["json", "all"])]
+    output: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
@@ -222,6 +233,21 @@ fn parse_max_overhead(s: &str) -> Result<f64, String> {
         )),
     }
 }
+
+fn parse_confidence(s: &str) -> Result<Confidence, String> {
+    match s {
+        "low" => Ok(Confidence::Low),
+        "medium" => Ok(Confidence::Medium),
+        "high" => Ok(Confidence::High),
+        "proven" => Ok(Confidence::Proven),
+        _ => Err(format!(
+            "unknown confidence '{s}': choose low, medium, high or proven"
+        )),
+    }
+}
+
+/// The exit status when --fail-on-leak finds a leak group of at least its confidence.
+const EXIT_LEAK_FOUND: u8 = 3;
 
 fn parse_alloc(s: &str) -> Result<AllocMode, String> {
     match s {
@@ -293,12 +319,14 @@ fn fail(e: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The trace's options, and the confidence --fail-on-leak fails at.
 fn options(
     a: TraceArgs,
     target: TargetSpec,
     output: Option<PathBuf>,
-) -> Result<TraceOptions, String> {
-    Ok(TraceOptions {
+) -> Result<(TraceOptions, Option<Confidence>), String> {
+    let fail_on_leak = a.fail_on_leak;
+    let opts = TraceOptions {
         target,
         duration: a.duration,
         interval: a.interval,
@@ -311,7 +339,8 @@ fn options(
         alloc: a.alloc,
         prometheus: a.prometheus,
         ring_bytes: a.ring_buffer,
-    })
+    };
+    Ok((opts, fail_on_leak))
 }
 
 fn main() -> ExitCode {
@@ -349,6 +378,7 @@ fn main() -> ExitCode {
                 json: d.json,
                 runtime: d.runtime,
                 leaks: d.leaks,
+                output: d.output,
             };
             return match leaktrace::dump::run(&opts) {
                 Ok(out) => {
@@ -388,7 +418,7 @@ fn main() -> ExitCode {
             None => Err("give the PID of the Go program to trace: leaktrace -p PID".into()),
         },
     };
-    let opts = match opts {
+    let (opts, fail_on_leak) = match opts {
         Ok(o) => o,
         Err(e) => {
             eprintln!("leaktrace: error: {e}");
@@ -403,7 +433,16 @@ fn main() -> ExitCode {
         Err(e) => return fail(anyhow::anyhow!("cannot start the event loop: {e}")),
     };
     match runtime.block_on(trace::run(opts)) {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(outcome) => match fail_on_leak {
+            Some(at) if outcome.report.leaks.iter().any(|l| l.confidence >= at) => {
+                eprintln!(
+                    "leaktrace: a leak group of {} confidence or more was found (--fail-on-leak): exit status {EXIT_LEAK_FOUND}",
+                    format!("{at:?}").to_lowercase()
+                );
+                ExitCode::from(EXIT_LEAK_FOUND)
+            }
+            _ => ExitCode::SUCCESS,
+        },
         Err(e) => match e.downcast_ref::<Interrupted>() {
             Some(i) => {
                 eprintln!("leaktrace: {i}");

@@ -613,6 +613,9 @@ fn record_writes_exports_that_other_tools_read() {
             "300ms",
             "-d",
             "20s",
+            // leaktrace_probe_hits_total is checked below.
+            "--max-overhead",
+            "off",
         ])
         .args(["--prometheus", "127.0.0.1:0", "--"])
         .arg(&bin)
@@ -658,9 +661,29 @@ fn record_writes_exports_that_other_tools_read() {
         "leaktrace_target_heap_inuse_bytes",
         "leaktrace_leak_groups",
         "leaktrace_leaked_goroutines",
-        "leaktrace_target_madvise_bytes",
     ] {
         assert!(text.contains(name), "{name} not parsed: {families:#}");
+    }
+    // Every counter's samples end in _total (the parser names the family without it).
+    let counters: Vec<&Value> = families
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["type"] == "counter")
+        .collect();
+    for name in [
+        "leaktrace_target_madvise_bytes",
+        "leaktrace_target_gc_cycles",
+        "leaktrace_probe_hits",
+        "leaktrace_lost_records",
+    ] {
+        let family = counters
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no counter {name}: {families:#}"));
+        for sample in family["samples"].as_array().unwrap() {
+            assert_eq!(sample["name"], format!("{name}_total"), "{family:#}");
+        }
     }
     assert!(text.contains("main.produce"), "{families:#}");
     let rest: String = std::iter::from_fn(|| {
@@ -672,6 +695,7 @@ fn record_writes_exports_that_other_tools_read() {
     for f in [
         "report.txt",
         "report.json",
+        "report.html",
         "histograms.hlog",
         "goroutines.pb.gz",
         "goroutineleak.pb.gz",
@@ -744,5 +768,52 @@ fn record_writes_exports_that_other_tools_read() {
         .parse()
         .unwrap();
     assert!((4e6..=36e6).contains(&bytes), "{allocs}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `dump -o FILE.pb.gz` of a program holding the classic leak: `go tool pprof` reads every
+/// goroutine by stack, the five blocked producers on their send with their wait reason, and
+/// the total `dump --json` counts.
+#[test]
+fn dump_writes_a_goroutine_profile_that_go_tool_pprof_reads() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("classicleak", &version, &[]);
+    let mut fixture = Fixture::start(&bin, &["-hold"]);
+    fixture
+        .stderr
+        .wait_for("holding", std::time::Duration::from_secs(90));
+    let pid = fixture.pid().to_string();
+    let dir = scratch_dir("dump-pprof");
+    let file = dir.join("goroutines.pb.gz");
+    let out = Command::new(leaktrace_bin())
+        .args(["dump", "-p", &pid, "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty(), "dump -o printed the dump too");
+    assert!(stderr.contains("go tool pprof"), "{stderr}");
+    let json = Command::new(leaktrace_bin())
+        .args(["dump", "--json", "-p", &pid])
+        .output()
+        .unwrap();
+    fixture.finish();
+    let dump: Value = serde_json::from_slice(&json.stdout).unwrap();
+
+    let top = pprof_tool(&["-top"], &file);
+    assert!(top.contains("Type: goroutine"), "{top}");
+    let total = dump["goroutine_count"].as_u64().unwrap();
+    assert!(top.contains(&format!("of {total} total")), "{top}");
+    assert_eq!(top_row(&top, "main.produce")[0], "5", "{top}");
+    let traces = traces(&pprof_tool(&["-traces"], &file));
+    let line = line_of_in("classicleak", "ch <- make([]byte");
+    assert!(
+        traces.iter().any(
+            |t| t.first().map(String::as_str) == Some("wait_reason: chan send")
+                && t.iter().any(|l| l == "5 main.produce")
+        ),
+        "{traces:?} (main.go:{line})"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

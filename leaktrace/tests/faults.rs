@@ -248,6 +248,7 @@ fn signals_while_running_and_while_finishing_the_report() {
             "goroutineleak.pb.gz",
             "goroutines.pb.gz",
             "histograms.hlog",
+            "report.html",
             "report.json",
             "report.txt"
         ]

@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: builds leaktrace and the bundled leaky service, puts load on the
-//! service on 127.0.0.1, and traces it with `leaktrace -p` while the load runs.
+//! service on 127.0.0.1, and traces it with `leaktrace record -p` while the load runs: the
+//! live output, then the report, and report.html (with plots) in target/demo-report.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -76,10 +77,15 @@ pub fn demo(seconds: u64) -> anyhow::Result<()> {
     // A goroutine blocked this long with no sign of life is a suspect; the default (30 s)
     // suits production, the demo wants an answer within its run.
     let min_age = format!("{}s", (seconds / 2).max(1));
+    let out_dir = go::repo_root().join("target/demo-report");
     step(&format!(
-        "sudo leaktrace -p {pid} -d {seconds}s --min-age {min_age}"
+        "sudo leaktrace record -p {pid} -d {seconds}s --min-age {min_age} -o {}",
+        out_dir.display()
     ));
     let status = Command::new(&leaktrace)
+        .arg("record")
+        .arg("-o")
+        .arg(&out_dir)
         .args([
             "-p",
             &pid.to_string(),
@@ -102,5 +108,9 @@ pub fn demo(seconds: u64) -> anyhow::Result<()> {
     if !status.success() {
         bail!("leaktrace failed: {status}");
     }
+    println!(
+        "\nthe report with plots: {} (open it in a browser; it loads nothing from the network)",
+        out_dir.join("report.html").display()
+    );
     Ok(())
 }

@@ -8,6 +8,7 @@ mod dist;
 mod fuzz;
 mod go;
 mod layouts;
+mod schema;
 mod test;
 
 #[derive(Parser)]
@@ -73,6 +74,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Regenerate schema/report.schema.json and schema/dump.schema.json (JSON Schema) from
+    /// the report's Rust types; the schema test fails while they are stale.
+    GenSchema,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,5 +99,6 @@ fn main() -> anyhow::Result<()> {
             args: &args,
         }),
         Command::GenLayouts { check } => layouts::gen_layouts(check),
+        Command::GenSchema => schema::gen_schema(),
     }
 }

@@ -56,7 +56,7 @@ pub struct HeapProfile {
 
 /// One allocation site of the profile, estimated from the samples the way `runtime/pprof`
 /// scales them (`scaleHeapSample`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct AllocSite {
     /// The first frame outside the runtime: the allocating call.
     pub function: String,

@@ -16,7 +16,7 @@ use super::{
 use crate::{probes::Samples, tracee::Target};
 
 /// What a group of goroutines allocated.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Allocated {
     pub count: u64,
     pub bytes: u64,
@@ -26,7 +26,7 @@ pub struct Allocated {
 }
 
 /// Where allocations happen (`report.json` `allocation_sites`).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct AllocationSites {
     /// Where the figures come from.
     pub source: String,

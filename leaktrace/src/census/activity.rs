@@ -144,7 +144,7 @@ pub fn estimate(target: &Target, gap: Duration) -> anyhow::Result<Rates> {
 }
 
 /// Rates read off the target's runtime in 100 ms, without probes (`census::activity`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ActivityEstimate {
     pub goroutines_created_per_second: f64,
     /// Parks, wake-ups and other goroutine state changes per second (a lower bound).

@@ -17,7 +17,7 @@ use super::unwind::{PcMap, PhysFrame};
 use crate::tracee::{Target, batch, pclntab::Frame};
 
 /// One frame of a goroutine's stack, innermost first; inlined calls are frames of their own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct StackFrame {
     pub function: String,
     pub file: String,
@@ -34,7 +34,7 @@ pub struct StackFrame {
 }
 
 /// Where a goroutine was created: the `go` statement.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CreatedBy {
     pub function: String,
     pub file: String,

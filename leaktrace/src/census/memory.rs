@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::tracee::Target;
 
 /// Field names are those of Go's `runtime.MemStats`, plus the RSS figures from /proc.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MemorySnapshot {
     /// Resident set size (VmRSS).
     pub rss_bytes: u64,

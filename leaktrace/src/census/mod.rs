@@ -20,7 +20,7 @@ pub use snapshots::Census;
 
 /// The shortest and the longest of some durations, in seconds (how long a group of
 /// goroutines has waited or been blocked).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct Seconds {
     pub min: f64,
     pub max: f64,

@@ -89,7 +89,7 @@ impl Default for Limits {
 }
 
 /// The memory a group of goroutines pins (see the module header for how it is counted).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Retained {
     /// Stack memory the goroutines hold (allocated size, not the part in use).
     pub stack_bytes: u64,

@@ -128,7 +128,7 @@ fn blocking(state: &str) -> Blocking {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Confidence {
     Low,
@@ -147,7 +147,7 @@ fn confidence(score: i32) -> Confidence {
 }
 
 /// The channels a leak group waits on.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ChannelSummary {
     /// How many distinct channels the group's goroutines wait on.
     pub distinct: usize,
@@ -161,7 +161,7 @@ pub struct ChannelSummary {
     pub last_other_side: Option<Touch>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct LeakGroup {
     pub wait_reason: String,
     /// Where the goroutines blocked: the innermost frame of the stack outside the sync and
@@ -194,7 +194,7 @@ pub struct LeakGroup {
 }
 
 /// The memory a leak group pins.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Pinned {
     /// Their stacks (stack.hi - stack.lo, summed).
     pub stack_bytes: u64,
@@ -227,7 +227,7 @@ struct History {
 }
 
 /// One operation on a channel, seen by a channel probe.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Touch {
     /// "send", "receive" or "close".
     pub op: &'static str,

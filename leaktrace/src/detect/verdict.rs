@@ -16,7 +16,7 @@ const GROWTH_MIN_BYTES: u64 = 4 << 20;
 /// Goroutines grow under the same rule, with at least this many more.
 const GOROUTINE_GROWTH_MIN: usize = 10;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VerdictKind {
     /// Heap in use flat or falling while the runtime returns pages with madvise: RSS is high
@@ -36,7 +36,7 @@ pub enum VerdictKind {
     InsufficientData,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct MemoryVerdict {
     pub kind: VerdictKind,
     /// One sentence with the figures behind the kind.

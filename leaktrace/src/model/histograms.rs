@@ -53,7 +53,7 @@ impl Interval {
 }
 
 /// Percentiles of one histogram, for the JSON report and the text summary.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Percentiles {
     pub count: u64,
     pub min: u64,

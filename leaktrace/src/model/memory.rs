@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::census::MemorySnapshot;
 
 /// The target's memory at one moment of the trace.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct MemoryPoint {
     pub seconds: f64,
     /// RSS and the Go heap, named as in `dump --json`.

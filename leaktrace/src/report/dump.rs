@@ -28,7 +28,7 @@ use crate::census::{
 };
 
 /// Goroutines with the same state, stack and creation site.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Group {
     pub wait_reason: String,
     pub count: usize,
@@ -40,7 +40,28 @@ pub struct Group {
     pub created_by: Option<CreatedBy>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// One goroutine of `dump --json --all`.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct EachGoroutine {
+    pub goid: u64,
+    pub wait_reason: String,
+    pub waiting_seconds: Option<f64>,
+    pub stack: Vec<StackFrame>,
+    pub elided_frames: usize,
+    pub created_by: Option<CreatedBy>,
+    pub start_function: Option<String>,
+}
+
+/// `dump --json`: the snapshot, and with `--all` every goroutine on its own.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct DumpJson {
+    #[serde(flatten)]
+    pub dump: Dump,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub each: Option<Vec<EachGoroutine>>,
+}
+
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Dump {
     pub pid: u32,
     pub executable: String,

@@ -1,6 +1,7 @@
 //! What `leaktrace record -o DIR` writes (documented in the README, "Exports"):
 //!
 //! - `report.txt`, `report.json`: the report;
+//! - `report.html`: the report with plots, one self-contained page (`html`);
 //! - `histograms.hlog`: every histogram per interval, an HdrHistogram interval log;
 //! - `goroutines.pb.gz`: the leaked goroutines by stack, a pprof profile (`goroutine`/count,
 //!   labelled with the wait reason and confidence);
@@ -24,7 +25,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     hlog::{self, HlogInterval},
-    pprof,
+    html, pprof,
     schema::Report,
     text,
 };
@@ -157,6 +158,7 @@ pub fn write_all(
     abandoned: impl Fn() -> bool,
 ) -> anyhow::Result<()> {
     let text = text::text(report);
+    let page = html::html(report);
     let mut json = serde_json::to_string_pretty(report)?;
     json.push('\n');
 
@@ -182,6 +184,7 @@ pub fn write_all(
     let mut files: Vec<(&str, &[u8])> = vec![
         ("report.txt", text.as_bytes()),
         ("report.json", json.as_bytes()),
+        ("report.html", page.as_bytes()),
         ("histograms.hlog", &hlog_bytes),
         ("goroutines.pb.gz", &goroutines),
         ("goroutineleak.pb.gz", &goroutineleak),

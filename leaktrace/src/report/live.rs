@@ -1,8 +1,14 @@
-//! The live view: one line per interval on stdout, and a summary table when tracing stops.
+//! The live view: one line per interval on stdout, a line naming each leak group the moment
+//! it becomes a suspect (and again when it has doubled), and a summary table when tracing
+//! stops.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{collections::HashMap, fmt::Write as _, time::Duration};
 
-use crate::{model::Tally, tracee::layout::reason_name};
+use crate::{
+    detect::{GroupKey, LeakGroup},
+    model::Tally,
+    tracee::layout::reason_name,
+};
 
 fn by_reason(counts: &std::collections::BTreeMap<u8, u64>, wait_reasons: &[String]) -> String {
     let mut v: Vec<_> = counts
@@ -87,6 +93,71 @@ pub fn summary(
         "goroutines seen: {goroutines_seen}; records lost: {lost}"
     );
     out
+}
+
+/// The leak groups the live output has named, and at what size: a group is named the moment
+/// it becomes a suspect, and again each time it has doubled since it was last named.
+#[derive(Debug, Default)]
+pub struct Announced {
+    sizes: HashMap<GroupKey, usize>,
+}
+
+impl Announced {
+    /// A line for each of `leaks` that is new, or at least twice the size it was last named
+    /// at.
+    pub fn news(&mut self, elapsed: Duration, leaks: &[LeakGroup]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for l in leaks {
+            let before = self.sizes.get(&l.key()).copied();
+            if before.is_some_and(|n| l.count < 2 * n) {
+                continue;
+            }
+            self.sizes.insert(l.key(), l.count);
+            lines.push(suspect_line(elapsed, l, before));
+        }
+        lines
+    }
+}
+
+fn file_line(file: &str, line: u32) -> String {
+    format!("{}:{line}", file.rsplit('/').next().unwrap_or(file))
+}
+
+/// `[    5s] suspect: 74 goroutines [chan send] at main.search.func1 (main.go:48), created
+/// by main.search (main.go:47), confidence high`; `suspect grew 74 -> 596 goroutines ...`
+/// when it was named before at `before`.
+pub fn suspect_line(elapsed: Duration, l: &LeakGroup, before: Option<usize>) -> String {
+    let noun = if l.count == 1 {
+        "goroutine"
+    } else {
+        "goroutines"
+    };
+    let mut line = match before {
+        None => format!("[{:>5}s] suspect: {} {noun}", elapsed.as_secs(), l.count),
+        Some(n) => format!(
+            "[{:>5}s] suspect grew {n} -> {} {noun}",
+            elapsed.as_secs(),
+            l.count
+        ),
+    };
+    let _ = write!(line, " [{}]", l.wait_reason);
+    if let Some(s) = &l.site {
+        let _ = write!(line, " at {} ({})", s.function, file_line(&s.file, s.line));
+    }
+    if let Some(c) = &l.created_by {
+        let _ = write!(
+            line,
+            ", created by {} ({})",
+            c.function,
+            file_line(&c.file, c.line)
+        );
+    }
+    let _ = write!(
+        line,
+        ", confidence {}",
+        format!("{:?}", l.confidence).to_lowercase()
+    );
+    line
 }
 
 #[cfg(test)]

@@ -49,14 +49,14 @@ pub fn render(
             m.gauge(name, help, &[], v as f64);
         }
         m.counter(
-            "leaktrace_target_gc_cycles",
+            "leaktrace_target_gc_cycles_total",
             "GC cycles of the target (NumGC).",
             &[],
             mem.num_gc as f64,
         );
         for (advice, bytes) in &p.madvise_bytes {
             m.counter(
-                "leaktrace_target_madvise_bytes",
+                "leaktrace_target_madvise_bytes_total",
                 "Bytes the target passed to madvise since the trace started, by advice.",
                 &[("advice", advice)],
                 *bytes as f64,
@@ -115,14 +115,14 @@ pub fn render(
     }
     for (function, hits) in probe_names {
         m.counter(
-            "leaktrace_probe_hits",
+            "leaktrace_probe_hits_total",
             "Hits of each probe since the trace started.",
             &[("function", function)],
             *hits as f64,
         );
     }
     m.counter(
-        "leaktrace_lost_records",
+        "leaktrace_lost_records_total",
         "Records dropped because leaktrace's ring buffer was full.",
         &[],
         counts.lost as f64,

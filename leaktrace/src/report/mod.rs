@@ -3,12 +3,14 @@
 //! interval and the summary (`live`); the goroutine and memory snapshot (`dump`) and the goroutines proven leaked (`proven`); every
 //! probe record as a JSON line (`events`); pprof profiles (`pprof`); histograms over time as
 //! an HdrHistogram interval log (`hlog`); the Prometheus text format (`metrics`) and the
-//! endpoint that serves it (`prometheus`); and the files `record -o` writes (`exports`).
+//! endpoint that serves it (`prometheus`); the report as a page with plots (`html`); and the
+//! files `record -o` writes (`exports`).
 
 pub mod dump;
 pub mod events;
 pub mod exports;
 pub mod hlog;
+pub mod html;
 pub mod live;
 pub mod metrics;
 pub mod pprof;

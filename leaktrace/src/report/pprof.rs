@@ -1,6 +1,7 @@
 //! Profiles in pprof's format (github.com/google/pprof/proto/profile.proto, gzipped), so that
 //! `go tool pprof`, Pyroscope, Parca and every other pprof reader open what leaktrace saw:
-//! a goroutine profile of the leak groups, a heap-style profile of what they pin.
+//! a goroutine profile of the leak groups, one of every goroutine (`dump -o`), a
+//! heap-style profile of what they pin.
 //!
 //! The protobuf is written by hand: profile.proto is six small messages, and a varint and a
 //! length prefix are all the wire format they need. Strings, functions and locations are
@@ -17,6 +18,7 @@ use crate::{
         sampler::{self, SizeClasses},
     },
     probes::Samples,
+    report::dump::Dump,
     tracee::{Target, pclntab::Frame},
 };
 
@@ -360,6 +362,43 @@ pub fn sampled_allocations(
         comments: vec![
             "allocations sampled by leaktrace at span refills (a whole span each) and large allocations".into(),
         ],
+        ..Profile::default()
+    }
+}
+
+/// Every goroutine of a `dump`, by stack, as Go's own goroutine profile counts them
+/// (`goroutine`/count), each stack labelled with its wait reason.
+pub fn dump_goroutines(d: &Dump, time_nanos: i64) -> Profile {
+    Profile {
+        sample_types: vec![ValueType::new("goroutine", "count")],
+        samples: d
+            .goroutines
+            .iter()
+            .map(|g| Sample {
+                stack: g
+                    .stack
+                    .iter()
+                    .map(|f| Frame {
+                        function: f.function.clone(),
+                        file: f.file.clone(),
+                        line: f.line,
+                    })
+                    .collect(),
+                values: vec![g.count as i64],
+                labels: vec![("wait_reason".into(), g.wait_reason.clone())],
+                num_labels: g
+                    .waiting_seconds
+                    .map(|w| vec![("waiting_max".into(), w.max as i64, "seconds".into())])
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        period_type: Some(ValueType::new("goroutine", "count")),
+        period: 1,
+        time_nanos,
+        comments: vec![format!(
+            "every goroutine of PID {} ({}, {}), read by leaktrace dump",
+            d.pid, d.executable, d.go_version
+        )],
         ..Profile::default()
     }
 }

@@ -70,9 +70,13 @@ impl Metrics {
         sample(&mut family.lines, name, labels, None, value);
     }
 
-    /// A value that only goes up, such as a number of events since leaktrace started; by
-    /// convention its name ends in `_total`.
+    /// A value that only goes up, such as a number of events since leaktrace started; its
+    /// name ends in `_total`, as Prometheus' conventions and OpenMetrics require.
     pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        assert!(
+            name.ends_with("_total"),
+            "counter {name}: a counter's name ends in _total"
+        );
         let family = self.family(name, help, Kind::Counter);
         sample(&mut family.lines, name, labels, None, value);
     }
@@ -451,8 +455,14 @@ leaktrace_park_seconds_count{reason="select"} 7
     #[should_panic(expected = "already a gauge, not a counter")]
     fn a_name_keeps_its_type() {
         let mut m = Metrics::new();
-        m.gauge("x", "", &[], 1.0);
-        m.counter("x", "", &[], 1.0);
+        m.gauge("x_total", "", &[], 1.0);
+        m.counter("x_total", "", &[], 1.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "a counter's name ends in _total")]
+    fn counters_end_in_total() {
+        Metrics::new().counter("leaktrace_probe_hits", "", &[], 1.0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// What the probes did during the trace.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct ProbeSummary {
     /// Runtime functions probed at the end of the trace.
     pub attached: Vec<String>,
@@ -31,9 +31,19 @@ pub struct ProbeSummary {
     pub estimated_before_attach: Option<ActivityEstimate>,
 }
 
+/// report.json's `schema_version`: raised when a field is renamed or removed or changes
+/// meaning; new fields do not raise it.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// `report.json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Report {
+    /// The leaktrace that wrote the report.
+    pub leaktrace_version: String,
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// When the trace started, in RFC 3339 (UTC).
+    pub started_at: String,
     pub pid: u32,
     pub executable: String,
     pub go_version: String,
@@ -61,4 +71,27 @@ pub struct Report {
     pub histograms: BTreeMap<String, Percentiles>,
     /// Suspected leak groups, strongest first.
     pub leaks: Vec<LeakGroup>,
+}
+
+impl Report {
+    /// The `started_at` of a trace that started at `t`.
+    pub fn started_at(t: std::time::SystemTime) -> String {
+        jiff::Timestamp::try_from(t)
+            .map(|t| t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// The JSON Schemas of report.json and of `dump --json` (draft 2020-12), by the file name
+/// they are committed under in schema/; the schema test fails when those are stale.
+pub fn json_schemas() -> [(&'static str, String); 2] {
+    let text =
+        |s: schemars::Schema| serde_json::to_string_pretty(&s).expect("a schema serializes") + "\n";
+    [
+        ("report.schema.json", text(schemars::schema_for!(Report))),
+        (
+            "dump.schema.json",
+            text(schemars::schema_for!(super::dump::DumpJson)),
+        ),
+    ]
 }

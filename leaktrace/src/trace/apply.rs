@@ -4,8 +4,7 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
-    io::{BufWriter, Write as _},
+    io::{BufWriter, Write},
     time::Duration,
 };
 
@@ -27,7 +26,7 @@ pub(super) struct Findings {
     pub tracker: Tracker,
     pub hist: Histograms,
     /// `--events FILE`.
-    pub events: Option<BufWriter<File>>,
+    pub events: Option<BufWriter<Box<dyn Write>>>,
     /// Where each channel operation's return address is, symbolized once.
     sites: HashMap<u64, (String, String, u32)>,
     /// The trace's start on the BPF clock: records are placed in trace time with it.
@@ -35,7 +34,11 @@ pub(super) struct Findings {
 }
 
 impl Findings {
-    pub fn new(tracker: Tracker, events: Option<BufWriter<File>>, start_mono_ns: u64) -> Self {
+    pub fn new(
+        tracker: Tracker,
+        events: Option<BufWriter<Box<dyn Write>>>,
+        start_mono_ns: u64,
+    ) -> Self {
         Self {
             model: Model::default(),
             tracker,

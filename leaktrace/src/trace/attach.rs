@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     fs::File,
-    io::BufWriter,
+    io::{BufWriter, Write},
     path::Path,
     time::{Duration, Instant},
 };
@@ -146,7 +146,7 @@ fn spawned(
     let binary = GoBinary::open(&program).map_err(|e| anyhow!("{e}"))?;
     let v = binary.version();
     let layout = layout::for_binary(binary.data(), v.major, v.minor)?;
-    let held = spawn::hold(argv)?;
+    let held = spawn::hold(argv, opts.events_to_stdout())?;
     let pid = held.pid;
     let (mut probes, plan) = load(pid, &binary, &layout, opts)?;
     if plan.exempt.contains(&Probe::Alloc) {
@@ -343,10 +343,11 @@ impl Session {
             eprintln!("leaktrace: goroutine snapshots unavailable, following probes only: {e:#}");
         }
         say_attached(&target, &probes, hit_cost, &opts);
-        let events = match &opts.events {
-            Some(path) => Some(BufWriter::new(
+        let events: Option<BufWriter<Box<dyn Write>>> = match &opts.events {
+            Some(_) if opts.events_to_stdout() => Some(BufWriter::new(Box::new(std::io::stdout()))),
+            Some(path) => Some(BufWriter::new(Box::new(
                 File::create(path).with_context(|| format!("creating {}", path.display()))?,
-            )),
+            ))),
             None => None,
         };
         let session = Self {
@@ -380,6 +381,7 @@ impl Session {
             lost_reported: 0,
             prover: None,
             proof_next: Instant::now(),
+            announced: crate::report::live::Announced::default(),
         };
         Ok((session, records))
     }

@@ -108,7 +108,7 @@ impl Session {
         let why = stop.wording(pid, end.spawned.and_then(spawn::reap));
         end.say_stopped(&totals, &why);
         let (report, allocations_pprof) = end.report(why, totals);
-        print!("\n{}", text::text(&report));
+        end.opts.say(&format!("\n{}", text::text(&report)));
         if let Some(dir) = &end.opts.output {
             exports::write_all(
                 dir,
@@ -224,25 +224,27 @@ impl Ending {
         let wait_reasons = &self.target.layout.wait_reasons;
         let last = self.findings.model.take_interval();
         if last.total_parks() + last.total_wakes() > 0 {
-            println!(
-                "{}",
+            self.opts.say(&format!(
+                "{}\n",
                 live::interval_line(
                     self.start.elapsed(),
                     &last,
                     wait_reasons,
                     lost - self.lost_reported
                 )
-            );
+            ));
         }
         eprintln!(
             "leaktrace: stopped after {:.1} s ({why}); all probes detached",
             self.start.elapsed().as_secs_f64()
         );
         let model = &self.findings.model;
-        print!(
-            "{}",
-            live::summary(&model.total, wait_reasons, lost, model.goroutines.len())
-        );
+        self.opts.say(&live::summary(
+            &model.total,
+            wait_reasons,
+            lost,
+            model.goroutines.len(),
+        ));
         if totals.counts.read_errors > 0 {
             eprintln!(
                 "leaktrace: {} probe hits could not read the target's memory and were not recorded",
@@ -330,6 +332,9 @@ impl Ending {
         let counts = &totals.counts;
         let model = &self.findings.model;
         let report = Report {
+            leaktrace_version: env!("CARGO_PKG_VERSION").to_string(),
+            schema_version: crate::report::schema::SCHEMA_VERSION,
+            started_at: Report::started_at(std::time::SystemTime::now() - self.start.elapsed()),
             pid: target.process.pid(),
             executable: target.process.exe_name(),
             go_version: target.binary.build().version_string.clone(),

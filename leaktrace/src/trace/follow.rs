@@ -119,23 +119,26 @@ impl Session {
         let suspects = format!("{} ({proven} proven)", leaks.len());
         let parks_traced = self.probes.attached().contains(&Probe::Gopark);
         if parks_traced || t.total_parks() + t.total_wakes() > 0 {
-            println!(
-                "{} | suspects {suspects}",
+            self.opts.say(&format!(
+                "{} | suspects {suspects}\n",
                 live::interval_line(
                     elapsed,
                     &t,
                     &self.target.layout.wait_reasons,
                     counts.lost - self.lost_reported
                 )
-            );
+            ));
         } else {
-            println!(
-                "[{:>5}s] park/wake not probed (over budget or not chosen); {} snapshots | suspects {suspects}",
+            self.opts.say(&format!(
+                "[{:>5}s] park/wake not probed (over budget or not chosen); {} snapshots | suspects {suspects}\n",
                 elapsed.as_secs(),
                 self.findings.tracker.snapshots()
-            );
+            ));
         }
         self.lost_reported = counts.lost;
+        for line in self.announced.news(elapsed, &leaks) {
+            self.opts.say(&format!("{line}\n"));
+        }
         Ok(())
     }
 }

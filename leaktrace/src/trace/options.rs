@@ -26,7 +26,7 @@ pub struct TraceOptions {
     /// The most of one CPU the probes may cost the target, as a fraction (0.01 = 1%);
     /// infinite for `--max-overhead off`.
     pub max_overhead: f64,
-    /// Write every record as a JSON line here.
+    /// Write every record as a JSON line here (`-`: stdout).
     pub events: Option<PathBuf>,
     /// Write report.txt, report.json and the exports here.
     pub output: Option<PathBuf>,
@@ -37,6 +37,23 @@ pub struct TraceOptions {
     pub alloc: AllocMode,
     /// Serve metrics for Prometheus here.
     pub prometheus: Option<std::net::SocketAddr>,
+}
+
+impl TraceOptions {
+    /// `--events -`: the event lines go to stdout, and nothing else does.
+    pub fn events_to_stdout(&self) -> bool {
+        self.events.as_deref() == Some(std::path::Path::new("-"))
+    }
+
+    /// Prints what a person reads (the live lines, the report): on stdout, or on stderr
+    /// when stdout carries the event lines.
+    pub fn say(&self, s: &str) {
+        if self.events_to_stdout() {
+            eprint!("{s}");
+        } else {
+            print!("{s}");
+        }
+    }
 }
 
 /// Why tracing stopped.

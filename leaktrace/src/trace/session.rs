@@ -65,6 +65,8 @@ pub(super) struct Session {
     /// A proof by reachability under way, and when the next pass may run.
     pub prover: Option<Prover>,
     pub proof_next: Instant,
+    /// The leak groups the live output has named, and at what size.
+    pub announced: crate::report::live::Announced,
 }
 
 /// The target's memory now, with the madvise totals so far.

@@ -50,7 +50,9 @@ pub fn resolve(cmd: &Path) -> anyhow::Result<PathBuf> {
 
 /// Forks; the child waits for [`Held::release`], then execs `argv`. If leaktrace dies before
 /// releasing it, the child sees the pipe close and exits without running the command.
-pub fn hold(argv: &[OsString]) -> anyhow::Result<Held> {
+/// `stdout_to_stderr`: the command writes its stdout to leaktrace's stderr, when leaktrace's
+/// stdout carries data a script reads (`--events -`).
+pub fn hold(argv: &[OsString], stdout_to_stderr: bool) -> anyhow::Result<Held> {
     let first = argv
         .first()
         .ok_or_else(|| anyhow!("no command given after --"))?;
@@ -67,8 +69,8 @@ pub fn hold(argv: &[OsString]) -> anyhow::Result<Held> {
 
     let (read_end, write_end) = pipe()?;
     let (status_read, status_write) = pipe()?;
-    // SAFETY: the child only calls async-signal-safe functions (close, read, execv, write,
-    // _exit) on memory prepared before the fork.
+    // SAFETY: the child only calls async-signal-safe functions (close, read, dup2, execv,
+    // write, _exit) on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error()).context("fork");
@@ -86,6 +88,9 @@ pub fn hold(argv: &[OsString]) -> anyhow::Result<Held> {
                 if n == 0 || *libc::__errno_location() != libc::EINTR {
                     libc::_exit(126);
                 }
+            }
+            if stdout_to_stderr {
+                libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
             }
             libc::execv(c_program.as_ptr(), c_argv.as_ptr());
             let errno = *libc::__errno_location();
