@@ -73,6 +73,17 @@ impl Tally {
     pub fn total_wakes(&self) -> u64 {
         self.wakes.values().sum::<u64>() + self.wakes_unseen_park
     }
+
+    /// The counts divided by `duty`: what they would have been had the probes been in
+    /// place all the time.
+    pub fn scaled(&self, duty: f64) -> Tally {
+        let s = |n: u64| (n as f64 / duty.max(1e-6)).round() as u64;
+        Tally {
+            parks: self.parks.iter().map(|(r, n)| (*r, s(*n))).collect(),
+            wakes: self.wakes.iter().map(|(r, n)| (*r, s(*n))).collect(),
+            wakes_unseen_park: s(self.wakes_unseen_park),
+        }
+    }
 }
 
 /// What applying a record did.
@@ -109,10 +120,19 @@ pub struct Model {
     /// Goroutines created and exited while the create/exit probes ran.
     pub created: u64,
     pub exited: u64,
+    /// When park/wake run in windows: when the current one opened (BPF clock). A state
+    /// recorded before it is stale: the goroutine may have moved any number of times
+    /// between windows.
+    pub window_start_ns: u64,
+    /// Wake-ups whose park began in an earlier window: its duration is not known.
+    pub outlasted_window: u64,
+    /// The latest record's time (BPF clock): when a window's probes last fired.
+    pub last_record_ns: u64,
 }
 
 impl Model {
     pub fn apply(&mut self, r: &Record) -> Applied {
+        self.last_record_ns = self.last_record_ns.max(r.ts_ns);
         match RecordKind::from_u8(r.kind) {
             Some(RecordKind::Park) => self.park(r),
             Some(RecordKind::Wake) => self.wake(r),
@@ -142,9 +162,10 @@ impl Model {
             .goroutines
             .entry(r.goid)
             .or_insert(Goroutine::runnable(r.goid, r.ts_ns));
-        if let State::Parked { reason, .. } = g.state
+        if let State::Parked { reason, since_ns } = g.state
             && reason == r.reason
             && g.park_pc == r.pc
+            && since_ns >= self.window_start_ns
         {
             return Applied::ReEntry;
         }
@@ -165,11 +186,18 @@ impl Model {
         let (reason, parked_ns) = match self.goroutines.get_mut(&r.goid) {
             // `ready` and, inside it, `casgstatus` both report the same wake-up when both
             // probes are placed: a goroutine already runnable is not woken again.
-            Some(g) if matches!(g.state, State::Runnable { .. }) && g.wakes > 0 => {
+            Some(g)
+                if matches!(g.state, State::Runnable { since_ns } if since_ns >= self.window_start_ns)
+                    && g.wakes > 0 =>
+            {
                 return Applied::Duplicate;
             }
             Some(g) => {
                 let parked = match g.state {
+                    State::Parked { reason, since_ns } if since_ns < self.window_start_ns => {
+                        self.outlasted_window += 1;
+                        (Some(reason), None)
+                    }
                     State::Parked { reason, since_ns } => {
                         (Some(reason), Some(r.ts_ns.saturating_sub(since_ns)))
                     }
@@ -208,6 +236,19 @@ impl Model {
         self.goroutines
             .retain(|goid, g| live(*goid) || g.last_record_ns() >= before_ns);
         before - self.goroutines.len()
+    }
+
+    /// A probe window opens at `ts_ns`: what was recorded before is stale.
+    pub fn new_window(&mut self, ts_ns: u64) {
+        self.window_start_ns = ts_ns;
+    }
+
+    /// Goroutines parked in a window and not seen to wake since.
+    pub fn open_parks(&self) -> u64 {
+        self.goroutines
+            .values()
+            .filter(|g| matches!(g.state, State::Parked { .. }))
+            .count() as u64
     }
 
     /// Returns the tallies since the last call and starts a new interval.

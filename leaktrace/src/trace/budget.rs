@@ -30,8 +30,11 @@ const MAX_SITES: usize = 32;
 pub(super) struct Fit {
     /// The probes to place.
     pub probes: Vec<Probe>,
-    /// Why the others are not placed.
+    /// Why the others are not placed continuously.
     pub not_placed: Vec<String>,
+    /// Those others, to be placed in windows, and how often they would fire together.
+    pub windowed: Vec<Probe>,
+    pub windowed_rate: Option<f64>,
     /// The rates it judged by, when they could be read.
     pub estimated: Option<ActivityEstimate>,
 }
@@ -58,6 +61,8 @@ pub(super) fn fitting(
             return Fit {
                 probes: wanted.to_vec(),
                 not_placed: Vec::new(),
+                windowed: Vec::new(),
+                windowed_rate: None,
                 estimated: None,
             };
         }
@@ -101,16 +106,17 @@ pub(super) fn fitting(
     let mut not_placed = Vec::new();
     if !drop.is_empty() {
         let msg = format!(
-            "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, not placed",
+            "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, placed in short windows",
             rates.creations,
             rates.transitions,
             allocs,
             drop.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
             budget * 100.0
         );
-        eprintln!("leaktrace: {msg}; goroutine snapshots carry the picture");
+        eprintln!("leaktrace: {msg}; goroutine snapshots carry the picture between them");
         not_placed.push(msg);
     }
+    let windowed_rate: f64 = drop.iter().map(|p| per_probe[p]).sum();
     Fit {
         probes: wanted
             .iter()
@@ -118,6 +124,8 @@ pub(super) fn fitting(
             .filter(|p| !drop.contains(p))
             .collect(),
         not_placed,
+        windowed_rate: windowed_rate.is_finite().then_some(windowed_rate),
+        windowed: drop,
         estimated: Some(estimated),
     }
 }
@@ -137,19 +145,28 @@ impl Session {
                 (p, hits as f64 / secs)
             })
             .collect();
-        // --alloc exact is not shed: its cost was stated and chosen.
+        // --alloc exact is not shed: its cost was stated and chosen. Windowed probes are
+        // judged by their windows.
         let attached: Vec<Probe> = self
             .probes
             .attached()
             .into_iter()
-            .filter(|p| !self.plan.exempt.contains(p))
+            .filter(|p| !self.plan.exempt.contains(p) && !self.windows.windowed(*p))
             .collect();
         let budget = self.opts.max_overhead;
         let shed_now = over_budget(&rates, &attached, budget, self.hit_cost);
+        let cost =
+            |ps: &[Probe]| ps.iter().map(|p| rates[p]).sum::<f64>() * self.hit_cost.as_secs_f64();
+        let kept: Vec<Probe> = attached
+            .iter()
+            .copied()
+            .filter(|p| !shed_now.contains(p))
+            .collect();
+        self.continuous_cost = cost(&kept);
         if !shed_now.is_empty() {
             let total: f64 = attached.iter().map(|p| rates[p]).sum();
             let msg = format!(
-                "the probes fired {:.0} times/s, an estimated {:.1}% of a CPU, over --max-overhead {:.1}%: detached {}",
+                "the probes fired {:.0} times/s, an estimated {:.1}% of a CPU, over --max-overhead {:.1}%: detached {}{}",
                 total,
                 total * self.hit_cost.as_secs_f64() * 100.0,
                 budget * 100.0,
@@ -157,7 +174,12 @@ impl Session {
                     .iter()
                     .map(|p| p.name())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                if shed_now.iter().any(|p| *p != Probe::Site) {
+                    ", placed in short windows from now on"
+                } else {
+                    ""
+                }
             );
             let t0 = Instant::now();
             self.probes.detach(&shed_now)?;
@@ -173,6 +195,14 @@ impl Session {
                 tracker.sites_inactive();
                 self.sites_enabled = false;
             }
+            let mut windowed = Vec::new();
+            for &p in shed_now.iter().filter(|p| **p != Probe::Site) {
+                if let Some(offs) = super::attach::offsets(&self.target.binary, p)? {
+                    windowed.push((p, offs));
+                }
+            }
+            let windowed_rate = cost(&shed_now) / self.hit_cost.as_secs_f64().max(1e-9);
+            self.windows.add(windowed, Some(windowed_rate));
             eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
             self.shed.push(msg);
         }
