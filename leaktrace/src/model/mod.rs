@@ -124,16 +124,17 @@ pub struct Model {
     /// recorded before it is stale: the goroutine may have moved any number of times
     /// between windows.
     pub window_start_ns: u64,
+    /// And when it closed (`u64::MAX` while open): a park or wake-up after it, from a
+    /// breakpoint the kernel has not removed yet, is outside the sample and not counted.
+    pub window_end_ns: Option<u64>,
     /// Wake-ups whose park began in an earlier window: its duration is not known.
     pub outlasted_window: u64,
-    /// The latest record's time (BPF clock): when a window's probes last fired.
-    pub last_record_ns: u64,
 }
 
 impl Model {
     pub fn apply(&mut self, r: &Record) -> Applied {
-        self.last_record_ns = self.last_record_ns.max(r.ts_ns);
         match RecordKind::from_u8(r.kind) {
+            Some(RecordKind::Park | RecordKind::Wake) if !self.in_window(r.ts_ns) => Applied::Other,
             Some(RecordKind::Park) => self.park(r),
             Some(RecordKind::Wake) => self.wake(r),
             Some(RecordKind::Create) => {
@@ -239,8 +240,23 @@ impl Model {
     }
 
     /// A probe window opens at `ts_ns`: what was recorded before is stale.
-    pub fn new_window(&mut self, ts_ns: u64) {
+    pub fn open_window(&mut self, ts_ns: u64) {
         self.window_start_ns = ts_ns;
+        self.window_end_ns = Some(u64::MAX);
+    }
+
+    /// The window closes at `ts_ns`.
+    pub fn close_window(&mut self, ts_ns: u64) {
+        self.window_end_ns = Some(ts_ns);
+    }
+
+    /// Whether a park or wake-up at `ts_ns` is in the sample: always, unless park/wake
+    /// run in windows and it fell outside the current one.
+    fn in_window(&self, ts_ns: u64) -> bool {
+        match self.window_end_ns {
+            Some(end) => (self.window_start_ns..=end).contains(&ts_ns),
+            None => true,
+        }
     }
 
     /// Goroutines parked in a window and not seen to wake since.

@@ -75,9 +75,6 @@ pub(super) struct Windows {
     pub last_cost: f64,
     /// Its fixed cost alone.
     pub fixed: Duration,
-    /// How long the last window's probes went on firing after it was closed: their
-    /// breakpoints go with the detach, not at once. Planned for as part of the window.
-    lag: Duration,
 }
 
 impl Windows {
@@ -155,6 +152,8 @@ impl Session {
     pub(super) fn window_tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         if let Some(open) = self.windows.open.take() {
+            let ts = census::goroutines::monotonic_ns() as u64;
+            self.findings.model.close_window(ts);
             let probes = self.windows.probes.clone();
             let detach = self.probes.detach_later(&probes)?;
             let w = &mut self.windows;
@@ -181,15 +180,12 @@ impl Session {
             let counts = self.probes.counts()?;
             let probes = self.windows.probes.clone();
             let hits = windowed_hits(&probes, &counts, &c.counts_at_open);
-            // The breakpoints go some time after the close: the window lasted until its
-            // probes' last record, on a target busy enough to leave one.
-            let last = self.findings.model.last_record_ns;
-            let length = c.length.max(Duration::from_nanos(
-                last.saturating_sub(self.findings.model.window_start_ns),
-            ));
+            // Hits after the close, before the kernel removed the breakpoints, cost the
+            // target too: they count in the rate, not in the sample.
+            let length = c.length;
+            log::debug!("window closed: {hits} hits in {length:?}");
             let w = &mut self.windows;
             w.on += length;
-            w.lag = length.saturating_sub(c.length);
             w.fixed = c.attach + detach_cpu;
             w.rate = Some(hits as f64 / length.as_secs_f64().max(1e-6));
             w.last_cost = hits as f64 * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
@@ -222,11 +218,10 @@ impl Session {
             let fits = share * PERIOD.as_secs_f64() - w.fixed.as_secs_f64();
             Duration::from_secs_f64((fits / per_second).max(0.0))
         };
-        // The probes stay on for the lag after the close: the window is that much shorter.
-        w.length = length.saturating_sub(w.lag).clamp(MIN_WINDOW, MAX_WINDOW);
+        w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
         // The first window, at a rate not yet measured, has no plan to exceed.
         w.planned = match w.rate {
-            Some(_) => per_second * (w.length + w.lag).as_secs_f64() + w.fixed.as_secs_f64(),
+            Some(_) => per_second * w.length.as_secs_f64() + w.fixed.as_secs_f64(),
             None => f64::INFINITY,
         };
         // A window shorter than the shortest worth having comes less often than once a
@@ -236,24 +231,24 @@ impl Session {
             false => PERIOD,
         };
         log::debug!(
-            "window of {:?} (and {:?} to close) every {:?}: {:.0} hits/s measured, {:.2} ms of CPU planned, fixed cost {:?}",
+            "window of {:?} every {:?}: {:.0} hits/s measured, {:.2} ms of CPU planned, fixed cost {:?}",
             w.length,
-            w.lag,
             w.period,
             w.rate.unwrap_or(f64::NAN),
             w.planned * 1e3,
             w.fixed
         );
         let counts = self.probes.counts()?;
-        self.findings
-            .model
-            .new_window(census::goroutines::monotonic_ns() as u64);
         let exe = self.target.process.exe_path();
         let cpu0 = thread_cpu_time();
         for p in self.windows.probes.clone() {
             self.probes.attach(p, &exe, &self.windows.offsets[&p])?;
         }
         let attach = thread_cpu_time().saturating_sub(cpu0);
+        // The sample starts once every probe of the window is in place.
+        self.findings
+            .model
+            .open_window(census::goroutines::monotonic_ns() as u64);
         let w = &mut self.windows;
         w.open = Some(Open {
             at: Instant::now(),
@@ -274,10 +269,7 @@ impl Session {
             let _ = c.detach.join();
             let (target, findings) = (&self.target, &mut self.findings);
             collector::drain(records, |rec| findings.apply(target, rec));
-            let m = &self.findings.model;
-            self.windows.on += c.length.max(Duration::from_nanos(
-                m.last_record_ns.saturating_sub(m.window_start_ns),
-            ));
+            self.windows.on += c.length;
         }
         self.windows.next = None;
         Ok(())
