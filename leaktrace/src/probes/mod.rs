@@ -120,6 +120,13 @@ impl Probe {
         }
     }
 
+    /// Whether the probe can run in windows when it does not fit the budget: every probe
+    /// whose counts scale with the time it is in place. Not the fallback allocation
+    /// sampler (its kernel-side stacks are not scaled yet) nor the targeted sites.
+    pub fn windowable(self) -> bool {
+        !matches!(self, Probe::Refill | Probe::Large | Probe::Site)
+    }
+
     /// The name used by `--probes`.
     pub fn name(self) -> &'static str {
         match self {

@@ -104,19 +104,30 @@ pub(super) fn fitting(
         .collect();
     let drop = over_budget(&per_probe, &judged, budget, hit_cost);
     let mut not_placed = Vec::new();
+    let (windowed, off): (Vec<Probe>, Vec<Probe>) = drop.iter().partition(|p| p.windowable());
+    let names = |ps: &[Probe]| ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ");
     if !drop.is_empty() {
         let msg = format!(
-            "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, placed in short windows",
+            "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, {}",
             rates.creations,
             rates.transitions,
             allocs,
-            drop.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
-            budget * 100.0
+            names(&drop),
+            budget * 100.0,
+            match (windowed.is_empty(), off.is_empty()) {
+                (true, _) => "not placed".to_string(),
+                (false, true) => "placed in short windows".to_string(),
+                (false, false) => format!(
+                    "placed in short windows ({}), not placed ({})",
+                    names(&windowed),
+                    names(&off)
+                ),
+            }
         );
         eprintln!("leaktrace: {msg}; goroutine snapshots carry the picture between them");
         not_placed.push(msg);
     }
-    let windowed_rate: f64 = drop.iter().map(|p| per_probe[p]).sum();
+    let windowed_rate: f64 = windowed.iter().map(|p| per_probe[p]).sum();
     Fit {
         probes: wanted
             .iter()
@@ -125,7 +136,7 @@ pub(super) fn fitting(
             .collect(),
         not_placed,
         windowed_rate: windowed_rate.is_finite().then_some(windowed_rate),
-        windowed: drop,
+        windowed,
         estimated: Some(estimated),
     }
 }
@@ -175,7 +186,7 @@ impl Session {
                     .map(|p| p.name())
                     .collect::<Vec<_>>()
                     .join(", "),
-                if shed_now.iter().any(|p| *p != Probe::Site) {
+                if shed_now.iter().any(|p| p.windowable()) {
                     ", placed in short windows from now on"
                 } else {
                     ""
@@ -196,12 +207,17 @@ impl Session {
                 self.sites_enabled = false;
             }
             let mut windowed = Vec::new();
-            for &p in shed_now.iter().filter(|p| **p != Probe::Site) {
+            for &p in shed_now.iter().filter(|p| p.windowable()) {
                 if let Some(offs) = super::attach::offsets(&self.target.binary, p)? {
                     windowed.push((p, offs));
                 }
             }
-            let windowed_rate = cost(&shed_now) / self.hit_cost.as_secs_f64().max(1e-9);
+            let windowable: Vec<Probe> = shed_now
+                .iter()
+                .copied()
+                .filter(|p| p.windowable())
+                .collect();
+            let windowed_rate = cost(&windowable) / self.hit_cost.as_secs_f64().max(1e-9);
             self.windows.add(windowed, Some(windowed_rate));
             eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
             self.shed.push(msg);
