@@ -23,6 +23,7 @@ use super::{
     budget,
     session::{Session, memory_point},
     snapshot::{self, Snapshot},
+    windows::Windows,
 };
 use crate::{
     alloc::{self, AllocPlan},

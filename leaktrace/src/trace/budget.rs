@@ -1,18 +1,25 @@
 //! The overhead budget (`--max-overhead`): which probes are placed on a running target,
 //! judged before placing from its activity (`fitting`); the measured hit rates of those
 //! placed, checked 20 ms after a placement and then four times a second, shedding as few
-//! as needed (`Session::check_budget`); and the targeted probes at suspects' sites
-//! (`Session::place_sites`).
+//! as needed (`Session::check_budget`), those that do not fit moved into windows
+//! (`Session::window_tick`, planned as `windows` says); and the targeted probes at
+//! suspects' sites (`Session::place_sites`).
 
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
-use super::session::Session;
+use aya::maps::{MapData, RingBuf};
+
+use super::{
+    session::Session,
+    windows::{Closing, FIRST_WINDOW, MAX_WINDOW, MIN_WINDOW, Open, PERIOD},
+};
 use crate::{
     census::{self, activity::ActivityEstimate},
-    probes::{Probe, over_budget},
+    collector,
+    probes::{Counts, Probe, over_budget, thread_cpu_time},
     tracee::Target,
 };
 
@@ -256,4 +263,141 @@ impl Session {
         }
         Ok(placed)
     }
+}
+
+/// Probe windows (`windows`): opening and closing them, each planned from the last.
+impl Session {
+    /// Opens or closes the window that is due.
+    pub(super) fn window_tick(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if let Some(open) = self.windows.open.take() {
+            let ts = census::goroutines::monotonic_ns() as u64;
+            self.findings.model.close_window(ts);
+            let probes = self.windows.probes.clone();
+            let detach = self.probes.detach_later(&probes)?;
+            let w = &mut self.windows;
+            w.closing = Some(Closing {
+                detach,
+                length: now.duration_since(open.at),
+                attach: open.attach,
+                counts_at_open: open.counts,
+            });
+            w.windows += 1;
+            w.next = Some(open.at + w.period);
+            return Ok(());
+        }
+        let next_period = now + self.windows.period.max(PERIOD);
+        if let Some(c) = self.windows.closing.take() {
+            if !c.detach.is_finished() {
+                // The kernel has not let go of the last window's probes yet.
+                self.windows.closing = Some(c);
+                self.windows.skipped += 1;
+                self.windows.next = Some(next_period);
+                return Ok(());
+            }
+            let detach_cpu = c.detach.join().unwrap_or_default();
+            let counts = self.probes.counts()?;
+            let probes = self.windows.probes.clone();
+            let hits = windowed_hits(&probes, &counts, &c.counts_at_open);
+            // Hits after the close, before the kernel removed the breakpoints, cost the
+            // target too: they count in the rate, not in the sample.
+            let length = c.length;
+            log::debug!("window closed: {hits} hits in {length:?}");
+            let w = &mut self.windows;
+            w.on += length;
+            w.fixed = c.attach + detach_cpu;
+            w.rate = Some(hits as f64 / length.as_secs_f64().max(1e-6));
+            w.last_cost = hits as f64 * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
+            if w.last_cost > w.planned * 1.1 {
+                log::debug!(
+                    "window cost {:.2} ms of CPU, planned {:.2} ms: the next is skipped",
+                    w.last_cost * 1e3,
+                    w.planned * 1e3
+                );
+                w.skipped += 1;
+                w.planned = f64::INFINITY; // skip one, then plan again
+                w.next = Some(next_period);
+                return Ok(());
+            }
+        }
+        // The share of the budget the continuous probes leave.
+        let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
+        let w = &mut self.windows;
+        if share <= 0.0 {
+            w.skipped += 1;
+            w.next = Some(next_period);
+            return Ok(());
+        }
+        let per_second = w.rate.unwrap_or(0.0) * self.hit_cost.as_secs_f64();
+        let length = if w.rate.is_none() {
+            FIRST_WINDOW
+        } else if per_second <= 0.0 {
+            MAX_WINDOW
+        } else {
+            let fits = share * PERIOD.as_secs_f64() - w.fixed.as_secs_f64();
+            Duration::from_secs_f64((fits / per_second).max(0.0))
+        };
+        w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
+        // The first window, at a rate not yet measured, has no plan to exceed.
+        w.planned = match w.rate {
+            Some(_) => per_second * w.length.as_secs_f64() + w.fixed.as_secs_f64(),
+            None => f64::INFINITY,
+        };
+        // A window shorter than the shortest worth having comes less often than once a
+        // period: as often as the budget pays for it.
+        w.period = match w.planned.is_finite() {
+            true => PERIOD.max(Duration::from_secs_f64(w.planned / share)),
+            false => PERIOD,
+        };
+        log::debug!(
+            "window of {:?} every {:?}: {:.0} hits/s measured, {:.2} ms of CPU planned, fixed cost {:?}",
+            w.length,
+            w.period,
+            w.rate.unwrap_or(f64::NAN),
+            w.planned * 1e3,
+            w.fixed
+        );
+        let counts = self.probes.counts()?;
+        let exe = self.target.process.exe_path();
+        let cpu0 = thread_cpu_time();
+        for p in self.windows.probes.clone() {
+            self.probes.attach(p, &exe, &self.windows.offsets[&p])?;
+        }
+        let attach = thread_cpu_time().saturating_sub(cpu0);
+        // The sample starts once every probe of the window is in place.
+        self.findings
+            .model
+            .open_window(census::goroutines::monotonic_ns() as u64);
+        let w = &mut self.windows;
+        w.open = Some(Open {
+            at: Instant::now(),
+            attach,
+            counts,
+        });
+        w.next = Some(Instant::now() + w.length);
+        Ok(())
+    }
+
+    /// Closes an open window and waits for the last one's probes to go, for the report;
+    /// their records are taken from `records`.
+    pub(super) fn close_windows(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        if self.windows.open.is_some() {
+            self.window_tick()?;
+        }
+        if let Some(c) = self.windows.closing.take() {
+            let _ = c.detach.join();
+            let (target, findings) = (&self.target, &mut self.findings);
+            collector::drain(records, |rec| findings.apply(target, rec));
+            self.windows.on += c.length;
+        }
+        self.windows.next = None;
+        Ok(())
+    }
+}
+
+fn windowed_hits(probes: &[Probe], now: &Counts, then: &Counts) -> u64 {
+    probes
+        .iter()
+        .map(|p| now.hits(*p).saturating_sub(then.hits(*p)))
+        .sum()
 }

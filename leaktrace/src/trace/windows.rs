@@ -15,12 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, RingBuf};
-
-use super::session::Session;
 use crate::{
-    census, collector,
-    probes::{Counts, Probe, thread_cpu_time},
+    probes::{Counts, Probe},
     report::schema::Sampling,
 };
 
@@ -29,44 +25,44 @@ pub(super) const PERIOD: Duration = Duration::from_secs(1);
 
 /// The shortest window worth its fixed cost, and the longest (beyond it the probes fit
 /// continuously, or nearly).
-const MIN_WINDOW: Duration = Duration::from_millis(2);
-const MAX_WINDOW: Duration = Duration::from_millis(500);
+pub(super) const MIN_WINDOW: Duration = Duration::from_millis(2);
+pub(super) const MAX_WINDOW: Duration = Duration::from_millis(500);
 
 /// The first window when nothing says how often the probes fire.
-const FIRST_WINDOW: Duration = Duration::from_millis(5);
+pub(super) const FIRST_WINDOW: Duration = Duration::from_millis(5);
 
 /// A window being closed: its links drop on a thread.
-struct Closing {
-    detach: JoinHandle<Duration>,
-    length: Duration,
-    attach: Duration,
-    counts_at_open: Counts,
+pub(super) struct Closing {
+    pub(super) detach: JoinHandle<Duration>,
+    pub(super) length: Duration,
+    pub(super) attach: Duration,
+    pub(super) counts_at_open: Counts,
 }
 
-struct Open {
-    at: Instant,
-    attach: Duration,
-    counts: Counts,
+pub(super) struct Open {
+    pub(super) at: Instant,
+    pub(super) attach: Duration,
+    pub(super) counts: Counts,
 }
 
 #[derive(Default)]
 pub(super) struct Windows {
     /// The probes placed only in windows.
     pub probes: Vec<Probe>,
-    offsets: HashMap<Probe, Vec<u64>>,
+    pub(super) offsets: HashMap<Probe, Vec<u64>>,
     /// The next window's length, and what it is planned to cost (CPU seconds).
-    length: Duration,
-    planned: f64,
+    pub(super) length: Duration,
+    pub(super) planned: f64,
     /// Hits per second of the windowed probes together, as last measured.
-    rate: Option<f64>,
-    open: Option<Open>,
-    closing: Option<Closing>,
+    pub(super) rate: Option<f64>,
+    pub(super) open: Option<Open>,
+    pub(super) closing: Option<Closing>,
     /// From one window's opening to the next's.
-    period: Duration,
+    pub(super) period: Duration,
     /// When the next window opens, or the open one closes.
     pub next: Option<Instant>,
     /// When windowing began.
-    since: Option<Instant>,
+    pub(super) since: Option<Instant>,
     /// The windows' time in place, measured: from the attach to the last record.
     pub on: Duration,
     pub windows: u32,
@@ -145,140 +141,4 @@ impl Windows {
 }
 
 /// The first window opens soon after the probes are windowed.
-const QUICK_FIRST: Duration = Duration::from_millis(50);
-
-impl Session {
-    /// Opens or closes the window that is due.
-    pub(super) fn window_tick(&mut self) -> anyhow::Result<()> {
-        let now = Instant::now();
-        if let Some(open) = self.windows.open.take() {
-            let ts = census::goroutines::monotonic_ns() as u64;
-            self.findings.model.close_window(ts);
-            let probes = self.windows.probes.clone();
-            let detach = self.probes.detach_later(&probes)?;
-            let w = &mut self.windows;
-            w.closing = Some(Closing {
-                detach,
-                length: now.duration_since(open.at),
-                attach: open.attach,
-                counts_at_open: open.counts,
-            });
-            w.windows += 1;
-            w.next = Some(open.at + w.period);
-            return Ok(());
-        }
-        let next_period = now + self.windows.period.max(PERIOD);
-        if let Some(c) = self.windows.closing.take() {
-            if !c.detach.is_finished() {
-                // The kernel has not let go of the last window's probes yet.
-                self.windows.closing = Some(c);
-                self.windows.skipped += 1;
-                self.windows.next = Some(next_period);
-                return Ok(());
-            }
-            let detach_cpu = c.detach.join().unwrap_or_default();
-            let counts = self.probes.counts()?;
-            let probes = self.windows.probes.clone();
-            let hits = windowed_hits(&probes, &counts, &c.counts_at_open);
-            // Hits after the close, before the kernel removed the breakpoints, cost the
-            // target too: they count in the rate, not in the sample.
-            let length = c.length;
-            log::debug!("window closed: {hits} hits in {length:?}");
-            let w = &mut self.windows;
-            w.on += length;
-            w.fixed = c.attach + detach_cpu;
-            w.rate = Some(hits as f64 / length.as_secs_f64().max(1e-6));
-            w.last_cost = hits as f64 * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
-            if w.last_cost > w.planned * 1.1 {
-                log::debug!(
-                    "window cost {:.2} ms of CPU, planned {:.2} ms: the next is skipped",
-                    w.last_cost * 1e3,
-                    w.planned * 1e3
-                );
-                w.skipped += 1;
-                w.planned = f64::INFINITY; // skip one, then plan again
-                w.next = Some(next_period);
-                return Ok(());
-            }
-        }
-        // The share of the budget the continuous probes leave.
-        let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
-        let w = &mut self.windows;
-        if share <= 0.0 {
-            w.skipped += 1;
-            w.next = Some(next_period);
-            return Ok(());
-        }
-        let per_second = w.rate.unwrap_or(0.0) * self.hit_cost.as_secs_f64();
-        let length = if w.rate.is_none() {
-            FIRST_WINDOW
-        } else if per_second <= 0.0 {
-            MAX_WINDOW
-        } else {
-            let fits = share * PERIOD.as_secs_f64() - w.fixed.as_secs_f64();
-            Duration::from_secs_f64((fits / per_second).max(0.0))
-        };
-        w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
-        // The first window, at a rate not yet measured, has no plan to exceed.
-        w.planned = match w.rate {
-            Some(_) => per_second * w.length.as_secs_f64() + w.fixed.as_secs_f64(),
-            None => f64::INFINITY,
-        };
-        // A window shorter than the shortest worth having comes less often than once a
-        // period: as often as the budget pays for it.
-        w.period = match w.planned.is_finite() {
-            true => PERIOD.max(Duration::from_secs_f64(w.planned / share)),
-            false => PERIOD,
-        };
-        log::debug!(
-            "window of {:?} every {:?}: {:.0} hits/s measured, {:.2} ms of CPU planned, fixed cost {:?}",
-            w.length,
-            w.period,
-            w.rate.unwrap_or(f64::NAN),
-            w.planned * 1e3,
-            w.fixed
-        );
-        let counts = self.probes.counts()?;
-        let exe = self.target.process.exe_path();
-        let cpu0 = thread_cpu_time();
-        for p in self.windows.probes.clone() {
-            self.probes.attach(p, &exe, &self.windows.offsets[&p])?;
-        }
-        let attach = thread_cpu_time().saturating_sub(cpu0);
-        // The sample starts once every probe of the window is in place.
-        self.findings
-            .model
-            .open_window(census::goroutines::monotonic_ns() as u64);
-        let w = &mut self.windows;
-        w.open = Some(Open {
-            at: Instant::now(),
-            attach,
-            counts,
-        });
-        w.next = Some(Instant::now() + w.length);
-        Ok(())
-    }
-
-    /// Closes an open window and waits for the last one's probes to go, for the report;
-    /// their records are taken from `records`.
-    pub(super) fn close_windows(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        if self.windows.open.is_some() {
-            self.window_tick()?;
-        }
-        if let Some(c) = self.windows.closing.take() {
-            let _ = c.detach.join();
-            let (target, findings) = (&self.target, &mut self.findings);
-            collector::drain(records, |rec| findings.apply(target, rec));
-            self.windows.on += c.length;
-        }
-        self.windows.next = None;
-        Ok(())
-    }
-}
-
-fn windowed_hits(probes: &[Probe], now: &Counts, then: &Counts) -> u64 {
-    probes
-        .iter()
-        .map(|p| now.hits(*p).saturating_sub(then.hits(*p)))
-        .sum()
-}
+pub(super) const QUICK_FIRST: Duration = Duration::from_millis(50);
