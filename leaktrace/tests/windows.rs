@@ -130,3 +130,29 @@ fn a_park_heavy_pipeline_gets_sampled_park_durations() {
             .any(|n| n.as_u64() > Some(0))
     );
 }
+
+/// An allocation loop (testdata/go/allocloop) with the alloc probe asked for: far over the
+/// default budget, it runs in windows, and the allocation figures are scaled and say so.
+#[test]
+fn the_alloc_probe_over_budget_runs_in_windows() {
+    let bin = build_fixture("allocloop", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    fx.stderr.wait_for("ready", Duration::from_secs(20));
+    let pid = fx.pid().to_string();
+    let (r, _) = record(
+        "windows-alloc",
+        &["-p", &pid, "-d", "4s", "--probes", "default,alloc"],
+    );
+    let p = &r["probes"];
+    assert_eq!(
+        p["sampling"]["runtime.mallocgc"]["mode"], "windows",
+        "{p:#}"
+    );
+    let a = &r["allocations"];
+    assert_eq!(a["source"], "windows", "{a:#}");
+    assert!(a["count"].as_u64().unwrap() > 0, "{a:#}");
+    assert!(
+        a["bytes"].as_u64().unwrap() >= 32 * a["count"].as_u64().unwrap() / 2,
+        "{a:#}"
+    );
+}
