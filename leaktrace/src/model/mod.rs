@@ -363,4 +363,41 @@ mod tests {
         assert_eq!(m.take_interval().total_wakes(), 1);
         assert_eq!(m.interval.total_wakes(), 0);
     }
+
+    #[test]
+    fn in_windows_only_parks_within_one_window_are_timed_and_nothing_outside_counts() {
+        let mut m = Model::default();
+        m.open_window(100);
+        m.apply(&rec(RecordKind::Park, 1, 7, 0x10, 110));
+        m.apply(&rec(RecordKind::Park, 2, 7, 0x10, 120));
+        m.apply(&rec(RecordKind::Wake, 2, 0, 0, 150));
+        m.close_window(200);
+        // A breakpoint not yet removed: after the close, outside the sample.
+        assert_eq!(
+            m.apply(&rec(RecordKind::Park, 3, 7, 0x10, 210)),
+            Applied::Other
+        );
+        m.open_window(1000);
+        // Goroutine 2 parked and woke unseen between the windows: its wake-up now is
+        // neither a duplicate nor the end of the park seen at 110.
+        m.apply(&rec(RecordKind::Park, 2, 7, 0x10, 1010));
+        assert_eq!(
+            m.apply(&rec(RecordKind::Wake, 2, 0, 0, 1030)),
+            Applied::Woken {
+                reason: Some(7),
+                parked_ns: Some(20)
+            }
+        );
+        // Goroutine 1's park began in the last window: the wake-up is counted, untimed.
+        assert_eq!(
+            m.apply(&rec(RecordKind::Wake, 1, 0, 0, 1040)),
+            Applied::Woken {
+                reason: Some(7),
+                parked_ns: None
+            }
+        );
+        assert_eq!(m.outlasted_window, 1);
+        assert_eq!(m.total.total_parks(), 3);
+        assert_eq!(m.total.scaled(0.5).total_parks(), 6);
+    }
 }
