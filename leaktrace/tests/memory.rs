@@ -165,7 +165,10 @@ fn allocations_are_unknown_when_the_sampler_is_over_budget() {
     );
     let p = &r["probes"];
     assert!(
-        p["hits"].as_object().unwrap().is_empty() && p["shed"].to_string().contains("refill"),
+        // Park/wake may run in windows; the sampler does not.
+        p["hits"].get("runtime.(*mcache).refill").is_none()
+            && p["hits"].get("runtime.(*mcache).allocLarge").is_none()
+            && p["shed"].to_string().contains("refill"),
         "the sampler was placed: {p:#}"
     );
     let sites = &r["allocation_sites"];

@@ -73,6 +73,17 @@ impl Tally {
     pub fn total_wakes(&self) -> u64 {
         self.wakes.values().sum::<u64>() + self.wakes_unseen_park
     }
+
+    /// The counts divided by `duty`: what they would have been had the probes been in
+    /// place all the time.
+    pub fn scaled(&self, duty: f64) -> Tally {
+        let s = |n: u64| (n as f64 / duty.max(1e-6)).round() as u64;
+        Tally {
+            parks: self.parks.iter().map(|(r, n)| (*r, s(*n))).collect(),
+            wakes: self.wakes.iter().map(|(r, n)| (*r, s(*n))).collect(),
+            wakes_unseen_park: s(self.wakes_unseen_park),
+        }
+    }
 }
 
 /// What applying a record did.
@@ -109,11 +120,21 @@ pub struct Model {
     /// Goroutines created and exited while the create/exit probes ran.
     pub created: u64,
     pub exited: u64,
+    /// When park/wake run in windows: when the current one opened (BPF clock). A state
+    /// recorded before it is stale: the goroutine may have moved any number of times
+    /// between windows.
+    pub window_start_ns: u64,
+    /// And when it closed (`u64::MAX` while open): a park or wake-up after it, from a
+    /// breakpoint the kernel has not removed yet, is outside the sample and not counted.
+    pub window_end_ns: Option<u64>,
+    /// Wake-ups whose park began in an earlier window: its duration is not known.
+    pub outlasted_window: u64,
 }
 
 impl Model {
     pub fn apply(&mut self, r: &Record) -> Applied {
         match RecordKind::from_u8(r.kind) {
+            Some(RecordKind::Park | RecordKind::Wake) if !self.in_window(r.ts_ns) => Applied::Other,
             Some(RecordKind::Park) => self.park(r),
             Some(RecordKind::Wake) => self.wake(r),
             Some(RecordKind::Create) => {
@@ -142,9 +163,10 @@ impl Model {
             .goroutines
             .entry(r.goid)
             .or_insert(Goroutine::runnable(r.goid, r.ts_ns));
-        if let State::Parked { reason, .. } = g.state
+        if let State::Parked { reason, since_ns } = g.state
             && reason == r.reason
             && g.park_pc == r.pc
+            && since_ns >= self.window_start_ns
         {
             return Applied::ReEntry;
         }
@@ -165,11 +187,18 @@ impl Model {
         let (reason, parked_ns) = match self.goroutines.get_mut(&r.goid) {
             // `ready` and, inside it, `casgstatus` both report the same wake-up when both
             // probes are placed: a goroutine already runnable is not woken again.
-            Some(g) if matches!(g.state, State::Runnable { .. }) && g.wakes > 0 => {
+            Some(g)
+                if matches!(g.state, State::Runnable { since_ns } if since_ns >= self.window_start_ns)
+                    && g.wakes > 0 =>
+            {
                 return Applied::Duplicate;
             }
             Some(g) => {
                 let parked = match g.state {
+                    State::Parked { reason, since_ns } if since_ns < self.window_start_ns => {
+                        self.outlasted_window += 1;
+                        (Some(reason), None)
+                    }
                     State::Parked { reason, since_ns } => {
                         (Some(reason), Some(r.ts_ns.saturating_sub(since_ns)))
                     }
@@ -208,6 +237,34 @@ impl Model {
         self.goroutines
             .retain(|goid, g| live(*goid) || g.last_record_ns() >= before_ns);
         before - self.goroutines.len()
+    }
+
+    /// A probe window opens at `ts_ns`: what was recorded before is stale.
+    pub fn open_window(&mut self, ts_ns: u64) {
+        self.window_start_ns = ts_ns;
+        self.window_end_ns = Some(u64::MAX);
+    }
+
+    /// The window closes at `ts_ns`.
+    pub fn close_window(&mut self, ts_ns: u64) {
+        self.window_end_ns = Some(ts_ns);
+    }
+
+    /// Whether a park or wake-up at `ts_ns` is in the sample: always, unless park/wake
+    /// run in windows and it fell outside the current one.
+    fn in_window(&self, ts_ns: u64) -> bool {
+        match self.window_end_ns {
+            Some(end) => (self.window_start_ns..=end).contains(&ts_ns),
+            None => true,
+        }
+    }
+
+    /// Goroutines parked in a window and not seen to wake since.
+    pub fn open_parks(&self) -> u64 {
+        self.goroutines
+            .values()
+            .filter(|g| matches!(g.state, State::Parked { .. }))
+            .count() as u64
     }
 
     /// Returns the tallies since the last call and starts a new interval.
@@ -305,5 +362,42 @@ mod tests {
         assert_eq!(m.total.wakes_unseen_park, 1);
         assert_eq!(m.take_interval().total_wakes(), 1);
         assert_eq!(m.interval.total_wakes(), 0);
+    }
+
+    #[test]
+    fn in_windows_only_parks_within_one_window_are_timed_and_nothing_outside_counts() {
+        let mut m = Model::default();
+        m.open_window(100);
+        m.apply(&rec(RecordKind::Park, 1, 7, 0x10, 110));
+        m.apply(&rec(RecordKind::Park, 2, 7, 0x10, 120));
+        m.apply(&rec(RecordKind::Wake, 2, 0, 0, 150));
+        m.close_window(200);
+        // A breakpoint not yet removed: after the close, outside the sample.
+        assert_eq!(
+            m.apply(&rec(RecordKind::Park, 3, 7, 0x10, 210)),
+            Applied::Other
+        );
+        m.open_window(1000);
+        // Goroutine 2 parked and woke unseen between the windows: its wake-up now is
+        // neither a duplicate nor the end of the park seen at 110.
+        m.apply(&rec(RecordKind::Park, 2, 7, 0x10, 1010));
+        assert_eq!(
+            m.apply(&rec(RecordKind::Wake, 2, 0, 0, 1030)),
+            Applied::Woken {
+                reason: Some(7),
+                parked_ns: Some(20)
+            }
+        );
+        // Goroutine 1's park began in the last window: the wake-up is counted, untimed.
+        assert_eq!(
+            m.apply(&rec(RecordKind::Wake, 1, 0, 0, 1040)),
+            Applied::Woken {
+                reason: Some(7),
+                parked_ns: None
+            }
+        );
+        assert_eq!(m.outlasted_window, 1);
+        assert_eq!(m.total.total_parks(), 3);
+        assert_eq!(m.total.scaled(0.5).total_parks(), 6);
     }
 }

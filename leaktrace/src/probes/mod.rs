@@ -120,6 +120,13 @@ impl Probe {
         }
     }
 
+    /// Whether the probe can run in windows when it does not fit the budget: every probe
+    /// whose counts scale with the time it is in place. Not the fallback allocation
+    /// sampler (its kernel-side stacks are not scaled yet) nor the targeted sites.
+    pub fn windowable(self) -> bool {
+        !matches!(self, Probe::Refill | Probe::Large | Probe::Site)
+    }
+
     /// The name used by `--probes`.
     pub fn name(self) -> &'static str {
         match self {
@@ -432,6 +439,45 @@ impl Probes {
         Ok(())
     }
 
+    /// Removes `probes` like [`Probes::detach`], without waiting for the kernel's grace
+    /// period: the links are dropped on a thread, which returns the CPU time their removal
+    /// took (the breakpoints go at the start of it, the wait that follows costs no CPU).
+    /// Used to close a probe window every second without holding up the trace.
+    pub fn detach_later(
+        &mut self,
+        probes: &[Probe],
+    ) -> anyhow::Result<std::thread::JoinHandle<Duration>> {
+        let mut links = Vec::new();
+        for probe in probes {
+            let Some(ids) = self.links.remove(probe) else {
+                continue;
+            };
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(probe.program())
+                .ok_or_else(|| anyhow!("BPF object has no program {}", probe.program()))?
+                .try_into()?;
+            for id in ids {
+                links.push(program.take_link(id)?);
+            }
+        }
+        Ok(std::thread::spawn(move || {
+            std::thread::scope(|s| {
+                let drops: Vec<_> = links
+                    .into_iter()
+                    .map(|link| {
+                        s.spawn(move || {
+                            let cpu0 = thread_cpu_time();
+                            drop(link);
+                            thread_cpu_time().saturating_sub(cpu0)
+                        })
+                    })
+                    .collect();
+                drops.into_iter().filter_map(|d| d.join().ok()).sum()
+            })
+        }))
+    }
+
     pub fn attached(&self) -> Vec<Probe> {
         Probe::ALL
             .into_iter()
@@ -523,6 +569,19 @@ impl Probes {
             alloc_bytes: sum(Counter::AllocBytes)?,
         })
     }
+}
+
+/// The CPU time the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Which probes to drop so that the estimated cost of the rest fits `budget` (a fraction of

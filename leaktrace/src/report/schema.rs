@@ -29,6 +29,33 @@ pub struct ProbeSummary {
     /// The target's activity, read just before any probe was placed on a running target:
     /// what judged which probes fit the budget.
     pub estimated_before_attach: Option<ActivityEstimate>,
+    /// How each probe was placed: continuously, or in windows (whose counts the report
+    /// scales by the duty cycle).
+    pub sampling: BTreeMap<String, Sampling>,
+    /// Park durations, when park/wake ran in windows: how many were measured exactly (a
+    /// park and its wake-up in one window: the histograms hold only these), how many
+    /// outlasted their window (the wake-up was seen, the park began earlier) and how many
+    /// were still open when the last window closed (right-censored).
+    pub park_durations: Option<ParkDurations>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct ParkDurations {
+    pub exact: u64,
+    pub outlasted_window: u64,
+    pub open_at_end: u64,
+}
+
+/// How a probe was placed, as report.json's `probes.sampling` says it.
+#[derive(Clone, Debug, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct Sampling {
+    /// "continuous" or "windows".
+    pub mode: &'static str,
+    /// The fraction of the traced time the probe was in place.
+    pub duty: f64,
+    pub windows: u32,
+    /// The mean window's length.
+    pub window_ms: f64,
 }
 
 /// report.json's `schema_version`: raised when a field is renamed or removed or changes

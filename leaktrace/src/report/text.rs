@@ -69,6 +69,20 @@ pub fn text(r: &Report) -> String {
         .collect();
     if !parks.is_empty() {
         let _ = writeln!(out, "park durations (p50 / p99 / max):");
+        if let (Some(d), Some(s)) = (
+            &r.probes.park_durations,
+            r.probes.sampling.get("runtime.gopark"),
+        ) {
+            let _ = writeln!(
+                out,
+                "  sampled, {:.1}% of the time in {} windows: {} parks measured exactly within a window; {} outlasted theirs and {} were still open at the end (not in these figures)",
+                s.duty * 100.0,
+                s.windows,
+                d.exact,
+                d.outlasted_window,
+                d.open_at_end
+            );
+        }
         for (t, p) in parks {
             let _ = writeln!(
                 out,

@@ -23,6 +23,7 @@ use super::{
     budget,
     session::{Session, memory_point},
     snapshot::{self, Snapshot},
+    windows::Windows,
 };
 use crate::{
     alloc::{self, AllocPlan},
@@ -48,6 +49,10 @@ pub(super) struct Attached {
     pub first: Option<anyhow::Result<Snapshot>>,
     /// Probes the pre-attach estimate kept off, and why.
     pub not_placed: Vec<String>,
+    /// Those to place in windows instead, with their file offsets, and how often they
+    /// would fire together (per second), when estimated.
+    pub windowed: Vec<(Probe, Vec<u64>)>,
+    pub windowed_rate: Option<f64>,
     pub estimated: Option<ActivityEstimate>,
     /// A signal came while attaching: no further probe was placed.
     pub interrupted: bool,
@@ -91,6 +96,7 @@ fn running(
     let first = (signals::received() == 0).then(|| snapshot::take(&target));
     let mut not_placed = Vec::new();
     let mut estimated = None;
+    let (mut windowed, mut windowed_rate) = (Vec::new(), None);
     let wanted = if signals::received() == 0 {
         let fit = budget::fitting(
             &target,
@@ -107,6 +113,12 @@ fn running(
         }
         not_placed.extend(fit.not_placed);
         estimated = fit.estimated;
+        windowed_rate = fit.windowed_rate;
+        for p in fit.windowed {
+            if let Some(offs) = offsets(&target.binary, p)? {
+                windowed.push((p, offs));
+            }
+        }
         fit.probes
     } else {
         Vec::new()
@@ -126,6 +138,8 @@ fn running(
         start_mono_ns: 0,
         first,
         not_placed,
+        windowed,
+        windowed_rate,
         estimated,
         interrupted: false,
     })
@@ -179,6 +193,8 @@ fn spawned(
         start_mono_ns: 0,
         first,
         not_placed: Vec::new(),
+        windowed: Vec::new(),
+        windowed_rate: None,
         estimated: None,
         interrupted: false,
     })
@@ -240,35 +256,43 @@ fn place(
         if signals::received() > 0 {
             break; // Ctrl-C while attaching: no further probe
         }
-        if probe == Probe::Site {
-            continue; // placed while tracing, at the suspects' sites
+        if let Some(offsets) = offsets(binary, probe)? {
+            probes.attach(probe, exe, &offsets)?;
         }
-        // The linker drops runtime functions a program never calls: a program without a
-        // select has no runtime.selectgo, and nothing for that probe to see.
-        let optional = !matches!(probe, Probe::Gopark | Probe::Ready);
-        if optional && binary.function(probe.function()).is_none() {
-            eprintln!(
-                "leaktrace: {} is not in this program (it never calls it): no {} probe",
-                probe.function(),
-                probe.name()
-            );
-            continue;
-        }
-        let offsets = probe
-            .addresses(binary)?
-            .into_iter()
-            .map(|a| {
-                binary.file_offset(a).ok_or_else(|| {
-                    anyhow!(
-                        "{} at {a:#x} is outside every loadable segment",
-                        probe.function()
-                    )
-                })
-            })
-            .collect::<anyhow::Result<Vec<u64>>>()?;
-        probes.attach(probe, exe, &offsets)?;
     }
     Ok(())
+}
+
+/// The file offsets to place `probe` at in `binary`; none for the targeted probes (placed
+/// while tracing) and for a runtime function the program does not contain (said once).
+pub(super) fn offsets(binary: &GoBinary, probe: Probe) -> anyhow::Result<Option<Vec<u64>>> {
+    if probe == Probe::Site {
+        return Ok(None); // placed while tracing, at the suspects' sites
+    }
+    // The linker drops runtime functions a program never calls: a program without a
+    // select has no runtime.selectgo, and nothing for that probe to see.
+    let optional = !matches!(probe, Probe::Gopark | Probe::Ready);
+    if optional && binary.function(probe.function()).is_none() {
+        eprintln!(
+            "leaktrace: {} is not in this program (it never calls it): no {} probe",
+            probe.function(),
+            probe.name()
+        );
+        return Ok(None);
+    }
+    probe
+        .addresses(binary)?
+        .into_iter()
+        .map(|a| {
+            binary.file_offset(a).ok_or_else(|| {
+                anyhow!(
+                    "{} at {a:#x} is outside every loadable segment",
+                    probe.function()
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<u64>>>()
+        .map(Some)
 }
 
 /// `wanted` and `more`, each once.
@@ -296,9 +320,13 @@ impl Session {
             start_mono_ns,
             first,
             not_placed,
+            windowed,
+            windowed_rate,
             estimated,
             interrupted,
         } = a;
+        let mut windows = Windows::default();
+        windows.add(windowed, windowed_rate);
         let records = probes.take_records()?;
         if let Some(e) = &probes.madvise_error {
             eprintln!("leaktrace: madvise not traced: {e}");
@@ -382,6 +410,8 @@ impl Session {
             prover: None,
             proof_next: Instant::now(),
             announced: crate::report::live::Announced::default(),
+            windows,
+            continuous_cost: 0.0,
         };
         Ok((session, records))
     }

@@ -1,18 +1,25 @@
 //! The overhead budget (`--max-overhead`): which probes are placed on a running target,
 //! judged before placing from its activity (`fitting`); the measured hit rates of those
 //! placed, checked 20 ms after a placement and then four times a second, shedding as few
-//! as needed (`Session::check_budget`); and the targeted probes at suspects' sites
-//! (`Session::place_sites`).
+//! as needed (`Session::check_budget`), those that do not fit moved into windows
+//! (`Session::window_tick`, planned as `windows` says); and the targeted probes at
+//! suspects' sites (`Session::place_sites`).
 
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
-use super::session::Session;
+use aya::maps::{MapData, RingBuf};
+
+use super::{
+    session::Session,
+    windows::{Closing, FIRST_WINDOW, MAX_WINDOW, MIN_WINDOW, Open, PERIOD},
+};
 use crate::{
     census::{self, activity::ActivityEstimate},
-    probes::{Probe, over_budget},
+    collector,
+    probes::{Counts, Probe, over_budget, thread_cpu_time},
     tracee::Target,
 };
 
@@ -30,8 +37,11 @@ const MAX_SITES: usize = 32;
 pub(super) struct Fit {
     /// The probes to place.
     pub probes: Vec<Probe>,
-    /// Why the others are not placed.
+    /// Why the others are not placed continuously.
     pub not_placed: Vec<String>,
+    /// Those others, to be placed in windows, and how often they would fire together.
+    pub windowed: Vec<Probe>,
+    pub windowed_rate: Option<f64>,
     /// The rates it judged by, when they could be read.
     pub estimated: Option<ActivityEstimate>,
 }
@@ -58,6 +68,8 @@ pub(super) fn fitting(
             return Fit {
                 probes: wanted.to_vec(),
                 not_placed: Vec::new(),
+                windowed: Vec::new(),
+                windowed_rate: None,
                 estimated: None,
             };
         }
@@ -99,18 +111,30 @@ pub(super) fn fitting(
         .collect();
     let drop = over_budget(&per_probe, &judged, budget, hit_cost);
     let mut not_placed = Vec::new();
+    let (windowed, off): (Vec<Probe>, Vec<Probe>) = drop.iter().partition(|p| p.windowable());
+    let names = |ps: &[Probe]| ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ");
     if !drop.is_empty() {
         let msg = format!(
-            "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, not placed",
+            "the target creates about {:.0} goroutines/s, changes goroutine states at least {:.0} times/s and allocates about {:.0} objects/s: {} would cost more than --max-overhead {:.1}% of a CPU, {}",
             rates.creations,
             rates.transitions,
             allocs,
-            drop.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
-            budget * 100.0
+            names(&drop),
+            budget * 100.0,
+            match (windowed.is_empty(), off.is_empty()) {
+                (true, _) => "not placed".to_string(),
+                (false, true) => "placed in short windows".to_string(),
+                (false, false) => format!(
+                    "placed in short windows ({}), not placed ({})",
+                    names(&windowed),
+                    names(&off)
+                ),
+            }
         );
-        eprintln!("leaktrace: {msg}; goroutine snapshots carry the picture");
+        eprintln!("leaktrace: {msg}; goroutine snapshots carry the picture between them");
         not_placed.push(msg);
     }
+    let windowed_rate: f64 = windowed.iter().map(|p| per_probe[p]).sum();
     Fit {
         probes: wanted
             .iter()
@@ -118,6 +142,8 @@ pub(super) fn fitting(
             .filter(|p| !drop.contains(p))
             .collect(),
         not_placed,
+        windowed_rate: windowed_rate.is_finite().then_some(windowed_rate),
+        windowed,
         estimated: Some(estimated),
     }
 }
@@ -137,19 +163,28 @@ impl Session {
                 (p, hits as f64 / secs)
             })
             .collect();
-        // --alloc exact is not shed: its cost was stated and chosen.
+        // --alloc exact is not shed: its cost was stated and chosen. Windowed probes are
+        // judged by their windows.
         let attached: Vec<Probe> = self
             .probes
             .attached()
             .into_iter()
-            .filter(|p| !self.plan.exempt.contains(p))
+            .filter(|p| !self.plan.exempt.contains(p) && !self.windows.windowed(*p))
             .collect();
         let budget = self.opts.max_overhead;
         let shed_now = over_budget(&rates, &attached, budget, self.hit_cost);
+        let cost =
+            |ps: &[Probe]| ps.iter().map(|p| rates[p]).sum::<f64>() * self.hit_cost.as_secs_f64();
+        let kept: Vec<Probe> = attached
+            .iter()
+            .copied()
+            .filter(|p| !shed_now.contains(p))
+            .collect();
+        self.continuous_cost = cost(&kept);
         if !shed_now.is_empty() {
             let total: f64 = attached.iter().map(|p| rates[p]).sum();
             let msg = format!(
-                "the probes fired {:.0} times/s, an estimated {:.1}% of a CPU, over --max-overhead {:.1}%: detached {}",
+                "the probes fired {:.0} times/s, an estimated {:.1}% of a CPU, over --max-overhead {:.1}%: detached {}{}",
                 total,
                 total * self.hit_cost.as_secs_f64() * 100.0,
                 budget * 100.0,
@@ -157,7 +192,12 @@ impl Session {
                     .iter()
                     .map(|p| p.name())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                if shed_now.iter().any(|p| p.windowable()) {
+                    ", placed in short windows from now on"
+                } else {
+                    ""
+                }
             );
             let t0 = Instant::now();
             self.probes.detach(&shed_now)?;
@@ -173,6 +213,19 @@ impl Session {
                 tracker.sites_inactive();
                 self.sites_enabled = false;
             }
+            let mut windowed = Vec::new();
+            for &p in shed_now.iter().filter(|p| p.windowable()) {
+                if let Some(offs) = super::attach::offsets(&self.target.binary, p)? {
+                    windowed.push((p, offs));
+                }
+            }
+            let windowable: Vec<Probe> = shed_now
+                .iter()
+                .copied()
+                .filter(|p| p.windowable())
+                .collect();
+            let windowed_rate = cost(&windowable) / self.hit_cost.as_secs_f64().max(1e-9);
+            self.windows.add(windowed, Some(windowed_rate));
             eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
             self.shed.push(msg);
         }
@@ -210,4 +263,141 @@ impl Session {
         }
         Ok(placed)
     }
+}
+
+/// Probe windows (`windows`): opening and closing them, each planned from the last.
+impl Session {
+    /// Opens or closes the window that is due.
+    pub(super) fn window_tick(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if let Some(open) = self.windows.open.take() {
+            let ts = census::goroutines::monotonic_ns() as u64;
+            self.findings.model.close_window(ts);
+            let probes = self.windows.probes.clone();
+            let detach = self.probes.detach_later(&probes)?;
+            let w = &mut self.windows;
+            w.closing = Some(Closing {
+                detach,
+                length: now.duration_since(open.at),
+                attach: open.attach,
+                counts_at_open: open.counts,
+            });
+            w.windows += 1;
+            w.next = Some(open.at + w.period);
+            return Ok(());
+        }
+        let next_period = now + self.windows.period.max(PERIOD);
+        if let Some(c) = self.windows.closing.take() {
+            if !c.detach.is_finished() {
+                // The kernel has not let go of the last window's probes yet.
+                self.windows.closing = Some(c);
+                self.windows.skipped += 1;
+                self.windows.next = Some(next_period);
+                return Ok(());
+            }
+            let detach_cpu = c.detach.join().unwrap_or_default();
+            let counts = self.probes.counts()?;
+            let probes = self.windows.probes.clone();
+            let hits = windowed_hits(&probes, &counts, &c.counts_at_open);
+            // Hits after the close, before the kernel removed the breakpoints, cost the
+            // target too: they count in the rate, not in the sample.
+            let length = c.length;
+            log::debug!("window closed: {hits} hits in {length:?}");
+            let w = &mut self.windows;
+            w.on += length;
+            w.fixed = c.attach + detach_cpu;
+            w.rate = Some(hits as f64 / length.as_secs_f64().max(1e-6));
+            w.last_cost = hits as f64 * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
+            if w.last_cost > w.planned * 1.1 {
+                log::debug!(
+                    "window cost {:.2} ms of CPU, planned {:.2} ms: the next is skipped",
+                    w.last_cost * 1e3,
+                    w.planned * 1e3
+                );
+                w.skipped += 1;
+                w.planned = f64::INFINITY; // skip one, then plan again
+                w.next = Some(next_period);
+                return Ok(());
+            }
+        }
+        // The share of the budget the continuous probes leave.
+        let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
+        let w = &mut self.windows;
+        if share <= 0.0 {
+            w.skipped += 1;
+            w.next = Some(next_period);
+            return Ok(());
+        }
+        let per_second = w.rate.unwrap_or(0.0) * self.hit_cost.as_secs_f64();
+        let length = if w.rate.is_none() {
+            FIRST_WINDOW
+        } else if per_second <= 0.0 {
+            MAX_WINDOW
+        } else {
+            let fits = share * PERIOD.as_secs_f64() - w.fixed.as_secs_f64();
+            Duration::from_secs_f64((fits / per_second).max(0.0))
+        };
+        w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
+        // The first window, at a rate not yet measured, has no plan to exceed.
+        w.planned = match w.rate {
+            Some(_) => per_second * w.length.as_secs_f64() + w.fixed.as_secs_f64(),
+            None => f64::INFINITY,
+        };
+        // A window shorter than the shortest worth having comes less often than once a
+        // period: as often as the budget pays for it.
+        w.period = match w.planned.is_finite() {
+            true => PERIOD.max(Duration::from_secs_f64(w.planned / share)),
+            false => PERIOD,
+        };
+        log::debug!(
+            "window of {:?} every {:?}: {:.0} hits/s measured, {:.2} ms of CPU planned, fixed cost {:?}",
+            w.length,
+            w.period,
+            w.rate.unwrap_or(f64::NAN),
+            w.planned * 1e3,
+            w.fixed
+        );
+        let counts = self.probes.counts()?;
+        let exe = self.target.process.exe_path();
+        let cpu0 = thread_cpu_time();
+        for p in self.windows.probes.clone() {
+            self.probes.attach(p, &exe, &self.windows.offsets[&p])?;
+        }
+        let attach = thread_cpu_time().saturating_sub(cpu0);
+        // The sample starts once every probe of the window is in place.
+        self.findings
+            .model
+            .open_window(census::goroutines::monotonic_ns() as u64);
+        let w = &mut self.windows;
+        w.open = Some(Open {
+            at: Instant::now(),
+            attach,
+            counts,
+        });
+        w.next = Some(Instant::now() + w.length);
+        Ok(())
+    }
+
+    /// Closes an open window and waits for the last one's probes to go, for the report;
+    /// their records are taken from `records`.
+    pub(super) fn close_windows(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        if self.windows.open.is_some() {
+            self.window_tick()?;
+        }
+        if let Some(c) = self.windows.closing.take() {
+            let _ = c.detach.join();
+            let (target, findings) = (&self.target, &mut self.findings);
+            collector::drain(records, |rec| findings.apply(target, rec));
+            self.windows.on += c.length;
+        }
+        self.windows.next = None;
+        Ok(())
+    }
+}
+
+fn windowed_hits(probes: &[Probe], now: &Counts, then: &Counts) -> u64 {
+    probes
+        .iter()
+        .map(|p| now.hits(*p).saturating_sub(then.hits(*p)))
+        .sum()
 }

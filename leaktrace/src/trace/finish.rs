@@ -23,11 +23,11 @@ use crate::{
     census::activity::ActivityEstimate,
     collector,
     detect::{DetectOptions, LeakGroup, pinned::PinnedEstimates, verdict},
-    model::MemoryPoint,
+    model::{MemoryPoint, Tally},
     probes::{Counts, Probe, Samples},
     report::{
         exports, live, pprof,
-        schema::{ProbeSummary, Report},
+        schema::{ParkDurations, ProbeSummary, Report, Sampling},
         text,
     },
     signals::{self, Interrupted},
@@ -43,6 +43,12 @@ struct ProbeTotals {
     allocations: Option<HashMap<u64, AllocStat>>,
     /// The fallback sampler's stacks and per-goroutine figures, when it sampled.
     samples: Option<Samples>,
+    /// How each probe was placed.
+    sampling: BTreeMap<String, Sampling>,
+    /// The windows' duty cycle, for the probes in windows.
+    park_duty: Option<f64>,
+    alloc_duty: Option<f64>,
+    park_durations: Option<ParkDurations>,
 }
 
 /// A session whose probes are gone: what the report is made of.
@@ -78,6 +84,7 @@ impl Session {
                 stop.wording(self.target.process.pid(), None)
             );
         }
+        self.close_windows(io.records.get_mut())?;
         // What the programs sent before we stopped is still in the ring buffer.
         let (target, findings) = (&self.target, &mut self.findings);
         collector::drain(io.records.get_mut(), |rec| findings.apply(target, rec));
@@ -133,9 +140,37 @@ impl Session {
         } else {
             None
         };
-        let allocations =
-            (counts.hits(Probe::Alloc) > 0).then(|| self.probes.allocations().unwrap_or_default());
+        let w = &self.windows;
+        let duty = |p: Probe| w.windowed(p).then(|| w.duty());
+        let alloc_duty = duty(Probe::Alloc);
+        let allocations = (counts.hits(Probe::Alloc) > 0).then(|| {
+            let mut a = self.probes.allocations().unwrap_or_default();
+            if let Some(d) = alloc_duty {
+                let s = |n: u64| (n as f64 / d.max(1e-6)).round() as u64;
+                for v in a.values_mut() {
+                    (v.count, v.bytes) = (s(v.count), s(v.bytes));
+                }
+            }
+            a
+        });
+        let model = &self.findings.model;
+        let park_duty = duty(Probe::Gopark);
         Ok(ProbeTotals {
+            sampling: w.sampling(&self.probes.attached()),
+            park_duty,
+            alloc_duty,
+            park_durations: park_duty.map(|_| ParkDurations {
+                exact: self
+                    .findings
+                    .hist
+                    .percentiles()
+                    .iter()
+                    .filter(|(t, _)| t.starts_with("park_ns."))
+                    .map(|(_, p)| p.count)
+                    .sum(),
+                outlasted_window: model.outlasted_window,
+                open_at_end: model.open_parks(),
+            }),
             attached: self
                 .probes
                 .attached()
@@ -222,7 +257,7 @@ impl Ending {
     fn say_stopped(&mut self, totals: &ProbeTotals, why: &str) {
         let lost = totals.counts.lost;
         let wait_reasons = &self.target.layout.wait_reasons;
-        let last = self.findings.model.take_interval();
+        let last = scaled(&self.findings.model.take_interval(), totals.park_duty);
         if last.total_parks() + last.total_wakes() > 0 {
             self.opts.say(&format!(
                 "{}\n",
@@ -240,11 +275,17 @@ impl Ending {
         );
         let model = &self.findings.model;
         self.opts.say(&live::summary(
-            &model.total,
+            &scaled(&model.total, totals.park_duty),
             wait_reasons,
             lost,
             model.goroutines.len(),
         ));
+        if let Some(d) = totals.park_duty {
+            self.opts.say(&format!(
+                "park/wake sampled, {:.1}% of the time: counts scaled to the whole trace\n",
+                d * 100.0
+            ));
+        }
         if totals.counts.read_errors > 0 {
             eprintln!(
                 "leaktrace: {} probe hits could not read the target's memory and were not recorded",
@@ -266,7 +307,11 @@ impl Ending {
                 l.allocated = Some(alloc::sites::sum_allocations(
                     &l.goids,
                     per_goroutine,
-                    "exact",
+                    if totals.alloc_duty.is_some() {
+                        "windows"
+                    } else {
+                        "exact"
+                    },
                 ));
             } else if let Some(smp) = &totals.samples {
                 l.allocated = Some(alloc::sites::sum_allocations(
@@ -342,8 +387,8 @@ impl Ending {
             observed_seconds: self.start.elapsed().as_secs_f64(),
             snapshots: self.findings.tracker.snapshots(),
             min_age_seconds: self.opts.min_age.as_secs_f64(),
-            parks: name(&model.total.parks),
-            wakes: name(&model.total.wakes),
+            parks: name(&scaled(&model.total, totals.park_duty).parks),
+            wakes: name(&scaled(&model.total, totals.park_duty).wakes),
             goroutines_created: model.created,
             goroutines_exited: model.exited,
             memory_timeline: std::mem::take(&mut self.timeline),
@@ -359,16 +404,33 @@ impl Ending {
                 shed: std::mem::take(&mut self.shed),
                 hit_cost_us: self.hit_cost.as_secs_f64() * 1e6,
                 estimated_before_attach: self.estimated,
+                sampling: totals.sampling.clone(),
+                park_durations: totals.park_durations.clone(),
             },
-            allocations: totals.allocations.is_some().then_some(Allocated {
-                count: counts.hits(Probe::Alloc),
-                bytes: counts.alloc_bytes,
-                source: "exact",
+            allocations: totals.allocations.is_some().then(|| {
+                let s = |n: u64| (n as f64 / totals.alloc_duty.unwrap_or(1.0).max(1e-6)) as u64;
+                Allocated {
+                    count: s(counts.hits(Probe::Alloc)),
+                    bytes: s(counts.alloc_bytes),
+                    source: if totals.alloc_duty.is_some() {
+                        "windows"
+                    } else {
+                        "exact"
+                    },
+                }
             }),
             allocation_sites: sites.report,
             histograms: self.findings.hist.percentiles(),
             leaks,
         };
         (report, allocations_pprof)
+    }
+}
+
+/// `t` scaled by the windows' duty cycle, when the probes ran in windows.
+fn scaled(t: &Tally, duty: Option<f64>) -> Tally {
+    match duty {
+        Some(d) if d > 0.0 => t.scaled(d),
+        _ => t.clone(),
     }
 }

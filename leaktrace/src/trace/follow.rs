@@ -84,6 +84,7 @@ pub(super) async fn follow(s: &mut Session, io: &mut Io) -> anyhow::Result<Stop>
                 guard.clear_ready();
             }
             _ = budget.tick() => s.check_budget()?,
+            _ = async { sleep_until(s.windows.next.unwrap().into()).await }, if s.windows.next.is_some() => s.window_tick()?,
             _ = tick.tick() => {
                 s.live_line()?;
                 if s.target.process.has_execed() {
@@ -117,10 +118,22 @@ impl Session {
             .filter(|l| l.confidence == Confidence::Proven)
             .count();
         let suspects = format!("{} ({proven} proven)", leaks.len());
-        let parks_traced = self.probes.attached().contains(&Probe::Gopark);
+        let windowed = self.windows.windowed(Probe::Gopark);
+        let parks_traced = windowed || self.probes.attached().contains(&Probe::Gopark);
         if parks_traced || t.total_parks() + t.total_wakes() > 0 {
+            // Windowed counts are scaled to the whole interval.
+            let (t, sampled) = match windowed && self.windows.duty() > 0.0 {
+                true => (
+                    t.scaled(self.windows.duty()),
+                    format!(
+                        " | sampled, {:.1}% of the time",
+                        self.windows.duty() * 100.0
+                    ),
+                ),
+                false => (t, String::new()),
+            };
             self.opts.say(&format!(
-                "{} | suspects {suspects}\n",
+                "{}{sampled} | suspects {suspects}\n",
                 live::interval_line(
                     elapsed,
                     &t,

@@ -3,7 +3,8 @@
 //! and places the probes that fit the budget; a [`Session`](session::Session) then
 //! `follow`s it: records into the model and the detector (`apply`), a snapshot each
 //! `--snapshot-interval` (`snapshot`), the budget checked and suspects' sites probed
-//! (`budget`), a line per interval. It stops on Ctrl-C, SIGTERM, `--duration`, or when the
+//! (`budget`), probes that do not fit placed in short windows (`windows`), a line per
+//! interval. It stops on Ctrl-C, SIGTERM, `--duration`, or when the
 //! target exits or execs, and `finish` detaches every probe, then reports.
 
 mod apply;
@@ -14,6 +15,7 @@ mod follow;
 mod options;
 mod session;
 mod snapshot;
+mod windows;
 
 use anyhow::{Context as _, anyhow};
 

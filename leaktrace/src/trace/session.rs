@@ -11,7 +11,7 @@ use std::{
 
 use leaktrace_common::MADVISE_NAMES;
 
-use super::{TraceOptions, apply::Findings};
+use super::{TraceOptions, apply::Findings, windows::Windows};
 use crate::{
     alloc::{AllocPlan, HeapProfile},
     census::{self, activity::ActivityEstimate},
@@ -67,6 +67,11 @@ pub(super) struct Session {
     pub proof_next: Instant,
     /// The leak groups the live output has named, and at what size.
     pub announced: crate::report::live::Announced,
+    /// The probes placed in windows.
+    pub windows: Windows,
+    /// What the continuous probes cost at the last budget check (a fraction of a CPU): the
+    /// windows have the rest of the budget.
+    pub continuous_cost: f64,
 }
 
 /// The target's memory now, with the madvise totals so far.

@@ -1,0 +1,158 @@
+//! Probe windows: on a target too busy for park/wake to stay on within --max-overhead, the
+//! probes run in short windows, their counts are scaled by the measured duty cycle and say
+//! so, and the park durations measured in the windows agree with a continuous trace of the
+//! same workload. Windows do not depend on the Go version, so the newest Go is enough.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+fn newest() -> String {
+    go_versions().pop().expect("a Go version")
+}
+
+/// Parks per second, all wait reasons, as report.json counts them (scaled when sampled).
+fn parks_per_second(r: &Value) -> f64 {
+    let parks: u64 = r["parks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    parks as f64 / r["observed_seconds"].as_f64().unwrap()
+}
+
+fn park_hist<'a>(r: &'a Value, reason: &str) -> &'a Value {
+    &r["histograms"][format!("park_ns.{reason}")]
+}
+
+/// Paced hand-offs (testdata/go/parkrate, 3,000 exchanges/s) cost far more than 1% of a CPU
+/// with park/wake on all the time, and fit with no budget. Traced once continuously
+/// (`--max-overhead off`) and then with the default options, in one run on one process:
+/// the sampled trace's scaled parks are within 25% of the continuous trace's, its p50 and
+/// p99 park durations within 2x, and every output says it sampled.
+#[test]
+fn park_and_wake_in_windows_agree_with_a_continuous_trace() {
+    let bin = build_fixture("parkrate", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &["-pairs", "4", "-rate", "3000"]);
+    fx.stderr.wait_for("ready", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = fx.pid().to_string();
+    let (cont, _) = record(
+        "windows-continuous",
+        &[
+            "-p",
+            &pid,
+            "-d",
+            "4s",
+            "--probes",
+            "park,wake",
+            "--max-overhead",
+            "off",
+        ],
+    );
+    let (win, stdout) = record("windows-sampled", &["-p", &pid, "-d", "8s"]);
+    let p = &win["probes"];
+    assert_eq!(
+        cont["probes"]["sampling"]["runtime.gopark"]["mode"], "continuous",
+        "{:#}",
+        cont["probes"]
+    );
+    for f in ["runtime.gopark", "runtime.ready"] {
+        let s = &p["sampling"][f];
+        assert_eq!(s["mode"], "windows", "{f}: {p:#}");
+        let duty = s["duty"].as_f64().unwrap();
+        assert!(duty > 0.0 && duty < 0.5, "{f}: duty {duty}: {p:#}");
+        assert!(s["windows"].as_u64().unwrap() >= 3, "{f}: {p:#}");
+    }
+    // Creation and exit fire rarely here: they stay on.
+    assert_eq!(
+        p["sampling"]["runtime.newproc1"]["mode"], "continuous",
+        "{p:#}"
+    );
+    assert!(p["park_durations"]["exact"].as_u64().unwrap() > 0, "{p:#}");
+    assert!(
+        stdout.contains("sampled, ") && stdout.contains("% of the time"),
+        "no line says the counts are sampled:\n{stdout}"
+    );
+
+    let (c, w) = (parks_per_second(&cont), parks_per_second(&win));
+    eprintln!("parks/s: {w:.0} in windows, {c:.0} continuously");
+    assert!(c > 1000.0, "the continuous trace counted {c:.0} parks/s");
+    assert!(
+        (w / c - 1.0).abs() <= 0.25,
+        "scaled {w:.0} parks/s in windows, {c:.0} continuously: {p:#}"
+    );
+    let (hc, hw) = (
+        park_hist(&cont, "chan_receive"),
+        park_hist(&win, "chan_receive"),
+    );
+    assert!(hw["count"].as_u64().unwrap() > 0, "{hw:#}");
+    for q in ["p50", "p99"] {
+        let (a, b) = (hc[q].as_f64().unwrap(), hw[q].as_f64().unwrap());
+        assert!(
+            b / a <= 2.0 && a / b <= 2.0,
+            "{q}: {b:.0} ns in windows, {a:.0} ns continuously: {hw:#} {hc:#}"
+        );
+    }
+}
+
+/// Unpaced channel hand-offs (testdata/go/pipeline), default options: park/wake are not
+/// kept off, they run in windows, and the park-duration histograms per wait reason fill.
+#[test]
+fn a_park_heavy_pipeline_gets_sampled_park_durations() {
+    let bin = build_fixture("pipeline", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    fx.stderr.wait_for("ready", Duration::from_secs(20));
+    let pid = fx.pid().to_string();
+    let (r, _) = record("windows-pipeline", &["-p", &pid, "-d", "5s"]);
+    let p = &r["probes"];
+    assert_eq!(p["sampling"]["runtime.gopark"]["mode"], "windows", "{p:#}");
+    let parks: Vec<(&String, &Value)> = r["histograms"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(t, h)| t.starts_with("park_ns.") && h["count"].as_u64().unwrap() > 0)
+        .collect();
+    assert!(
+        !parks.is_empty(),
+        "no park durations: {:#}",
+        r["histograms"]
+    );
+    assert!(
+        r["parks"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|n| n.as_u64() > Some(0))
+    );
+}
+
+/// An allocation loop (testdata/go/allocloop) with the alloc probe asked for: far over the
+/// default budget, it runs in windows, and the allocation figures are scaled and say so.
+#[test]
+fn the_alloc_probe_over_budget_runs_in_windows() {
+    let bin = build_fixture("allocloop", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    fx.stderr.wait_for("ready", Duration::from_secs(20));
+    let pid = fx.pid().to_string();
+    let (r, _) = record(
+        "windows-alloc",
+        &["-p", &pid, "-d", "4s", "--probes", "default,alloc"],
+    );
+    let p = &r["probes"];
+    assert_eq!(
+        p["sampling"]["runtime.mallocgc"]["mode"], "windows",
+        "{p:#}"
+    );
+    let a = &r["allocations"];
+    assert_eq!(a["source"], "windows", "{a:#}");
+    assert!(a["count"].as_u64().unwrap() > 0, "{a:#}");
+    assert!(
+        a["bytes"].as_u64().unwrap() >= 32 * a["count"].as_u64().unwrap() / 2,
+        "{a:#}"
+    );
+}
