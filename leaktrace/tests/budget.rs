@@ -166,8 +166,10 @@ fn the_estimate_before_attaching_is_close_to_the_parks_then_counted() {
         .unwrap();
     let parks = p["hits"]["runtime.gopark"].as_u64().unwrap() as f64
         / r["observed_seconds"].as_f64().unwrap();
+    // It aims at 8,000; a loaded machine (both CPUs busy, the probes at 20-30 us a hit)
+    // keeps it near 3,000. The estimate is judged against what it really did.
     assert!(
-        parks > 4000.0,
+        parks > 1000.0,
         "the fixture parked only {parks:.0} times/s: {p:#}"
     );
     // Within 4x either way: the other tests of this file load the CPUs meanwhile, and the
