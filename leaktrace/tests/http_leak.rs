@@ -107,7 +107,12 @@ fn a_leak_per_failed_request_is_reported_growing_and_the_fixed_twin_is_clean() {
                     growth.iter().rev().take(3).all(|&n| n == FAILURES as u64),
                     "go{version}: {growth:?}"
                 );
-                assert_eq!(l["confidence"], "high", "go{version}: {l:#}");
+                // High from the evidence over time, or proven by reachability once two passes
+                // agree (the leaked goroutines' channels are held by nothing live).
+                assert!(
+                    l["confidence"] == "high" || l["confidence"] == "proven",
+                    "go{version}: {l:#}"
+                );
 
                 let r = trace_under_load(&version, true, FAILURES);
                 assert_eq!(

@@ -238,7 +238,10 @@ fn leak_verdicts_over_the_fixture_set() {
                         assert_eq!(l["count"], 5, "go{version}: one per failed request");
                         assert_eq!(l["created_by"]["function"], "main.handle", "go{version}");
                         assert_eq!(l["goids"].as_array().unwrap().len(), 5);
-                        assert!(["medium", "high"].contains(&l["confidence"].as_str().unwrap()));
+                        assert!(
+                            ["medium", "high", "proven"]
+                                .contains(&l["confidence"].as_str().unwrap())
+                        );
                         assert!(l["blocked_seconds"]["min"].as_f64().unwrap() >= 2.0);
                         assert_eq!(
                             l["channel"]["distinct"], 5,
