@@ -93,13 +93,14 @@ fn a_leak_per_failed_request_is_reported_growing_and_the_fixed_twin_is_clean() {
                     growth.windows(2).all(|w| w[0] <= w[1]),
                     "go{version}: never shrinks: {growth:?}"
                 );
-                // Seen growing: first below the final count (how far below depends on when
-                // the first snapshot falls on a loaded machine), through at least three
-                // distinct counts.
+                // Seen growing: first below the final count, through at least two distinct
+                // counts (how many snapshots fall inside the 4 s of load depends on how
+                // loaded the machine is and how long the proof's passes take: [18, 40, ...]
+                // has been seen).
                 let mut distinct = growth.clone();
                 distinct.dedup();
                 assert!(
-                    growth.first().unwrap() < &(FAILURES as u64 * 3 / 4) && distinct.len() >= 3,
+                    growth.first().unwrap() < &(FAILURES as u64 * 3 / 4) && distinct.len() >= 2,
                     "go{version}: grows with the load: {growth:?}"
                 );
                 // The load stopped after ~4 s of a 9 s trace: the last snapshots all see the full count.
