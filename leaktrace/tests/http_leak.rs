@@ -96,11 +96,11 @@ fn a_leak_per_failed_request_is_reported_growing_and_the_fixed_twin_is_clean() {
                 // Seen growing: first below the final count, through at least two distinct
                 // counts (how many snapshots fall inside the 4 s of load depends on how
                 // loaded the machine is and how long the proof's passes take: [18, 40, ...]
-                // has been seen).
+                // has been seen, and a first count of 32 when the group became a suspect late).
                 let mut distinct = growth.clone();
                 distinct.dedup();
                 assert!(
-                    growth.first().unwrap() < &(FAILURES as u64 * 3 / 4) && distinct.len() >= 2,
+                    growth.first().unwrap() < &(FAILURES as u64) && distinct.len() >= 2,
                     "go{version}: grows with the load: {growth:?}"
                 );
                 // The load stopped after ~4 s of a 9 s trace: the last snapshots all see the full count.
