@@ -417,6 +417,21 @@ impl Probes {
     /// service), so every link is taken first and all are dropped at once, on threads: the
     /// breakpoints go together and the waits overlap.
     pub fn detach(&mut self, probes: &[Probe]) -> anyhow::Result<()> {
+        let links = self.take_links(probes)?;
+        std::thread::scope(|s| {
+            for link in links {
+                s.spawn(move || drop(link));
+            }
+        });
+        Ok(())
+    }
+
+    /// Takes the links of `probes` out of their programs (dropping a link removes its
+    /// breakpoint).
+    fn take_links(
+        &mut self,
+        probes: &[Probe],
+    ) -> anyhow::Result<Vec<aya::programs::uprobe::UProbeLink>> {
         let mut links = Vec::new();
         for probe in probes {
             let Some(ids) = self.links.remove(probe) else {
@@ -431,12 +446,7 @@ impl Probes {
                 links.push(program.take_link(id)?);
             }
         }
-        std::thread::scope(|s| {
-            for link in links {
-                s.spawn(move || drop(link));
-            }
-        });
-        Ok(())
+        Ok(links)
     }
 
     /// Removes `probes` like [`Probes::detach`], without waiting for the kernel's grace
@@ -447,20 +457,7 @@ impl Probes {
         &mut self,
         probes: &[Probe],
     ) -> anyhow::Result<std::thread::JoinHandle<Duration>> {
-        let mut links = Vec::new();
-        for probe in probes {
-            let Some(ids) = self.links.remove(probe) else {
-                continue;
-            };
-            let program: &mut UProbe = self
-                .ebpf
-                .program_mut(probe.program())
-                .ok_or_else(|| anyhow!("BPF object has no program {}", probe.program()))?
-                .try_into()?;
-            for id in ids {
-                links.push(program.take_link(id)?);
-            }
-        }
+        let links = self.take_links(probes)?;
         Ok(std::thread::spawn(move || {
             std::thread::scope(|s| {
                 let drops: Vec<_> = links

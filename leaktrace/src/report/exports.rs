@@ -33,7 +33,6 @@ use crate::{
     detect::{Confidence, LeakGroup},
     model::histograms::Histograms,
     signals::Interrupted,
-    tracee::pclntab::Frame,
 };
 
 /// Writes each file under a temporary name in `dir`, then renames them all into place, so
@@ -113,15 +112,7 @@ fn leak_profile(report: &Report, kind: &str, keep: impl Fn(&LeakGroup) -> bool) 
             .iter()
             .filter(|l| keep(l))
             .map(|l| pprof::Sample {
-                stack: l
-                    .stack
-                    .iter()
-                    .map(|f| Frame {
-                        function: f.function.clone(),
-                        file: f.file.clone(),
-                        line: f.line,
-                    })
-                    .collect(),
+                stack: pprof::frames(&l.stack),
                 values: vec![l.count as i64],
                 labels: vec![
                     ("wait_reason".into(), l.wait_reason.clone()),

@@ -375,15 +375,7 @@ pub fn dump_goroutines(d: &Dump, time_nanos: i64) -> Profile {
             .goroutines
             .iter()
             .map(|g| Sample {
-                stack: g
-                    .stack
-                    .iter()
-                    .map(|f| Frame {
-                        function: f.function.clone(),
-                        file: f.file.clone(),
-                        line: f.line,
-                    })
-                    .collect(),
+                stack: frames(&g.stack),
                 values: vec![g.count as i64],
                 labels: vec![("wait_reason".into(), g.wait_reason.clone())],
                 num_labels: g
@@ -401,6 +393,18 @@ pub fn dump_goroutines(d: &Dump, time_nanos: i64) -> Profile {
         )],
         ..Profile::default()
     }
+}
+
+/// A goroutine's shown stack as profile frames.
+pub fn frames(stack: &[crate::census::StackFrame]) -> Vec<Frame> {
+    stack
+        .iter()
+        .map(|f| Frame {
+            function: f.function.clone(),
+            file: f.file.clone(),
+            line: f.line,
+        })
+        .collect()
 }
 
 #[cfg(test)]
