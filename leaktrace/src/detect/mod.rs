@@ -485,290 +485,32 @@ impl Tracker {
         if kind == Blocking::Not {
             return None;
         }
-        let observed_for = self
-            .last_at
-            .saturating_sub(self.first_at.unwrap_or_default());
-        let ages: Vec<Duration> = h
-            .latest
-            .iter()
-            .map(|g| {
-                let seen = h.members.get(&g.goid).map_or(Duration::ZERO, |m| {
-                    self.last_at.saturating_sub(m.first_seen)
-                });
-                seen.max(g.waiting.unwrap_or_default())
-            })
-            .collect();
+        let ages = self.ages(h);
         let (min_age, max_age) = (ages.iter().min().copied()?, ages.iter().max().copied()?);
-        let old_enough = ages.iter().filter(|a| **a >= opts.min_age).count();
         let count = h.latest.len();
-        let mut score = 0;
-        let mut evidence = Vec::new();
-        let mut against = Vec::new();
+        let mut j = Judgement::default();
 
-        if old_enough == 0 {
-            against.push(format!(
-                "blocked for at most {:.1} s, less than --min-age {:.1} s",
-                max_age.as_secs_f64(),
-                opts.min_age.as_secs_f64()
-            ));
-            score -= 10;
-        } else {
-            score += 1;
-            evidence.push(format!(
-                "{old_enough} of {count} blocked for at least {:.1} s (--min-age {:.1} s); the oldest for {:.1} s",
-                opts.min_age.as_secs_f64(),
-                opts.min_age.as_secs_f64(),
-                max_age.as_secs_f64()
-            ));
-        }
+        j.weigh_age(&ages, max_age, opts);
         if kind == Blocking::Never {
-            score += 3;
-            evidence.push(format!("{}: nothing can ever wake it", key.state));
+            j.for_leak(3, format!("{}: nothing can ever wake it", key.state));
         }
-
-        // Movement: goroutines leaving the site mean it is serviced.
-        if h.left == 0 && observed_for >= opts.min_age {
-            score += 1;
-            evidence.push(format!(
-                "no goroutine left this site in {:.1} s of observation ({} snapshots)",
-                observed_for.as_secs_f64(),
-                self.snapshots
-            ));
-        } else if h.left > 0 {
-            if h.left >= count {
-                score -= 3;
-            } else {
-                score -= 1;
-            }
-            against.push(format!(
-                "{} goroutines left this site while observed: it is serviced",
-                h.left
-            ));
-        }
-
-        // Growth and shrinkage, from the counts at each snapshot.
-        let counts: Vec<usize> = h.counts.iter().map(|c| c.1).collect();
-        let shrank = counts.windows(2).any(|w| w[1] < w[0]);
-        let (first, last) = (
-            counts.first().copied().unwrap_or(0),
-            counts.last().copied().unwrap_or(0),
-        );
-        if shrank {
-            score -= 2;
-            against.push(format!(
-                "the group shrank while observed (counts {counts:?}): a pool, not a leak"
-            ));
-        } else if last > first {
-            score += 2;
-            evidence.push(format!(
-                "the group grew from {first} to {last} goroutines while observed and never shrank"
-            ));
-        }
-
-        // Wake-ups, when the park/wake probes watched these goroutines.
-        if let Some(since) = self.probes_since
-            && self.last_at.saturating_sub(since) >= opts.min_age
-        {
-            // Only a wake-up after the goroutine was seen blocked here counts: before that it
-            // was on its way (a sleep, a lock) to this site.
-            let woken = h
-                .latest
-                .iter()
-                .filter(|g| {
-                    let seen = h
-                        .members
-                        .get(&g.goid)
-                        .map_or(Duration::ZERO, |m| m.first_seen);
-                    self.wakes.get(&g.goid).is_some_and(|w| *w > seen)
-                })
-                .count();
-            if woken == 0 {
-                score += 2;
-                evidence.push(format!(
-                    "no wake-up of these goroutines in {:.1} s of gopark/ready probes",
-                    self.last_at.saturating_sub(since).as_secs_f64()
-                ));
-            } else {
-                score -= 2;
-                against.push(format!(
-                    "{woken} of these goroutines woke up after they were seen blocked here (gopark/ready probes)"
-                ));
-            }
-        }
-
-        // The channels they wait on.
-        let chans: BTreeMap<u64, &ChannelState> = h
-            .latest
-            .iter()
-            .flat_map(|g| g.channels.iter())
-            .map(|c| (c.addr, c))
-            .collect();
-        let channel = (!chans.is_empty()).then(|| {
-            let mut caps: Vec<u64> = chans.values().map(|c| c.cap).collect();
-            caps.sort_unstable();
-            caps.dedup();
-            ChannelSummary {
-                distinct: chans.len(),
-                capacities: caps,
-                other_side_waiting: chans.values().any(|c| {
-                    (key.state == "chan send" && c.receivers_waiting)
-                        || (key.state == "chan receive" && c.senders_waiting)
-                }),
-                closed: chans.values().any(|c| c.closed),
-                last_other_side: None,
-            }
-        });
-        let mut channel = channel;
+        self.weigh_movement(h, opts, &mut j);
+        let growth = j.weigh_growth(h);
+        self.weigh_wakes(h, opts, &mut j);
+        let chans = waited_channels(h);
+        let mut channel = channel_summary(key, &chans);
         if kind == Blocking::Channel {
-            if chans.values().any(|c| c.timer == Some(true)) {
-                score -= 5;
-                against.push("it waits on a timer's channel, which the timer will send to".into());
-            }
-            if let Some(c) = &channel {
-                if c.distinct >= count && count > 1 && key.state != "select" {
-                    score += 1;
-                    evidence.push(format!(
-                        "each goroutine waits on its own channel ({} channels), with nobody on the other side",
-                        c.distinct
-                    ));
-                } else if c.distinct < count && key.state == "chan receive" && last <= first {
-                    score -= 3;
-                    against.push(format!(
-                        "{count} receivers share {} channel(s) and the group does not grow: an idle pool",
-                        c.distinct
-                    ));
-                }
-            }
+            j.weigh_channels(key, &chans, channel.as_ref(), count, growth);
         }
-        // The other side of their channels, when the channel probes watched it.
-        if let (Some(since), true) = (
-            self.chan_probes_since,
-            key.state == "chan send" || key.state == "chan receive",
-        ) {
-            let other = |t: &ChannelTouches| -> Option<(Duration, Touch)> {
-                if key.state == "chan send" {
-                    t.recv.clone()
-                } else {
-                    [t.send.clone(), t.close.clone()]
-                        .into_iter()
-                        .flatten()
-                        .max_by_key(|(at, _)| *at)
-                }
-            };
-            let mut touched_after = 0;
-            let mut last: Option<(Duration, Touch)> = None;
-            for g in &h.latest {
-                let seen = h
-                    .members
-                    .get(&g.goid)
-                    .map_or(Duration::ZERO, |m| m.first_seen);
-                for c in &g.channels {
-                    if let Some((at, t)) = self.touches.get(&c.addr).and_then(other) {
-                        if at > seen {
-                            touched_after += 1;
-                        }
-                        if last.as_ref().is_none_or(|(l, _)| at > *l) {
-                            last = Some((at, t));
-                        }
-                    }
-                }
-            }
-            let side = if key.state == "chan send" {
-                "received from"
-            } else {
-                "sent to or closed"
-            };
-            if self.last_at.saturating_sub(since) >= opts.min_age && touched_after == 0 {
-                score += 1;
-                evidence.push(format!(
-                    "nobody {side} their channels since they blocked (channel probes, {:.1} s)",
-                    self.last_at.saturating_sub(since).as_secs_f64()
-                ));
-            } else if touched_after > 0 {
-                score -= 2;
-                against.push(format!(
-                    "{touched_after} of their channels were {side} after they blocked"
-                ));
-            }
-            if let Some((_, mut t)) = last {
-                t.exited = self.exited.contains(&t.goid);
-                if t.exited {
-                    score += 1;
-                    evidence.push(format!(
-                        "the last goroutine that {side} them (goroutine {} at {} {}:{}) has exited",
-                        t.goid, t.function, t.file, t.line
-                    ));
-                }
-                if let Some(c) = channel.as_mut() {
-                    c.last_other_side = Some(t);
-                }
-            }
-        }
-        // Targeted probes: after the blocking call (only the group's own goroutines passing
-        // it count: others run through the same line when the site works), and on the `go`
-        // statement.
-        if let Some(p) = first_site_pc(h).and_then(|pc| self.sites.get(&pc))
-            && p.active
-        {
-            let watched = self.last_at.saturating_sub(p.since);
-            let moved = h
-                .latest
-                .iter()
-                .filter(|g| p.passed.contains(&g.goid))
-                .count();
-            if moved == 0 && watched >= opts.min_age {
-                score += 2;
-                evidence.push(format!(
-                    "none of them moved on past the blocking call in {:.1} s (targeted probe on the instruction after it; {} other goroutines passed it)",
-                    watched.as_secs_f64(),
-                    p.passed.len()
-                ));
-            } else if moved > 0 {
-                score -= 3;
-                against.push(format!(
-                    "{moved} of them moved on past the blocking call and came back (targeted probe): the site is serviced"
-                ));
-            }
-        }
-        if let Some(p) = h.latest[0]
-            .created_by
-            .as_ref()
-            .and_then(|c| self.sites.get(&c.pc))
-            && p.active
-            && p.hits > 0
-        {
-            evidence.push(format!(
-                "{} goroutines created at this go statement in {:.1} s (targeted probe)",
-                p.hits,
-                self.last_at.saturating_sub(p.since).as_secs_f64()
-            ));
-        }
+        self.weigh_other_side(key, h, opts, channel.as_mut(), &mut j);
+        self.weigh_sites(h, opts, &mut j);
         if h.latest.iter().all(|g| g.goid == 1) {
-            score -= 2;
-            against.push("it is the main goroutine, which programs often block on purpose".into());
-        }
-
-        // A proof by reachability outranks the evidence gathered over time, and needs no
-        // --min-age.
-        let proven = h
-            .latest
-            .iter()
-            .filter(|g| self.proven.contains(&g.goid))
-            .count();
-        let mut confidence = confidence(score);
-        if proven == count {
-            confidence = Confidence::Proven;
-            score = score.max(REPORT_SCORE);
-            evidence.insert(
-                0,
-                format!("all {count} unreachable: {}", self.proof_evidence),
-            );
-        } else if proven > 0 {
-            evidence.insert(
-                0,
-                format!("{proven} of {count} unreachable: {}", self.proof_evidence),
+            j.against_leak(
+                2,
+                "it is the main goroutine, which programs often block on purpose".into(),
             );
         }
+        let confidence = self.weigh_proof(h, &mut j);
 
         let mut goids: Vec<u64> = h.latest.iter().map(|g| g.goid).collect();
         goids.sort_unstable();
@@ -786,10 +528,10 @@ impl Tracker {
             },
             channel,
             confidence,
-            score,
-            evidence,
-            against,
-            ages: ages.clone(),
+            score: j.score,
+            evidence: j.evidence,
+            against: j.against,
+            ages,
             pinned: None,
             growth: h
                 .counts
@@ -798,6 +540,387 @@ impl Tracker {
                 .collect(),
             allocated: None,
         })
+    }
+
+    /// How long each goroutine of the group has been blocked: since it was first seen here or
+    /// since the runtime says it began waiting, whichever is longer.
+    fn ages(&self, h: &History) -> Vec<Duration> {
+        h.latest
+            .iter()
+            .map(|g| {
+                let seen = h.members.get(&g.goid).map_or(Duration::ZERO, |m| {
+                    self.last_at.saturating_sub(m.first_seen)
+                });
+                seen.max(g.waiting.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Goroutines leaving the site mean it is serviced.
+    fn weigh_movement(&self, h: &History, opts: &DetectOptions, j: &mut Judgement) {
+        let observed_for = self
+            .last_at
+            .saturating_sub(self.first_at.unwrap_or_default());
+        let count = h.latest.len();
+        if h.left == 0 && observed_for >= opts.min_age {
+            j.for_leak(
+                1,
+                format!(
+                    "no goroutine left this site in {:.1} s of observation ({} snapshots)",
+                    observed_for.as_secs_f64(),
+                    self.snapshots
+                ),
+            );
+        } else if h.left > 0 {
+            j.against_leak(
+                if h.left >= count { 3 } else { 1 },
+                format!(
+                    "{} goroutines left this site while observed: it is serviced",
+                    h.left
+                ),
+            );
+        }
+    }
+
+    /// Wake-ups, when the park/wake probes watched these goroutines.
+    fn weigh_wakes(&self, h: &History, opts: &DetectOptions, j: &mut Judgement) {
+        let Some(since) = self.probes_since else {
+            return;
+        };
+        let watched = self.last_at.saturating_sub(since);
+        if watched < opts.min_age {
+            return;
+        }
+        // Only a wake-up after the goroutine was seen blocked here counts: before that it
+        // was on its way (a sleep, a lock) to this site.
+        let woken = h
+            .latest
+            .iter()
+            .filter(|g| {
+                let seen = first_seen(h, g.goid);
+                self.wakes.get(&g.goid).is_some_and(|w| *w > seen)
+            })
+            .count();
+        if woken == 0 {
+            j.for_leak(
+                2,
+                format!(
+                    "no wake-up of these goroutines in {:.1} s of gopark/ready probes",
+                    watched.as_secs_f64()
+                ),
+            );
+        } else {
+            j.against_leak(
+                2,
+                format!(
+                    "{woken} of these goroutines woke up after they were seen blocked here (gopark/ready probes)"
+                ),
+            );
+        }
+    }
+
+    /// The other side of their channels, when the channel probes watched it.
+    fn weigh_other_side(
+        &self,
+        key: &GroupKey,
+        h: &History,
+        opts: &DetectOptions,
+        channel: Option<&mut ChannelSummary>,
+        j: &mut Judgement,
+    ) {
+        let sends = key.state == "chan send";
+        let Some(since) = self.chan_probes_since else {
+            return;
+        };
+        if !sends && key.state != "chan receive" {
+            return;
+        }
+        let other = |t: &ChannelTouches| -> Option<(Duration, Touch)> {
+            if sends {
+                t.recv.clone()
+            } else {
+                [t.send.clone(), t.close.clone()]
+                    .into_iter()
+                    .flatten()
+                    .max_by_key(|(at, _)| *at)
+            }
+        };
+        let mut touched_after = 0;
+        let mut last: Option<(Duration, Touch)> = None;
+        for g in &h.latest {
+            let seen = first_seen(h, g.goid);
+            for c in &g.channels {
+                if let Some((at, t)) = self.touches.get(&c.addr).and_then(other) {
+                    if at > seen {
+                        touched_after += 1;
+                    }
+                    if last.as_ref().is_none_or(|(l, _)| at > *l) {
+                        last = Some((at, t));
+                    }
+                }
+            }
+        }
+        let side = if sends {
+            "received from"
+        } else {
+            "sent to or closed"
+        };
+        let watched = self.last_at.saturating_sub(since);
+        if watched >= opts.min_age && touched_after == 0 {
+            j.for_leak(
+                1,
+                format!(
+                    "nobody {side} their channels since they blocked (channel probes, {:.1} s)",
+                    watched.as_secs_f64()
+                ),
+            );
+        } else if touched_after > 0 {
+            j.against_leak(
+                2,
+                format!("{touched_after} of their channels were {side} after they blocked"),
+            );
+        }
+        if let Some((_, mut t)) = last {
+            t.exited = self.exited.contains(&t.goid);
+            if t.exited {
+                j.for_leak(
+                    1,
+                    format!(
+                        "the last goroutine that {side} them (goroutine {} at {} {}:{}) has exited",
+                        t.goid, t.function, t.file, t.line
+                    ),
+                );
+            }
+            if let Some(c) = channel {
+                c.last_other_side = Some(t);
+            }
+        }
+    }
+
+    /// Targeted probes: after the blocking call (only the group's own goroutines passing it
+    /// count: others run through the same line when the site works), and on the `go`
+    /// statement.
+    fn weigh_sites(&self, h: &History, opts: &DetectOptions, j: &mut Judgement) {
+        if let Some(p) = first_site_pc(h).and_then(|pc| self.sites.get(&pc))
+            && p.active
+        {
+            let watched = self.last_at.saturating_sub(p.since);
+            let moved = h
+                .latest
+                .iter()
+                .filter(|g| p.passed.contains(&g.goid))
+                .count();
+            if moved == 0 && watched >= opts.min_age {
+                j.for_leak(
+                    2,
+                    format!(
+                        "none of them moved on past the blocking call in {:.1} s (targeted probe on the instruction after it; {} other goroutines passed it)",
+                        watched.as_secs_f64(),
+                        p.passed.len()
+                    ),
+                );
+            } else if moved > 0 {
+                j.against_leak(
+                    3,
+                    format!(
+                        "{moved} of them moved on past the blocking call and came back (targeted probe): the site is serviced"
+                    ),
+                );
+            }
+        }
+        if let Some(p) = h.latest[0]
+            .created_by
+            .as_ref()
+            .and_then(|c| self.sites.get(&c.pc))
+            && p.active
+            && p.hits > 0
+        {
+            j.for_leak(
+                0,
+                format!(
+                    "{} goroutines created at this go statement in {:.1} s (targeted probe)",
+                    p.hits,
+                    self.last_at.saturating_sub(p.since).as_secs_f64()
+                ),
+            );
+        }
+    }
+
+    /// A proof by reachability outranks the evidence gathered over time, and needs no
+    /// --min-age: the group's confidence, with the proof's line first in its evidence.
+    fn weigh_proof(&self, h: &History, j: &mut Judgement) -> Confidence {
+        let count = h.latest.len();
+        let proven = h
+            .latest
+            .iter()
+            .filter(|g| self.proven.contains(&g.goid))
+            .count();
+        let mut confidence = confidence(j.score);
+        if proven == count {
+            confidence = Confidence::Proven;
+            j.score = j.score.max(REPORT_SCORE);
+            j.evidence.insert(
+                0,
+                format!("all {count} unreachable: {}", self.proof_evidence),
+            );
+        } else if proven > 0 {
+            j.evidence.insert(
+                0,
+                format!("{proven} of {count} unreachable: {}", self.proof_evidence),
+            );
+        }
+        confidence
+    }
+}
+
+/// When goroutine `goid` was first seen in the group.
+fn first_seen(h: &History, goid: u64) -> Duration {
+    h.members
+        .get(&goid)
+        .map_or(Duration::ZERO, |m| m.first_seen)
+}
+
+/// The channels a group's goroutines wait on, by address.
+fn waited_channels(h: &History) -> BTreeMap<u64, &ChannelState> {
+    h.latest
+        .iter()
+        .flat_map(|g| g.channels.iter())
+        .map(|c| (c.addr, c))
+        .collect()
+}
+
+fn channel_summary(key: &GroupKey, chans: &BTreeMap<u64, &ChannelState>) -> Option<ChannelSummary> {
+    if chans.is_empty() {
+        return None;
+    }
+    let mut caps: Vec<u64> = chans.values().map(|c| c.cap).collect();
+    caps.sort_unstable();
+    caps.dedup();
+    Some(ChannelSummary {
+        distinct: chans.len(),
+        capacities: caps,
+        other_side_waiting: chans.values().any(|c| {
+            (key.state == "chan send" && c.receivers_waiting)
+                || (key.state == "chan receive" && c.senders_waiting)
+        }),
+        closed: chans.values().any(|c| c.closed),
+        last_other_side: None,
+    })
+}
+
+/// The counts of a group at its first and last snapshot.
+#[derive(Clone, Copy)]
+struct Growth {
+    first: usize,
+    last: usize,
+}
+
+/// A group's score and the lines that explain it, built one piece of evidence at a time.
+#[derive(Default)]
+struct Judgement {
+    score: i32,
+    evidence: Vec<String>,
+    against: Vec<String>,
+}
+
+impl Judgement {
+    fn for_leak(&mut self, points: i32, line: String) {
+        self.score += points;
+        self.evidence.push(line);
+    }
+
+    fn against_leak(&mut self, points: i32, line: String) {
+        self.score -= points;
+        self.against.push(line);
+    }
+
+    fn weigh_age(&mut self, ages: &[Duration], max_age: Duration, opts: &DetectOptions) {
+        let old_enough = ages.iter().filter(|a| **a >= opts.min_age).count();
+        if old_enough == 0 {
+            self.against_leak(
+                10,
+                format!(
+                    "blocked for at most {:.1} s, less than --min-age {:.1} s",
+                    max_age.as_secs_f64(),
+                    opts.min_age.as_secs_f64()
+                ),
+            );
+        } else {
+            self.for_leak(
+                1,
+                format!(
+                    "{old_enough} of {} blocked for at least {:.1} s (--min-age {:.1} s); the oldest for {:.1} s",
+                    ages.len(),
+                    opts.min_age.as_secs_f64(),
+                    opts.min_age.as_secs_f64(),
+                    max_age.as_secs_f64()
+                ),
+            );
+        }
+    }
+
+    /// Growth and shrinkage, from the counts at each snapshot.
+    fn weigh_growth(&mut self, h: &History) -> Growth {
+        let counts: Vec<usize> = h.counts.iter().map(|c| c.1).collect();
+        let shrank = counts.windows(2).any(|w| w[1] < w[0]);
+        let growth = Growth {
+            first: counts.first().copied().unwrap_or(0),
+            last: counts.last().copied().unwrap_or(0),
+        };
+        if shrank {
+            self.against_leak(
+                2,
+                format!("the group shrank while observed (counts {counts:?}): a pool, not a leak"),
+            );
+        } else if growth.last > growth.first {
+            self.for_leak(
+                2,
+                format!(
+                    "the group grew from {} to {} goroutines while observed and never shrank",
+                    growth.first, growth.last
+                ),
+            );
+        }
+        growth
+    }
+
+    /// What the channels they wait on say: a timer's channel will be sent to; one channel
+    /// each with nobody on the other side is a leak's shape; receivers sharing a few channels
+    /// without growing are an idle pool.
+    fn weigh_channels(
+        &mut self,
+        key: &GroupKey,
+        chans: &BTreeMap<u64, &ChannelState>,
+        channel: Option<&ChannelSummary>,
+        count: usize,
+        growth: Growth,
+    ) {
+        if chans.values().any(|c| c.timer == Some(true)) {
+            self.against_leak(
+                5,
+                "it waits on a timer's channel, which the timer will send to".into(),
+            );
+        }
+        let Some(c) = channel else {
+            return;
+        };
+        if c.distinct >= count && count > 1 && key.state != "select" {
+            self.for_leak(
+                1,
+                format!(
+                    "each goroutine waits on its own channel ({} channels), with nobody on the other side",
+                    c.distinct
+                ),
+            );
+        } else if c.distinct < count && key.state == "chan receive" && growth.last <= growth.first {
+            self.against_leak(
+                3,
+                format!(
+                    "{count} receivers share {} channel(s) and the group does not grow: an idle pool",
+                    c.distinct
+                ),
+            );
+        }
     }
 }
 
