@@ -3,8 +3,9 @@
 //! them against the real kernel), then each fuzz target briefly.
 //!
 //! `--stress` runs the tests with every CPU loaded by a busy loop, and `--repeat N` runs
-//! them N times: the suite must hold on a slower or busier machine of this kind, and a
-//! probe hit costs 10-18 us on these VMs, 2x apart from one to the next.
+//! them N times, each `--test FILE` on its own and counted per file: the suite must hold on
+//! a slower or busier machine of this kind, and a probe hit costs 10-18 us on these VMs, 2x
+//! apart from one to the next.
 
 use std::{
     path::Path,
@@ -66,32 +67,34 @@ pub fn test(plan: &TestPlan) -> anyhow::Result<()> {
         "clippy",
         &["clippy", "--all-targets", "--", "-D", "warnings"],
     )?;
-    let mut args = vec!["test"];
-    args.extend(plan.args.iter().map(String::as_str));
     let hog = plan.stress.then(Hog::start);
-    let mut passed = 0;
-    for i in 1..=plan.repeat.max(1) {
-        let what = if plan.repeat > 1 {
-            format!("tests (run {i} of {})", plan.repeat)
-        } else {
-            "tests".to_string()
-        };
-        passed += usize::from(run(&what, &args)?);
+    let runs = plan.repeat.max(1);
+    let groups = test_groups(plan);
+    let mut passed = vec![0usize; groups.len()];
+    for i in 1..=runs {
+        for (group, passes) in groups.iter().zip(passed.iter_mut()) {
+            let what = match (runs > 1, groups.len() > 1) {
+                (false, _) => "tests".to_string(),
+                (true, false) => format!("tests (run {i} of {runs})"),
+                (true, true) => format!("{} (run {i} of {runs})", group.name),
+            };
+            let args: Vec<&str> = group.args.iter().map(String::as_str).collect();
+            *passes += usize::from(run(&what, &args)?);
+        }
     }
     drop(hog);
     report_hit_costs(since);
-    if plan.repeat > 1 {
-        println!(
-            "==> tests: {passed} of {} runs passed{}",
-            plan.repeat,
-            if plan.stress {
-                ", every CPU loaded"
-            } else {
-                ""
-            }
-        );
+    if runs > 1 {
+        let load = if plan.stress {
+            ", every CPU loaded"
+        } else {
+            ""
+        };
+        for (group, passes) in groups.iter().zip(&passed) {
+            println!("==> {}: {passes} of {runs} runs passed{load}", group.name);
+        }
     }
-    if passed < plan.repeat.max(1) {
+    if passed.iter().any(|p| *p < runs) {
         bail!("tests failed");
     }
     // Every fuzz target, briefly, from its committed corpus: the parsers must not panic on
@@ -102,6 +105,46 @@ pub fn test(plan: &TestPlan) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// One `cargo test` invocation of the plan, run and counted on its own.
+struct TestGroup {
+    name: String,
+    args: Vec<String>,
+}
+
+/// When repeating, every `--test FILE` of the plan runs on its own, so that one file's
+/// failure neither hides the others' results nor stops them from running; otherwise the
+/// plan is one `cargo test`.
+fn test_groups(plan: &TestPlan) -> Vec<TestGroup> {
+    let mut files = Vec::new();
+    let mut rest = Vec::new();
+    let mut args = plan.args.iter();
+    while let Some(a) = args.next() {
+        match (a.as_str(), a.strip_prefix("--test=")) {
+            ("--test", _) => files.extend(args.next().cloned()),
+            (_, Some(file)) => files.push(file.to_string()),
+            _ => rest.push(a.clone()),
+        }
+    }
+    let whole = |name: &str, extra: &[String]| TestGroup {
+        name: name.to_string(),
+        args: ["test".to_string()]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect(),
+    };
+    if plan.repeat <= 1 || files.len() < 2 {
+        return vec![whole("tests", plan.args)];
+    }
+    files
+        .iter()
+        .map(|f| {
+            let mut extra = vec!["--test".to_string(), f.clone()];
+            extra.extend(rest.iter().cloned());
+            whole(f, &extra)
+        })
+        .collect()
 }
 
 /// A busy loop on every CPU, at the tests' own priority, until dropped.
