@@ -4,7 +4,12 @@
 //! return, an error, Ctrl-C) detaches every probe and unloads every program; if leaktrace is
 //! killed outright, the kernel does the same when it closes our descriptors. Nothing is pinned.
 
-use std::{collections::HashMap, num::NonZeroU32, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -303,6 +308,16 @@ impl Counts {
     }
 }
 
+/// A removal done on a thread ([`Probes::detach_later`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Detached {
+    /// The CPU time the removal took.
+    pub cpu: Duration,
+    /// When the last of the probes began to be removed: on a busy machine the thread may
+    /// wait for a CPU, and the breakpoints stay in place, hit, until then.
+    pub began: Instant,
+}
+
 /// The loaded BPF object, configured for one target process.
 pub struct Probes {
     ebpf: Ebpf,
@@ -450,13 +465,14 @@ impl Probes {
     }
 
     /// Removes `probes` like [`Probes::detach`], without waiting for the kernel's grace
-    /// period: the links are dropped on a thread, which returns the CPU time their removal
-    /// took (the breakpoints go at the start of it, the wait that follows costs no CPU).
-    /// Used to close a probe window every second without holding up the trace.
+    /// period: the links are dropped on a thread, which says when the removal began and
+    /// the CPU time it took (the breakpoints go at the start of it, the wait that follows
+    /// costs no CPU). Used to close a probe window every second without holding up the
+    /// trace.
     pub fn detach_later(
         &mut self,
         probes: &[Probe],
-    ) -> anyhow::Result<std::thread::JoinHandle<Duration>> {
+    ) -> anyhow::Result<std::thread::JoinHandle<Detached>> {
         let links = self.take_links(probes)?;
         Ok(std::thread::spawn(move || {
             std::thread::scope(|s| {
@@ -464,13 +480,28 @@ impl Probes {
                     .into_iter()
                     .map(|link| {
                         s.spawn(move || {
+                            let began = Instant::now();
                             let cpu0 = thread_cpu_time();
                             drop(link);
-                            thread_cpu_time().saturating_sub(cpu0)
+                            Detached {
+                                cpu: thread_cpu_time().saturating_sub(cpu0),
+                                began,
+                            }
                         })
                     })
                     .collect();
-                drops.into_iter().filter_map(|d| d.join().ok()).sum()
+                let started = Instant::now();
+                drops
+                    .into_iter()
+                    .filter_map(|d| d.join().ok())
+                    .reduce(|all, d| Detached {
+                        cpu: all.cpu + d.cpu,
+                        began: all.began.max(d.began),
+                    })
+                    .unwrap_or(Detached {
+                        cpu: Duration::ZERO,
+                        began: started,
+                    })
             })
         }))
     }

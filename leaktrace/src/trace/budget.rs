@@ -279,6 +279,7 @@ impl Session {
             w.closing = Some(Closing {
                 detach,
                 length: now.duration_since(open.at),
+                placing: open.placing,
                 attach: open.attach,
                 counts_at_open: open.counts,
             });
@@ -295,18 +296,28 @@ impl Session {
                 self.windows.next = Some(next_period);
                 return Ok(());
             }
-            let detach_cpu = c.detach.join().unwrap_or_default();
+            let Ok(detached) = c.detach.join() else {
+                anyhow::bail!("the thread removing the window's probes panicked");
+            };
             let counts = self.probes.counts()?;
             let probes = self.windows.probes.clone();
             let hits = windowed_hits(&probes, &counts, &c.counts_at_open);
-            // Hits after the close, before the kernel removed the breakpoints, cost the
-            // target too: they count in the rate, not in the sample.
+            // Hits while the probes were placed and after the close, before the removal
+            // began, cost the target too: they count in the rate and the cost, not in the
+            // sample.
             let length = c.length;
-            log::debug!("window closed: {hits} hits in {length:?}");
+            let in_place = detached
+                .began
+                .saturating_duration_since(c.placing)
+                .max(length);
+            log::debug!(
+                "window closed: {hits} hits with the breakpoints in place {in_place:?}, {length:?} of it sampled"
+            );
             let w = &mut self.windows;
             w.on += length;
-            w.fixed = c.attach + detach_cpu;
-            w.rate = Some(hits as f64 / length.as_secs_f64().max(1e-6));
+            w.fixed = c.attach + detached.cpu;
+            w.overrun = in_place - length;
+            w.rate = Some(hits as f64 / in_place.as_secs_f64().max(1e-6));
             w.last_cost = hits as f64 * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
             if w.last_cost > w.planned * 1.1 {
                 log::debug!(
@@ -328,19 +339,22 @@ impl Session {
             w.next = Some(next_period);
             return Ok(());
         }
-        let per_second = w.rate.unwrap_or(0.0) * self.hit_cost.as_secs_f64();
+        // The probes' CPU per second of window. However fast the target ran without them
+        // (the pre-attach estimate), hits cannot take more than every CPU it can run on.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let per_second = (w.rate.unwrap_or(0.0) * self.hit_cost.as_secs_f64()).min(cpus);
         let length = if w.rate.is_none() {
             FIRST_WINDOW
         } else if per_second <= 0.0 {
             MAX_WINDOW
         } else {
             let fits = share * PERIOD.as_secs_f64() - w.fixed.as_secs_f64();
-            Duration::from_secs_f64((fits / per_second).max(0.0))
+            Duration::from_secs_f64((fits / per_second - w.overrun.as_secs_f64()).max(0.0))
         };
         w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
         // The first window, at a rate not yet measured, has no plan to exceed.
         w.planned = match w.rate {
-            Some(_) => per_second * w.length.as_secs_f64() + w.fixed.as_secs_f64(),
+            Some(_) => per_second * (w.length + w.overrun).as_secs_f64() + w.fixed.as_secs_f64(),
             None => f64::INFINITY,
         };
         // A window shorter than the shortest worth having comes less often than once a
@@ -359,6 +373,7 @@ impl Session {
         );
         let counts = self.probes.counts()?;
         let exe = self.target.process.exe_path();
+        let placing = Instant::now();
         let cpu0 = thread_cpu_time();
         for p in self.windows.probes.clone() {
             self.probes.attach(p, &exe, &self.windows.offsets[&p])?;
@@ -371,6 +386,7 @@ impl Session {
         let w = &mut self.windows;
         w.open = Some(Open {
             at: Instant::now(),
+            placing,
             attach,
             counts,
         });
@@ -384,6 +400,8 @@ impl Session {
         if self.windows.open.is_some() {
             self.window_tick()?;
         }
+        // The counts are scaled to the trace, not to the time the report then takes.
+        self.windows.until.get_or_insert_with(Instant::now);
         if let Some(c) = self.windows.closing.take() {
             let _ = c.detach.join();
             let (target, findings) = (&self.target, &mut self.findings);

@@ -16,7 +16,7 @@ use std::{
 };
 
 use crate::{
-    probes::{Counts, Probe},
+    probes::{Counts, Detached, Probe},
     report::schema::Sampling,
 };
 
@@ -33,14 +33,18 @@ pub(super) const FIRST_WINDOW: Duration = Duration::from_millis(5);
 
 /// A window being closed: its links drop on a thread.
 pub(super) struct Closing {
-    pub(super) detach: JoinHandle<Duration>,
+    pub(super) detach: JoinHandle<Detached>,
+    /// The sample's length: from the last probe in place to the close.
     pub(super) length: Duration,
+    /// When the first probe of the window began to be placed.
+    pub(super) placing: Instant,
     pub(super) attach: Duration,
     pub(super) counts_at_open: Counts,
 }
 
 pub(super) struct Open {
     pub(super) at: Instant,
+    pub(super) placing: Instant,
     pub(super) attach: Duration,
     pub(super) counts: Counts,
 }
@@ -61,8 +65,9 @@ pub(super) struct Windows {
     pub(super) period: Duration,
     /// When the next window opens, or the open one closes.
     pub next: Option<Instant>,
-    /// When windowing began.
+    /// When windowing began, and ended (when the trace stopped).
     pub(super) since: Option<Instant>,
+    pub(super) until: Option<Instant>,
     /// The windows' time in place, measured: from the attach to the last record.
     pub on: Duration,
     pub windows: u32,
@@ -71,6 +76,10 @@ pub(super) struct Windows {
     pub last_cost: f64,
     /// Its fixed cost alone.
     pub fixed: Duration,
+    /// How long the last window's breakpoints were in place outside its sample: while the
+    /// probes were placed, and from the close until the removal began (longer on a busy
+    /// machine, where the removing thread waits for a CPU). They are hit then too.
+    pub(super) overrun: Duration,
 }
 
 impl Windows {
@@ -101,13 +110,17 @@ impl Windows {
         self.probes.contains(&p)
     }
 
-    /// The fraction of the time since windowing began that the windows were open (0 before
-    /// the first closes).
+    /// The fraction of the time windowing lasted (so far, or until the trace stopped) that
+    /// the windows were open (0 before the first closes).
     pub fn duty(&self) -> f64 {
-        match self.since {
-            Some(t) => (self.on.as_secs_f64() / t.elapsed().as_secs_f64().max(1e-3)).min(1.0),
-            None => 1.0,
-        }
+        let Some(since) = self.since else {
+            return 1.0;
+        };
+        let lasted = self
+            .until
+            .unwrap_or_else(Instant::now)
+            .duration_since(since);
+        (self.on.as_secs_f64() / lasted.as_secs_f64().max(1e-3)).min(1.0)
     }
 
     /// How each of `placed` (probes placed continuously at some point) and the windowed
