@@ -1,8 +1,8 @@
 // parkrate parks and wakes goroutines at a controlled rate, to measure how many probe
 // records a second leaktrace's collector takes: -pairs pairs of goroutines exchange a value
 // over two unbuffered channels, -rate exchanges a second in all (0: as fast as they can),
-// paced in batches every 10 ms. Each exchange parks two goroutines and wakes two (four
-// records with the park and wake probes). Every 250 ms it prints "exchanges ELAPSED_NS
+// paced in batches every -tick (10 ms by default). Each exchange parks two goroutines and
+// wakes two (four records with the park and wake probes). Every 250 ms it prints "exchanges ELAPSED_NS
 // COUNT" on stdout. Runs until killed.
 package main
 
@@ -24,7 +24,7 @@ func pong(ping <-chan int, back chan<- int) {
 }
 
 //go:noinline
-func pinger(perBatch int, paced bool, ping chan<- int, back <-chan int) {
+func pinger(perBatch int, paced bool, tick time.Duration, ping chan<- int, back <-chan int) {
 	next := time.Now()
 	for {
 		for i := 0; i < perBatch; i++ {
@@ -33,7 +33,7 @@ func pinger(perBatch int, paced bool, ping chan<- int, back <-chan int) {
 		}
 		exchanges.Add(uint64(perBatch))
 		if paced {
-			next = next.Add(10 * time.Millisecond)
+			next = next.Add(tick)
 			time.Sleep(time.Until(next))
 		}
 	}
@@ -42,10 +42,11 @@ func pinger(perBatch int, paced bool, ping chan<- int, back <-chan int) {
 func main() {
 	pairs := flag.Int("pairs", 8, "pairs of goroutines")
 	rate := flag.Int("rate", 0, "exchanges a second in all (0: unpaced)")
+	tick := flag.Duration("tick", 10*time.Millisecond, "how often a paced pinger sends its batch")
 	flag.Parse()
 	perBatch := 256
 	if *rate > 0 {
-		perBatch = *rate / *pairs / 100
+		perBatch = int(float64(*rate) / float64(*pairs) * tick.Seconds())
 		if perBatch < 1 {
 			perBatch = 1
 		}
@@ -53,7 +54,7 @@ func main() {
 	for i := 0; i < *pairs; i++ {
 		ping, back := make(chan int), make(chan int)
 		go pong(ping, back)
-		go pinger(perBatch, *rate > 0, ping, back)
+		go pinger(perBatch, *rate > 0, *tick, ping, back)
 	}
 	fmt.Fprintln(os.Stderr, "ready")
 	start := time.Now()
