@@ -35,7 +35,7 @@ fn park_hist<'a>(r: &'a Value, reason: &str) -> &'a Value {
 /// Paced hand-offs (testdata/go/parkrate, 3,000 exchanges/s, one per pair each millisecond) cost far more than 1% of a CPU
 /// with park/wake on all the time, and fit with no budget. Traced continuously
 /// (`--max-overhead off`) and, within the same seconds, with the default options:
-/// the sampled trace's scaled parks are within 25% of the continuous trace's, its p50 and
+/// the sampled trace's scaled parks are within 40% of the continuous trace's, its p50 and
 /// p99 park durations within 2x, and every output says it sampled.
 #[test]
 fn park_and_wake_in_windows_agree_with_a_continuous_trace() {
@@ -99,8 +99,12 @@ fn park_and_wake_in_windows_agree_with_a_continuous_trace() {
     let (c, w) = (parks_per_second(&cont, 18.0), parks_per_second(&win, 12.0));
     eprintln!("parks/s: {w:.0} in windows, {c:.0} continuously");
     assert!(c > 1000.0, "the continuous trace counted {c:.0} parks/s");
+    // About ten windows of a few tens of ms sample 1% of the time. On an idle machine they
+    // agree within 15%; with every CPU saturated the target runs in bursts as long as a
+    // window (and slows in the windows, where both traces' probes are hit), and the sample
+    // was seen a third off. A scaling error (none, or a wrong duty) is many times that.
     assert!(
-        (w / c - 1.0).abs() <= 0.25,
+        (w / c - 1.0).abs() <= 0.4,
         "scaled {w:.0} parks/s in windows, {c:.0} continuously: {p:#}"
     );
     let (hc, hw) = (
