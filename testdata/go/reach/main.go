@@ -14,7 +14,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -61,6 +63,17 @@ func leakEmptySelect() { select {} }
 //go:noinline
 func leakMutex(mu *sync.Mutex) { mu.Lock() }
 
+// lockedState is a mutex with the state it guards: larger than the tiny allocator's 16-byte
+// blocks, so no live object shares its mark bit (Go's own detector cannot prove a mutex
+// that shares one either).
+type lockedState struct {
+	mu sync.Mutex
+	n  [7]int64
+}
+
+//go:noinline
+func leakMutexInStruct(s *lockedState) { s.mu.Lock() }
+
 //go:noinline
 func leakRWMutexRLock(mu *sync.RWMutex) { mu.RLock() }
 
@@ -103,6 +116,9 @@ func startLeaks() int {
 	mu := new(sync.Mutex)
 	mu.Lock()
 	start(func() { leakMutex(mu) })
+	ls := new(lockedState)
+	ls.mu.Lock()
+	start(func() { leakMutexInStruct(ls) })
 	rw1 := new(sync.RWMutex)
 	rw1.Lock()
 	start(func() { leakRWMutexRLock(rw1) })
@@ -242,6 +258,20 @@ func startControls() {
 
 var keepConns []net.Conn
 
+// settle waits (up to 5 s) until no goroutine but main is runnable or running: every leak and
+// control has reached the wait it stays in, so that "ready" means there is something to prove.
+func settle() {
+	buf := make([]byte, 1<<20)
+	for i := 0; i < 500; i++ {
+		n := runtime.Stack(buf, true)
+		text := string(buf[:n])
+		if strings.Count(text, "[running]")+strings.Count(text, "[runnable") <= 1 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func main() {
 	mode := flag.String("mode", "all", "leaks, controls or all")
 	profile := flag.String("profile", "", "where a \"profile\" line writes Go's goroutineleak profile")
@@ -274,6 +304,7 @@ func main() {
 		}
 		os.Exit(0)
 	}()
+	settle()
 	fmt.Printf("started %d leaks\n", leaks)
 	fmt.Fprintln(os.Stderr, "ready")
 	select {}
