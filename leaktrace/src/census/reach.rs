@@ -23,7 +23,8 @@
 //!   WaitGroup's when a frame of `sync.(*WaitGroup).Wait` is on its stack. A waiter whose
 //!   sudog is not found, or not found once, is a root.
 //! - Roots: the program's data and bss (`moduledata.data..edata`, `bss..ebss`), scanned
-//!   conservatively, every word; and the whole stack of each root goroutine from its saved SP
+//!   conservatively, every word; the finalizers, weak handles and cleanups the GC scans
+//!   from mspan specials ([`super::specials`]); and the whole stack of each root goroutine from its saved SP
 //!   (the whole of `g.stack` for a running one), runtime frames included.
 //! - Marking follows every word of every reached object that may hold pointers (not noscan),
 //!   with one mark bit per object slot in a bitmap per span. The g, m and p structs are
@@ -54,6 +55,7 @@ use serde::Serialize;
 use super::{
     goroutines::{RawG, all_gs, read_gs, u64_at},
     retained::{self, Heap, runtime_vars},
+    specials,
     unwind::{self, StackMemory},
 };
 use crate::tracee::{Target, batch};
@@ -623,6 +625,9 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
         stack_words: [gl.stack_lo, gl.stack_hi, gl.sched_sp, gl.sched_bp],
     };
     let mut ranges = data_and_bss(target)?;
+    ranges.extend(specials::roots(target, vars.mheap).context(
+        "reading the finalizers, cleanups and weak handles, which the GC treats as roots",
+    )?);
     ranges.extend(roots.iter().filter_map(stack_range));
     let mut words = Vec::new();
     m.heap.read_words(&ranges, &mut words);

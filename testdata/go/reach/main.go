@@ -202,8 +202,36 @@ func controlTimer() {
 	}
 }
 
+// finalized holds the channel its waiter waits on, and has a finalizer: what an object with
+// a finalizer references stays alive for the GC even where nothing else reaches it.
+type finalized struct{ ch chan int }
+
+//go:noinline
+func controlHeldByFinalized(f *finalized) {
+	<-f.ch
+	runtime.KeepAlive(f)
+}
+
+// tokens keeps objects alive whose finalizers (and cleanups, Go 1.24+) hold channels: they
+// never run, and their closures are the only holders of those channels.
+var tokens []*[8]int64
+
+//go:noinline
+func controlHeldByFinalizer(ch chan int) { <-ch }
+
 // startControls starts goroutines blocked for long on what something live still holds.
 func startControls() {
+	f := &finalized{ch: make(chan int)}
+	runtime.SetFinalizer(f, func(f *finalized) { close(f.ch) })
+	go controlHeldByFinalized(f)
+
+	tok := new([8]int64)
+	fc := make(chan int)
+	runtime.SetFinalizer(tok, func(*[8]int64) { fc <- 1 })
+	tokens = append(tokens, tok)
+	go controlHeldByFinalizer(fc)
+	startCleanupControl()
+
 	h := &holder{ch: make(chan int)}
 	registry["h"] = h
 	go controlHeldByGlobalMap(h)
