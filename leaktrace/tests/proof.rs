@@ -1,8 +1,10 @@
 //! Proofs by reachability (`dump --leaks`) against real Go programs, Go 1.21 to 1.27, default,
-//! stripped and PIE builds: testdata/go/reach's leaks, started before leaktrace attaches, are
-//! proven in one `dump --leaks` (3-5 s; 10 s is the aim); its controls (blocked for long on what something live holds) and
-//! `main` in `select {}` never are; and on Go 1.27 every proof is one Go's own goroutineleak
-//! profile makes on the same process.
+//! stripped and PIE builds: testdata/go/reach's leaks, channel and sync alike, started before
+//! leaktrace attaches, are proven in one `dump --leaks` (3-5 s; 10 s is the aim); its controls
+//! (blocked for long on what something live holds: a global map's object, a sleeping mutex
+//! holder, an object with a finalizer, a finalizer's or a cleanup's closure, ...) and `main`
+//! in `select {}` never are; and on Go 1.27 every proof is one Go's own goroutineleak profile
+//! makes on the same process.
 
 mod support;
 
