@@ -129,11 +129,18 @@ pub(super) fn roots(target: &Target, mheap: u64) -> anyhow::Result<Vec<(u64, u64
             .iter()
             .map(|&(_, s)| (s, read_len as usize))
             .collect();
-        let bytes = read_exact(target, &ranges, "mspan specials")?;
+        let (bytes, short) = read_specials(target, &ranges, sp.size as usize)?;
         let mut next = Vec::new();
-        for (&(i, addr), b) in frontier.iter().zip(bytes.chunks_exact(read_len as usize)) {
+        let specials = frontier.iter().zip(bytes.chunks_exact(read_len as usize));
+        for ((&(i, addr), b), short) in specials.zip(short) {
             let kind = b.get(sp.kind as usize).copied().unwrap_or(0);
             if let Some(&(_, size)) = sizes.iter().flatten().find(|&&(k, _)| k == kind) {
+                if short {
+                    bail!(
+                        "the mspan special at {addr:#x} (kind {kind}) could not be read whole; \
+                         without it a root of the GC is missing and nothing can be proven"
+                    );
+                }
                 out.push((addr + sp.size, size.saturating_sub(sp.size) & !7));
             }
             let s = &info[i];
@@ -155,6 +162,29 @@ pub(super) fn roots(target: &Target, mheap: u64) -> anyhow::Result<Vec<(u64, u64
         frontier = next;
     }
     Ok(out)
+}
+
+/// The specials at `ranges`, each read at the largest root kind's size, and which were read
+/// only in part: one that cannot be read that far (a smaller kind at the end of mapped
+/// memory) is read again at the header's size, which is all a kind that is no root needs.
+fn read_specials(
+    target: &Target,
+    ranges: &[(u64, usize)],
+    header: usize,
+) -> anyhow::Result<(Vec<u8>, Vec<bool>)> {
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    let mut buf = vec![0u8; total];
+    let ok =
+        batch::read_ranges(&target.process, ranges, &mut buf).context("reading mspan specials")?;
+    let mut at = 0;
+    for (&(addr, len), &ok) in ranges.iter().zip(&ok) {
+        if !ok {
+            let one = read_exact(target, &[(addr, header)], "an mspan special")?;
+            buf[at..at + header].copy_from_slice(&one);
+        }
+        at += len;
+    }
+    Ok((buf, ok.into_iter().map(|ok| !ok).collect()))
 }
 
 /// The 8-byte words at `addrs`, in one batch; an address that cannot be read fails the whole.
