@@ -3,8 +3,9 @@
 // wait-reason strings from its DWARF and symbol table to write leaktrace/layouts/go1.X.json.
 //
 // It is never run. It uses channels (buffered, unbuffered, timer), select, sync.Mutex,
-// sync.RWMutex, sync.Cond, sync.WaitGroup, time.Sleep and a GC so that every runtime path
-// whose types leaktrace reads is linked in.
+// sync.RWMutex, sync.Cond, sync.WaitGroup, time.Sleep, a finalizer (cleanups and weak
+// pointers where the version has them) and a GC so that every runtime path whose types
+// leaktrace reads is linked in.
 package main
 
 import (
@@ -65,6 +66,8 @@ func main() {
 	mu.Unlock()
 	close(done)
 	wg.Wait()
+	// A finalizer: its mspan special is a root leaktrace reads.
+	runtime.SetFinalizer(&wg, func(*sync.WaitGroup) {})
 	runtime.GC()
 	var stats runtime.MemStats
 	runtime.ReadMemStats(&stats)

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod reach;
 pub mod retained;
 mod snapshots;
+mod specials;
 mod unwind;
 
 pub use goroutines::{CreatedBy, GoroutineSnapshot, StackFrame};

@@ -11,10 +11,20 @@
 //!   (it waits on the object at `elem` of its first sudog), or on a nil channel or in a
 //!   `select {}` (it can never run). Every other goroutine (running, runnable, in a syscall,
 //!   IO wait, sleep, "semacquire", timers, GC workers, ...) is a root: its stack is scanned.
-//!   Before Go 1.26 a goroutine blocked in package sync has no `g.waiting`, so what it waits
-//!   on is unknown and it is a root: sync leaks of those versions are never proven.
+//! - Before Go 1.26 a goroutine blocked in package sync has no `g.waiting`: its sudog is only
+//!   in `semtable` (Mutex, RWMutex, WaitGroup: keyed by the semaphore's address, `elem`) or
+//!   on the Cond's `notifyList` (`head`, `next`; `elem` unset), as Go 1.21-1.25
+//!   `runtime/sema.go` keeps them. The pass finds it where the waiter itself keeps it: in
+//!   the frame of `runtime.semacquire1` or `runtime.notifyListWait`, which hold the sudog
+//!   across `gopark` (no register survives a call in Go's ABI, so it is in a stack slot), the
+//!   one heap object of the frame whose `sudog.g` is the waiter. A semaphore waiter then waits
+//!   on `elem`; a Cond waiter is live when its sudog is marked, which only the Cond's list
+//!   leads to. WaitGroup.Wait parks as "semacquire" before Go 1.24: such a waiter counts as a
+//!   WaitGroup's when a frame of `sync.(*WaitGroup).Wait` is on its stack. A waiter whose
+//!   sudog is not found, or not found once, is a root.
 //! - Roots: the program's data and bss (`moduledata.data..edata`, `bss..ebss`), scanned
-//!   conservatively, every word; and the whole stack of each root goroutine from its saved SP
+//!   conservatively, every word; the finalizers, weak handles and cleanups the GC scans
+//!   from mspan specials ([`super::specials`]); and the whole stack of each root goroutine from its saved SP
 //!   (the whole of `g.stack` for a running one), runtime frames included.
 //! - Marking follows every word of every reached object that may hold pointers (not noscan),
 //!   with one mark bit per object slot in a bitmap per span. The g, m and p structs are
@@ -45,8 +55,10 @@ use serde::Serialize;
 use super::{
     goroutines::{RawG, all_gs, read_gs, u64_at},
     retained::{self, Heap, runtime_vars},
+    specials,
+    unwind::{self, StackMemory},
 };
-use crate::tracee::Target;
+use crate::tracee::{Target, batch};
 
 /// `_Gscan`, or-ed into the status while the GC scans the stack.
 const G_SCAN: u32 = 0x1000;
@@ -76,6 +88,9 @@ enum WaitClass {
     Sync,
     /// A nil channel or `select {}`: never runnable.
     Never,
+    /// "semacquire": a root (Go 1.27 `isSyncWait` leaves it out), except WaitGroup.Wait of
+    /// Go 1.21-1.23, which parks with this reason and is a sync wait.
+    Semacquire,
 }
 
 fn wait_class(reason: &str) -> WaitClass {
@@ -89,6 +104,7 @@ fn wait_class(reason: &str) -> WaitClass {
         "chan send (nil chan)" | "chan receive (nil chan)" | "select (no cases)" => {
             WaitClass::Never
         }
+        "semacquire" => WaitClass::Semacquire,
         _ => WaitClass::Root,
     }
 }
@@ -208,6 +224,12 @@ struct Marker<'t> {
     objects: u64,
     bytes: u64,
     bounded: Option<&'static str>,
+    /// Every g struct (allgs, each m's g0 and gsignal) and the word offsets in it that are
+    /// stack addresses, not pointers: `stack.lo`, `stack.hi`, `sched.sp`, `sched.bp`. Go's
+    /// precise scan does not follow them, and the pass must not either: `stack.hi` is one
+    /// past the stack's end, often the address of the heap object on the next page.
+    g_structs: HashSet<u64>,
+    stack_words: [u64; 4],
 }
 
 impl Marker<'_> {
@@ -256,6 +278,22 @@ impl Marker<'_> {
             }
             words.clear();
             self.heap.read_words(&to_scan, &mut words);
+            self.drop_stack_words(&to_scan, &mut words);
+        }
+    }
+
+    /// Zeroes the stack addresses of the g structs among `objects`, whose words are `words`.
+    fn drop_stack_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
+        let mut at = 0;
+        for &(base, size) in objects {
+            if self.g_structs.contains(&base) {
+                for off in self.stack_words {
+                    if let Some(w) = words.get_mut(at + (off / 8) as usize) {
+                        *w = 0;
+                    }
+                }
+            }
+            at += (size / 8) as usize;
         }
     }
 
@@ -368,6 +406,160 @@ fn wait_lists(target: &Target, cands: &mut [Candidate]) -> HashSet<u64> {
     sudogs
 }
 
+/// How much of a sync waiter's stack, from its saved SP, is read to find its sudog: the
+/// frames from `gopark` up to `sync.(*WaitGroup).Wait` take a few hundred bytes.
+const SYNC_WAITER_STACK: u64 = 4096;
+
+/// Sync waiters whose sudog is not on `g.waiting` (Go < 1.26), as their stacks resolve them
+/// (see the module header).
+#[derive(Default)]
+struct HiddenWaits {
+    cands: Vec<Candidate>,
+    /// Their semaphore sudogs, which the mark must not enter: through `semtable`, a global,
+    /// every waiter would reach what it waits on.
+    stops: Vec<u64>,
+    /// The waiters whose sudog was not found once, or not a WaitGroup's "semacquire".
+    roots: Vec<RawG>,
+}
+
+/// Finds each waiter's sudog in the frame of `runtime.semacquire1` or `notifyListWait` on its
+/// stack: the one heap object there of a sudog's size or more whose `sudog.g` is the waiter.
+fn hidden_sync_waits(
+    target: &Target,
+    heap: &mut Heap,
+    waiters: Vec<(RawG, WaitClass)>,
+) -> HiddenWaits {
+    let mut out = HiddenWaits::default();
+    if waiters.is_empty() {
+        return out;
+    }
+    let range_of = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| target.binary.function(n))
+            .map(|f| f.addr..f.addr + f.size)
+    };
+    let sema = range_of(&["runtime.semacquire1"]);
+    // Pushed to package sync by a linkname: its symbol is sync's name.
+    let notify = range_of(&["sync.runtime_notifyListWait", "runtime.notifyListWait"]);
+    let wait_group = range_of(&["sync.(*WaitGroup).Wait"]);
+    let in_range =
+        |r: &Option<std::ops::Range<u64>>, pc: u64| r.as_ref().is_some_and(|r| r.contains(&pc));
+
+    let ranges: Vec<(u64, usize)> = waiters
+        .iter()
+        .map(|(g, _)| {
+            let live = (g.stack_lo..g.stack_hi).contains(&g.sched_sp);
+            let len = if live {
+                (g.stack_hi - g.sched_sp).min(SYNC_WAITER_STACK)
+            } else {
+                0
+            };
+            (g.sched_sp, len as usize)
+        })
+        .collect();
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    let mut buf = vec![0u8; total];
+    let read = batch::read_ranges(&target.process, &ranges, &mut buf).unwrap_or_default();
+    heap.bytes_read += total as u64;
+
+    // For each waiter: is it a Cond's, and the words of its holding frame.
+    let mut held: Vec<Option<(bool, Vec<u64>)>> = Vec::with_capacity(waiters.len());
+    let mut offset = 0;
+    for (i, ((g, class), &(sp, len))) in waiters.iter().zip(&ranges).enumerate() {
+        let bytes = &buf[offset..offset + len];
+        offset += len;
+        if !read.get(i).copied().unwrap_or(false) || len == 0 {
+            held.push(None);
+            continue;
+        }
+        let stack = StackMemory { base: sp, bytes };
+        let frames = unwind::unwind(&target.binary, &stack, sp, g.sched_pc, target.load_bias);
+        if *class == WaitClass::Semacquire && !frames.iter().any(|f| in_range(&wait_group, f.pc)) {
+            held.push(None);
+            continue;
+        }
+        let holder = frames
+            .iter()
+            .position(|f| in_range(&sema, f.pc) || in_range(&notify, f.pc));
+        held.push(holder.map(|h| {
+            let lo = frames[h].sp;
+            let hi = frames.get(h + 1).map_or(sp + len as u64, |f| f.sp);
+            let words = (lo..hi)
+                .step_by(8)
+                .filter_map(|a| stack.word(a))
+                .filter(|&w| w >= MIN_POINTER)
+                .collect();
+            (in_range(&notify, frames[h].pc), words)
+        }));
+    }
+
+    // The heap objects at the words' addresses that may be sudogs, read in one batch.
+    let mut words: Vec<u64> = held
+        .iter()
+        .flatten()
+        .flat_map(|(_, w)| w.iter().copied())
+        .collect();
+    words.sort_unstable();
+    words.dedup();
+    heap.resolve_spans(&words);
+    let s = &target.layout.sudog;
+    let mut tried: Vec<(usize, u64)> = Vec::new();
+    for (i, h) in held.iter().enumerate() {
+        let Some((_, words)) = h else { continue };
+        let mut seen = HashSet::new();
+        for &w in words {
+            let is_object = heap
+                .slot(w)
+                .is_some_and(|o| o.base == w && o.size >= s.size);
+            if is_object && seen.insert(w) {
+                tried.push((i, w));
+            }
+        }
+    }
+    let sudog_ranges: Vec<(u64, usize)> =
+        tried.iter().map(|&(_, w)| (w, s.size as usize)).collect();
+    let mut sudogs = vec![0u8; sudog_ranges.len() * s.size as usize];
+    let read = batch::read_ranges(&target.process, &sudog_ranges, &mut sudogs).unwrap_or_default();
+    heap.bytes_read += sudogs.len() as u64;
+    // Waiter -> its sudogs, and what they wait on.
+    let mut found: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
+    for (k, (&(i, w), b)) in tried
+        .iter()
+        .zip(sudogs.chunks_exact(s.size as usize))
+        .enumerate()
+    {
+        if read.get(k).copied().unwrap_or(false) && u64_at(b, s.g) == waiters[i].0.addr {
+            found.entry(i).or_default().push((w, u64_at(b, s.elem)));
+        }
+    }
+
+    for (i, ((g, _), h)) in waiters.into_iter().zip(held).enumerate() {
+        let (cond, sudog, elem) = match (h, found.get(&i).map(Vec::as_slice)) {
+            (Some((cond, _)), Some(&[(sudog, elem)])) => (cond, sudog, elem),
+            _ => {
+                out.roots.push(g);
+                continue;
+            }
+        };
+        let on = if cond {
+            // Go < 1.26 leaves a Cond waiter's elem unset: its sudog, which only the Cond's
+            // notifyList (head, then each waiter's next) leads to, stands for the Cond.
+            sudog
+        } else {
+            out.stops.push(sudog);
+            elem
+        };
+        out.cands.push(Candidate {
+            g,
+            class: WaitClass::Sync,
+            on: vec![on],
+            live: false,
+        });
+    }
+    out
+}
+
 /// One pass: marks from the roots, revives candidates whose primitive is marked, to a fixed
 /// point, and returns the candidates left unreachable.
 pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
@@ -377,6 +569,7 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
     let mut reasons: HashMap<u8, WaitClass> = HashMap::new();
     let mut roots = Vec::new();
     let mut cands = Vec::new();
+    let mut hidden = Vec::new();
     let mut goroutines = 0;
     for g in gs {
         let status = g.status & !G_SCAN;
@@ -391,27 +584,35 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
         } else {
             WaitClass::Root
         };
-        // A primitive wait with no wait list is one the pass cannot follow (Go < 1.26 sync
-        // waits, or a g caught half-way): a root.
-        if class == WaitClass::Root || (class != WaitClass::Never && g.waiting == 0) {
-            roots.push(g);
-        } else {
-            cands.push(Candidate {
+        match class {
+            WaitClass::Root => roots.push(g),
+            // Go < 1.26: the sudog is not on g.waiting; looked for on the stack below.
+            WaitClass::Sync | WaitClass::Semacquire if g.waiting == 0 => hidden.push((g, class)),
+            // Go >= 1.26: a semaphore of the runtime or of internal/poll, not a sync wait.
+            WaitClass::Semacquire => roots.push(g),
+            // A channel wait with no wait list: a g caught half-way, a root.
+            WaitClass::Chan if g.waiting == 0 => roots.push(g),
+            WaitClass::Chan | WaitClass::Sync | WaitClass::Never => cands.push(Candidate {
                 g,
                 class,
                 on: Vec::new(),
                 live: false,
-            });
+            }),
         }
     }
-    let stops = wait_lists(target, &mut cands);
+    let mut stops = wait_lists(target, &mut cands);
 
     let heap_limits = retained::Limits {
         max_objects: u64::MAX,
         max_bytes_read: limits.max_bytes_read,
     };
     let mut heap = Heap::new(target, vars.mheap, heap_limits);
+    let hidden = hidden_sync_waits(target, &mut heap, hidden);
+    cands.extend(hidden.cands);
+    roots.extend(hidden.roots);
+    stops.extend(hidden.stops);
     heap.stop_at(stops);
+    let gl = &target.layout.g;
     let mut m = Marker {
         heap,
         marks: HashMap::new(),
@@ -420,8 +621,13 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
         objects: 0,
         bytes: 0,
         bounded: None,
+        g_structs: retained::g_structs(target, &vars)?,
+        stack_words: [gl.stack_lo, gl.stack_hi, gl.sched_sp, gl.sched_bp],
     };
     let mut ranges = data_and_bss(target)?;
+    ranges.extend(specials::roots(target, vars.mheap).context(
+        "reading the finalizers, cleanups and weak handles, which the GC treats as roots",
+    )?);
     ranges.extend(roots.iter().filter_map(stack_range));
     let mut words = Vec::new();
     m.heap.read_words(&ranges, &mut words);
@@ -438,7 +644,7 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
         let mut ranges = Vec::new();
         for c in cands.iter_mut().filter(|c| !c.live) {
             let live = match c.class {
-                WaitClass::Never | WaitClass::Root => false,
+                WaitClass::Never | WaitClass::Root | WaitClass::Semacquire => false,
                 WaitClass::Chan | WaitClass::Sync => {
                     c.on.is_empty() || c.on.iter().any(|&p| m.marked_or_not_heap(p))
                 }
@@ -486,9 +692,10 @@ mod tests {
         assert_eq!(wait_class("sync.RWMutex.RLock"), WaitClass::Sync);
         assert_eq!(wait_class("select (no cases)"), WaitClass::Never);
         assert_eq!(wait_class("chan receive (nil chan)"), WaitClass::Never);
+        // WaitGroup.Wait's reason before Go 1.24, otherwise a root.
+        assert_eq!(wait_class("semacquire"), WaitClass::Semacquire);
         // Not primitives Go's detector follows: roots.
         for r in [
-            "semacquire",
             "sleep",
             "IO wait",
             "chan receive (durable)",

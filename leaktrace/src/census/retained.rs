@@ -147,25 +147,36 @@ const MAX_MS: usize = 100_000;
 /// program touched last: one stale pointer to an m or a p in a stack frame would count the
 /// whole program.
 fn scheduler_structs(target: &Target, vars: &HeapGlobals) -> anyhow::Result<HashSet<u64>> {
-    let mut stops: HashSet<u64> = all_gs(target)
+    let (gs, ms) = gs_and_ms(target, vars)?;
+    let mut stops = gs;
+    stops.extend(ms);
+    stops.extend(pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?);
+    Ok(stops)
+}
+
+/// Every g struct: those of `runtime.allgs` and each m's `g0` and `gsignal`.
+pub(super) fn g_structs(target: &Target, vars: &HeapGlobals) -> anyhow::Result<HashSet<u64>> {
+    Ok(gs_and_ms(target, vars)?.0)
+}
+
+/// Every g struct (allgs, each m's g0 and gsignal) and every m on `runtime.allm`.
+fn gs_and_ms(target: &Target, vars: &HeapGlobals) -> anyhow::Result<(HashSet<u64>, HashSet<u64>)> {
+    let mut gs: HashSet<u64> = all_gs(target)
         .context("reading runtime.allgs, whose g structs the scan must not enter")?
         .into_iter()
         .collect();
-    stops.extend(pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?);
-
+    let mut ms = HashSet::new();
     let p = &target.process;
     let m = &target.layout.m;
     let mut mp = p.read_u64(vars.allm)?;
-    let mut seen = 0;
-    while mp != 0 && seen < MAX_MS && stops.insert(mp) {
+    while mp != 0 && ms.len() < MAX_MS && ms.insert(mp) {
         for field in [m.g0, m.gsignal] {
-            stops.insert(p.read_u64(mp + field).context("reading an m")?);
+            gs.insert(p.read_u64(mp + field).context("reading an m")?);
         }
         mp = p.read_u64(mp + m.alllink).context("reading an m")?;
-        seen += 1;
     }
-    stops.remove(&0);
-    Ok(stops)
+    gs.remove(&0);
+    Ok((gs, ms))
 }
 
 /// An allocated object slot, as [`Heap::slot`] finds it.

@@ -32,7 +32,7 @@ pub struct StackMemory<'a> {
 }
 
 impl StackMemory<'_> {
-    fn word(&self, addr: u64) -> Option<u64> {
+    pub(crate) fn word(&self, addr: u64) -> Option<u64> {
         let off = usize::try_from(addr.checked_sub(self.base)?).ok()?;
         let b = self.bytes.get(off..off.checked_add(8)?)?;
         Some(u64::from_le_bytes(b.try_into().ok()?))

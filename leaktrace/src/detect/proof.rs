@@ -25,8 +25,8 @@ use crate::{
 
 /// How the proof is made, in one line, for reports.
 pub const METHOD: &str = "reachability from outside, as Go's goroutineleak detector decides: \
-     roots are data, bss and the stacks of goroutines not blocked on a channel or sync \
-     primitive; a blocked goroutine is live once what it waits on is marked; proven when \
+     roots are data, bss, finalizers, cleanups and the stacks of goroutines not blocked on \
+     a channel or sync primitive; a blocked goroutine is live once what it waits on is marked; proven when \
      unreachable in two passes with a GC cycle or seconds between them, in the same wait, \
      never seen moving";
 

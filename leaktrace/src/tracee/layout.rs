@@ -72,6 +72,9 @@ pub struct RuntimeLayout {
     /// `runtime.mspan`, a run of pages holding objects of one size class (or one large
     /// object).
     pub mspan: MspanOffsets,
+    /// `runtime.special` and the specials the GC scans as roots (finalizers, weak handles,
+    /// cleanups), with their kinds.
+    pub special: SpecialOffsets,
     /// The constants of the heap's address-to-span map (runtime/malloc.go, mheap.go).
     pub arena: ArenaConstants,
     /// Go's wording for each wait reason, indexed by the `waitReason` value: the array
@@ -297,6 +300,9 @@ pub struct MheapOffsets {
     /// `mheap.arenas` (`[1 << arenaL1Bits]*[1 << arenaL2Bits]*heapArena`): the L1 array of
     /// pointers to L2 arrays of arena metadata, indexed by [`ArenaConstants`].
     pub arenas: u64,
+    /// `mheap.allArenas` (`[]arenaIdx`; `heapArenas` from Go 1.25): the index of every
+    /// mapped heap arena.
+    pub all_arenas: u64,
 }
 
 /// `runtime.heapArena`.
@@ -304,6 +310,9 @@ pub struct MheapOffsets {
 pub struct HeapArenaOffsets {
     /// `heapArena.spans` (`[pagesPerArena]*mspan`): the span of each page of the arena.
     pub spans: u64,
+    /// `heapArena.pageSpecials` (`[pagesPerArena / 8]uint8`): a bit per page whose span has
+    /// specials, set at the span's first page.
+    pub page_specials: u64,
 }
 
 /// `runtime.mspan`.
@@ -331,6 +340,36 @@ pub struct MspanOffsets {
     pub elemsize: u64,
     /// `mspan.limit` (uintptr): the end of the span's objects.
     pub limit: u64,
+    /// `mspan.specials` (*special): the span's specials, a list linked by `special.next`.
+    pub specials: u64,
+}
+
+/// `runtime.special`, the header of every mspan special, and the specials the GC scans as
+/// roots in `markrootSpans` (runtime/mgcmark.go): finalizers (Go 1.21+), weak handles (Go
+/// 1.23+) and cleanups (Go 1.24+). Kinds are the DWARF constants `runtime._KindSpecial*`,
+/// which Go renumbers between versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecialOffsets {
+    /// sizeof(runtime.special): a kind's own fields follow the header.
+    pub size: u64,
+    /// `special.next` (*special).
+    pub next: u64,
+    /// `special.offset`: the object's offset in its span, [`SpecialOffsets::offset_width`]
+    /// bytes wide.
+    pub offset: u64,
+    /// 2 (uint16) in Go 1.21-1.23, 8 (uintptr) from 1.24.
+    pub offset_width: u64,
+    /// `special.kind` (u8).
+    pub kind: u64,
+    /// `_KindSpecialFinalizer`, and sizeof(runtime.specialfinalizer).
+    pub finalizer_kind: u8,
+    pub finalizer_size: u64,
+    /// `_KindSpecialWeakHandle`, and sizeof(runtime.specialWeakHandle); None before Go 1.23.
+    pub weak_handle_kind: Option<u8>,
+    pub weak_handle_size: Option<u64>,
+    /// `_KindSpecialCleanup`, and sizeof(runtime.specialCleanup); None before Go 1.24.
+    pub cleanup_kind: Option<u8>,
+    pub cleanup_size: Option<u64>,
 }
 
 /// Constants of the heap's address-to-span map, from the DWARF constants of the same names
@@ -904,6 +943,7 @@ impl<'a> DwarfIndex<'a> {
                         if name.starts_with("runtime.waitReason")
                             || name.starts_with("runtime._G")
                             || ARENA_CONSTANTS.contains(&name)
+                            || name.starts_with("runtime._KindSpecial")
                         {
                             index.constants.push(Constant { name, value, ty });
                         }
@@ -1083,9 +1123,14 @@ impl<'a> DwarfIndex<'a> {
             work_cycles: s.optional(work, "cycles", Some(4))?,
             mheap: MheapOffsets {
                 arenas: s.field(mheap, &["arenas"], Some(8 << arena.l1_bits))?,
+                all_arenas: match s.optional(mheap, "allArenas", Some(24))? {
+                    Some(off) => off,
+                    None => s.field(mheap, &["heapArenas"], Some(24))?,
+                },
             },
             heap_arena: HeapArenaOffsets {
                 spans: s.field(heap_arena, &["spans"], None)?,
+                page_specials: s.field(heap_arena, &["pageSpecials"], None)?,
             },
             mspan: MspanOffsets {
                 size: s.size(mspan)?,
@@ -1098,7 +1143,9 @@ impl<'a> DwarfIndex<'a> {
                 state: s.field(mspan, &["state", "s", "value"], Some(1))?,
                 elemsize: s.field(mspan, &["elemsize"], Some(8))?,
                 limit: s.field(mspan, &["limit"], Some(8))?,
+                specials: s.field(mspan, &["specials"], Some(8))?,
             },
+            special: self.special_offsets(&s, &toolchain)?,
             arena,
             wait_reasons: Vec::new(),
             wait_reason_values: self.wait_reason_values(&toolchain)?,
@@ -1128,6 +1175,60 @@ impl<'a> DwarfIndex<'a> {
             }
         };
         Ok(Some(layout))
+    }
+
+    /// [`SpecialOffsets`]: the header's fields, and each root kind's constant and struct size
+    /// where this version has that kind.
+    fn special_offsets(
+        &self,
+        s: &Structs<'_, 'a>,
+        toolchain: &str,
+    ) -> Result<SpecialOffsets, LayoutError> {
+        let special = s.get("runtime.special")?;
+        let (offset, offset_width) = s.field_of_width(special, "offset", &[2, 8])?;
+        let kind = |name: &str| -> Result<Option<u8>, LayoutError> {
+            match self.constants.iter().find(|c| c.name == name) {
+                None => Ok(None),
+                Some(c) => u8::try_from(c.value)
+                    .map(Some)
+                    .map_err(|_| LayoutError::Missing {
+                        toolchain: toolchain.to_string(),
+                        what: format!("a u8 constant {name}"),
+                    }),
+            }
+        };
+        let size = |name: &str| s.get(name).and_then(|d| s.size(d));
+        let finalizer_kind =
+            kind("runtime._KindSpecialFinalizer")?.ok_or_else(|| LayoutError::Missing {
+                toolchain: toolchain.to_string(),
+                what: "constant runtime._KindSpecialFinalizer".to_string(),
+            })?;
+        // A kind and its struct come together: both or neither.
+        let both = |k: &str, t: &str| -> Result<(Option<u8>, Option<u64>), LayoutError> {
+            match kind(k)? {
+                Some(k) => Ok((Some(k), Some(size(t)?))),
+                None => Ok((None, None)),
+            }
+        };
+        let (weak_handle_kind, weak_handle_size) = both(
+            "runtime._KindSpecialWeakHandle",
+            "runtime.specialWeakHandle",
+        )?;
+        let (cleanup_kind, cleanup_size) =
+            both("runtime._KindSpecialCleanup", "runtime.specialCleanup")?;
+        Ok(SpecialOffsets {
+            size: s.size(special)?,
+            next: s.field(special, &["next"], Some(8))?,
+            offset,
+            offset_width,
+            kind: s.field(special, &["kind"], Some(1))?,
+            finalizer_kind,
+            finalizer_size: size("runtime.specialfinalizer")?,
+            weak_handle_kind,
+            weak_handle_size,
+            cleanup_kind,
+            cleanup_size,
+        })
     }
 
     /// The value of the DWARF constant `name`.

@@ -2,10 +2,14 @@
 // fans out to three goroutines whose answers are all collected (nothing leaks, nothing fails),
 // so it parks, wakes, creates and ends goroutines at a high rate. On SIGTERM it shuts down
 // gracefully and prints "served N requests, N failed" on stdout.
+//
+// -leak-every N: every Nth request collects two answers of three and returns, leaking the
+// third backend blocked in its send on a channel nothing holds any more.
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"hash/fnv"
 	"net"
@@ -17,6 +21,8 @@ import (
 )
 
 var served, failed atomic.Uint64
+
+var leakEvery = flag.Uint64("leak-every", 0, "leak one backend every N requests (0: never)")
 
 //go:noinline
 func backend(id int, q string, out chan<- uint32) {
@@ -33,8 +39,12 @@ func search(w http.ResponseWriter, r *http.Request) {
 	for b := 0; b < 3; b++ {
 		go backend(b, q, out)
 	}
+	answers := 3
+	if n := *leakEvery; n > 0 && served.Load()%n == n-1 {
+		answers = 2
+	}
 	var sum uint32
-	for i := 0; i < 3; i++ {
+	for i := 0; i < answers; i++ {
 		sum += <-out
 	}
 	if _, err := fmt.Fprintf(w, "%d\n", sum); err != nil {
@@ -44,6 +54,7 @@ func search(w http.ResponseWriter, r *http.Request) {
 }
 
 func main() {
+	flag.Parse()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)

@@ -14,7 +14,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -61,6 +63,17 @@ func leakEmptySelect() { select {} }
 //go:noinline
 func leakMutex(mu *sync.Mutex) { mu.Lock() }
 
+// lockedState is a mutex with the state it guards: larger than the tiny allocator's 16-byte
+// blocks, so no live object shares its mark bit (Go's own detector cannot prove a mutex
+// that shares one either).
+type lockedState struct {
+	mu sync.Mutex
+	n  [7]int64
+}
+
+//go:noinline
+func leakMutexInStruct(s *lockedState) { s.mu.Lock() }
+
 //go:noinline
 func leakRWMutexRLock(mu *sync.RWMutex) { mu.RLock() }
 
@@ -103,6 +116,9 @@ func startLeaks() int {
 	mu := new(sync.Mutex)
 	mu.Lock()
 	start(func() { leakMutex(mu) })
+	ls := new(lockedState)
+	ls.mu.Lock()
+	start(func() { leakMutexInStruct(ls) })
 	rw1 := new(sync.RWMutex)
 	rw1.Lock()
 	start(func() { leakRWMutexRLock(rw1) })
@@ -186,8 +202,36 @@ func controlTimer() {
 	}
 }
 
+// finalized holds the channel its waiter waits on, and has a finalizer: what an object with
+// a finalizer references stays alive for the GC even where nothing else reaches it.
+type finalized struct{ ch chan int }
+
+//go:noinline
+func controlHeldByFinalized(f *finalized) {
+	<-f.ch
+	runtime.KeepAlive(f)
+}
+
+// tokens keeps objects alive whose finalizers (and cleanups, Go 1.24+) hold channels: they
+// never run, and their closures are the only holders of those channels.
+var tokens []*[8]int64
+
+//go:noinline
+func controlHeldByFinalizer(ch chan int) { <-ch }
+
 // startControls starts goroutines blocked for long on what something live still holds.
 func startControls() {
+	f := &finalized{ch: make(chan int)}
+	runtime.SetFinalizer(f, func(f *finalized) { close(f.ch) })
+	go controlHeldByFinalized(f)
+
+	tok := new([8]int64)
+	fc := make(chan int)
+	runtime.SetFinalizer(tok, func(*[8]int64) { fc <- 1 })
+	tokens = append(tokens, tok)
+	go controlHeldByFinalizer(fc)
+	startCleanupControl()
+
 	h := &holder{ch: make(chan int)}
 	registry["h"] = h
 	go controlHeldByGlobalMap(h)
@@ -242,6 +286,20 @@ func startControls() {
 
 var keepConns []net.Conn
 
+// settle waits (up to 5 s) until no goroutine but main is runnable or running: every leak and
+// control has reached the wait it stays in, so that "ready" means there is something to prove.
+func settle() {
+	buf := make([]byte, 1<<20)
+	for i := 0; i < 500; i++ {
+		n := runtime.Stack(buf, true)
+		text := string(buf[:n])
+		if strings.Count(text, "[running]")+strings.Count(text, "[runnable") <= 1 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func main() {
 	mode := flag.String("mode", "all", "leaks, controls or all")
 	profile := flag.String("profile", "", "where a \"profile\" line writes Go's goroutineleak profile")
@@ -274,6 +332,7 @@ func main() {
 		}
 		os.Exit(0)
 	}()
+	settle()
 	fmt.Printf("started %d leaks\n", leaks)
 	fmt.Fprintln(os.Stderr, "ready")
 	select {}
