@@ -75,6 +75,9 @@ pub(super) async fn follow(s: &mut Session, io: &mut Io) -> anyhow::Result<Stop>
     let mut budget = interval_at(Instant::now() + QUICK_CHECK, BUDGET_PERIOD);
     budget.set_missed_tick_behavior(MissedTickBehavior::Delay);
     s.next_snapshot = Instant::now() + s.opts.snapshot_interval;
+    // The proof's first pass now, on the goroutines as the attach found them: leaks begun
+    // before leaktrace are proven a few seconds in.
+    s.advance_proof(io.records.get_mut());
     let stop = loop {
         tokio::select! {
             guard = io.records.readable_mut() => {
@@ -90,6 +93,9 @@ pub(super) async fn follow(s: &mut Session, io: &mut Io) -> anyhow::Result<Stop>
                 if s.target.process.has_execed() {
                     break Stop::TargetExeced;
                 }
+            }
+            _ = sleep_until(s.proof_next.into()), if s.prover.is_some() => {
+                s.advance_proof(io.records.get_mut());
             }
             _ = sleep_until(s.next_snapshot), if s.snapshot_error.is_none() => {
                 if s.snapshot(io.records.get_mut())? {

@@ -4,7 +4,10 @@
 //! suspects' sites probed. Walks and scans are paced to at most 1/[`SNAPSHOT_PACE`] of the
 //! time.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 
@@ -66,6 +69,11 @@ pub(super) fn take(target: &Target) -> anyhow::Result<Snapshot> {
     })
 }
 
+/// While a proof waits for its second pass (a GC cycle of the target, or at most a few
+/// seconds), how often its goroutines are looked at again: the second pass comes when it
+/// may, not at the next snapshot, which on a busy machine can be seconds away.
+const PROOF_WATCH: Duration = Duration::from_millis(250);
+
 impl Session {
     /// Takes a snapshot and everything that follows from it; true when a targeted probe
     /// was placed.
@@ -114,9 +122,10 @@ impl Session {
     }
 
     /// Advances the proof by reachability: a first pass, the goroutines it found unreachable
-    /// watched at each snapshot, then the second pass, whose proven goroutines the detector
-    /// takes. Passes are paced like walks, at most 1/SNAPSHOT_PACE of the time.
-    fn advance_proof(&mut self, records: &mut RingBuf<MapData>) {
+    /// watched at each snapshot and every PROOF_WATCH between them, then the second pass,
+    /// whose proven goroutines the detector takes. Passes are paced like walks, at most
+    /// 1/SNAPSHOT_PACE of the time.
+    pub(super) fn advance_proof(&mut self, records: &mut RingBuf<MapData>) {
         let opts = ProofOptions::default();
         if Instant::now() < self.proof_next {
             return;
@@ -137,6 +146,7 @@ impl Session {
             Some(mut p) => {
                 if !p.watch(target, &opts) {
                     self.prover = Some(p);
+                    self.proof_next = Instant::now() + PROOF_WATCH;
                     return;
                 }
                 match collector::while_draining(
