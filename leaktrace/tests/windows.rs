@@ -177,3 +177,50 @@ fn the_alloc_probe_over_budget_runs_in_windows() {
         "{a:#}"
     );
 }
+
+/// The allocation loop links nothing that reads the runtime's heap profile, so the linker
+/// turned memory profiling off and allocations come from the fallback sampler (span refills
+/// and large allocations). At tens of thousands of refills a second it cannot stay on within
+/// the default budget: it runs in windows, and its figures are scaled, say so, name the
+/// allocating site with the loop's object size, and fill `alloc_size_bytes` in report.json
+/// and histograms.hlog.
+#[test]
+fn the_fallback_allocation_sampler_runs_in_windows() {
+    let bin = build_fixture("allocloop", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    fx.stderr.wait_for("ready", Duration::from_secs(20));
+    let pid = fx.pid().to_string();
+    let (r, _) = record("windows-sampler", &["-p", &pid, "-d", "4s"]);
+    let p = &r["probes"];
+    for f in ["runtime.(*mcache).refill", "runtime.(*mcache).allocLarge"] {
+        let s = &p["sampling"][f];
+        assert_eq!(s["mode"], "windows", "{f}: {p:#}");
+        assert!(s["windows"].as_u64().unwrap() >= 2, "{f}: {p:#}");
+    }
+    assert!(p["hits"]["runtime.(*mcache).refill"].as_u64().unwrap() > 0, "{p:#}");
+    let sites = &r["allocation_sites"];
+    assert!(
+        sites["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("span refills and large allocations (probes in windows, "),
+        "{sites:#}"
+    );
+    let top = &sites["sites"][0];
+    assert_eq!(top["function"], "main.allocate", "{sites:#}");
+    assert!(
+        top["alloc_objects"].as_u64().unwrap() > 0 && top["alloc_bytes"].as_u64().unwrap() > 0,
+        "{top:#}"
+    );
+    // Every object of the loop is 32 bytes, the size class the refills name.
+    let sizes = &r["histograms"]["alloc_size_bytes"];
+    assert!(sizes["count"].as_u64().unwrap() > 0, "{sizes:#}");
+    assert_eq!(sizes["p50"].as_f64().unwrap().round(), 32.0, "{sizes:#}");
+    let hlog = std::fs::read_to_string(
+        std::env::temp_dir()
+            .join(format!("leaktrace-record-{}-windows-sampler", std::process::id()))
+            .join("histograms.hlog"),
+    )
+    .unwrap();
+    assert!(hlog.contains("Tag=alloc_size_bytes,"), "{hlog}");
+}

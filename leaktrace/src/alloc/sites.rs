@@ -20,8 +20,10 @@ use crate::{probes::Samples, tracee::Target};
 pub struct Allocated {
     pub count: u64,
     pub bytes: u64,
-    /// "exact": every allocation; "sampled": span refills (a whole span each) and large
-    /// allocations, an estimate of the bytes the goroutines allocated.
+    /// "exact": every allocation; "windows": every allocation in probe windows, scaled;
+    /// "sampled": span refills (a whole span each) and large allocations, an estimate of the
+    /// bytes the goroutines allocated; "sampled in windows": the same in probe windows,
+    /// scaled.
     pub source: &'static str,
 }
 
@@ -111,7 +113,13 @@ pub fn report(
         let (sites, sizes) = sampler::sampled_sites(target, smp, plan.classes.as_ref());
         return AllocationOutcome {
             report: AllocationSites {
-                source: "span refills and large allocations (probes)".into(),
+                source: match smp.duty {
+                    Some(d) => format!(
+                        "span refills and large allocations (probes in windows, {:.1}% of the time, scaled)",
+                        d * 100.0
+                    ),
+                    None => "span refills and large allocations (probes)".into(),
+                },
                 note: plan.note.clone(),
                 rate: None,
                 sites: sites.iter().take(REPORTED_SITES).cloned().collect(),

@@ -126,10 +126,11 @@ impl Probe {
     }
 
     /// Whether the probe can run in windows when it does not fit the budget: every probe
-    /// whose counts scale with the time it is in place. Not the fallback allocation
-    /// sampler (its kernel-side stacks are not scaled yet) nor the targeted sites.
+    /// whose counts scale with the time it is in place (the fallback allocation sampler's
+    /// kernel-side stacks and per-goroutine figures too: they are scaled when read). Not
+    /// the targeted sites, whose point is to see the one goroutine that moves on.
     pub fn windowable(self) -> bool {
-        !matches!(self, Probe::Refill | Probe::Large | Probe::Site)
+        self != Probe::Site
     }
 
     /// The name used by `--probes`.
@@ -291,6 +292,22 @@ pub struct Samples {
     /// (key, user stack as return addresses innermost first, count and bytes).
     pub stacks: Vec<(SampleKey, Vec<u64>, AllocStat)>,
     pub by_goroutine: HashMap<u64, AllocStat>,
+    /// The duty cycle of the windows the sampler ran in, when it did: the counts and bytes
+    /// are then scaled by it ([`Samples::scale`]).
+    pub duty: Option<f64>,
+}
+
+impl Samples {
+    /// Scales every count and byte figure by the windows' `duty` cycle: what the sampler
+    /// would have seen had it been in place all the time.
+    pub fn scale(&mut self, duty: f64) {
+        let s = |n: u64| (n as f64 / duty.max(1e-6)).round() as u64;
+        let stats = self.stacks.iter_mut().map(|(_, _, a)| a);
+        for a in stats.chain(self.by_goroutine.values_mut()) {
+            (a.count, a.bytes) = (s(a.count), s(a.bytes));
+        }
+        self.duty = Some(duty);
+    }
 }
 
 /// Counters summed over CPUs.

@@ -370,7 +370,7 @@ impl Session {
         if let Some(e) = &snapshot_error {
             eprintln!("leaktrace: goroutine snapshots unavailable, following probes only: {e:#}");
         }
-        say_attached(&target, &probes, hit_cost, &opts);
+        say_attached(&target, &probes, &windows, hit_cost, &opts);
         let events: Option<BufWriter<Box<dyn Write>>> = match &opts.events {
             Some(_) if opts.events_to_stdout() => Some(BufWriter::new(Box::new(std::io::stdout()))),
             Some(path) => Some(BufWriter::new(Box::new(
@@ -417,19 +417,37 @@ impl Session {
     }
 }
 
-/// The attach line: what was placed, what a hit costs, how often snapshots come.
-fn say_attached(target: &Target, probes: &Probes, hit_cost: Duration, opts: &TraceOptions) {
-    let placed: Vec<&str> = probes.attached().iter().map(|p| p.function()).collect();
+/// The attach line: what was placed, continuously or in windows, what a hit costs, how
+/// often snapshots come.
+fn say_attached(
+    target: &Target,
+    probes: &Probes,
+    windows: &Windows,
+    hit_cost: Duration,
+    opts: &TraceOptions,
+) {
+    let names = |ps: &[Probe], f: fn(Probe) -> &'static str| {
+        ps.iter().map(|p| f(*p)).collect::<Vec<_>>().join(", ")
+    };
+    let placed = probes.attached();
+    let what = match (placed.is_empty(), windows.probes.is_empty()) {
+        (true, true) => "no probes".to_string(),
+        (false, true) => format!("probes on {}", names(&placed, Probe::function)),
+        (true, false) => format!(
+            "{} in short windows, no continuous probes",
+            names(&windows.probes, Probe::name)
+        ),
+        (false, false) => format!(
+            "probes on {}; {} in short windows",
+            names(&placed, Probe::function),
+            names(&windows.probes, Probe::name)
+        ),
+    };
     eprintln!(
-        "leaktrace: attached to PID {} ({}, {}): {} (a hit costs {:.1} us here{}); snapshot every {:.1} s; Ctrl-C to stop",
+        "leaktrace: attached to PID {} ({}, {}): {what} (a hit costs {:.1} us here{}); snapshot every {:.1} s; Ctrl-C to stop",
         target.process.pid(),
         target.process.exe_name(),
         target.binary.build().version_string,
-        if placed.is_empty() {
-            "no probes".to_string()
-        } else {
-            format!("probes on {}", placed.join(", "))
-        },
         hit_cost.as_secs_f64() * 1e6,
         if opts.max_overhead.is_finite() {
             ""

@@ -133,15 +133,21 @@ impl Session {
         let counts = self.probes.counts()?;
         // Only what the sampler saw: where the budget did not place it, a group's
         // allocations and the sites are unknown, not zero.
+        let w = &self.windows;
+        let duty = |p: Probe| w.windowed(p).then(|| w.duty());
         let sampled = counts.hits(Probe::Refill) + counts.hits(Probe::Large) > 0
-            || self.probes.attached().contains(&Probe::Refill);
+            || self.probes.attached().contains(&Probe::Refill)
+            || w.windowed(Probe::Refill) && w.windows > 0;
         let samples = if self.plan.fallback && sampled {
-            self.probes.samples().ok()
+            self.probes.samples().ok().map(|mut smp| {
+                if let Some(d) = duty(Probe::Refill) {
+                    smp.scale(d);
+                }
+                smp
+            })
         } else {
             None
         };
-        let w = &self.windows;
-        let duty = |p: Probe| w.windowed(p).then(|| w.duty());
         let alloc_duty = duty(Probe::Alloc);
         let allocations = (counts.hits(Probe::Alloc) > 0).then(|| {
             let mut a = self.probes.allocations().unwrap_or_default();
@@ -317,7 +323,11 @@ impl Ending {
                 l.allocated = Some(alloc::sites::sum_allocations(
                     &l.goids,
                     &smp.by_goroutine,
-                    "sampled",
+                    if smp.duty.is_some() {
+                        "sampled in windows"
+                    } else {
+                        "sampled"
+                    },
                 ));
             }
             for age in &l.ages {
