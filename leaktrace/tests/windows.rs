@@ -5,10 +5,22 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    sync::{RwLock, RwLockReadGuard},
+    time::Duration,
+};
 
 use serde_json::Value;
 use support::*;
+
+/// The comparison with a continuous trace runs alone: the other tests load both CPUs
+/// (unpaced loops, an HTTP service under wrk), which would change the paced workload's rate
+/// between its two traces. The others share.
+static ALONE: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    ALONE.read().unwrap_or_else(|e| e.into_inner())
+}
 
 fn newest() -> String {
     go_versions().pop().expect("a Go version")
@@ -39,6 +51,7 @@ fn park_hist<'a>(r: &'a Value, reason: &str) -> &'a Value {
 /// p99 park durations within 2x, and every output says it sampled.
 #[test]
 fn park_and_wake_in_windows_agree_with_a_continuous_trace() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
     let bin = build_fixture("parkrate", &newest(), &[]);
     // One exchange per pair every millisecond: batches every 10 ms would make what a
     // window of a few milliseconds sees depend on whether a batch fell into it.
@@ -125,6 +138,7 @@ fn park_and_wake_in_windows_agree_with_a_continuous_trace() {
 /// kept off, they run in windows, and the park-duration histograms per wait reason fill.
 #[test]
 fn a_park_heavy_pipeline_gets_sampled_park_durations() {
+    let _shared = shared();
     let bin = build_fixture("pipeline", &newest(), &[]);
     let mut fx = Fixture::start(&bin, &[]);
     fx.stderr.wait_for("ready", Duration::from_secs(20));
@@ -156,6 +170,7 @@ fn a_park_heavy_pipeline_gets_sampled_park_durations() {
 /// default budget, it runs in windows, and the allocation figures are scaled and say so.
 #[test]
 fn the_alloc_probe_over_budget_runs_in_windows() {
+    let _shared = shared();
     let bin = build_fixture("allocloop", &newest(), &[]);
     let mut fx = Fixture::start(&bin, &[]);
     fx.stderr.wait_for("ready", Duration::from_secs(20));
@@ -186,6 +201,7 @@ fn the_alloc_probe_over_budget_runs_in_windows() {
 /// and histograms.hlog.
 #[test]
 fn the_fallback_allocation_sampler_runs_in_windows() {
+    let _shared = shared();
     let bin = build_fixture("allocloop", &newest(), &[]);
     let mut fx = Fixture::start(&bin, &[]);
     fx.stderr.wait_for("ready", Duration::from_secs(20));
@@ -197,7 +213,10 @@ fn the_fallback_allocation_sampler_runs_in_windows() {
         assert_eq!(s["mode"], "windows", "{f}: {p:#}");
         assert!(s["windows"].as_u64().unwrap() >= 2, "{f}: {p:#}");
     }
-    assert!(p["hits"]["runtime.(*mcache).refill"].as_u64().unwrap() > 0, "{p:#}");
+    assert!(
+        p["hits"]["runtime.(*mcache).refill"].as_u64().unwrap() > 0,
+        "{p:#}"
+    );
     let sites = &r["allocation_sites"];
     assert!(
         sites["source"]
@@ -218,9 +237,76 @@ fn the_fallback_allocation_sampler_runs_in_windows() {
     assert_eq!(sizes["p50"].as_f64().unwrap().round(), 32.0, "{sizes:#}");
     let hlog = std::fs::read_to_string(
         std::env::temp_dir()
-            .join(format!("leaktrace-record-{}-windows-sampler", std::process::id()))
+            .join(format!(
+                "leaktrace-record-{}-windows-sampler",
+                std::process::id()
+            ))
             .join("histograms.hlog"),
     )
     .unwrap();
     assert!(hlog.contains("Tag=alloc_size_bytes,"), "{hlog}");
+}
+
+/// The benchmark's HTTP service (testdata/go/fanout) under closed-loop load from wrk, with
+/// the default options: park/wake and the fallback allocation sampler run in windows, the
+/// park-duration histograms per wait reason fill, and the allocation figures (sites, sizes,
+/// what the leak group allocated) come from the windows, scaled.
+#[test]
+fn a_busy_http_service_gets_park_durations_and_allocations_from_windows() {
+    let _shared = shared();
+    let bin = build_fixture("fanout", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    let line = fx.stderr.wait_for("listening on", Duration::from_secs(20));
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let mut wrk = std::process::Command::new("wrk")
+        .args([
+            "-t1",
+            "-c32",
+            "-d7s",
+            &format!("http://{addr}/search?q=test"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("running wrk (scripts/setup.sh installs it)");
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = fx.pid().to_string();
+    let (r, _) = record("windows-http", &["-p", &pid, "-d", "5s", "--min-age", "2s"]);
+    let _ = wrk.wait();
+    let p = &r["probes"];
+    for f in ["runtime.gopark", "runtime.(*mcache).refill"] {
+        assert_eq!(p["sampling"][f]["mode"], "windows", "{f}: {p:#}");
+    }
+    let reasons: Vec<&String> = r["histograms"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(t, h)| t.starts_with("park_ns.") && h["count"].as_u64().unwrap() > 0)
+        .map(|(t, _)| t)
+        .collect();
+    assert!(
+        reasons.len() >= 2,
+        "park durations for {reasons:?} only: {p:#} {:#}",
+        r["histograms"]
+    );
+    let sizes = &r["histograms"]["alloc_size_bytes"];
+    assert!(sizes["count"].as_u64().unwrap() > 0, "{sizes:#}");
+    let sites = &r["allocation_sites"];
+    assert!(
+        sites["source"]
+            .as_str()
+            .unwrap()
+            .contains("probes in windows")
+            && !sites["sites"].as_array().unwrap().is_empty(),
+        "{sites:#}"
+    );
+    // Every 50th request leaks two backends blocked on their send.
+    let leaks = r["leaks"].as_array().unwrap();
+    let backends = leaks
+        .iter()
+        .find(|l| l["site"]["function"] == "main.backend")
+        .unwrap_or_else(|| panic!("no leak group at main.backend: {leaks:#?}"));
+    assert_eq!(
+        backends["allocated"]["source"], "sampled in windows",
+        "{backends:#}"
+    );
 }

@@ -103,7 +103,7 @@ pub fn report(
 ) -> AllocationOutcome {
     if plan.fallback && samples.is_none() {
         return AllocationOutcome::unknown(format!(
-            "{}; the sampler's probes were not placed or were shed (over --max-overhead), so allocation sites are unknown for this trace",
+            "{}; the sampler's probes were not placed, or were shed (over --max-overhead) before any window of theirs closed, so allocation sites are unknown for this trace",
             plan.note
                 .as_deref()
                 .unwrap_or("the runtime's heap profile cannot be read")

@@ -275,7 +275,20 @@ impl Session {
             self.findings.model.close_window(ts);
             let probes = self.windows.probes.clone();
             let detach = self.probes.detach_later(&probes)?;
+            // The period was planned from the rate expected (at first the pre-attach
+            // estimate, which can be far off); what the window cost is known now, but for
+            // the detach on its way (about what the attach cost): the next comes as soon as
+            // the budget has paid for this one, and never later than planned.
+            let hits = windowed_hits(&probes, &self.probes.counts()?, &open.counts);
+            let cost = hits as f64 * self.hit_cost.as_secs_f64()
+                + self.windows.fixed.max(open.attach * 2).as_secs_f64();
+            let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
             let w = &mut self.windows;
+            if share > 0.0 {
+                w.period = w
+                    .period
+                    .min(PERIOD.max(Duration::from_secs_f64(cost / share)));
+            }
             w.closing = Some(Closing {
                 detach,
                 length: now.duration_since(open.at),
