@@ -22,6 +22,8 @@ pub struct Config {
     pub g_gopc: u64,
     /// Offset of `runtime.g.startpc` (uintptr).
     pub g_startpc: u64,
+    /// Offset of `runtime.g.trackingSeq` (u8): one more each time the g stops running.
+    pub g_tracking_seq: u64,
 }
 
 /// What a record says happened.
@@ -92,7 +94,11 @@ pub struct Record {
     pub kind: u8,
     /// Park: gopark's `reason` argument, a `runtime.waitReason` value of the target's version.
     pub reason: u8,
-    pub _pad: [u8; 2],
+    /// Park and wake: the goroutine's `g.trackingSeq` while it is parked (for a park, one
+    /// more than at gopark's entry: `casgstatus` adds one as it stops running). A wake-up
+    /// with its park's value ends that park, not a later one the probes did not see.
+    pub seq: u8,
+    pub _pad: u8,
 }
 
 /// Indexes of the per-CPU `COUNTERS` array: hits per probe, and records that did not fit in

@@ -81,6 +81,12 @@ fn read_u64(addr: u64) -> Option<u64> {
 }
 
 #[inline(always)]
+fn read_u8(addr: u64) -> Option<u8> {
+    // SAFETY: as in read_u64.
+    unsafe { bpf_probe_read_user(addr as *const u8) }.ok()
+}
+
+#[inline(always)]
 fn regs(ctx: &ProbeContext) -> &pt_regs {
     // SAFETY: the kernel hands uprobe programs a valid pt_regs for their whole run.
     unsafe { &*ctx.regs }
@@ -114,6 +120,9 @@ pub fn gopark(ctx: ProbeContext) -> u32 {
         tid: bpf_get_current_pid_tgid() as u32,
         kind: RecordKind::Park as u8,
         reason: r.rcx as u8,
+        seq: read_u8(r.r14 + cfg.g_tracking_seq)
+            .unwrap_or(0)
+            .wrapping_add(1),
         ..Record::default()
     });
     0
@@ -144,6 +153,7 @@ pub fn ready(ctx: ProbeContext) -> u32 {
         other_goid: waker,
         tid: bpf_get_current_pid_tgid() as u32,
         kind: RecordKind::Wake as u8,
+        seq: read_u8(r.rax + cfg.g_tracking_seq).unwrap_or(0),
         ..Record::default()
     });
     0
@@ -316,7 +326,10 @@ pub fn casgstatus(ctx: ProbeContext) -> u32 {
         bump(Counter::ReadErrors);
         return 0;
     };
-    emit(record(RecordKind::Wake, goid));
+    emit(Record {
+        seq: read_u8(r.rax + cfg.g_tracking_seq).unwrap_or(0),
+        ..record(RecordKind::Wake, goid)
+    });
     0
 }
 

@@ -71,6 +71,8 @@ pub struct GoroutineSnapshot {
     pub system: bool,
     /// The g's address in the target.
     pub g_addr: u64,
+    /// `g.trackingSeq`: one more each time the goroutine stops running.
+    pub tracking_seq: u8,
 }
 
 impl GoroutineSnapshot {

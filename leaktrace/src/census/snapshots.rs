@@ -210,6 +210,7 @@ impl Census {
                 system: is_system(start_function.as_deref()),
                 start_function,
                 g_addr: g.addr,
+                tracking_seq: g.tracking_seq,
             });
         }
         self.stacks_read = pending.len();

@@ -29,10 +29,15 @@ pub struct Goroutine {
     pub wait_addr: u64,
     /// Return address into gopark's caller at the last park (runtime address).
     pub park_pc: u64,
+    /// `g.trackingSeq` while in the last park: a wake-up or a snapshot with another value
+    /// is about a later park.
+    pub park_seq: u8,
     pub parks: u64,
     pub wakes: u64,
     /// When the create probe saw it start, if it did.
     pub created_ns: Option<u64>,
+    /// The last time a record or a snapshot saw it in its last park.
+    pub last_seen_parked_ns: u64,
 }
 
 impl Goroutine {
@@ -49,9 +54,11 @@ impl Goroutine {
             state: State::Runnable { since_ns: ts_ns },
             wait_addr: 0,
             park_pc: 0,
+            park_seq: 0,
             parks: 0,
             wakes: 0,
             created_ns: None,
+            last_seen_parked_ns: 0,
         }
     }
 }
@@ -127,8 +134,26 @@ pub struct Model {
     /// And when it closed (`u64::MAX` while open): a park or wake-up after it, from a
     /// breakpoint the kernel has not removed yet, is outside the sample and not counted.
     pub window_end_ns: Option<u64>,
-    /// Wake-ups whose park began in an earlier window: its duration is not known.
+    /// Parks that outlasted their window and whose end was seen too late to time: by a
+    /// wake-up whose `trackingSeq` says a later park ended (the duration of neither is
+    /// known), or by a snapshot long after the park was last seen on.
     pub outlasted_window: u64,
+    /// Parks that began in one window and ended in a later one (the wake-up carries the
+    /// park's `trackingSeq`): measured exactly.
+    pub exact_across_windows: u64,
+    /// Parks that outlasted their window, that a snapshot saw still on and a later one
+    /// over: their duration is known to within the time between the two, at most as long
+    /// as the time they were seen to last.
+    pub closed_by_snapshot: u64,
+}
+
+/// A park a snapshot saw over: its wait reason, its duration (the middle of the interval
+/// in which it ended) and how far that can be off either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClosedBySnapshot {
+    pub reason: u8,
+    pub parked_ns: u64,
+    pub within_ns: u64,
 }
 
 impl Model {
@@ -176,6 +201,8 @@ impl Model {
         };
         g.wait_addr = r.addr;
         g.park_pc = r.pc;
+        g.park_seq = r.seq;
+        g.last_seen_parked_ns = r.ts_ns;
         g.parks += 1;
         for t in [&mut self.interval, &mut self.total] {
             *t.parks.entry(r.reason).or_default() += 1;
@@ -195,6 +222,12 @@ impl Model {
             }
             Some(g) => {
                 let parked = match g.state {
+                    State::Parked { reason, since_ns }
+                        if since_ns < self.window_start_ns && r.seq == g.park_seq =>
+                    {
+                        self.exact_across_windows += 1;
+                        (Some(reason), Some(r.ts_ns.saturating_sub(since_ns)))
+                    }
                     State::Parked { reason, since_ns } if since_ns < self.window_start_ns => {
                         self.outlasted_window += 1;
                         (Some(reason), None)
@@ -237,6 +270,56 @@ impl Model {
         self.goroutines
             .retain(|goid, g| live(*goid) || g.last_record_ns() >= before_ns);
         before - self.goroutines.len()
+    }
+
+    /// Closes the parks that outlasted their window and that a snapshot, whose walk began
+    /// at `walk_ns` and ended at `taken_ns`, saw over: `parked(goid)` is the goroutine's
+    /// `trackingSeq` when the snapshot saw it waiting, none when it was running, runnable
+    /// or gone. A park it saw still on is known to have lasted until the walk began.
+    /// Only when park/wake run in windows, and between them: in one, or with the probes
+    /// always on, the wake-up's record is the witness.
+    pub fn close_by_snapshot(
+        &mut self,
+        parked: impl Fn(u64) -> Option<u8>,
+        walk_ns: u64,
+        taken_ns: u64,
+    ) -> Vec<ClosedBySnapshot> {
+        if matches!(self.window_end_ns, None | Some(u64::MAX)) {
+            return Vec::new();
+        }
+        let mut closed = Vec::new();
+        for g in self.goroutines.values_mut() {
+            let State::Parked { reason, since_ns } = g.state else {
+                continue;
+            };
+            // Parked after the walk began: the walk may have read it before.
+            if g.last_seen_parked_ns >= walk_ns {
+                continue;
+            }
+            if parked(g.goid) == Some(g.park_seq) {
+                g.last_seen_parked_ns = walk_ns;
+                continue;
+            }
+            // Over between `lo` and `hi`. Timed only when that span is no longer than the
+            // time it is known to have lasted (a snapshot saw it on before): then the
+            // middle is within a third of the truth. A park last seen at its beginning
+            // may have ended a microsecond after the window closed or a second later.
+            let (lo, hi) = (g.last_seen_parked_ns, taken_ns.max(g.last_seen_parked_ns));
+            if lo > since_ns && lo - since_ns >= hi - lo {
+                closed.push(ClosedBySnapshot {
+                    reason,
+                    parked_ns: (lo + (hi - lo) / 2).saturating_sub(since_ns),
+                    within_ns: (hi - lo) / 2,
+                });
+            } else {
+                self.outlasted_window += 1;
+            }
+            // Runnable since some time in between: the earliest, so that a goroutine gone
+            // from the snapshot is forgotten with the rest.
+            g.state = State::Runnable { since_ns: lo };
+        }
+        self.closed_by_snapshot += closed.len() as u64;
+        closed
     }
 
     /// A probe window opens at `ts_ns`: what was recorded before is stale.
@@ -388,9 +471,13 @@ mod tests {
                 parked_ns: Some(20)
             }
         );
-        // Goroutine 1's park began in the last window: the wake-up is counted, untimed.
+        // Goroutine 1's park began in the last window, and its trackingSeq says the
+        // wake-up ends a later park, unseen: the wake-up is counted, untimed.
         assert_eq!(
-            m.apply(&rec(RecordKind::Wake, 1, 0, 0, 1040)),
+            m.apply(&Record {
+                seq: 9,
+                ..rec(RecordKind::Wake, 1, 0, 0, 1040)
+            }),
             Applied::Woken {
                 reason: Some(7),
                 parked_ns: None
@@ -399,5 +486,67 @@ mod tests {
         assert_eq!(m.outlasted_window, 1);
         assert_eq!(m.total.total_parks(), 3);
         assert_eq!(m.total.scaled(0.5).total_parks(), 6);
+    }
+
+    #[test]
+    fn a_park_outlasting_its_window_is_timed_by_the_next_windows_wake_of_the_same_park() {
+        let mut m = Model::default();
+        m.open_window(100);
+        m.apply(&Record {
+            seq: 41,
+            ..rec(RecordKind::Park, 1, 7, 0x10, 110)
+        });
+        m.close_window(200);
+        m.open_window(1000);
+        assert_eq!(
+            m.apply(&Record {
+                seq: 41,
+                ..rec(RecordKind::Wake, 1, 0, 0, 1040)
+            }),
+            Applied::Woken {
+                reason: Some(7),
+                parked_ns: Some(930)
+            }
+        );
+        assert_eq!((m.exact_across_windows, m.outlasted_window), (1, 0));
+    }
+
+    #[test]
+    fn between_windows_snapshots_time_the_parks_they_saw_on_and_then_over() {
+        let mut m = Model::default();
+        let park = |goid, seq, ts| Record {
+            seq,
+            ..rec(RecordKind::Park, goid, 7, 0x10, ts)
+        };
+        m.open_window(100);
+        m.apply(&park(1, 5, 110)); // still in that park at the snapshot
+        m.apply(&park(2, 5, 120)); // parked again since (another trackingSeq)
+        m.apply(&park(3, 5, 130)); // running at the snapshot
+        m.apply(&park(4, 5, 140)); // exited
+        // Inside a window, snapshots leave parks to the wake-ups.
+        assert!(m.close_by_snapshot(|_| None, 150, 160).is_empty());
+        m.close_window(200);
+        let seen = |goid| match goid {
+            1 => Some(5),
+            2 => Some(6),
+            _ => None,
+        };
+        // Over somewhere between the park and the snapshot's end, with nothing to say
+        // when: not timed.
+        assert!(m.close_by_snapshot(seen, 1000, 1100).is_empty());
+        assert_eq!((m.closed_by_snapshot, m.outlasted_window), (0, 3));
+        assert_eq!(m.goroutines[&1].last_seen_parked_ns, 1000);
+        // Seen on at 1000, over by 1600: 890 to 1490 ns, timed as the middle.
+        assert_eq!(
+            m.close_by_snapshot(|_| None, 1500, 1600),
+            [ClosedBySnapshot {
+                reason: 7,
+                parked_ns: 1300 - 110,
+                within_ns: 300
+            }]
+        );
+        assert_eq!(m.closed_by_snapshot, 1);
+        // Gone from the snapshot and closed: forgotten with the other exits.
+        assert_eq!(m.forget_absent(|goid| goid != 4, 2000), 1);
     }
 }

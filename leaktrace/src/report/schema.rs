@@ -41,8 +41,19 @@ pub struct ProbeSummary {
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct ParkDurations {
+    /// Parks whose beginning and end the probes saw (in `park_ns.*`).
     pub exact: u64,
+    /// Of those, the parks that began in one window and ended in a later one.
+    pub exact_across_windows: u64,
+    /// Parks that outlasted their window and that a snapshot saw over (in `park_ns.*`
+    /// too): their duration is known to within the time between snapshots.
+    pub closed_by_snapshot: u64,
+    /// The same, by histogram (`park_ns.chan_receive`, ...): the part of each that is not
+    /// exact.
+    pub closed_by_snapshot_in: BTreeMap<String, u64>,
+    /// Wake-ups that ended a park the probes did not see begin (not in `park_ns.*`).
     pub outlasted_window: u64,
+    /// Parks still open at the end: right-censored, not in `park_ns.*`.
     pub open_at_end: u64,
 }
 

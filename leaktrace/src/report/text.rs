@@ -75,18 +75,27 @@ pub fn text(r: &Report) -> String {
         ) {
             let _ = writeln!(
                 out,
-                "  sampled, {:.1}% of the time in {} windows: {} parks measured exactly within a window; {} outlasted theirs and {} were still open at the end (not in these figures)",
+                "  sampled, {:.1}% of the time in {} windows: {} parks measured exactly ({} of them from one window to a later one); {} outlasted their window and were timed by snapshots that saw them on and then over (to within the snapshot interval, marked below); {} outlasted theirs untimed and {} were still open at the end (not in these figures)",
                 s.duty * 100.0,
                 s.windows,
                 d.exact,
+                d.exact_across_windows,
+                d.closed_by_snapshot,
                 d.outlasted_window,
                 d.open_at_end
             );
         }
         for (t, p) in parks {
+            let inexact = r
+                .probes
+                .park_durations
+                .as_ref()
+                .and_then(|d| d.closed_by_snapshot_in.get(t.as_str()))
+                .map(|n| format!("  ({n} closed by a snapshot)"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {:<32} {:>8} parks  {:>10} / {:>10} / {:>10}",
+                "  {:<32} {:>8} parks  {:>10} / {:>10} / {:>10}{inexact}",
                 &t["park_ns.".len()..],
                 p.count,
                 super::live::duration_ns(p.p50),

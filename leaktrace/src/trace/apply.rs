@@ -3,7 +3,7 @@
 //! targeted sites), the histograms, and the event log.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::{BufWriter, Write},
     time::Duration,
 };
@@ -25,6 +25,9 @@ pub(super) struct Findings {
     pub model: Model,
     pub tracker: Tracker,
     pub hist: Histograms,
+    /// Park durations in `hist` that a snapshot closed (known to within the snapshot
+    /// interval, not exactly), by histogram.
+    pub closed_by_snapshot: BTreeMap<String, u64>,
     /// `--events FILE`.
     pub events: Option<BufWriter<Box<dyn Write>>>,
     /// Where each channel operation's return address is, symbolized once.
@@ -43,6 +46,7 @@ impl Findings {
             model: Model::default(),
             tracker,
             hist: Histograms::default(),
+            closed_by_snapshot: BTreeMap::new(),
             events,
             sites: HashMap::new(),
             start_mono_ns,

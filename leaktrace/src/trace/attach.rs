@@ -241,6 +241,7 @@ fn config_for(pid: u32, layout: &layout::RuntimeLayout) -> Config {
         g_parent_goid: layout.g.parent_goid,
         g_gopc: layout.g.gopc,
         g_startpc: layout.g.startpc,
+        g_tracking_seq: layout.g.tracking_seq,
         ..Config::default()
     }
 }

@@ -173,7 +173,11 @@ impl Session {
                     .iter()
                     .filter(|(t, _)| t.starts_with("park_ns."))
                     .map(|(_, p)| p.count)
-                    .sum(),
+                    .sum::<u64>()
+                    .saturating_sub(model.closed_by_snapshot),
+                exact_across_windows: model.exact_across_windows,
+                closed_by_snapshot: model.closed_by_snapshot,
+                closed_by_snapshot_in: self.findings.closed_by_snapshot.clone(),
                 outlasted_window: model.outlasted_window,
                 open_at_end: model.open_parks(),
             }),

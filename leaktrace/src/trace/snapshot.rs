@@ -18,6 +18,7 @@ use crate::{
         Observed,
         proof::{ProofOptions, Prover},
     },
+    model::histograms,
     probes::Probe,
     report,
     tracee::Target,
@@ -34,6 +35,8 @@ pub(super) struct Snapshot {
     pub observed: Vec<Observed>,
     /// The g address of every goroutine alive, runtime ones included, by goid.
     pub g_addrs: HashMap<u64, u64>,
+    /// The `trackingSeq` of every waiting goroutine, by goid.
+    pub parked: HashMap<u64, u8>,
     pub taken: Instant,
 }
 
@@ -42,6 +45,11 @@ pub(super) fn take(target: &Target) -> anyhow::Result<Snapshot> {
     let gs = census::goroutines::walk(target)?;
     let taken = Instant::now();
     let g_addrs = gs.iter().map(|g| (g.goid, g.g_addr)).collect();
+    let parked = gs
+        .iter()
+        .filter(|g| g.wait_reason_value.is_some())
+        .map(|g| (g.goid, g.tracking_seq))
+        .collect();
     let observed = gs
         .into_iter()
         .filter(|g| !g.system)
@@ -65,6 +73,7 @@ pub(super) fn take(target: &Target) -> anyhow::Result<Snapshot> {
     Ok(Snapshot {
         observed,
         g_addrs,
+        parked,
         taken,
     })
 }
@@ -83,6 +92,7 @@ impl Session {
         let (target, findings) = (&self.target, &mut self.findings);
         let taken =
             collector::while_draining(records, || take(target), |rec| findings.apply(target, rec));
+        let taken_ns = census::goroutines::monotonic_ns() as u64;
         self.next_snapshot = tokio::time::Instant::now()
             + self
                 .opts
@@ -104,6 +114,18 @@ impl Session {
             Ok(s) => {
                 self.g_addrs = s.g_addrs;
                 let g_addrs = &self.g_addrs;
+                // Parks that outlasted their window and are over now, the goroutines
+                // that exited since included; then those exits are forgotten.
+                let closed = self.findings.model.close_by_snapshot(
+                    |goid| s.parked.get(&goid).copied(),
+                    walk_ns,
+                    taken_ns,
+                );
+                for c in closed {
+                    let tag = histograms::tag("park_ns", &self.target.reason_name(c.reason));
+                    self.findings.hist.record(&tag, c.parked_ns);
+                    *self.findings.closed_by_snapshot.entry(tag).or_default() += 1;
+                }
                 self.findings
                     .model
                     .forget_absent(|goid| g_addrs.contains_key(&goid), walk_ns);
