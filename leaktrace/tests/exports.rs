@@ -817,3 +817,61 @@ fn dump_writes_a_goroutine_profile_that_go_tool_pprof_reads() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Probes in windows, as Prometheus sees them (testdata/go/pipeline, too busy for park/wake
+/// to stay on): their hits are still published between windows, unscaled (what the target
+/// paid), with `leaktrace_probe_duty_ratio` below 1 to scale by; a continuous probe's is 1.
+#[test]
+fn prometheus_publishes_windowed_probes_with_their_duty() {
+    let bin = build_fixture("pipeline", &go_versions().pop().unwrap(), &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    fx.stderr
+        .wait_for("ready", std::time::Duration::from_secs(20));
+    let mut t = Tracer::start(&[
+        "-p",
+        &fx.pid().to_string(),
+        "-d",
+        "3s",
+        "--snapshot-interval",
+        "500ms",
+        "--prometheus",
+        "127.0.0.1:0",
+    ]);
+    let line = t.stderr.wait_for(
+        "serving metrics for Prometheus",
+        std::time::Duration::from_secs(20),
+    );
+    let addr: SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let duty = |body: &str, function: &str| -> Option<f64> {
+        let key = format!("leaktrace_probe_duty_ratio{{function=\"{function}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .map(|v| v.parse().unwrap())
+    };
+    // Scrape until a window has closed (its duty is then above 0).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    let body = loop {
+        let (_, _, body) = get(addr, "/metrics");
+        if duty(&body, "runtime.gopark").is_some_and(|d| d > 0.0) {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let d = duty(&body, "runtime.gopark").unwrap();
+    assert!(d < 0.5, "{body}");
+    assert_eq!(duty(&body, "runtime.ready"), Some(d), "{body}");
+    assert_eq!(duty(&body, "runtime.newproc1"), Some(1.0), "{body}");
+    assert!(
+        body.contains("leaktrace_probe_hits_total{function=\"runtime.gopark\"}"),
+        "{body}"
+    );
+    let (_, _, code) = t.finish(std::time::Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+}

@@ -6,6 +6,14 @@ use super::prometheus::Metrics;
 use crate::model::{MemoryPoint, histograms::Histograms};
 use crate::{detect::LeakGroup, probes::Counts};
 
+/// A probe's hits since the trace started (what the target paid: not scaled), and the
+/// fraction of the time it has been in place (1 when continuous).
+pub struct ProbeFigures {
+    pub function: &'static str,
+    pub hits: u64,
+    pub duty: f64,
+}
+
 /// Park-duration bucket bounds, in seconds.
 const PARK_BOUNDS: [f64; 10] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 60.0, 600.0];
 
@@ -14,7 +22,7 @@ pub fn render(
     leaks: &[LeakGroup],
     hist: &Histograms,
     counts: &Counts,
-    probe_names: &[(&'static str, u64)],
+    probes: &[ProbeFigures],
 ) -> String {
     let mut m = Metrics::new();
     if let Some(p) = memory {
@@ -113,12 +121,18 @@ pub fn render(
             h.len(),
         );
     }
-    for (function, hits) in probe_names {
+    for p in probes {
         m.counter(
             "leaktrace_probe_hits_total",
-            "Hits of each probe since the trace started.",
-            &[("function", function)],
-            *hits as f64,
+            "Hits of each probe since the trace started (in windows too, not scaled).",
+            &[("function", p.function)],
+            p.hits as f64,
+        );
+        m.gauge(
+            "leaktrace_probe_duty_ratio",
+            "The fraction of the time each probe has been in place: 1 when continuous, less when it runs in windows. Divide a windowed probe's hit rate, and leaktrace_park_duration_seconds' counts, by it for the whole.",
+            &[("function", p.function)],
+            p.duty,
         );
     }
     m.counter(

@@ -20,7 +20,7 @@ use crate::{
     },
     model::histograms,
     probes::Probe,
-    report,
+    report::{self, metrics::ProbeFigures},
     tracee::Target,
 };
 
@@ -218,18 +218,26 @@ impl Session {
             return Ok(());
         };
         let counts = self.probes.counts()?;
-        let hits: Vec<(&'static str, u64)> = self
-            .probes
-            .attached()
-            .iter()
-            .map(|p: &Probe| (p.function(), counts.hits(*p)))
+        // The probes in windows too: detached between windows, they still have figures.
+        let mut placed = self.probes.attached();
+        placed.extend(&self.windows.probes);
+        placed.sort_unstable();
+        placed.dedup();
+        let (w, duty) = (&self.windows, self.windows.duty());
+        let probes: Vec<ProbeFigures> = placed
+            .into_iter()
+            .map(|p: Probe| ProbeFigures {
+                function: p.function(),
+                hits: counts.hits(p),
+                duty: if w.windowed(p) { duty } else { 1.0 },
+            })
             .collect();
         tx.send_replace(report::metrics::render(
             self.timeline.last(),
             &self.findings.tracker.leaks(&self.detect),
             &self.findings.hist,
             &counts,
-            &hits,
+            &probes,
         ));
         Ok(())
     }

@@ -138,12 +138,13 @@ impl Windows {
                 },
             );
         }
+        let duty = self.duty();
         for p in &self.probes {
             out.insert(
                 p.function().to_string(),
                 Sampling {
                     mode: "windows",
-                    duty: self.duty(),
+                    duty,
                     windows: self.windows,
                     window_ms: self.on.as_secs_f64() * 1e3 / f64::from(self.windows.max(1)),
                 },
