@@ -818,13 +818,14 @@ fn dump_writes_a_goroutine_profile_that_go_tool_pprof_reads() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Probes in windows, as Prometheus sees them (testdata/go/pipeline, too busy for park/wake
-/// to stay on): their hits are still published between windows, unscaled (what the target
-/// paid), with `leaktrace_probe_duty_ratio` below 1 to scale by; a continuous probe's is 1.
+/// Probes in windows, as Prometheus sees them (testdata/go/parkrate's paced hand-offs, too
+/// many for park/wake to stay on, and light enough to leave the other tests a CPU): their
+/// hits are still published between windows, unscaled (what the target paid), with
+/// `leaktrace_probe_duty_ratio` below 1 to scale by; a continuous probe's is 1.
 #[test]
 fn prometheus_publishes_windowed_probes_with_their_duty() {
-    let bin = build_fixture("pipeline", &go_versions().pop().unwrap(), &[]);
-    let mut fx = Fixture::start(&bin, &[]);
+    let bin = build_fixture("parkrate", &go_versions().pop().unwrap(), &[]);
+    let mut fx = Fixture::start(&bin, &["-pairs", "4", "-rate", "3000"]);
     fx.stderr
         .wait_for("ready", std::time::Duration::from_secs(20));
     let mut t = Tracer::start(&[
