@@ -1,6 +1,6 @@
 //! The `leaktrace` command line.
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
+use std::{ffi::OsString, io::IsTerminal as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use leaktrace::{
@@ -8,6 +8,7 @@ use leaktrace::{
     detect::Confidence,
     dump::DumpOptions,
     probes::Probe,
+    report::top::screen::Screen,
     signals::Interrupted,
     trace::{self, TargetSpec, TraceOptions},
     tracee::buildinfo::{MAX_TESTED, MIN_SUPPORTED},
@@ -34,6 +35,11 @@ enum Command {
     /// report.txt, report.json and report.html to a directory. `record [options] -- CMD ARGS` spawns the
     /// command and traces it from its first instruction.
     Record(RecordArgs),
+    /// Trace live in a full-screen view: the leak groups, sorted (s), with their trends; the
+    /// memory; the probes and their cost. Enter opens a group's stack, q quits and prints the
+    /// report. `top [options] -- CMD ARGS` spawns the command. Without a terminal on stdout,
+    /// prints the plain live lines instead.
+    Top(TopArgs),
     /// Print every goroutine and the memory figures of a Go process, once, with no probe.
     Dump(DumpArgs),
     /// Print a shell completion script (e.g. `leaktrace completions bash >
@@ -167,6 +173,19 @@ struct RecordArgs {
     /// The directory to write report.txt, report.json, report.html and the exports to.
     #[arg(short, long, default_value = "leaktrace-out")]
     output: PathBuf,
+    /// The command to spawn and trace (after --).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+struct TopArgs {
+    #[command(flatten)]
+    trace: TraceArgs,
+    /// Also write report.txt, report.json, report.html and the exports to this directory
+    /// when the trace stops.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
     /// The command to spawn and trace (after --).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -319,6 +338,18 @@ fn fail(e: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// What `record` and `top` trace: a running process or a command to spawn.
+fn target(pid: Option<u32>, command: Vec<OsString>) -> Result<TargetSpec, String> {
+    match (pid, command.is_empty()) {
+        (Some(pid), true) => Ok(TargetSpec::Pid(pid)),
+        (None, false) => Ok(TargetSpec::Spawn(command)),
+        (Some(_), false) => Err("give either -p PID or -- CMD ARGS, not both".into()),
+        (None, true) => {
+            Err("give the PID to trace (-p PID) or a command to spawn (-- CMD ARGS)".into())
+        }
+    }
+}
+
 /// The trace's options, and the confidence --fail-on-leak fails at.
 fn options(
     a: TraceArgs,
@@ -339,6 +370,7 @@ fn options(
         alloc: a.alloc,
         prometheus: a.prometheus,
         ring_bytes: a.ring_buffer,
+        top: false,
     };
     Ok((opts, fail_on_leak))
 }
@@ -388,27 +420,24 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             };
         }
-        Some(Command::Record(r)) => {
-            let target = match (r.trace.pid, r.command.is_empty()) {
-                (Some(pid), true) => TargetSpec::Pid(pid),
-                (None, false) => TargetSpec::Spawn(r.command),
-                (Some(_), false) => {
-                    eprintln!("leaktrace: error: give either -p PID or -- CMD ARGS, not both");
-                    return ExitCode::from(2);
-                }
-                (None, true) => {
-                    eprintln!(
-                        "leaktrace: error: give the PID to trace (-p PID) or a command to spawn (-- CMD ARGS)"
-                    );
-                    return ExitCode::from(2);
-                }
-            };
+        Some(Command::Record(r)) => target(r.trace.pid, r.command).and_then(|target| {
             let mut a = r.trace;
             if a.duration.is_none() && matches!(target, TargetSpec::Pid(_)) {
                 a.duration = Some(Duration::from_secs(60));
             }
             options(a, target, Some(r.output))
-        }
+        }),
+        Some(Command::Top(t)) => target(t.trace.pid, t.command).and_then(|target| {
+            if t.trace.events.as_deref() == Some(std::path::Path::new("-")) {
+                return Err("top draws on stdout: give --events a file, not -".into());
+            }
+            let (mut opts, fail_on_leak) = options(t.trace, target, t.output)?;
+            opts.top = std::io::stdout().is_terminal();
+            if !opts.top {
+                eprintln!("leaktrace: stdout is not a terminal: printing the live lines instead of the top view");
+            }
+            Ok((opts, fail_on_leak))
+        }),
         Some(Command::Trace(a)) => match a.pid {
             Some(pid) => options(a, TargetSpec::Pid(pid), None),
             None => Err("give the PID of the Go program to trace: leaktrace -p PID".into()),
@@ -432,7 +461,25 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(anyhow::anyhow!("cannot start the event loop: {e}")),
     };
-    match runtime.block_on(trace::run(opts)) {
+    // `top`: the screen is up from before attaching until the trace stops, and down again
+    // on every way out (this function's returns drop it).
+    // Its q and Ctrl-C raise SIGINT, which must stop the trace rather than end leaktrace.
+    if opts.top
+        && let Err(e) = leaktrace::signals::watch()
+    {
+        return fail(anyhow::anyhow!("handling SIGINT and SIGTERM: {e}"));
+    }
+    let mut screen = match opts.top {
+        true => match Screen::open() {
+            Ok(s) => Some(s),
+            Err(e) => return fail(e),
+        },
+        false => None,
+    };
+    let observer = screen.as_mut().map(|s| s as &mut dyn trace::Observer);
+    let result = runtime.block_on(trace::run(opts, observer));
+    drop(screen);
+    match result {
         Ok(outcome) => match fail_on_leak {
             Some(at) if outcome.report.leaks.iter().any(|l| l.confidence >= at) => {
                 eprintln!(

@@ -3,8 +3,8 @@
 //! interval and the summary (`live`); the goroutine and memory snapshot (`dump`) and the goroutines proven leaked (`proven`); every
 //! probe record as a JSON line (`events`); pprof profiles (`pprof`); histograms over time as
 //! an HdrHistogram interval log (`hlog`); the Prometheus text format (`metrics`) and the
-//! endpoint that serves it (`prometheus`); the report as a page with plots (`html`); and the
-//! files `record -o` writes (`exports`).
+//! endpoint that serves it (`prometheus`); the report as a page with plots (`html`); the
+//! full-screen view of `leaktrace top` (`top`); and the files `record -o` writes (`exports`).
 
 pub mod dump;
 pub mod events;
@@ -18,3 +18,4 @@ pub mod prometheus;
 pub mod proven;
 pub mod schema;
 pub mod text;
+pub mod top;

@@ -160,7 +160,7 @@ fn spawned(
     let binary = GoBinary::open(&program).map_err(|e| anyhow!("{e}"))?;
     let v = binary.version();
     let layout = layout::for_binary(binary.data(), v.major, v.minor)?;
-    let held = spawn::hold(argv, opts.events_to_stdout())?;
+    let held = spawn::hold(argv, opts.stdout_taken())?;
     let pid = held.pid;
     let (mut probes, plan) = load(pid, &binary, &layout, opts)?;
     if plan.exempt.contains(&Probe::Alloc) {

@@ -13,11 +13,20 @@ use tokio::{
 };
 
 use super::{
-    Stop,
+    Observer, Stop,
     budget::{BUDGET_PERIOD, QUICK_CHECK},
     session::Session,
+    windows::PERIOD,
 };
-use crate::{collector, detect::Confidence, probes::Probe, report::live};
+use crate::{
+    collector,
+    detect::{Confidence, LeakGroup},
+    probes::{Counts, Probe},
+    report::{
+        live,
+        top::{self, Interval},
+    },
+};
 
 /// What the loop waits on besides time.
 pub(super) struct Io {
@@ -64,8 +73,13 @@ impl Io {
     }
 }
 
-/// Follows the target until something stops the trace.
-pub(super) async fn follow(s: &mut Session, io: &mut Io) -> anyhow::Result<Stop> {
+/// Follows the target until something stops the trace; `observer` is shown each interval
+/// instead of the live lines.
+pub(super) async fn follow(
+    s: &mut Session,
+    io: &mut Io,
+    mut observer: Option<&mut dyn Observer>,
+) -> anyhow::Result<Stop> {
     let deadline = s.opts.duration.map(|d| Instant::now() + d);
     let mut tick = interval_at(Instant::now() + s.opts.interval, s.opts.interval);
     // The probes' cost is checked 20 ms after they are placed (a hot probe shows in so
@@ -89,7 +103,7 @@ pub(super) async fn follow(s: &mut Session, io: &mut Io) -> anyhow::Result<Stop>
             _ = budget.tick() => s.check_budget()?,
             _ = async { sleep_until(s.windows.next.unwrap().into()).await }, if s.windows.next.is_some() => s.window_tick()?,
             _ = tick.tick() => {
-                s.live_line()?;
+                s.live_line(observer.as_mut().map(|o| &mut **o as _))?;
                 if s.target.process.has_execed() {
                     break Stop::TargetExeced;
                 }
@@ -112,13 +126,18 @@ pub(super) async fn follow(s: &mut Session, io: &mut Io) -> anyhow::Result<Stop>
 }
 
 impl Session {
-    /// The live line of the interval that just ended.
-    fn live_line(&mut self) -> anyhow::Result<()> {
+    /// The live line of the interval that just ended, or the observer's view of it.
+    fn live_line(&mut self, observer: Option<&mut dyn Observer>) -> anyhow::Result<()> {
         let elapsed = self.start.elapsed();
         self.findings.hist.close_interval(elapsed);
         let counts = self.probes.counts()?;
         let t = self.findings.model.take_interval();
         let leaks = self.findings.tracker.leaks(&self.detect);
+        if let Some(o) = observer {
+            o.interval(self.interval(leaks, &counts));
+            self.lost_reported = counts.lost;
+            return Ok(());
+        }
         let proven = leaks
             .iter()
             .filter(|l| l.confidence == Confidence::Proven)
@@ -160,4 +179,51 @@ impl Session {
         }
         Ok(())
     }
+
+    /// What the observer is shown of the interval that just ended: the leak groups with the
+    /// memory they pin (as last estimated), the memory timeline's last points, the probes
+    /// and their cost.
+    fn interval(&self, mut leaks: Vec<LeakGroup>, counts: &Counts) -> Interval {
+        for l in &mut leaks {
+            l.pinned = self.pinned.get(l);
+        }
+        let placed = self.probes.attached();
+        let w = &self.windows;
+        // The windows' cost: what the last one cost, once per period.
+        let windows_cost = match w.windows {
+            0 => 0.0,
+            _ => w.last_cost / PERIOD.as_secs_f64(),
+        };
+        Interval {
+            target: format!(
+                "PID {} ({}, {})",
+                self.target.process.pid(),
+                base_name(&self.target.process.exe_name()),
+                self.target.binary.build().version_string
+            ),
+            elapsed: self.start.elapsed(),
+            leaks,
+            memory: self.timeline[self.timeline.len().saturating_sub(top::MEMORY_POINTS)..]
+                .to_vec(),
+            status: top::Status {
+                probes: placed
+                    .iter()
+                    .filter(|p| !w.windowed(**p))
+                    .map(|p| p.name())
+                    .collect(),
+                windowed: w.probes.iter().map(|p| p.name()).collect(),
+                duty: w.duty(),
+                windows: w.windows,
+                cost: self.continuous_cost + windows_cost,
+                budget: self.opts.max_overhead,
+                snapshots: self.findings.tracker.snapshots(),
+                lost: counts.lost,
+            },
+        }
+    }
+}
+
+/// `server` for `/srv/bin/server`: the title of a narrow screen.
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }

@@ -4,8 +4,9 @@
 //! `follow`s it: records into the model and the detector (`apply`), a snapshot each
 //! `--snapshot-interval` (`snapshot`), the budget checked and suspects' sites probed
 //! (`budget`), probes that do not fit placed in short windows (`windows`), a line per
-//! interval. It stops on Ctrl-C, SIGTERM, `--duration`, or when the
-//! target exits or execs, and `finish` detaches every probe, then reports.
+//! interval (or an [`Observer`] is shown it: `leaktrace top`). It stops on Ctrl-C, SIGTERM,
+//! `--duration`, or when the target exits or execs, and `finish` detaches every probe, then
+//! reports.
 
 mod apply;
 mod attach;
@@ -21,9 +22,35 @@ use anyhow::{Context as _, anyhow};
 
 pub use options::{Outcome, Stop, TargetSpec, TraceOptions};
 
-use crate::{probes::calibrate, signals};
+use crate::{
+    probes::calibrate,
+    report::top::{Interval, screen::Screen},
+    signals,
+};
 
-pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
+/// Watches the trace in place of the live lines: each interval's state is handed to it, and
+/// it gives the terminal back before the report is printed.
+pub trait Observer {
+    fn interval(&mut self, now: Interval);
+    fn close(&mut self);
+}
+
+impl Observer for Screen {
+    fn interval(&mut self, now: Interval) {
+        self.show(now);
+    }
+
+    fn close(&mut self) {
+        Screen::close(self);
+    }
+}
+
+/// Traces as `opts` say; `observer`, when given, is shown each interval instead of the live
+/// lines.
+pub async fn run(
+    opts: TraceOptions,
+    mut observer: Option<&mut dyn Observer>,
+) -> anyhow::Result<Outcome> {
     // From here on SIGINT and SIGTERM stop the trace instead of killing leaktrace: counted
     // for the phases around the event loop, and buffered by tokio for the loop itself.
     signals::watch().context("handling SIGINT and SIGTERM")?;
@@ -37,6 +64,14 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<Outcome> {
     let attached = attach::attach(&opts, hit_cost)?;
     let (mut session, records) = session::Session::start(opts, attached, hit_cost).await?;
     let mut io = follow::Io::new(records, &session, signals)?;
-    let stop = follow::follow(&mut session, &mut io).await?;
+    let stop = follow::follow(
+        &mut session,
+        &mut io,
+        observer.as_mut().map(|o| &mut **o as _),
+    )
+    .await?;
+    if let Some(o) = observer {
+        o.close();
+    }
     session.finish(stop, io)
 }

@@ -37,12 +37,20 @@ pub struct TraceOptions {
     pub alloc: AllocMode,
     /// Serve metrics for Prometheus here.
     pub prometheus: Option<std::net::SocketAddr>,
+    /// `leaktrace top`: an [`Observer`](super::Observer) shows each interval instead of the
+    /// live lines, and stdout is its screen (a spawned command writes its stdout to stderr).
+    pub top: bool,
 }
 
 impl TraceOptions {
     /// `--events -`: the event lines go to stdout, and nothing else does.
     pub fn events_to_stdout(&self) -> bool {
         self.events.as_deref() == Some(std::path::Path::new("-"))
+    }
+
+    /// Something other than the person reading leaktrace's output reads its stdout.
+    pub fn stdout_taken(&self) -> bool {
+        self.top || self.events_to_stdout()
     }
 
     /// Prints what a person reads (the live lines, the report): on stdout, or on stderr

@@ -51,7 +51,7 @@ pub fn resolve(cmd: &Path) -> anyhow::Result<PathBuf> {
 /// Forks; the child waits for [`Held::release`], then execs `argv`. If leaktrace dies before
 /// releasing it, the child sees the pipe close and exits without running the command.
 /// `stdout_to_stderr`: the command writes its stdout to leaktrace's stderr, when leaktrace's
-/// stdout carries data a script reads (`--events -`).
+/// stdout carries data a script reads (`--events -`) or `top`'s screen.
 pub fn hold(argv: &[OsString], stdout_to_stderr: bool) -> anyhow::Result<Held> {
     let first = argv
         .first()
