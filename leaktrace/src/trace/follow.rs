@@ -189,10 +189,10 @@ impl Session {
         }
         let placed = self.probes.attached();
         let w = &self.windows;
-        // The windows' cost: what the last one cost, once per period.
+        // The windows' cost: what the last one cost, once per period (at least a second).
         let windows_cost = match w.windows {
             0 => 0.0,
-            _ => w.last_cost / PERIOD.as_secs_f64(),
+            _ => w.last_cost / w.period.max(PERIOD).as_secs_f64(),
         };
         Interval {
             target: format!(

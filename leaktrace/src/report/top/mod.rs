@@ -46,8 +46,8 @@ pub struct Status {
     pub windowed: Vec<&'static str>,
     pub duty: f64,
     pub windows: u32,
-    /// What the probes cost the target at the last budget check, and the budget (fractions
-    /// of one CPU; the budget is infinite for `--max-overhead off`).
+    /// What the probes cost the target at the last budget check (the windows: at the last
+    /// window), and the budget (fractions of one CPU; infinite for `--max-overhead off`).
     pub cost: f64,
     pub budget: f64,
     pub snapshots: usize,
@@ -120,15 +120,19 @@ pub fn sorted(leaks: &[LeakGroup], sort: Sort) -> Vec<&LeakGroup> {
     v
 }
 
-/// `values` as a line of block characters, the last `width` of them, scaled to their
-/// maximum.
+/// `values` as a line of block characters, the last `width` of them, from their lowest
+/// (`▁`) to their highest (`█`): a group that grows rises, one that holds is flat.
 pub fn spark(values: &[u64], width: usize) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let shown = &values[values.len().saturating_sub(width)..];
-    let max = shown.iter().copied().max().unwrap_or(0).max(1);
+    let lo = shown.iter().copied().min().unwrap_or(0);
+    let span = shown.iter().copied().max().unwrap_or(0) - lo;
     shown
         .iter()
-        .map(|&v| BARS[((v * 7).div_ceil(max)) as usize])
+        .map(|&v| match span {
+            0 => BARS[0],
+            _ => BARS[((v - lo) * 7).div_ceil(span) as usize],
+        })
         .collect()
 }
 
@@ -198,7 +202,12 @@ pub fn draw(f: &mut Frame, now: &Interval, choice: &Choice) {
         head.push_str(" | stopping");
     }
     f.render_widget(
-        Paragraph::new(head).style(Style::new().add_modifier(Modifier::REVERSED)),
+        Paragraph::new(head).style(
+            Style::new()
+                .bg(Color::Blue)
+                .fg(Color::White)
+                .add_modifier(Modifier::BOLD),
+        ),
         title,
     );
     match (choice.stack, shown.get(choice.selected)) {
@@ -273,7 +282,11 @@ fn draw_groups(f: &mut Frame, area: Rect, shown: &[&LeakGroup], choice: &Choice)
         ],
     )
     .header(Row::new(header(choice.sort)).style(Style::new().add_modifier(Modifier::BOLD)))
-    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    .row_highlight_style(
+        Style::new()
+            .bg(Color::DarkGray)
+            .add_modifier(Modifier::BOLD),
+    );
     let mut state = TableState::default().with_selected(Some(choice.selected));
     f.render_stateful_widget(table, area, &mut state);
 }
@@ -374,26 +387,10 @@ fn draw_memory(f: &mut Frame, area: Rect, points: &[MemoryPoint]) {
     }
 }
 
-/// `12 snapshots | probes park,wake,create,exit | budget 0.21% of 1%`.
+/// `12 snapshots | budget 0.21% of 1% | probes park,wake | windows 17%: create,exit`: the
+/// most telling first, as a narrow screen cuts the end.
 pub fn status_line(s: &Status) -> String {
-    let mut line = format!(
-        " {} snapshots | probes {}",
-        s.snapshots,
-        if s.probes.is_empty() {
-            "none".to_string()
-        } else {
-            s.probes.join(",")
-        }
-    );
-    if !s.windowed.is_empty() {
-        let _ = write!(
-            line,
-            " | sampled {} {:.0}% ({} windows)",
-            s.windowed.join(","),
-            s.duty * 100.0,
-            s.windows
-        );
-    }
+    let mut line = format!(" {} snapshots", s.snapshots);
     if s.budget.is_finite() {
         let _ = write!(
             line,
@@ -407,6 +404,23 @@ pub fn status_line(s: &Status) -> String {
     if s.lost > 0 {
         let _ = write!(line, " | lost {}", s.lost);
     }
+    let _ = write!(
+        line,
+        " | probes {}",
+        match s.probes.is_empty() {
+            true => "none".to_string(),
+            false => s.probes.join(","),
+        }
+    );
+    if !s.windowed.is_empty() {
+        let _ = write!(
+            line,
+            " | windows {:.0}% ({}): {}",
+            s.duty * 100.0,
+            s.windows,
+            s.windowed.join(",")
+        );
+    }
     line
 }
 
@@ -417,7 +431,8 @@ mod tests {
     #[test]
     fn sparklines() {
         assert_eq!(spark(&[0, 1, 2, 4, 8], 10), "▁▂▃▅█");
-        assert_eq!(spark(&[5, 5, 5], 2), "██");
+        assert_eq!(spark(&[5, 5, 5], 2), "▁▁");
+        assert_eq!(spark(&[1, 10, 12, 14], 3), "▁▅█");
         assert_eq!(spark(&[], 5), "");
         assert_eq!(spark(&[0, 0], 5), "▁▁");
     }
