@@ -133,6 +133,7 @@ fn tarball_runs_alone_in_an_empty_root() {
             "man/leaktrace-completions.1",
             "man/leaktrace-dump.1",
             "man/leaktrace-record.1",
+            "man/leaktrace-top.1",
             "man/leaktrace-trace.1",
             "man/leaktrace.1",
         ]

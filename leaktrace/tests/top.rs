@@ -2,8 +2,8 @@
 //! against the classic leak. The keys are typed with `send-keys` and the screen read with
 //! `capture-pane`: the group is listed at its blocking site, the sort key re-sorts, Enter
 //! opens its stack and Esc closes it, q stops the trace and the final report is printed on
-//! the normal screen. After q, after the target exits and after SIGTERM, the terminal is
-//! given back: no alternate screen, and the tty in its normal mode (echo, canonical input).
+//! the normal screen. After q, Ctrl-C, the target's exit and SIGTERM, the terminal is given
+//! back: no alternate screen, and the tty in its normal mode (echo, canonical input).
 
 mod support;
 
@@ -196,7 +196,10 @@ fn keys_then_q(tmux: &Tmux, bin: &std::path::Path) {
         screen.contains(" memory") && screen.contains("RSS"),
         "{screen}"
     );
-    assert!(screen.contains(" snapshots | probes "), "{screen}");
+    assert!(
+        screen.contains(" snapshots | cost ") && screen.contains("no budget | probes park,wake"),
+        "{screen}"
+    );
     assert!(
         screen.contains("COUNT▼"),
         "sorted by goroutines first:\n{screen}"
@@ -215,6 +218,18 @@ fn keys_then_q(tmux: &Tmux, bin: &std::path::Path) {
     let report = fs::read_to_string(dir.join("report.json")).expect("top -o writes report.json");
     assert!(report.contains("main.produce"), "{report}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Ctrl-C, which raw mode makes a key: it stops the trace as SIGINT does.
+fn ctrl_c(tmux: &Tmux, bin: &std::path::Path) {
+    let s = "ctrl-c";
+    let mut target = Fixture::start(bin, &["-requests", "5", "-hold"]);
+    target.stderr.wait_for("holding", Duration::from_secs(30));
+    tmux.start(s, &top(&["-p", &target.pid().to_string()]));
+    tmux.wait_for(s, "main.produce");
+    tmux.keys(s, "C-c");
+    let all = tmux.assert_restored(s);
+    assert!(all.contains("SIGINT received"), "{all}");
 }
 
 /// The target exits while the screen is up: the report follows on the normal screen.
@@ -271,6 +286,7 @@ fn top_in_a_terminal() {
         sc.spawn(|| keys_then_q(&tmux, &bin));
         sc.spawn(|| target_exits(&tmux, &bin));
         sc.spawn(|| sigterm_spawned(&tmux, &bin));
+        sc.spawn(|| ctrl_c(&tmux, &bin));
     });
-    println!("three sessions in {:.1} s", started.elapsed().as_secs_f64());
+    println!("four sessions in {:.1} s", started.elapsed().as_secs_f64());
 }
