@@ -205,8 +205,12 @@ fn keys_then_q(tmux: &Tmux, bin: &std::path::Path) {
         "sorted by goroutines first:\n{screen}"
     );
     assert_eq!(tmux.show(s, "#{alternate_on}"), "1");
+    tmux.keys(s, "p");
+    tmux.wait_for(s, "| PAUSED");
+    tmux.keys(s, "p");
     tmux.keys(s, "s");
-    tmux.wait_for(s, "GROW▼");
+    let sorted = tmux.wait_for(s, "GROW▼");
+    assert!(!sorted.contains("PAUSED"), "{sorted}");
     tmux.keys(s, "Enter");
     let stack = tmux.wait_for(s, "main.produce(...)");
     assert!(stack.contains("created by main.handle"), "{stack}");
@@ -289,4 +293,26 @@ fn top_in_a_terminal() {
         sc.spawn(|| ctrl_c(&tmux, &bin));
     });
     println!("four sessions in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Without a terminal on stdout, top says so and prints the plain live lines.
+#[test]
+fn top_without_a_terminal_prints_the_live_lines() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("classicleak", &version, &[]);
+    let mut target = Fixture::start(&bin, &["-requests", "5", "-hold"]);
+    target.stderr.wait_for("holding", Duration::from_secs(30));
+    let pid = target.pid().to_string();
+    let mut tracer = Tracer::start(&["top", "-p", &pid, "-d", "3s", "--min-age", "1s"]);
+    tracer.stderr.wait_for(
+        "stdout is not a terminal: printing the live lines",
+        Duration::from_secs(30),
+    );
+    let (out, _, code) = tracer.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("| suspects ") && out.contains("main.produce(...)"),
+        "no live lines and report:\n{out}"
+    );
+    assert!(!out.contains("\x1b["), "escape sequences on a pipe:\n{out}");
 }
