@@ -113,7 +113,7 @@ struct TraceArgs {
     /// Stop after this long (e.g. 30s, 5m, 500ms); default: until Ctrl-C or the target exits.
     #[arg(short, long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// How often to print the live line.
+    /// How often to print the live line (`top`: to redraw the screen).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     interval: Duration,
     /// How often to read every goroutine of the target (read-only; costs the target nothing).
@@ -461,9 +461,9 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(anyhow::anyhow!("cannot start the event loop: {e}")),
     };
-    // `top`: the screen is up from before attaching until the trace stops, and down again
-    // on every way out (this function's returns drop it).
-    // Its q and Ctrl-C raise SIGINT, which must stop the trace rather than end leaktrace.
+    // `top`: its q and Ctrl-C raise SIGINT, which must stop the trace rather than end
+    // leaktrace; the screen is up from before attaching until the trace stops, and down
+    // again on every way out (an error drops it here, before it is printed).
     if opts.top
         && let Err(e) = leaktrace::signals::watch()
     {

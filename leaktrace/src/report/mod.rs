@@ -1,4 +1,5 @@
-//! Renderers, each a leaf that imports what it renders and nothing imports but the trace:
+//! Renderers, each a leaf that imports what it renders and nothing imports but the trace
+//! (and `main`, which opens `top`'s screen):
 //! report.json's structs (`schema`) and the text report (`text`); the live line each
 //! interval and the summary (`live`); the goroutine and memory snapshot (`dump`) and the goroutines proven leaked (`proven`); every
 //! probe record as a JSON line (`events`); pprof profiles (`pprof`); histograms over time as
