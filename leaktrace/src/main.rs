@@ -478,7 +478,13 @@ fn main() -> ExitCode {
     };
     let observer = screen.as_mut().map(|s| s as &mut dyn trace::Observer);
     let result = runtime.block_on(trace::run(opts, observer));
+    let screen_failed = screen.as_ref().is_some_and(Screen::failed);
     drop(screen);
+    if screen_failed && result.is_ok() {
+        return fail(anyhow::anyhow!(
+            "the top screen failed (see above): the trace was stopped and reported"
+        ));
+    }
     match result {
         Ok(outcome) => match fail_on_leak {
             Some(at) if outcome.report.leaks.iter().any(|l| l.confidence >= at) => {

@@ -55,6 +55,16 @@ fn restore_terminal() {
     }
 }
 
+/// The screen failed (a panic, or the terminal could not be drawn on or read).
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+/// The screen cannot go on: the trace is stopped, its report printed, and leaktrace then
+/// exits with an error.
+fn fail() {
+    FAILED.store(true, Ordering::SeqCst);
+    interrupt();
+}
+
 /// Stops the trace as Ctrl-C does in the plain trace: whatever phase it is in (attaching,
 /// following) already stops on SIGINT.
 fn interrupt() {
@@ -93,7 +103,7 @@ impl Screen {
                 // A panic has restored the terminal (the hook); stop the trace, whose report
                 // then comes as after Ctrl-C.
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(rx))).is_err() {
-                    interrupt();
+                    fail();
                 }
             })
             .context("starting the screen's thread")?;
@@ -108,6 +118,12 @@ impl Screen {
         if let Some(tx) = &self.intervals {
             let _ = tx.send(now);
         }
+    }
+
+    /// The screen failed while up (said on stderr when it was a panic): the trace was
+    /// stopped as by Ctrl-C.
+    pub fn failed(&self) -> bool {
+        FAILED.load(Ordering::SeqCst)
     }
 
     /// Gives the terminal back: the normal screen in its normal mode, with what was written
@@ -132,7 +148,7 @@ impl Drop for Screen {
 /// trace closes the screen.
 fn run(intervals: mpsc::Receiver<Interval>) {
     let Ok(mut term) = Terminal::new(CrosstermBackend::new(io::stdout())) else {
-        interrupt();
+        fail();
         return;
     };
     let mut now = Interval::default();
@@ -154,7 +170,7 @@ fn run(intervals: mpsc::Receiver<Interval>) {
             let shown = now.leaks.len();
             choice.selected = choice.selected.min(shown.saturating_sub(1));
             if term.draw(|f| draw(f, &now, &choice)).is_err() {
-                interrupt();
+                fail();
                 return;
             }
             dirty = false;
@@ -163,7 +179,7 @@ fn run(intervals: mpsc::Receiver<Interval>) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(_) => {
-                interrupt();
+                fail();
                 return;
             }
         }
@@ -183,7 +199,7 @@ fn run(intervals: mpsc::Receiver<Interval>) {
             Ok(Event::Resize(..)) => dirty = true,
             Ok(_) => {}
             Err(_) => {
-                interrupt();
+                fail();
                 return;
             }
         }
