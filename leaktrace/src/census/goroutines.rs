@@ -19,8 +19,9 @@ use crate::tracee::{Target, batch, pclntab::Frame};
 /// One frame of a goroutine's stack, innermost first; inlined calls are frames of their own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct StackFrame {
-    pub function: String,
-    pub file: String,
+    /// Shared with every other frame at the same PC.
+    pub function: Arc<str>,
+    pub file: Arc<str>,
     pub line: u32,
     /// The physical PC (link-time address) this frame belongs to.
     #[serde(skip)]
@@ -36,8 +37,9 @@ pub struct StackFrame {
 /// Where a goroutine was created: the `go` statement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CreatedBy {
-    pub function: String,
-    pub file: String,
+    /// Shared by every goroutine created at the same `go` statement.
+    pub function: Arc<str>,
+    pub file: Arc<str>,
     pub line: u32,
     /// The goroutine that executed the `go` statement (0 before Go recorded it).
     pub goid: u64,
@@ -53,8 +55,9 @@ pub struct GoroutineSnapshot {
     /// `g.atomicstatus` without the scan bit.
     pub status: u32,
     /// What Go prints between the brackets: the wait reason for a waiting goroutine
-    /// ("chan send"), else the status ("running", "runnable", "syscall").
-    pub state: String,
+    /// ("chan send"), else the status ("running", "runnable", "syscall"). Shared by every
+    /// goroutine in the same state.
+    pub state: Arc<str>,
     /// For a waiting goroutine, the raw `waitReason`.
     pub wait_reason_value: Option<u8>,
     /// How long it has been waiting, when the runtime recorded it: `g.waitsince` is set by
@@ -66,7 +69,7 @@ pub struct GoroutineSnapshot {
     pub stack: Arc<[StackFrame]>,
     pub created_by: Option<CreatedBy>,
     /// The goroutine's start function (`g.startpc`), e.g. `main.main.gowrap1`.
-    pub start_function: Option<String>,
+    pub start_function: Option<Arc<str>>,
     /// A runtime-internal goroutine, which Go's tracebacks leave out.
     pub system: bool,
     /// The g's address in the target.
@@ -345,24 +348,24 @@ struct PcInfo {
 #[derive(Default)]
 pub(crate) struct Symbolizer {
     pcs: PcMap<u64, PcInfo>,
-    created: PcMap<u64, Option<(String, String, u32)>>,
-    starts: PcMap<u64, Option<String>>,
+    created: PcMap<u64, Option<(Arc<str>, Arc<str>, u32)>>,
+    starts: PcMap<u64, Option<Arc<str>>>,
     /// The header's state by (status, wait reason).
-    states: PcMap<u64, String>,
+    states: PcMap<u64, Arc<str>>,
 }
 
 impl Symbolizer {
     /// What Go prints between the brackets of the header: the wait reason of a waiting
     /// goroutine ("chan send"), else its status ("running", "runnable", "syscall").
-    pub(crate) fn state(&mut self, target: &Target, status: u32, waitreason: u8) -> String {
+    pub(crate) fn state(&mut self, target: &Target, status: u32, waitreason: u8) -> Arc<str> {
         let key = u64::from(status) << 8 | u64::from(waitreason);
         self.states
             .entry(key)
             .or_insert_with(|| {
                 if status == 4 && waitreason != 0 {
-                    target.reason_name(waitreason)
+                    target.reason_name(waitreason).into()
                 } else {
-                    status_string(status).to_string()
+                    status_string(status).into()
                 }
             })
             .clone()
@@ -402,8 +405,8 @@ impl Symbolizer {
                 printed += usize::from(shown);
                 callee = Some(f.function.clone());
                 out.push(StackFrame {
-                    function: print_name(name),
-                    file: f.file.clone(),
+                    function: print_name(name).into(),
+                    file: f.file.as_str().into(),
                     line: f.line,
                     pc: pf.pc,
                     inlined: !physical,
@@ -435,7 +438,7 @@ impl Symbolizer {
                 // (traceback.go printcreatedby1).
                 let at = if pc > f.entry { pc - 1 } else { pc };
                 let (file, line) = table.file_line(&f, at)?;
-                Some((print_name(&f.name), file, line))
+                Some((print_name(&f.name).into(), file.into(), line))
             })
             .clone()?;
         Some(CreatedBy {
@@ -447,7 +450,7 @@ impl Symbolizer {
         })
     }
 
-    pub(crate) fn start_function(&mut self, target: &Target, startpc: u64) -> Option<String> {
+    pub(crate) fn start_function(&mut self, target: &Target, startpc: u64) -> Option<Arc<str>> {
         self.starts
             .entry(startpc)
             .or_insert_with(|| {
@@ -455,7 +458,7 @@ impl Symbolizer {
                     .binary
                     .pclntab()
                     .find_func(target.link_addr(startpc))
-                    .map(|f| f.name)
+                    .map(|f| f.name.into())
             })
             .clone()
     }
