@@ -14,7 +14,7 @@ pub use super::snapshots::Census;
 /// g structs read per batch: their buffer stays in the CPU's caches.
 const BATCH: usize = 4096;
 use super::unwind::{PcMap, PhysFrame};
-use crate::tracee::{Target, batch, pclntab::Frame};
+use crate::tracee::{Target, batch, layout::GOffsets, pclntab::Frame};
 
 /// One frame of a goroutine's stack, innermost first; inlined calls are frames of their own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -224,37 +224,64 @@ pub(crate) fn pointer_slice(
         .collect())
 }
 
+/// The part of a g that [`RawG`] holds: from the lowest field it reads to the end of the
+/// highest, as (offset, length). In Go 1.27, 328 of the 456 bytes of a g.
+fn g_span(l: &GOffsets) -> (u64, usize) {
+    let fields = [
+        (l.stack_lo, 8),
+        (l.stack_hi, 8),
+        (l.sched_sp, 8),
+        (l.sched_pc, 8),
+        (l.atomicstatus, 4),
+        (l.goid, 8),
+        (l.waitsince, 8),
+        (l.waitreason, 1),
+        (l.tracking_seq, 1),
+        (l.parent_goid, 8),
+        (l.gopc, 8),
+        (l.startpc, 8),
+        (l.waiting, 8),
+    ];
+    let lo = fields.iter().map(|f| f.0).min().unwrap_or(0);
+    let hi = fields.iter().map(|f| f.0 + f.1).max().unwrap_or(0).min(l.size);
+    (lo, hi.saturating_sub(lo) as usize)
+}
+
 /// The g structs at `addrs`, read in batches; a g that cannot be read (garbage in allgs)
 /// reads as zeros, which is a dead g.
 pub(crate) fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG>> {
     let l = &target.layout.g;
-    let size = l.size as usize;
+    let (lo, len) = g_span(l);
     let mut out = Vec::with_capacity(addrs.len());
-    // g structs are allocated packed in their spans: read as few stretches as that allows.
-    let mut buf = vec![0u8; size * BATCH];
+    let mut buf = vec![0u8; len * BATCH];
     let mut ranges = Vec::with_capacity(BATCH);
     for chunk in addrs.chunks(BATCH) {
         ranges.clear();
-        ranges.extend(chunk.iter().map(|&a| (a, size)));
-        let bytes = &mut buf[..size * chunk.len()];
-        batch::read_coalesced(&target.process, &ranges, bytes, size as u64)
+        ranges.extend(chunk.iter().map(|&a| (a + lo, len)));
+        let bytes = &mut buf[..len * chunk.len()];
+        // g structs are allocated packed in their spans: read as few stretches as that
+        // allows (the kernel pins pages once per range, which costs more than copying the
+        // unused tail of each g).
+        batch::read_coalesced(&target.process, &ranges, bytes, l.size)
             .context("reading goroutine structs")?;
-        for (g, &addr) in bytes.chunks_exact(size).zip(chunk) {
+        // Offsets below are from the start of the span read.
+        let at = |off: u64| off - lo;
+        for (g, &addr) in bytes.chunks_exact(len).zip(chunk) {
             out.push(RawG {
                 addr,
-                status: u32_at(g, l.atomicstatus),
-                goid: u64_at(g, l.goid),
-                waitsince: u64_at(g, l.waitsince) as i64,
-                waitreason: g.get(l.waitreason as usize).copied().unwrap_or(0),
-                tracking_seq: g.get(l.tracking_seq as usize).copied().unwrap_or(0),
-                waiting: u64_at(g, l.waiting),
-                parent_goid: u64_at(g, l.parent_goid),
-                gopc: u64_at(g, l.gopc),
-                startpc: u64_at(g, l.startpc),
-                stack_lo: u64_at(g, l.stack_lo),
-                stack_hi: u64_at(g, l.stack_hi),
-                sched_sp: u64_at(g, l.sched_sp),
-                sched_pc: u64_at(g, l.sched_pc),
+                status: u32_at(g, at(l.atomicstatus)),
+                goid: u64_at(g, at(l.goid)),
+                waitsince: u64_at(g, at(l.waitsince)) as i64,
+                waitreason: g.get(at(l.waitreason) as usize).copied().unwrap_or(0),
+                tracking_seq: g.get(at(l.tracking_seq) as usize).copied().unwrap_or(0),
+                waiting: u64_at(g, at(l.waiting)),
+                parent_goid: u64_at(g, at(l.parent_goid)),
+                gopc: u64_at(g, at(l.gopc)),
+                startpc: u64_at(g, at(l.startpc)),
+                stack_lo: u64_at(g, at(l.stack_lo)),
+                stack_hi: u64_at(g, at(l.stack_hi)),
+                sched_sp: u64_at(g, at(l.sched_sp)),
+                sched_pc: u64_at(g, at(l.sched_pc)),
             });
         }
     }
