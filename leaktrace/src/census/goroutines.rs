@@ -243,7 +243,12 @@ fn g_span(l: &GOffsets) -> (u64, usize) {
         (l.waiting, 8),
     ];
     let lo = fields.iter().map(|f| f.0).min().unwrap_or(0);
-    let hi = fields.iter().map(|f| f.0 + f.1).max().unwrap_or(0).min(l.size);
+    let hi = fields
+        .iter()
+        .map(|f| f.0 + f.1)
+        .max()
+        .unwrap_or(0)
+        .min(l.size);
     (lo, hi.saturating_sub(lo) as usize)
 }
 
@@ -252,40 +257,48 @@ fn g_span(l: &GOffsets) -> (u64, usize) {
 pub(crate) fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG>> {
     let l = &target.layout.g;
     let (lo, len) = g_span(l);
-    let mut out = Vec::with_capacity(addrs.len());
-    let mut buf = vec![0u8; len * BATCH];
+    let mut out: Vec<RawG> = addrs.iter().map(|&a| RawG::decode(l, a, lo, &[])).collect();
+    let mut scratch = Vec::new();
     let mut ranges = Vec::with_capacity(BATCH);
-    for chunk in addrs.chunks(BATCH) {
+    for (c, chunk) in addrs.chunks(BATCH).enumerate() {
         ranges.clear();
         ranges.extend(chunk.iter().map(|&a| (a + lo, len)));
-        let bytes = &mut buf[..len * chunk.len()];
+        let out = &mut out[c * BATCH..c * BATCH + chunk.len()];
         // g structs are allocated packed in their spans: read as few stretches as that
         // allows (the kernel pins pages once per range, which costs more than copying the
-        // unused tail of each g).
-        batch::read_coalesced(&target.process, &ranges, bytes, l.size)
-            .context("reading goroutine structs")?;
-        // Offsets below are from the start of the span read.
-        let at = |off: u64| off - lo;
-        for (g, &addr) in bytes.chunks_exact(len).zip(chunk) {
-            out.push(RawG {
-                addr,
-                status: u32_at(g, at(l.atomicstatus)),
-                goid: u64_at(g, at(l.goid)),
-                waitsince: u64_at(g, at(l.waitsince)) as i64,
-                waitreason: g.get(at(l.waitreason) as usize).copied().unwrap_or(0),
-                tracking_seq: g.get(at(l.tracking_seq) as usize).copied().unwrap_or(0),
-                waiting: u64_at(g, at(l.waiting)),
-                parent_goid: u64_at(g, at(l.parent_goid)),
-                gopc: u64_at(g, at(l.gopc)),
-                startpc: u64_at(g, at(l.startpc)),
-                stack_lo: u64_at(g, at(l.stack_lo)),
-                stack_hi: u64_at(g, at(l.stack_hi)),
-                sched_sp: u64_at(g, at(l.sched_sp)),
-                sched_pc: u64_at(g, at(l.sched_pc)),
-            });
-        }
+        // unused tail of each g), and decode them where they landed.
+        batch::visit_coalesced(&target.process, &ranges, l.size, &mut scratch, |i, g| {
+            if let Some(g) = g {
+                out[i] = RawG::decode(l, chunk[i], lo, g);
+            }
+        })
+        .context("reading goroutine structs")?;
     }
     Ok(out)
+}
+
+impl RawG {
+    /// The g at `addr` from `g`, its bytes from offset `lo` on; fields past the end of `g`
+    /// read as zeros.
+    fn decode(l: &GOffsets, addr: u64, lo: u64, g: &[u8]) -> Self {
+        let at = |off: u64| off - lo;
+        Self {
+            addr,
+            status: u32_at(g, at(l.atomicstatus)),
+            goid: u64_at(g, at(l.goid)),
+            waitsince: u64_at(g, at(l.waitsince)) as i64,
+            waitreason: g.get(at(l.waitreason) as usize).copied().unwrap_or(0),
+            tracking_seq: g.get(at(l.tracking_seq) as usize).copied().unwrap_or(0),
+            waiting: u64_at(g, at(l.waiting)),
+            parent_goid: u64_at(g, at(l.parent_goid)),
+            gopc: u64_at(g, at(l.gopc)),
+            startpc: u64_at(g, at(l.startpc)),
+            stack_lo: u64_at(g, at(l.stack_lo)),
+            stack_hi: u64_at(g, at(l.stack_hi)),
+            sched_sp: u64_at(g, at(l.sched_sp)),
+            sched_pc: u64_at(g, at(l.sched_pc)),
+        }
+    }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of Go's nanotime and of bpf_ktime_get_ns.
