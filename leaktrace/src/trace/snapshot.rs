@@ -28,8 +28,9 @@ use crate::{
 };
 
 /// A snapshot walk may take at most 1/SNAPSHOT_PACE of the time between snapshots: a walk
-/// of 100,000 goroutines takes leaktrace about a second of CPU, which a small machine takes
-/// from the target, so walks stay under ~5% of a CPU.
+/// of 100,000 goroutines takes leaktrace 0.05-0.2 s of CPU (incremental or full,
+/// BENCHMARKS.md), which a small machine takes from the target, so walks stay under ~5% of
+/// a CPU.
 pub(super) const SNAPSHOT_PACE: u32 = 20;
 
 /// The goroutines of one snapshot.
