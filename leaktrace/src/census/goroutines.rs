@@ -382,13 +382,17 @@ struct PcInfo {
     wrapper: bool,
 }
 
+/// A `go` statement's function, file and line.
+type GoStatement = (Arc<str>, Arc<str>, u32);
+
 /// Symbolizes stacks and creation sites of one target's goroutines, caching by PC (the
 /// function, its inlined calls, file and line) for as long as it lives: a program's
 /// goroutines stop at, and were created at, a few hundred distinct PCs.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
     pcs: PcMap<u64, PcInfo>,
-    created: PcMap<u64, Option<(Arc<str>, Arc<str>, u32)>>,
+    /// The `go` statement at each `g.gopc`, when it is in a function.
+    created: PcMap<u64, Option<GoStatement>>,
     starts: PcMap<u64, Option<Arc<str>>>,
     /// The header's state by (status, wait reason).
     states: PcMap<u64, Arc<str>>,
