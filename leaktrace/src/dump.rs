@@ -135,12 +135,12 @@ fn render(opts: &DumpOptions) -> anyhow::Result<String> {
                     let shown = dump::frames(g, opts.runtime);
                     dump::EachGoroutine {
                         goid: g.goid,
-                        wait_reason: g.state.clone(),
+                        wait_reason: g.state.to_string(),
                         waiting_seconds: g.waiting.map(|w| w.as_secs_f64()),
                         stack: shown.frames,
                         elided_frames: shown.elided,
                         created_by: dump::created_by(g, opts.runtime),
-                        start_function: g.start_function.clone(),
+                        start_function: g.start_function.as_deref().map(String::from),
                     }
                 })
                 .collect()

@@ -81,7 +81,7 @@ fn goroutines_in(target: &Target, function: &str) -> Vec<u64> {
     goroutines::walk(target)
         .unwrap()
         .into_iter()
-        .filter(|g| g.stack.iter().any(|f| f.function == function))
+        .filter(|g| g.stack.iter().any(|f| &*f.function == function))
         .map(|g| g.g_addr)
         .collect()
 }

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, io::Write as _, thread, time::Duration};
+use std::{collections::BTreeMap, io::Write as _, sync::Arc, thread, time::Duration};
 
 use leaktrace::{
     census::{Census, CreatedBy, GoroutineSnapshot, StackFrame},
@@ -21,10 +21,10 @@ type View = BTreeMap<
     u64,
     (
         u32,
-        String,
+        Arc<str>,
         Vec<StackFrame>,
         Option<CreatedBy>,
-        Option<String>,
+        Option<Arc<str>>,
     ),
 >;
 

@@ -15,6 +15,7 @@ pub mod verdict;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -29,13 +30,13 @@ use crate::{
 const REPORT_SCORE: i32 = 2;
 
 /// A source position: function, file, line.
-pub type Site = (String, String, u32);
+pub type Site = (Arc<str>, Arc<str>, u32);
 
 /// What makes goroutines one group.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupKey {
     /// Go's wording of the wait reason ("chan send"), or the status ("runnable").
-    pub state: String,
+    pub state: Arc<str>,
     /// The innermost frame Go's traceback shows: where the goroutine blocked in user code.
     pub site: Option<Site>,
     /// The `go` statement that created it.
@@ -46,11 +47,11 @@ pub struct GroupKey {
 #[derive(Clone, Debug)]
 pub struct Observed {
     pub goid: u64,
-    pub state: String,
+    pub state: Arc<str>,
     /// `g.waitsince`-based: how long the runtime says it has been waiting, when known.
     pub waiting: Option<Duration>,
-    /// Frames Go shows, innermost first.
-    pub stack: Vec<StackFrame>,
+    /// Frames Go shows, innermost first; shared by the goroutines stopped at the same PCs.
+    pub stack: Arc<[StackFrame]>,
     pub created_by: Option<CreatedBy>,
     /// The channels it waits on (empty unless blocked in a channel operation).
     pub channels: Vec<ChannelState>,
@@ -86,9 +87,9 @@ impl Observed {
 }
 
 impl GroupKey {
-    fn of(state: &str, site: Option<&StackFrame>, created: Option<&CreatedBy>) -> Self {
+    fn of(state: &Arc<str>, site: Option<&StackFrame>, created: Option<&CreatedBy>) -> Self {
         Self {
-            state: state.to_string(),
+            state: Arc::clone(state),
             site: site.map(|f| (f.function.clone(), f.file.clone(), f.line)),
             created: created.map(|c| (c.function.clone(), c.file.clone(), c.line)),
         }
@@ -99,7 +100,7 @@ impl LeakGroup {
     /// The group's identity across snapshots.
     pub fn key(&self) -> GroupKey {
         GroupKey::of(
-            &self.wait_reason,
+            &Arc::from(self.wait_reason.as_str()),
             self.site.as_ref(),
             self.created_by.as_ref(),
         )
@@ -516,9 +517,9 @@ impl Tracker {
         goids.sort_unstable();
         let first_g = &h.latest[0];
         Some(LeakGroup {
-            wait_reason: key.state.clone(),
+            wait_reason: key.state.to_string(),
             site: first_g.site().cloned(),
-            stack: first_g.stack.clone(),
+            stack: first_g.stack.to_vec(),
             created_by: first_g.created_by.clone(),
             count,
             goids,
@@ -628,11 +629,11 @@ impl Tracker {
         channel: Option<&mut ChannelSummary>,
         j: &mut Judgement,
     ) {
-        let sends = key.state == "chan send";
+        let sends = &*key.state == "chan send";
         let Some(since) = self.chan_probes_since else {
             return;
         };
-        if !sends && key.state != "chan receive" {
+        if !sends && &*key.state != "chan receive" {
             return;
         }
         let other = |t: &ChannelTouches| -> Option<(Duration, Touch)> {
@@ -800,8 +801,8 @@ fn channel_summary(key: &GroupKey, chans: &BTreeMap<u64, &ChannelState>) -> Opti
         distinct: chans.len(),
         capacities: caps,
         other_side_waiting: chans.values().any(|c| {
-            (key.state == "chan send" && c.receivers_waiting)
-                || (key.state == "chan receive" && c.senders_waiting)
+            (&*key.state == "chan send" && c.receivers_waiting)
+                || (&*key.state == "chan receive" && c.senders_waiting)
         }),
         closed: chans.values().any(|c| c.closed),
         last_other_side: None,
@@ -904,7 +905,7 @@ impl Judgement {
         let Some(c) = channel else {
             return;
         };
-        if c.distinct >= count && count > 1 && key.state != "select" {
+        if c.distinct >= count && count > 1 && &*key.state != "select" {
             self.for_leak(
                 1,
                 format!(
@@ -912,7 +913,8 @@ impl Judgement {
                     c.distinct
                 ),
             );
-        } else if c.distinct < count && key.state == "chan receive" && growth.last <= growth.first {
+        } else if c.distinct < count && &*key.state == "chan receive" && growth.last <= growth.first
+        {
             self.against_leak(
                 3,
                 format!(
@@ -951,7 +953,8 @@ mod tests {
                 pc: 0,
                 inlined: false,
                 shown: true,
-            }],
+            }]
+            .into(),
             created_by: None,
             channels: chan
                 .map(|addr| ChannelState {

@@ -18,6 +18,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -123,7 +124,7 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
     let mut members: Vec<Vec<&GoroutineSnapshot>> = Vec::new();
     for &g in goroutines {
         let key = (
-            g.state.as_str(),
+            &*g.state,
             g.stack.as_ptr(),
             g.created_by.as_ref().map(|c| c.pc),
         );
@@ -133,19 +134,15 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
         });
         members[i].push(g);
     }
-    type Key = (
-        String,
-        Vec<(String, String, u32)>,
-        usize,
-        Option<(String, String, u32)>,
-    );
+    type Site = (Arc<str>, Arc<str>, u32);
+    type Key = (String, Vec<Site>, usize, Option<Site>);
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for gs in members {
         let first = gs[0];
         let ShownStack { frames, elided } = frames(first, runtime_frames);
         let created_by = created_by(first, runtime_frames);
         let key: Key = (
-            first.state.clone(),
+            first.state.to_string(),
             frames
                 .iter()
                 .map(|f| (f.function.clone(), f.file.clone(), f.line))
@@ -156,7 +153,7 @@ pub fn group(goroutines: &[&GoroutineSnapshot], runtime_frames: bool) -> Vec<Gro
                 .map(|c| (c.function.clone(), c.file.clone(), c.line)),
         );
         let e = groups.entry(key).or_insert_with(|| Group {
-            wait_reason: first.state.clone(),
+            wait_reason: first.state.to_string(),
             count: 0,
             goids: Vec::new(),
             waiting_seconds: None,

@@ -400,8 +400,8 @@ pub fn frames(stack: &[crate::census::StackFrame]) -> Vec<Frame> {
     stack
         .iter()
         .map(|f| Frame {
-            function: f.function.clone(),
-            file: f.file.clone(),
+            function: f.function.to_string(),
+            file: f.file.to_string(),
             line: f.line,
         })
         .collect()

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     alloc::{self, AllocPlan},
-    census::{self, activity::ActivityEstimate},
+    census::{self, Census, activity::ActivityEstimate},
     detect::{DetectOptions, Tracker, pinned::PinnedEstimates},
     probes::{Probe, Probes},
     report::prometheus,
@@ -47,6 +47,8 @@ pub(super) struct Attached {
     pub start_mono_ns: u64,
     /// The first snapshot, or why it failed; none when a signal came first.
     pub first: Option<anyhow::Result<Snapshot>>,
+    /// What the first snapshot learnt, for the next ones.
+    pub census: Census,
     /// Probes the pre-attach estimate kept off, and why.
     pub not_placed: Vec<String>,
     /// Those to place in windows instead, with their file offsets, and how often they
@@ -93,7 +95,8 @@ fn running(
     );
     // The snapshot at attach time sees what happened before: goroutines blocked for hours.
     // It is taken before any probe is placed, so that the probes' first burst is short.
-    let first = (signals::received() == 0).then(|| snapshot::take(&target));
+    let mut census = Census::new();
+    let first = (signals::received() == 0).then(|| snapshot::take(&mut census, &target));
     let mut not_placed = Vec::new();
     let mut estimated = None;
     let (mut windowed, mut windowed_rate) = (Vec::new(), None);
@@ -137,6 +140,7 @@ fn running(
         start,
         start_mono_ns: 0,
         first,
+        census,
         not_placed,
         windowed,
         windowed_rate,
@@ -183,7 +187,8 @@ fn spawned(
     let program = held.program.clone();
     held.release()?;
     let target = Target::from_parts(Process::open_spawned(pid, &program)?, binary)?;
-    let first = Some(snapshot::take(&target));
+    let mut census = Census::new();
+    let first = Some(snapshot::take(&mut census, &target));
     Ok(Attached {
         target,
         probes,
@@ -192,6 +197,7 @@ fn spawned(
         start,
         start_mono_ns: 0,
         first,
+        census,
         not_placed: Vec::new(),
         windowed: Vec::new(),
         windowed_rate: None,
@@ -320,6 +326,7 @@ impl Session {
             start,
             start_mono_ns,
             first,
+            census,
             not_placed,
             windowed,
             windowed_rate,
@@ -397,6 +404,7 @@ impl Session {
             spawned,
             interrupted_attaching: interrupted,
             g_addrs,
+            census,
             snapshot_error,
             timeline,
             profile_start,

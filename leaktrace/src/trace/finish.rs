@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     alloc::{self, AllocPlan, Allocated, HeapProfile, sites::AllocationOutcome},
-    census::activity::ActivityEstimate,
+    census::{Census, activity::ActivityEstimate},
     collector,
     detect::{DetectOptions, LeakGroup, pinned::PinnedEstimates, verdict},
     model::{MemoryPoint, Tally},
@@ -62,6 +62,8 @@ struct Ending {
     findings: Findings,
     detect: DetectOptions,
     g_addrs: HashMap<u64, u64>,
+    /// The trace's census, for the last look.
+    census: Census,
     timeline: Vec<MemoryPoint>,
     profile_start: anyhow::Result<HeapProfile>,
     profile_last: Option<HeapProfile>,
@@ -208,6 +210,7 @@ impl Session {
             findings,
             detect,
             g_addrs,
+            census,
             snapshot_error,
             timeline,
             profile_start,
@@ -233,6 +236,7 @@ impl Session {
             findings,
             detect,
             g_addrs,
+            census,
             timeline,
             profile_start,
             profile_last,
@@ -251,7 +255,7 @@ impl Session {
 impl Ending {
     /// One more snapshot for the detector, the timeline's last point its goroutine count.
     fn last_look(&mut self) {
-        let Ok(s) = snapshot::take(&self.target) else {
+        let Ok(s) = snapshot::take(&mut self.census, &self.target) else {
             return;
         };
         if let Some(p) = self.timeline.last_mut() {

@@ -14,7 +14,7 @@ use leaktrace_common::MADVISE_NAMES;
 use super::{TraceOptions, apply::Findings, windows::Windows};
 use crate::{
     alloc::{AllocPlan, HeapProfile},
-    census::{self, activity::ActivityEstimate},
+    census::{self, Census, activity::ActivityEstimate},
     detect::{DetectOptions, pinned::PinnedEstimates, proof::Prover},
     model::MemoryPoint,
     probes::{Counts, Probes},
@@ -37,6 +37,9 @@ pub(super) struct Session {
     pub detect: DetectOptions,
     /// The g address of every goroutine of the last snapshot, by goid.
     pub g_addrs: HashMap<u64, u64>,
+    /// Takes every snapshot: a goroutine that did not run since the last one keeps its
+    /// stack unread.
+    pub census: Census,
     /// Why goroutine snapshots cannot be taken, when they cannot.
     pub snapshot_error: Option<anyhow::Error>,
     pub next_snapshot: tokio::time::Instant,

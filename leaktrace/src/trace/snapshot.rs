@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,7 +14,9 @@ use aya::maps::{MapData, RingBuf};
 
 use super::session::{Session, memory_point};
 use crate::{
-    alloc, census, collector,
+    alloc,
+    census::{self, Census, StackFrame},
+    collector,
     detect::{
         Observed,
         proof::{ProofOptions, Prover},
@@ -25,8 +28,9 @@ use crate::{
 };
 
 /// A snapshot walk may take at most 1/SNAPSHOT_PACE of the time between snapshots: a walk
-/// of 100,000 goroutines takes leaktrace about a second of CPU, which a small machine takes
-/// from the target, so walks stay under ~5% of a CPU.
+/// of 100,000 goroutines takes leaktrace 0.05-0.2 s of CPU (incremental or full,
+/// BENCHMARKS.md), which a small machine takes from the target, so walks stay under ~5% of
+/// a CPU.
 pub(super) const SNAPSHOT_PACE: u32 = 20;
 
 /// The goroutines of one snapshot.
@@ -40,9 +44,10 @@ pub(super) struct Snapshot {
     pub taken: Instant,
 }
 
-/// Reads every goroutine of the target.
-pub(super) fn take(target: &Target) -> anyhow::Result<Snapshot> {
-    let gs = census::goroutines::walk(target)?;
+/// Reads every goroutine of the target through `census`, which reads again only the stacks
+/// of goroutines that may have run since its last snapshot.
+pub(super) fn take(census: &mut Census, target: &Target) -> anyhow::Result<Snapshot> {
+    let gs = census.snapshot(target)?;
     let taken = Instant::now();
     let g_addrs = gs.iter().map(|g| (g.goid, g.g_addr)).collect();
     let parked = gs
@@ -50,11 +55,14 @@ pub(super) fn take(target: &Target) -> anyhow::Result<Snapshot> {
         .filter(|g| g.wait_reason_value.is_some())
         .map(|g| (g.goid, g.tracking_seq))
         .collect();
+    // The frames Go shows, once per distinct stack: the census shares a stack between the
+    // goroutines stopped at the same PCs.
+    let mut shown: HashMap<*const StackFrame, Arc<[StackFrame]>> = HashMap::new();
     let observed = gs
         .into_iter()
         .filter(|g| !g.system)
         .map(|g| {
-            let chans = match g.state.as_str() {
+            let chans = match &*g.state {
                 "chan send" | "chan receive" | "select" => {
                     census::channels::waited_on(target, g.g_addr)
                 }
@@ -63,7 +71,11 @@ pub(super) fn take(target: &Target) -> anyhow::Result<Snapshot> {
             Observed {
                 goid: g.goid,
                 waiting: g.waiting,
-                stack: g.shown_frames().cloned().collect(),
+                stack: Arc::clone(
+                    shown
+                        .entry(g.stack.as_ptr())
+                        .or_insert_with(|| g.shown_frames().cloned().collect()),
+                ),
                 created_by: g.created_by.clone(),
                 state: g.state,
                 channels: chans,
@@ -89,9 +101,12 @@ impl Session {
     pub(super) fn snapshot(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<bool> {
         let walk = Instant::now();
         let walk_ns = census::goroutines::monotonic_ns() as u64;
-        let (target, findings) = (&self.target, &mut self.findings);
-        let taken =
-            collector::while_draining(records, || take(target), |rec| findings.apply(target, rec));
+        let (target, findings, census) = (&self.target, &mut self.findings, &mut self.census);
+        let taken = collector::while_draining(
+            records,
+            || take(census, target),
+            |rec| findings.apply(target, rec),
+        );
         let taken_ns = census::goroutines::monotonic_ns() as u64;
         self.next_snapshot = tokio::time::Instant::now()
             + self

@@ -110,6 +110,31 @@ pub fn read_coalesced(
     if total > buf.len() {
         return read_ranges(process, ranges, buf); // says what is wrong
     }
+    let mut ok = vec![false; ranges.len()];
+    visit_coalesced(process, ranges, max_gap, &mut Vec::new(), |i, bytes| {
+        let out = &mut buf[offsets[i]..offsets[i] + ranges[i].1];
+        match bytes {
+            Some(b) => {
+                out.copy_from_slice(b);
+                ok[i] = true;
+            }
+            None => out.fill(0),
+        }
+    })?;
+    Ok(ok)
+}
+
+/// Reads `ranges` like [`read_coalesced`] and hands each to `visit` where it lies in the
+/// stretch read (no copy out), by its index in `ranges`, in the target's address order;
+/// `None` for a range that could not be read. `scratch` holds the stretches: a caller that
+/// reads many batches passes the same one, whose pages are then faulted in once.
+pub fn visit_coalesced(
+    process: &Process,
+    ranges: &[(u64, usize)],
+    max_gap: u64,
+    scratch: &mut Vec<u8>,
+    mut visit: impl FnMut(usize, Option<&[u8]>),
+) -> io::Result<()> {
     let mut order: Vec<usize> = (0..ranges.len()).collect();
     order.sort_unstable_by_key(|&i| ranges[i].0);
     // (start, end) of each stretch, and where its ranges begin in `order`.
@@ -131,9 +156,12 @@ pub fn read_coalesced(
         .iter()
         .map(|&(start, end, _)| (start, (end - start) as usize))
         .collect();
-    let mut scratch = vec![0u8; span_ranges.iter().map(|r| r.1).sum()];
-    let span_ok = read_ranges(process, &span_ranges, &mut scratch)?;
-    let mut ok = vec![false; ranges.len()];
+    let total: usize = span_ranges.iter().map(|r| r.1).sum();
+    // Every byte is written by the read (or zero-filled where it fails): no need to clear.
+    if scratch.len() < total {
+        scratch.resize(total, 0);
+    }
+    let span_ok = read_ranges(process, &span_ranges, &mut scratch[..total])?;
     let mut retry = Vec::new();
     let mut at = 0usize;
     for (s, &(start, end, first)) in spans.iter().enumerate() {
@@ -142,8 +170,7 @@ pub fn read_coalesced(
             let (addr, len) = ranges[i];
             if span_ok[s] {
                 let from = at + (addr - start) as usize;
-                buf[offsets[i]..offsets[i] + len].copy_from_slice(&scratch[from..from + len]);
-                ok[i] = true;
+                visit(i, Some(&scratch[from..from + len]));
             } else {
                 retry.push(i);
             }
@@ -157,12 +184,11 @@ pub fn read_coalesced(
         let mut from = 0;
         for (&i, read) in retry.iter().zip(again_ok) {
             let len = ranges[i].1;
-            buf[offsets[i]..offsets[i] + len].copy_from_slice(&bytes[from..from + len]);
-            ok[i] = read;
+            visit(i, read.then(|| &bytes[from..from + len]));
             from += len;
         }
     }
-    Ok(ok)
+    Ok(())
 }
 
 #[cfg(test)]
