@@ -7,8 +7,10 @@
 //! target's goroutines and memory) and `alloc` (where allocations come from) -> `model`
 //! (plain data: goroutines, histograms, the memory timeline) -> `detect` (leak groups and
 //! their evidence, the memory verdict, pinned memory) -> `report` (renderers). `trace` runs
-//! that flow for `leaktrace -p` and `record`; `dump` takes one snapshot.
+//! that flow for `leaktrace -p` and `record`; `dump` takes one snapshot; `agent` runs snapshots
+//! of every Go process of the host within one budget and serves them over HTTP.
 
+pub mod agent;
 pub mod alloc;
 pub mod census;
 pub mod collector;

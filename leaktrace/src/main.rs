@@ -4,6 +4,7 @@ use std::{ffi::OsString, io::IsTerminal as _, path::PathBuf, process::ExitCode, 
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use leaktrace::{
+    agent::{AgentOptions, discover::Filters},
     alloc::AllocMode,
     detect::Confidence,
     dump::DumpOptions,
@@ -42,6 +43,10 @@ enum Command {
     Top(TopArgs),
     /// Print every goroutine and the memory figures of a Go process, once, with no probe.
     Dump(DumpArgs),
+    /// Watch every Go process of the host within one CPU budget, without probes, and serve
+    /// their goroutines, leaks and profiles to Prometheus and profile stores (see the
+    /// README, "Agent").
+    Agent(AgentArgs),
     /// Print a shell completion script (e.g. `leaktrace completions bash >
     /// /etc/bash_completion.d/leaktrace`).
     Completions {
@@ -89,7 +94,7 @@ fn command() -> clap::Command {
 /// The end of `--help` and of the man page: what the kernel must have (leaktrace::kernel).
 const REQUIREMENTS: &str = "Requirements: Linux 5.8 or newer on x86_64 (the BPF ring buffer) with \
 uprobes and tracefs (mounted on /sys/kernel/tracing if it is not); run as root, or with CAP_BPF, \
-CAP_PERFMON and CAP_SYS_PTRACE. `dump` needs only CAP_SYS_PTRACE.";
+CAP_PERFMON and CAP_SYS_PTRACE. `dump` and `agent` need only CAP_SYS_PTRACE.";
 
 /// `leaktrace man [DIR]`: the man page on stdout, or a page per command in DIR.
 fn man(dir: Option<PathBuf>) -> anyhow::Result<()> {
@@ -214,6 +219,46 @@ struct DumpArgs {
     /// goroutines.pb.gz, for `go tool pprof`) instead of printing them.
     #[arg(short, long, value_name = "FILE", conflicts_with_all = ["json", "all"])]
     output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// Watch only processes whose executable matches GLOB (its file name, or its whole path
+    /// when GLOB has a `/`); repeat for alternatives.
+    #[arg(long, value_name = "GLOB")]
+    exe: Vec<String>,
+    /// Watch only processes in this cgroup or below it (a path as in /proc/PID/cgroup, e.g.
+    /// /system.slice/api.service); repeat for alternatives.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Vec<String>,
+    /// Watch only these processes; repeat for more.
+    #[arg(short, long)]
+    pid: Vec<u32>,
+    /// Never watch processes whose executable matches GLOB.
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// More filters, one `key = value` a line (exe, cgroup, pid, exclude), read again on
+    /// SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where to serve /metrics, /targets, /healthz and /debug/pprof/; a bare port (`9465`)
+    /// listens on 127.0.0.1 only.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465", value_parser = leaktrace::report::prometheus::parse_listen)]
+    listen: std::net::SocketAddr,
+    /// How often each process is read and /proc scanned for new ones.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    interval: Duration,
+    /// The most of one CPU the agent's watching may use, over all processes together, in
+    /// percent; `off` for no limit. When the work costs more, processes are read less often,
+    /// the fastest growing and busiest first.
+    #[arg(long, default_value = "1", value_parser = parse_max_overhead, value_name = "PERCENT|off")]
+    max_overhead: f64,
+    /// A goroutine must have been blocked at least this long to be suspected of leaking.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    min_age: Duration,
+    /// Leak groups per process served as series of their own; the rest are summed in one.
+    #[arg(long, default_value = "5", value_name = "N")]
+    top_groups: usize,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
@@ -399,6 +444,26 @@ fn main() -> ExitCode {
         }
         Some(Command::Man { dir }) => {
             return match man(dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            };
+        }
+        Some(Command::Agent(a)) => {
+            let opts = AgentOptions {
+                filters: Filters {
+                    exe: a.exe,
+                    cgroup: a.cgroup,
+                    pid: a.pid,
+                    exclude: a.exclude,
+                },
+                config: a.config,
+                listen: a.listen,
+                interval: a.interval,
+                max_overhead: a.max_overhead / 100.0,
+                min_age: a.min_age,
+                top_groups: a.top_groups,
+            };
+            return match leaktrace::agent::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             };

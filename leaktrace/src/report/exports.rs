@@ -94,21 +94,48 @@ pub fn goroutine_profile(report: &Report) -> pprof::Profile {
 /// The goroutines proven leaked by reachability, by stack, shaped like Go's own
 /// `goroutineleak` profile (sample and period type `goroutineleak`/count).
 pub fn goroutineleak_profile(report: &Report) -> pprof::Profile {
-    let mut p = leak_profile(report, "goroutineleak", |l| {
+    goroutineleak_of(
+        &report.leaks,
+        report.pid,
+        &report.executable,
+        report.observed_seconds,
+    )
+}
+
+/// [`goroutineleak_profile`] of the leak groups of PID (what `leaktrace agent` serves).
+pub fn goroutineleak_of(
+    leaks: &[LeakGroup],
+    pid: u32,
+    executable: &str,
+    observed_seconds: f64,
+) -> pprof::Profile {
+    let mut p = leak_groups_profile(leaks, "goroutineleak", observed_seconds, |l| {
         l.confidence == Confidence::Proven
     });
     p.comments = vec![format!(
-        "goroutines proven leaked by reachability in PID {} ({})",
-        report.pid, report.executable
+        "goroutines proven leaked by reachability in PID {pid} ({executable})"
     )];
     p
 }
 
 fn leak_profile(report: &Report, kind: &str, keep: impl Fn(&LeakGroup) -> bool) -> pprof::Profile {
+    let mut p = leak_groups_profile(&report.leaks, kind, report.observed_seconds, keep);
+    p.comments = vec![format!(
+        "goroutines leaktrace suspects of leaking in PID {} ({})",
+        report.pid, report.executable
+    )];
+    p
+}
+
+fn leak_groups_profile(
+    leaks: &[LeakGroup],
+    kind: &str,
+    observed_seconds: f64,
+    keep: impl Fn(&LeakGroup) -> bool,
+) -> pprof::Profile {
     pprof::Profile {
         sample_types: vec![pprof::ValueType::new(kind, "count")],
-        samples: report
-            .leaks
+        samples: leaks
             .iter()
             .filter(|l| keep(l))
             .map(|l| pprof::Sample {
@@ -130,11 +157,7 @@ fn leak_profile(report: &Report, kind: &str, keep: impl Fn(&LeakGroup) -> bool) 
             .collect(),
         period_type: Some(pprof::ValueType::new(kind, "count")),
         period: 1,
-        duration_nanos: (report.observed_seconds * 1e9) as i64,
-        comments: vec![format!(
-            "goroutines leaktrace suspects of leaking in PID {} ({})",
-            report.pid, report.executable
-        )],
+        duration_nanos: (observed_seconds * 1e9) as i64,
         ..pprof::Profile::default()
     }
 }

@@ -5,8 +5,10 @@
 //! probe record as a JSON line (`events`); pprof profiles (`pprof`); histograms over time as
 //! an HdrHistogram interval log (`hlog`); the Prometheus text format (`metrics`) and the
 //! endpoint that serves it (`prometheus`); the report as a page with plots (`html`); the
-//! full-screen view of `leaktrace top` (`top`); and the files `record -o` writes (`exports`).
+//! full-screen view of `leaktrace top` (`top`); the files `record -o` writes (`exports`); and
+//! what `leaktrace agent` serves about its targets (`agent`).
 
+pub mod agent;
 pub mod dump;
 pub mod events;
 pub mod exports;

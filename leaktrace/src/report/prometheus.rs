@@ -367,7 +367,7 @@ async fn answer(mut stream: TcpStream, metrics: &watch::Receiver<String>) -> io:
 
 /// The request line of a request whose head (line and headers) fits in
 /// `MAX_REQUEST_HEAD`; `None` if it does not.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
+pub(crate) async fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {

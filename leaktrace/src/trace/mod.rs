@@ -21,6 +21,7 @@ mod windows;
 use anyhow::{Context as _, anyhow};
 
 pub use options::{Outcome, Stop, TargetSpec, TraceOptions};
+pub(crate) use snapshot::observed;
 
 use crate::{
     probes::calibrate,

@@ -15,7 +15,7 @@ use aya::maps::{MapData, RingBuf};
 use super::session::{Session, memory_point};
 use crate::{
     alloc,
-    census::{self, Census, StackFrame},
+    census::{self, Census, GoroutineSnapshot, StackFrame},
     collector,
     detect::{
         Observed,
@@ -55,11 +55,21 @@ pub(super) fn take(census: &mut Census, target: &Target) -> anyhow::Result<Snaps
         .filter(|g| g.wait_reason_value.is_some())
         .map(|g| (g.goid, g.tracking_seq))
         .collect();
+    Ok(Snapshot {
+        observed: observed(target, gs),
+        g_addrs,
+        parked,
+        taken,
+    })
+}
+
+/// The goroutines of a snapshot as the detector sees them: runtime goroutines left out, and
+/// the channels each one blocked in a channel operation waits on.
+pub(crate) fn observed(target: &Target, gs: Vec<GoroutineSnapshot>) -> Vec<Observed> {
     // The frames Go shows, once per distinct stack: the census shares a stack between the
     // goroutines stopped at the same PCs.
     let mut shown: HashMap<*const StackFrame, Arc<[StackFrame]>> = HashMap::new();
-    let observed = gs
-        .into_iter()
+    gs.into_iter()
         .filter(|g| !g.system)
         .map(|g| {
             let chans = match &*g.state {
@@ -81,13 +91,7 @@ pub(super) fn take(census: &mut Census, target: &Target) -> anyhow::Result<Snaps
                 channels: chans,
             }
         })
-        .collect();
-    Ok(Snapshot {
-        observed,
-        g_addrs,
-        parked,
-        taken,
-    })
+        .collect()
 }
 
 /// While a proof waits for its second pass (a GC cycle of the target, or at most a few
