@@ -230,19 +230,24 @@ pub enum Classified {
     Other,
 }
 
-/// Opens the process and its binary as `-p PID` does.
+/// Opens the process and its binary as `-p PID` does (after a cheap look at the binary's
+/// section names, so that the host's other programs are not read whole).
 pub fn classify(pid: u32) -> Classified {
     let process = match Process::open(pid) {
         Ok(p) => p,
         Err(_) => return Classified::Other,
     };
+    if may_be_go(&process.exe_path()) == Some(false) {
+        return Classified::Other;
+    }
     let binary = match GoBinary::open(&process.exe_path()) {
         Ok(b) => b,
         Err(
             BinaryError::Read { .. }
             | BinaryError::NotElf { .. }
             | BinaryError::BadElf { .. }
-            | BinaryError::NotGo { .. },
+            | BinaryError::NotGo { .. }
+            | BinaryError::NoPclntab { .. },
         ) => return Classified::Other,
         Err(e) => return Classified::Refused(e.to_string()),
     };
@@ -252,9 +257,53 @@ pub fn classify(pid: u32) -> Classified {
     }
 }
 
+/// Whether an ELF file's section names include one every Go linker writes (`.go.buildinfo`,
+/// `.gopclntab`), from its header and section table alone: `None` when it has no section
+/// table to tell (then only reading it whole can).
+fn may_be_go(path: &Path) -> Option<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let file = fs::File::open(path).ok()?;
+    let read = |off: u64, len: usize| {
+        let mut b = vec![0u8; len];
+        file.read_exact_at(&mut b, off).ok().map(|_| b)
+    };
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    // Shorter than an ELF header: not a program leaktrace reads.
+    let Some(ehdr) = read(0, 64) else {
+        return Some(false);
+    };
+    // A 64-bit little-endian ELF file (what leaktrace reads); anything else is not for us.
+    if &ehdr[..4] != b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
+        return Some(false);
+    }
+    let (shoff, shentsize, shnum, shstrndx) = (
+        u64_at(&ehdr, 0x28),
+        u16_at(&ehdr, 0x3a) as usize,
+        u16_at(&ehdr, 0x3c) as usize,
+        u16_at(&ehdr, 0x3e) as usize,
+    );
+    if shoff == 0 || shnum == 0 || shentsize < 64 || shstrndx >= shnum {
+        return None;
+    }
+    let table = read(shoff, shnum.checked_mul(shentsize)?)?;
+    let names_hdr = &table[shstrndx * shentsize..];
+    let names = read(u64_at(names_hdr, 0x18), u64_at(names_hdr, 0x20).min(1 << 20) as usize)?;
+    let found = names
+        .split(|&b| b == 0)
+        .any(|n| n == b".go.buildinfo" || n == b".gopclntab");
+    Some(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_binaries_are_told_by_their_section_names() {
+        assert_eq!(may_be_go(Path::new("/proc/self/exe")), Some(false), "a Rust binary");
+        assert_eq!(may_be_go(Path::new("/etc/hostname")), Some(false), "not ELF");
+    }
 
     #[test]
     fn globs() {
