@@ -19,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Fixture, Lines, build_fixture, build_fixture_with, go_binary, go_versions, leaktrace_bin, patience};
+use support::{
+    Fixture, Lines, build_fixture, build_fixture_with, go_binary, go_versions, leaktrace_bin,
+    patience,
+};
 
 /// Debian's Go 1.19, installed by scripts/setup.sh (package golang-1.19-go).
 const GO_1_19: &str = "/usr/lib/go-1.19/bin/go";
@@ -55,7 +58,11 @@ fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<(u16, Vec<u8>)
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
@@ -126,7 +133,10 @@ fn agent_value(agent: SocketAddr, name: &str) -> f64 {
 
 /// Leaked goroutines Prometheus has for PID, summed over its leak series.
 fn leaked_in_prometheus(prom: SocketAddr, pid: u32) -> Option<f64> {
-    let r = query(prom, &format!("leaktrace_leaked_goroutines{{pid=\"{pid}\"}}"));
+    let r = query(
+        prom,
+        &format!("leaktrace_leaked_goroutines{{pid=\"{pid}\"}}"),
+    );
     (!r.is_empty()).then(|| r.iter().map(|(_, v)| v).sum())
 }
 
@@ -151,7 +161,6 @@ fn pprof_raw(url: &str, tmp: &Path) -> String {
     let out = Command::new(go)
         .args(["tool", "pprof", "-raw", url])
         .env("PPROF_TMPDIR", tmp)
-        .env("HOME", tmp)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -173,6 +182,8 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         Path::new(PROMETHEUS).exists(),
         "{PROMETHEUS} is missing: scripts/setup.sh installs Debian's prometheus"
     );
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
     let version = go_versions().last().unwrap().clone();
     let (leak, clean, old) = thread::scope(|s| {
         let leak = s.spawn(|| build_fixture("classicleak", &version, &[]));
@@ -186,6 +197,7 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
             old.join().unwrap(),
         )
     });
+    phase("fixtures built");
     let tmp = std::env::temp_dir().join(format!("leaktrace-agent-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).unwrap();
@@ -204,8 +216,21 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
     let glob = format!("{prefix}-*");
     let budget = BUDGET_PERCENT.to_string();
     let mut agent = Command::new(leaktrace_bin())
-        .args(["agent", "--exe", &glob, "--interval", INTERVAL, "--min-age", "1s"])
-        .args(["--max-overhead", &budget, "--listen", &agent_addr.to_string()])
+        .args([
+            "agent",
+            "--exe",
+            &glob,
+            "--interval",
+            INTERVAL,
+            "--min-age",
+            "1s",
+        ])
+        .args([
+            "--max-overhead",
+            &budget,
+            "--listen",
+            &agent_addr.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -227,7 +252,10 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
     let prom = Reaped(
         Command::new(PROMETHEUS)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", tmp.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                tmp.join("data").display()
+            ))
             .arg(format!("--web.listen-address={prom_addr}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -238,6 +266,7 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         get(prom_addr, "/-/ready", Duration::from_secs(2)).filter(|(s, _)| *s == 200)
     });
 
+    phase("Prometheus ready");
     // The leak series, with the right counts, through Prometheus; nothing for the clean one.
     for (pid, count) in [(pa, 5.0), (pb, 7.0)] {
         wait_until(
@@ -246,14 +275,26 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
             || leaked_in_prometheus(prom_addr, pid).filter(|v| *v == count),
         );
     }
+    phase("leak series in Prometheus");
     let clean_watched = query(
         prom_addr,
         &format!("leaktrace_target_goroutines{{pid=\"{pc}\"}}"),
     );
-    assert_eq!(clean_watched.len(), 1, "the clean process is watched: {clean_watched:?}");
+    assert_eq!(
+        clean_watched.len(),
+        1,
+        "the clean process is watched: {clean_watched:?}"
+    );
     assert_eq!(clean_watched[0].0["service"], name("clean").as_str());
-    assert_eq!(leaked_in_prometheus(prom_addr, pc), None, "no leak series for the clean process");
-    let series = query(prom_addr, &format!("leaktrace_leaked_goroutines{{pid=\"{pa}\"}}"));
+    assert_eq!(
+        leaked_in_prometheus(prom_addr, pc),
+        None,
+        "no leak series for the clean process"
+    );
+    let series = query(
+        prom_addr,
+        &format!("leaktrace_leaked_goroutines{{pid=\"{pa}\"}}"),
+    );
     let site = series[0].0["site"].as_str().unwrap();
     assert!(site.starts_with("main.produce "), "{series:?}");
     assert_eq!(series[0].0["wait_reason"], "chan send");
@@ -276,7 +317,13 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         "{refused}"
     );
     assert_eq!(entry(pa).unwrap()["state"], "watched");
-    assert!(query(prom_addr, &format!("leaktrace_target_goroutines{{pid=\"{pold}\"}}")).is_empty());
+    assert!(
+        query(
+            prom_addr,
+            &format!("leaktrace_target_goroutines{{pid=\"{pold}\"}}")
+        )
+        .is_empty()
+    );
 
     // go tool pprof reads the per-PID profiles from the agent's endpoints.
     let leaks = pprof_raw(
@@ -290,40 +337,63 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         .skip_while(|l| !l.starts_with("Samples:"))
         .any(|l| l.trim_start().starts_with("5: "));
     assert!(five, "a sample of 5 goroutines:\n{leaks}");
-    let allocs = pprof_raw(&format!("http://{agent_addr}/debug/pprof/allocs?pid={pa}"), &tmp);
+    let allocs = pprof_raw(
+        &format!("http://{agent_addr}/debug/pprof/allocs?pid={pa}"),
+        &tmp,
+    );
     assert!(allocs.contains("PeriodType: space bytes"), "{allocs}");
     assert!(allocs.contains("inuse_space/bytes"), "{allocs}");
 
+    phase("profiles read");
     // A process started now is picked up within two scrape intervals.
     let late = start_leaking(&named(&leak, &tmp, &name("late")), 3);
     let up = Instant::now();
-    wait_until("the late process in the agent's /metrics", Duration::from_secs(30), || {
-        agent_sample(agent_addr, "leaktrace_target_goroutines", late.pid())
-    });
+    wait_until(
+        "the late process in the agent's /metrics",
+        Duration::from_secs(30),
+        || agent_sample(agent_addr, "leaktrace_target_goroutines", late.pid()),
+    );
     let picked_up = up.elapsed();
     eprintln!("late process picked up after {picked_up:?}");
     assert!(
         picked_up <= 2 * SCRAPE,
         "picked up after {picked_up:?}, more than two scrape intervals"
     );
-    wait_until("Prometheus to have the late process", Duration::from_secs(30), || {
-        (!query(prom_addr, &format!("leaktrace_target_goroutines{{pid=\"{}\"}}", late.pid())).is_empty())
+    wait_until(
+        "Prometheus to have the late process",
+        Duration::from_secs(30),
+        || {
+            (!query(
+                prom_addr,
+                &format!("leaktrace_target_goroutines{{pid=\"{}\"}}", late.pid()),
+            )
+            .is_empty())
             .then_some(())
-    });
+        },
+    );
 
+    phase("late process picked up");
     // One that exits is dropped: gone from /targets, and from Prometheus' current series.
     drop(b);
-    wait_until("the exited process to leave /targets", Duration::from_secs(30), || {
-        let t = get_text(agent_addr, "/targets");
-        (!t.contains(&format!("\"pid\": {pb},"))).then_some(())
-    });
-    wait_until("Prometheus to drop the exited process", Duration::from_secs(30), || {
-        leaked_in_prometheus(prom_addr, pb).is_none().then_some(())
-    });
+    wait_until(
+        "the exited process to leave /targets",
+        Duration::from_secs(30),
+        || {
+            let t = get_text(agent_addr, "/targets");
+            (!t.contains(&format!("\"pid\": {pb},"))).then_some(())
+        },
+    );
+    wait_until(
+        "Prometheus to drop the exited process",
+        Duration::from_secs(30),
+        || leaked_in_prometheus(prom_addr, pb).is_none().then_some(()),
+    );
 
+    phase("exited process dropped");
     // A flood of slow (slowloris) and oversized requests: /metrics still answers and the
     // watching goes on.
-    let snapshots_before = agent_sample(agent_addr, "leaktrace_target_snapshots_total", pa).unwrap();
+    let snapshots_before =
+        agent_sample(agent_addr, "leaktrace_target_snapshots_total", pa).unwrap();
     let flood_end = Instant::now() + Duration::from_secs(4);
     let slow: Vec<TcpStream> = (0..300)
         .filter_map(|_| {
@@ -361,7 +431,10 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
     eprintln!(
         "flood: 300 slow connections, {oversized_sent} oversized requests; /metrics answered {answered} times; snapshots of PID {pa}: {snapshots_before} -> {snapshots_after}"
     );
-    assert!(snapshots_after > snapshots_before, "the watching stalled during the flood");
+    assert!(
+        snapshots_after > snapshots_before,
+        "the watching stalled during the flood"
+    );
     let up = query(prom_addr, "min_over_time(up{job=\"leaktrace\"}[4s])");
     assert_eq!(up.len(), 1, "{up:?}");
     assert_eq!(up[0].1, 1.0, "a Prometheus scrape failed during the flood");
@@ -374,9 +447,13 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         agent_started.elapsed().as_secs_f64(),
         agent_value(agent_addr, "leaktrace_agent_cpu_seconds_total")
     );
-    assert!(used <= allowed + 0.1, "{used} s of CPU, over the budget's {allowed} s");
+    assert!(
+        used <= allowed + 0.1,
+        "{used} s of CPU, over the budget's {allowed} s"
+    );
     assert!(agent_value(agent_addr, "leaktrace_agent_rss_bytes") > 0.0);
 
+    phase("flood survived");
     // SIGTERM stops it within a second, cleanly.
     let mut agent = agent;
     let t0 = Instant::now();
@@ -386,20 +463,35 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         if let Some(s) = agent.0.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "the agent did not stop");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the agent did not stop"
+        );
         thread::sleep(Duration::from_millis(10));
     };
     let stopped_in = t0.elapsed();
     eprintln!("SIGTERM: stopped in {stopped_in:?}");
     assert!(status.success(), "{status:?}");
-    assert!(stopped_in < Duration::from_secs(1), "stopped in {stopped_in:?}");
+    assert!(
+        stopped_in < Duration::from_secs(1),
+        "stopped in {stopped_in:?}"
+    );
     let lines = log.rest();
     let refusals = lines
         .iter()
         .filter(|l| l.contains("event=refused") && l.contains(&format!("pid={pold} ")))
         .count();
-    assert_eq!(refusals, 1, "one log line for the Go 1.19 process:\n{}", lines.join("\n"));
-    assert!(lines.iter().any(|l| l.contains("event=stopped signal=SIGTERM")));
+    assert_eq!(
+        refusals,
+        1,
+        "one log line for the Go 1.19 process:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("event=stopped signal=SIGTERM"))
+    );
     drop(prom);
     drop((a, c, late, old));
     let _ = fs::remove_dir_all(&tmp);

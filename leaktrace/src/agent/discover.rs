@@ -288,7 +288,10 @@ fn may_be_go(path: &Path) -> Option<bool> {
     }
     let table = read(shoff, shnum.checked_mul(shentsize)?)?;
     let names_hdr = &table[shstrndx * shentsize..];
-    let names = read(u64_at(names_hdr, 0x18), u64_at(names_hdr, 0x20).min(1 << 20) as usize)?;
+    let names = read(
+        u64_at(names_hdr, 0x18),
+        u64_at(names_hdr, 0x20).min(1 << 20) as usize,
+    )?;
     let found = names
         .split(|&b| b == 0)
         .any(|n| n == b".go.buildinfo" || n == b".gopclntab");
@@ -301,8 +304,16 @@ mod tests {
 
     #[test]
     fn go_binaries_are_told_by_their_section_names() {
-        assert_eq!(may_be_go(Path::new("/proc/self/exe")), Some(false), "a Rust binary");
-        assert_eq!(may_be_go(Path::new("/etc/hostname")), Some(false), "not ELF");
+        assert_eq!(
+            may_be_go(Path::new("/proc/self/exe")),
+            Some(false),
+            "a Rust binary"
+        );
+        assert_eq!(
+            may_be_go(Path::new("/etc/hostname")),
+            Some(false),
+            "not ELF"
+        );
     }
 
     #[test]
@@ -344,8 +355,14 @@ mod tests {
     #[test]
     fn cgroups_are_matched_at_component_boundaries() {
         assert!(under("/system.slice/api.service", "/system.slice"));
-        assert!(under("/system.slice/api.service", "/system.slice/api.service"));
-        assert!(!under("/system.slice/api.service2", "/system.slice/api.service"));
+        assert!(under(
+            "/system.slice/api.service",
+            "/system.slice/api.service"
+        ));
+        assert!(!under(
+            "/system.slice/api.service2",
+            "/system.slice/api.service"
+        ));
         assert!(under("/anything", "/"));
     }
 
@@ -374,7 +391,10 @@ mod tests {
             service(Some("/system.slice/api.service"), exe),
             "api.service"
         );
-        assert_eq!(service(Some("/user.slice/user-0.slice/session-3.scope"), exe), "api");
+        assert_eq!(
+            service(Some("/user.slice/user-0.slice/session-3.scope"), exe),
+            "api"
+        );
         assert_eq!(service(None, exe), "api");
     }
 }

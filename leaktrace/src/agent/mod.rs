@@ -322,7 +322,8 @@ impl Agent {
         let found = discover::scan();
         let now: HashMap<u32, &Found> = found.iter().map(|f| (f.pid, f)).collect();
         let same = |pid: &u32, start: u64, exe: &PathBuf| {
-            now.get(pid).is_some_and(|f| f.start == start && f.exe == *exe)
+            now.get(pid)
+                .is_some_and(|f| f.start == start && f.exe == *exe)
         };
         self.watched.retain(|pid, w| {
             let keep = same(pid, w.start, &w.exe);
@@ -332,16 +333,14 @@ impl Agent {
             keep
         });
         self.refused.retain(|pid, r| same(pid, r.start, &r.exe));
-        self.other.retain(|pid, (start, exe)| same(pid, *start, exe));
+        self.other
+            .retain(|pid, (start, exe)| same(pid, *start, exe));
         for f in &found {
             if self.other.contains_key(&f.pid) {
                 continue;
             }
             let pid = f.pid;
-            if !self
-                .filters
-                .admit(pid, &f.exe, || discover::cgroup(pid))
-            {
+            if !self.filters.admit(pid, &f.exe, || discover::cgroup(pid)) {
                 if self.watched.remove(&pid).is_some() {
                     log_event(
                         "info",
@@ -427,7 +426,11 @@ impl Agent {
             Ok(gs) => gs,
             Err(e) => {
                 if !w.target.process.is_alive() || w.target.process.has_execed() {
-                    log_event("info", "exited", &[("pid", &pid), ("exe", &w.exe.display())]);
+                    log_event(
+                        "info",
+                        "exited",
+                        &[("pid", &pid), ("exe", &w.exe.display())],
+                    );
                     self.watched.remove(&pid);
                 } else if !w.failing {
                     w.failing = true;

@@ -110,7 +110,7 @@ mod tests {
             (2, priority(40, Some(10))),
             (3, priority(900, None)),
         ];
-        order.sort_by(|a, b| b.1.cmp(&a.1));
+        order.sort_by_key(|a| std::cmp::Reverse(a.1));
         assert_eq!(order.map(|o| o.0), [2, 3, 1]);
     }
 }

@@ -29,7 +29,11 @@ pub fn render(targets: &[TargetFigures], top: usize) -> String {
     let mut m = Metrics::new();
     for t in targets {
         let pid = t.pid.to_string();
-        let base = [("pid", pid.as_str()), ("exe", t.exe), ("service", t.service)];
+        let base = [
+            ("pid", pid.as_str()),
+            ("exe", t.exe),
+            ("service", t.service),
+        ];
         m.gauge(
             "leaktrace_target_goroutines",
             "Goroutines of the target at its last snapshot (runtime ones left out).",
@@ -81,12 +85,7 @@ pub fn render(targets: &[TargetFigures], top: usize) -> String {
                 ("site", OTHER),
                 ("confidence", OTHER),
             ];
-            m.gauge(
-                "leaktrace_leaked_goroutines",
-                "",
-                &labels,
-                rest as f64,
-            );
+            m.gauge("leaktrace_leaked_goroutines", "", &labels, rest as f64);
         }
         if let Some(mem) = t.memory {
             for (name, help, v) in [
@@ -202,9 +201,15 @@ mod tests {
             .filter(|l| l.starts_with("leaktrace_leaked_goroutines{"))
             .collect();
         assert_eq!(series.len(), 3, "{text}");
-        assert!(series[0].ends_with("site=\"main.produce /src/main.go:20\",confidence=\"proven\"} 10"));
+        assert!(
+            series[0].ends_with("site=\"main.produce /src/main.go:20\",confidence=\"proven\"} 10")
+        );
         assert!(series[2].contains("wait_reason=\"other\""), "{}", series[2]);
         assert!(series[2].ends_with(" 21"), "8 + 7 + 6: {}", series[2]);
-        assert!(text.contains("leaktrace_leak_groups{pid=\"42\",exe=\"api\",service=\"api.service\"} 5"));
+        assert!(
+            text.contains(
+                "leaktrace_leak_groups{pid=\"42\",exe=\"api\",service=\"api.service\"} 5"
+            )
+        );
     }
 }
