@@ -20,8 +20,10 @@ RUST_STATIC_TARGET=x86_64-unknown-linux-musl
 APT_BUILD="llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev build-essential pkg-config"
 # The tests: the tools they drive; golang-1.19-go (Debian's Go 1.19) for the test that
 # leaktrace refuses a pre-1.21 program; man-db and bash-completion for the package test;
-# chromium (headless) opens report.html; tmux is the terminal `top` is tested in.
-APT_TEST="util-linux procps wrk curl python3-venv golang-1.19-go man-db bash-completion chromium tmux"
+# chromium (headless) opens report.html; tmux is the terminal `top` is tested in; prometheus
+# (Debian's server) scrapes `leaktrace agent` in its test (the test starts its own on
+# 127.0.0.1; the package's service is not needed).
+APT_TEST="util-linux procps wrk curl python3-venv golang-1.19-go man-db bash-completion chromium tmux prometheus"
 # The tests read leaktrace's exports back with these projects' own Python libraries (PyPI),
 # in a venv at $LEAKTRACE_CACHE/venv-readers: HdrHistogram's interval log reader and the
 # Prometheus client's text format parser; jsonschema checks report.json and dump --json against

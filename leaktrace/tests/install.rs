@@ -283,6 +283,7 @@ fn deb_installs_works_from_path_and_removes_cleanly() {
         "/usr/share/bash-completion/completions/leaktrace",
         "/usr/share/zsh/vendor-completions/_leaktrace",
         "/usr/share/fish/vendor_completions.d/leaktrace.fish",
+        "/usr/lib/systemd/system/leaktrace-agent.service",
     ] {
         assert!(
             files.iter().any(|p| p == f),

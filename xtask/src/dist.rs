@@ -4,7 +4,8 @@
 //! - `dist/leaktrace-VERSION-x86_64-linux.tar.gz`: the binary, LICENSE-MIT, LICENSE-APACHE,
 //!   README.md, the man pages (`man/`) and bash, zsh and fish completions (`completions/`);
 //! - `dist/leaktrace_VERSION_amd64.deb`, built with dpkg-deb: the same files where Debian
-//!   puts them, and in its description what it needs of the kernel;
+//!   puts them, the agent's systemd unit (`packaging/leaktrace-agent.service`, not enabled),
+//!   and in its description what it needs of the kernel;
 //! - `dist/SHA256SUMS` of both.
 //!
 //! The man pages and completions come from the binary itself (`leaktrace man DIR`,
@@ -148,6 +149,11 @@ fn deb(root: &Path, stage: &Path, dist: &Path) -> anyhow::Result<PathBuf> {
     copy(
         &c.join("leaktrace.fish"),
         &usr.join("share/fish/vendor_completions.d/leaktrace.fish"),
+    )?;
+    // The agent's unit, installed but not enabled (README, "Agent").
+    copy(
+        &root.join("packaging/leaktrace-agent.service"),
+        &usr.join("lib/systemd/system/leaktrace-agent.service"),
     )?;
     let doc = usr.join("share/doc/leaktrace");
     fs::create_dir_all(&doc)?;

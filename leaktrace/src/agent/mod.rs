@@ -152,9 +152,22 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The command line's filters and the config file's.
+/// The command line's filters and the config file's. A config file that does not exist
+/// adds none (it can be written later, then SIGHUP); one that cannot be read or parsed is
+/// an error.
 fn effective_filters(opts: &AgentOptions) -> anyhow::Result<Filters> {
     Ok(match &opts.config {
+        Some(path) if !path.exists() => {
+            log_event(
+                "info",
+                "config_missing",
+                &[
+                    ("config", &path.display()),
+                    ("action", &"the command line's filters alone"),
+                ],
+            );
+            opts.filters.clone()
+        }
         Some(path) => opts.filters.clone().and(&Filters::read(path)?),
         None => opts.filters.clone(),
     })
