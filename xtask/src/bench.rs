@@ -1058,9 +1058,9 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
     throughput_section(&mut md, &steps);
     scale_section(&mut md, &scale);
     let path = root.join("BENCHMARKS.md");
-    md.push_str(&kept_snapshot_section(
-        &fs::read_to_string(&path).unwrap_or_default(),
-    ));
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    md.push_str(&kept_section(&old, SNAPSHOT_SECTION));
+    md.push_str(&kept_section(&old, AGENT_SECTION));
     print!("\n{md}");
     fs::write(path, md)?;
     println!(
@@ -1074,14 +1074,191 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
 /// under, by hand: a run of this benchmark keeps it as it was.
 const SNAPSHOT_SECTION: &str = "## Goroutine snapshots (bench_dump)";
 
-/// The snapshot section of the BENCHMARKS.md being replaced, up to the next section.
-fn kept_snapshot_section(old: &str) -> String {
-    let Some(start) = old.find(SNAPSHOT_SECTION) else {
+/// A section of the BENCHMARKS.md being replaced that another command writes (the snapshot
+/// figures, the agent's), up to the next section.
+fn kept_section(old: &str, heading: &str) -> String {
+    let Some(start) = old.find(heading) else {
         return String::new();
     };
     let rest = &old[start..];
-    let end = rest[SNAPSHOT_SECTION.len()..]
+    let end = rest[heading.len()..]
         .find("\n## ")
-        .map_or(rest.len(), |i| i + SNAPSHOT_SECTION.len() + 1);
+        .map_or(rest.len(), |i| i + heading.len() + 1);
     format!("\n{}", rest[..end].trim_end()) + "\n"
+}
+
+// ---------------------------------------------------------------------------------------
+// The agent: many busy Go processes, watched and not
+
+/// The heading of the section `cargo xtask bench-agent` writes; `bench` keeps it.
+const AGENT_SECTION: &str = "## Agent (bench-agent)";
+
+/// One window: the processes' summed rate, and the agent's CPU in it (watched windows).
+struct AgentWindow {
+    rate: f64,
+    agent_cpu: Option<f64>,
+}
+
+/// The fleet's summed items/s over the window starting now.
+fn fleet_rate(fleet: &[Running], window: Duration) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let t1 = Instant::now();
+    fleet
+        .iter()
+        .map(|f| progress_rate(&f.progress, t0, t1))
+        .sum()
+}
+
+/// `leaktrace agent` with its default budget over the fleet (`--exe` names their copies);
+/// returns once it watches all of them.
+fn start_agent(leaktrace: &Path, glob: &str, count: usize) -> anyhow::Result<Child> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut agent = Command::new(leaktrace)
+        .args(["agent", "--exe", glob, "--listen", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        use std::io::{Read as _, Write as _};
+        let mut body = String::new();
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /targets HTTP/1.1\r\n\r\n");
+            let _ = s.read_to_string(&mut body);
+        }
+        if body.matches("\"goroutines\"").count() >= count {
+            return Ok(agent);
+        }
+        if Instant::now() > end || agent.try_wait()?.is_some() {
+            let _ = agent.kill();
+            bail!("the agent did not watch all {count} processes within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `cargo xtask bench-agent`: `processes` busy copies of the channel pipeline, their summed
+/// throughput with and without `leaktrace agent` (default settings: 1 % of one CPU), in
+/// alternating windows; the agent's CPU in each watched window. Writes its section of
+/// BENCHMARKS.md, keeping the rest.
+pub fn bench_agent(
+    processes: usize,
+    seconds: u64,
+    reps: usize,
+    note: Option<&str>,
+) -> anyhow::Result<()> {
+    let root = go::repo_root();
+    println!("==> building leaktrace (release) and the pipeline");
+    let leaktrace = go::build_leaktrace_release()?;
+    let (bin, version) = go::build_newest("testdata/go/pipeline", "bench")?;
+    let dir = out_dir("agent-fleet");
+    fs::create_dir_all(&dir)?;
+    let prefix = format!("fleet{}", std::process::id());
+    let load_before = load_average();
+    let mut fleet = Vec::new();
+    for i in 0..processes {
+        let copy = dir.join(format!("{prefix}-{i}"));
+        fs::copy(&bin, &copy)?;
+        fleet.push(start_fixture(&copy, &[])?);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let window = Duration::from_secs(seconds);
+    let glob = format!("{prefix}-*");
+    let mut rows: Vec<(AgentWindow, AgentWindow)> = Vec::new();
+    for rep in 0..reps {
+        let mut unwatched = None;
+        let mut watched = None;
+        for k in 0..2 {
+            if (k + rep) % 2 == 0 {
+                unwatched = Some(AgentWindow {
+                    rate: fleet_rate(&fleet, window)?,
+                    agent_cpu: None,
+                });
+            } else {
+                let mut agent = start_agent(&leaktrace, &glob, processes)?;
+                let cpu0 = proc_cpu_and_rss(agent.id()).map_or(0.0, |c| c.0);
+                let rate = fleet_rate(&fleet, window)?;
+                let cpu1 = proc_cpu_and_rss(agent.id()).map_or(0.0, |c| c.0);
+                interrupt(&agent);
+                agent.wait()?;
+                watched = Some(AgentWindow {
+                    rate,
+                    agent_cpu: Some(cpu1 - cpu0),
+                });
+            }
+        }
+        let (u, w) = (unwatched.unwrap(), watched.unwrap());
+        println!(
+            "rep {rep}: unwatched {:.0} items/s, watched {:.0} (x{:.3}), agent {:.2} s of CPU in {seconds} s",
+            u.rate,
+            w.rate,
+            w.rate / u.rate,
+            w.agent_cpu.unwrap_or(0.0)
+        );
+        rows.push((u, w));
+    }
+    drop(fleet);
+    let _ = fs::remove_dir_all(&dir);
+
+    let ratios: Vec<f64> = rows.iter().map(|(u, w)| w.rate / u.rate).collect();
+    let shares: Vec<f64> = rows
+        .iter()
+        .map(|(_, w)| w.agent_cpu.unwrap_or(0.0) / seconds as f64)
+        .collect();
+    let mut md = String::new();
+    let _ = writeln!(md, "\n{AGENT_SECTION}\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench-agent`: {processes} copies of the channel pipeline (testdata/go/pipeline, Go {version}) running at once on {}, their summed items/s in {seconds} s windows without and with `leaktrace agent` at its defaults (`--max-overhead 1`, `--interval 10s`; it watches all of them before its window starts), the order alternating; {reps} repetitions. Load average before {load_before}, after {}.{}\n",
+        machine(),
+        load_average(),
+        note.map_or(String::new(), |n| format!(" {n}"))
+    );
+    let _ = writeln!(
+        md,
+        "| rep | unwatched items/s | watched items/s | ratio | agent CPU in the window (share of one CPU) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for (i, ((u, w), share)) in rows.iter().zip(&shares).enumerate() {
+        let _ = writeln!(
+            md,
+            "| {i} | {:.0} | {:.0} | {:.3} | {:.2} s ({:.2}%) |",
+            u.rate,
+            w.rate,
+            w.rate / u.rate,
+            w.agent_cpu.unwrap_or(0.0),
+            share * 100.0
+        );
+    }
+    if let (Some(r), Some(s)) = (Spread::of(&ratios), Spread::of(&shares)) {
+        let _ = writeln!(
+            md,
+            "\n- throughput ratio {r}; goal >= 0.98: {}\n- the agent's CPU: median {:.2}% of one CPU ({:.2}-{:.2}%); budget 1%: {}",
+            holds(r.median >= 0.98),
+            s.median * 100.0,
+            s.min * 100.0,
+            s.max * 100.0,
+            holds(s.max <= 0.01 + 0.2 / seconds as f64)
+        );
+    }
+    let path = root.join("BENCHMARKS.md");
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    let kept = match old.find(&format!("\n{AGENT_SECTION}")) {
+        Some(start) => {
+            let rest = &old[start + 1..];
+            let end = rest[AGENT_SECTION.len()..]
+                .find("\n## ")
+                .map_or(old.len(), |i| start + 1 + AGENT_SECTION.len() + i + 1);
+            format!("{}{}", &old[..start], &old[end..])
+        }
+        None => old,
+    };
+    let out = format!("{}\n{}", kept.trim_end(), md.trim_end()) + "\n";
+    print!("{md}");
+    fs::write(&path, out)?;
+    println!("==> wrote the agent section of BENCHMARKS.md");
+    Ok(())
 }

@@ -34,6 +34,22 @@ enum Command {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Measure `leaktrace agent` over many busy Go processes: their throughput watched and
+    /// not, and the agent's CPU against its budget; writes its section of BENCHMARKS.md.
+    BenchAgent {
+        /// Busy copies of the channel pipeline to run at once.
+        #[arg(long, default_value_t = 20)]
+        processes: usize,
+        /// Seconds per measured window.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Repetitions, watched and unwatched alternating.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// A line to add to BENCHMARKS.md about the machine (e.g. that it was shared).
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// Build everything, start the bundled leaky Go service, load it, and trace it.
     Demo {
         /// How long to trace the service.
@@ -86,6 +102,12 @@ fn main() -> anyhow::Result<()> {
             reps,
             note,
         } => bench::bench(seconds, reps, note.as_deref()),
+        Command::BenchAgent {
+            processes,
+            seconds,
+            reps,
+            note,
+        } => bench::bench_agent(processes, seconds, reps, note.as_deref()),
         Command::Demo { seconds } => demo::demo(seconds),
         Command::Dist => dist::dist().map(drop),
         Command::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
