@@ -198,6 +198,67 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         )
     });
     phase("fixtures built");
+    let (scene, watched) = start(&leak, &clean, &old);
+    phase("Prometheus ready");
+    leak_series_are_in_prometheus(&scene);
+    phase("leak series in Prometheus");
+    the_go_1_19_process_is_refused(&scene);
+    profiles_are_read_by_pprof(&scene);
+    phase("profiles read");
+    let late = a_late_process_is_picked_up(&scene, &leak);
+    phase("late process picked up");
+    an_exited_process_is_dropped(&scene, watched.b);
+    phase("exited process dropped");
+    a_flood_stops_neither_answers_nor_watching(&scene);
+    the_budget_held(&scene);
+    phase("flood survived");
+    let Scene {
+        prom,
+        tmp,
+        agent,
+        log,
+        pold,
+        ..
+    } = scene;
+    sigterm_stops_it_within_a_second(agent, log, pold);
+    drop(prom);
+    drop((watched.a, watched.c, late, watched.old));
+    let _ = fs::remove_dir_all(&tmp);
+}
+
+/// What the steps share: the agent, Prometheus, where they listen, and the PIDs watched.
+struct Scene {
+    prom: Reaped,
+    agent: Reaped,
+    log: Lines,
+    agent_started: Instant,
+    agent_addr: SocketAddr,
+    prom_addr: SocketAddr,
+    tmp: PathBuf,
+    prefix: String,
+    pa: u32,
+    pb: u32,
+    pc: u32,
+    pold: u32,
+}
+
+impl Scene {
+    /// A process name of this run's own.
+    fn name(&self, n: &str) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+}
+
+/// The processes the agent watches: two leaking (5 and 7), a clean one, a Go 1.19 one.
+struct Watched {
+    a: Fixture,
+    b: Fixture,
+    c: Fixture,
+    old: Fixture,
+}
+
+/// Starts the watched processes, the agent, and Prometheus scraping it.
+fn start(leak: &Path, clean: &Path, old: &Path) -> (Scene, Watched) {
     let tmp = std::env::temp_dir().join(format!("leaktrace-agent-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).unwrap();
@@ -205,10 +266,10 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
     let name = |n: &str| format!("{prefix}-{n}");
 
     // Two leaking processes (5 and 7 producers blocked for good), a clean one, a Go 1.19 one.
-    let a = start_leaking(&named(&leak, &tmp, &name("leak-a")), 5);
-    let b = start_leaking(&named(&leak, &tmp, &name("leak-b")), 7);
-    let c = start_leaking(&named(&clean, &tmp, &name("clean")), 5);
-    let mut old = Fixture::start(&named(&old, &tmp, &name("old")), &["-n", "3"]);
+    let a = start_leaking(&named(leak, &tmp, &name("leak-a")), 5);
+    let b = start_leaking(&named(leak, &tmp, &name("leak-b")), 7);
+    let c = start_leaking(&named(clean, &tmp, &name("clean")), 5);
+    let mut old = Fixture::start(&named(old, &tmp, &name("old")), &["-n", "3"]);
     old.stderr.wait_for("ready", Duration::from_secs(30));
     let (pa, pb, pc, pold) = (a.pid(), b.pid(), c.pid(), old.pid());
 
@@ -266,7 +327,26 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         get(prom_addr, "/-/ready", Duration::from_secs(2)).filter(|(s, _)| *s == 200)
     });
 
-    phase("Prometheus ready");
+    let scene = Scene {
+        prom,
+        agent,
+        log,
+        agent_started,
+        agent_addr,
+        prom_addr,
+        tmp,
+        prefix,
+        pa,
+        pb,
+        pc,
+        pold,
+    };
+    (scene, Watched { a, b, c, old })
+}
+
+fn leak_series_are_in_prometheus(s: &Scene) {
+    let (prom_addr, pa, pb, pc) = (s.prom_addr, s.pa, s.pb, s.pc);
+    let name = |n: &str| s.name(n);
     // The leak series, with the right counts, through Prometheus; nothing for the clean one.
     for (pid, count) in [(pa, 5.0), (pb, 7.0)] {
         wait_until(
@@ -275,7 +355,6 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
             || leaked_in_prometheus(prom_addr, pid).filter(|v| *v == count),
         );
     }
-    phase("leak series in Prometheus");
     let clean_watched = query(
         prom_addr,
         &format!("leaktrace_target_goroutines{{pid=\"{pc}\"}}"),
@@ -298,7 +377,10 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
     let site = series[0].0["site"].as_str().unwrap();
     assert!(site.starts_with("main.produce "), "{series:?}");
     assert_eq!(series[0].0["wait_reason"], "chan send");
+}
 
+fn the_go_1_19_process_is_refused(s: &Scene) {
+    let (agent_addr, prom_addr, pa, pold) = (s.agent_addr, s.prom_addr, s.pa, s.pold);
     // The Go 1.19 program: refused with one log line, listed with its reason, no series.
     let targets: serde_json::Value =
         serde_json::from_str(&get_text(agent_addr, "/targets")).unwrap();
@@ -324,11 +406,14 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         )
         .is_empty()
     );
+}
 
+fn profiles_are_read_by_pprof(s: &Scene) {
+    let (agent_addr, pa, tmp) = (s.agent_addr, s.pa, &s.tmp);
     // go tool pprof reads the per-PID profiles from the agent's endpoints.
     let leaks = pprof_raw(
         &format!("http://{agent_addr}/debug/pprof/goroutineleak?pid={pa}"),
-        &tmp,
+        tmp,
     );
     assert!(leaks.contains("goroutineleak/count"), "{leaks}");
     assert!(leaks.contains("main.produce"), "{leaks}");
@@ -339,14 +424,17 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
     assert!(five, "a sample of 5 goroutines:\n{leaks}");
     let allocs = pprof_raw(
         &format!("http://{agent_addr}/debug/pprof/allocs?pid={pa}"),
-        &tmp,
+        tmp,
     );
     assert!(allocs.contains("PeriodType: space bytes"), "{allocs}");
     assert!(allocs.contains("inuse_space/bytes"), "{allocs}");
+}
 
-    phase("profiles read");
+fn a_late_process_is_picked_up(s: &Scene, leak: &Path) -> Fixture {
+    let (agent_addr, prom_addr, tmp) = (s.agent_addr, s.prom_addr, &s.tmp);
+    let name = |n: &str| s.name(n);
     // A process started now is picked up within two scrape intervals.
-    let late = start_leaking(&named(&leak, &tmp, &name("late")), 3);
+    let late = start_leaking(&named(leak, tmp, &name("late")), 3);
     let up = Instant::now();
     wait_until(
         "the late process in the agent's /metrics",
@@ -371,8 +459,11 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
             .then_some(())
         },
     );
+    late
+}
 
-    phase("late process picked up");
+fn an_exited_process_is_dropped(s: &Scene, b: Fixture) {
+    let (agent_addr, prom_addr, pb) = (s.agent_addr, s.prom_addr, s.pb);
     // One that exits is dropped: gone from /targets, and from Prometheus' current series.
     drop(b);
     wait_until(
@@ -388,8 +479,10 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         Duration::from_secs(30),
         || leaked_in_prometheus(prom_addr, pb).is_none().then_some(()),
     );
+}
 
-    phase("exited process dropped");
+fn a_flood_stops_neither_answers_nor_watching(s: &Scene) {
+    let (agent_addr, prom_addr, pa) = (s.agent_addr, s.prom_addr, s.pa);
     // A flood of slow (slowloris) and oversized requests: /metrics still answers and the
     // watching goes on.
     let snapshots_before =
@@ -438,7 +531,10 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
     let up = query(prom_addr, "min_over_time(up{job=\"leaktrace\"}[4s])");
     assert_eq!(up.len(), 1, "{up:?}");
     assert_eq!(up[0].1, 1.0, "a Prometheus scrape failed during the flood");
+}
 
+fn the_budget_held(s: &Scene) {
+    let (agent_addr, agent_started) = (s.agent_addr, s.agent_started);
     // The budget held: the watching's CPU within its share of the time, plus its burst.
     let used = agent_value(agent_addr, "leaktrace_agent_watch_cpu_seconds_total");
     let allowed = BUDGET_PERCENT / 100.0 * agent_started.elapsed().as_secs_f64() + 0.2;
@@ -452,8 +548,9 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
         "{used} s of CPU, over the budget's {allowed} s"
     );
     assert!(agent_value(agent_addr, "leaktrace_agent_rss_bytes") > 0.0);
+}
 
-    phase("flood survived");
+fn sigterm_stops_it_within_a_second(agent: Reaped, log: Lines, pold: u32) {
     // SIGTERM stops it within a second, cleanly.
     let mut agent = agent;
     let t0 = Instant::now();
@@ -492,7 +589,4 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
             .iter()
             .any(|l| l.contains("event=stopped signal=SIGTERM"))
     );
-    drop(prom);
-    drop((a, c, late, old));
-    let _ = fs::remove_dir_all(&tmp);
 }
