@@ -3,9 +3,9 @@
 //! a clean one and one built with Go 1.19 that must be refused; Prometheus' HTTP API must
 //! return the leaking processes' leak series with the right counts and nothing for the clean
 //! one, `go tool pprof` must read the per-PID profiles from the agent, a process started
-//! later must be picked up and one that exits dropped, a flood of slow and oversized
-//! requests must not stop the answers nor the watching, and SIGTERM must stop it within a
-//! second.
+//! later must be picked up, one the filters exclude after a SIGHUP and one that exits
+//! dropped, a flood of slow and oversized requests must not stop the answers nor the
+//! watching, and SIGTERM must stop it within a second.
 
 mod support;
 
@@ -207,6 +207,8 @@ fn the_agent_feeds_prometheus_and_pprof_and_survives_bad_clients() {
     phase("profiles read");
     let late = a_late_process_is_picked_up(&scene, &leak);
     phase("late process picked up");
+    sighup_rereads_the_filters(&scene, &late);
+    phase("filters reread");
     an_exited_process_is_dropped(&scene, watched.b);
     phase("exited process dropped");
     a_flood_stops_neither_answers_nor_watching(&scene);
@@ -292,6 +294,9 @@ fn start(leak: &Path, clean: &Path, old: &Path) -> (Scene, Watched) {
             "--listen",
             &agent_addr.to_string(),
         ])
+        // Not there yet: it adds no filters until it is written and the agent gets SIGHUP.
+        .arg("--config")
+        .arg(tmp.join("agent.conf"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -588,5 +593,39 @@ fn sigterm_stops_it_within_a_second(agent: Reaped, log: Lines, pold: u32) {
         lines
             .iter()
             .any(|l| l.contains("event=stopped signal=SIGTERM"))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("event=reload") && l.contains("filters_changed=true")),
+        "the SIGHUP is logged:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// SIGHUP rereads the filter file: a process it now excludes is dropped, the others stay.
+fn sighup_rereads_the_filters(s: &Scene, late: &Fixture) {
+    let excluded = format!("\"pid\": {},", late.pid());
+    let before = get_text(s.agent_addr, "/targets");
+    assert!(before.contains(&excluded), "watched before: {before}");
+    fs::write(
+        s.tmp.join("agent.conf"),
+        format!("# written by the test\nexclude = {}\n", s.name("late")),
+    )
+    .unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(s.agent.0.id() as i32, libc::SIGHUP) };
+    wait_until(
+        "the process the filters now exclude to leave /targets",
+        Duration::from_secs(30),
+        || {
+            let t = get_text(s.agent_addr, "/targets");
+            (!t.contains(&excluded)).then_some(())
+        },
+    );
+    let t = get_text(s.agent_addr, "/targets");
+    assert!(
+        t.contains(&format!("\"pid\": {},", s.pa)),
+        "the others stay watched: {t}"
     );
 }
