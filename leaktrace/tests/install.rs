@@ -130,6 +130,7 @@ fn tarball_runs_alone_in_an_empty_root() {
             "completions/leaktrace.bash",
             "completions/leaktrace.fish",
             "leaktrace",
+            "man/leaktrace-agent.1",
             "man/leaktrace-completions.1",
             "man/leaktrace-dump.1",
             "man/leaktrace-record.1",
