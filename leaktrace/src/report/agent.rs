@@ -88,31 +88,7 @@ pub fn render(targets: &[TargetFigures], top: usize) -> String {
             m.gauge("leaktrace_leaked_goroutines", "", &labels, rest as f64);
         }
         if let Some(mem) = t.memory {
-            for (name, help, v) in [
-                (
-                    "leaktrace_target_rss_bytes",
-                    "Resident set size of the target (VmRSS).",
-                    mem.rss_bytes,
-                ),
-                (
-                    "leaktrace_target_heap_inuse_bytes",
-                    "Go heap in use (HeapInuse).",
-                    mem.heap_inuse,
-                ),
-                (
-                    "leaktrace_target_heap_alloc_bytes",
-                    "Go heap allocated and not yet freed (HeapAlloc).",
-                    mem.heap_alloc,
-                ),
-            ] {
-                m.gauge(name, help, &base, v as f64);
-            }
-            m.counter(
-                "leaktrace_target_gc_cycles_total",
-                "GC cycles of the target (NumGC).",
-                &base,
-                f64::from(mem.num_gc),
-            );
+            super::metrics::memory_gauges(&mut m, mem, &base);
         }
     }
     m.render()

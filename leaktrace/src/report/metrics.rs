@@ -4,7 +4,7 @@
 
 use super::prometheus::Metrics;
 use crate::model::{MemoryPoint, histograms::Histograms};
-use crate::{detect::LeakGroup, probes::Counts};
+use crate::{census::MemorySnapshot, detect::LeakGroup, probes::Counts};
 
 /// A probe's hits since the trace started (what the target paid: not scaled), and the
 /// fraction of the time it has been in place (1 when continuous).
@@ -27,41 +27,7 @@ pub fn render(
     let mut m = Metrics::new();
     if let Some(p) = memory {
         let mem = &p.memory;
-        for (name, help, v) in [
-            (
-                "leaktrace_target_rss_bytes",
-                "Resident set size of the target (VmRSS).",
-                mem.rss_bytes,
-            ),
-            (
-                "leaktrace_target_heap_inuse_bytes",
-                "Go heap in use (HeapInuse).",
-                mem.heap_inuse,
-            ),
-            (
-                "leaktrace_target_heap_idle_bytes",
-                "Go heap idle (HeapIdle).",
-                mem.heap_idle,
-            ),
-            (
-                "leaktrace_target_heap_released_bytes",
-                "Go heap returned to the OS (HeapReleased).",
-                mem.heap_released,
-            ),
-            (
-                "leaktrace_target_heap_alloc_bytes",
-                "Go heap allocated and not yet freed (HeapAlloc).",
-                mem.heap_alloc,
-            ),
-        ] {
-            m.gauge(name, help, &[], v as f64);
-        }
-        m.counter(
-            "leaktrace_target_gc_cycles_total",
-            "GC cycles of the target (NumGC).",
-            &[],
-            mem.num_gc as f64,
-        );
+        memory_gauges(&mut m, mem, &[]);
         for (advice, bytes) in &p.madvise_bytes {
             m.counter(
                 "leaktrace_target_madvise_bytes_total",
@@ -142,4 +108,44 @@ pub fn render(
         counts.lost as f64,
     );
     m.render()
+}
+
+/// The target's memory as gauges (and its GC cycles as a counter), with `labels`: the live
+/// trace's `/metrics` and the agent's, per target.
+pub(super) fn memory_gauges(m: &mut Metrics, mem: &MemorySnapshot, labels: &[(&str, &str)]) {
+    for (name, help, v) in [
+        (
+            "leaktrace_target_rss_bytes",
+            "Resident set size of the target (VmRSS).",
+            mem.rss_bytes,
+        ),
+        (
+            "leaktrace_target_heap_inuse_bytes",
+            "Go heap in use (HeapInuse).",
+            mem.heap_inuse,
+        ),
+        (
+            "leaktrace_target_heap_idle_bytes",
+            "Go heap idle (HeapIdle).",
+            mem.heap_idle,
+        ),
+        (
+            "leaktrace_target_heap_released_bytes",
+            "Go heap returned to the OS (HeapReleased).",
+            mem.heap_released,
+        ),
+        (
+            "leaktrace_target_heap_alloc_bytes",
+            "Go heap allocated and not yet freed (HeapAlloc).",
+            mem.heap_alloc,
+        ),
+    ] {
+        m.gauge(name, help, labels, v as f64);
+    }
+    m.counter(
+        "leaktrace_target_gc_cycles_total",
+        "GC cycles of the target (NumGC).",
+        labels,
+        mem.num_gc as f64,
+    );
 }
