@@ -127,6 +127,8 @@ impl Workload {
 
 /// The goal for the HTTP service's p99 latency under default settings: the most ratio.
 const GOAL_P99: f64 = 1.05;
+/// leaktrace's CPU as a share of the target's CPU over the same window (issue: snapshots at memory speed).
+const GOAL_CPU_SHARE: f64 = 0.015;
 
 /// One measured window of a workload.
 struct Sample {
@@ -146,6 +148,9 @@ struct Tracer {
     shed: Vec<String>,
     hit_cost_us: f64,
     report: serde_json::Value,
+    /// leaktrace's CPU over the target's CPU, both from the moment leaktrace attached to the
+    /// end of the measured window (None where the window could not be read).
+    cpu_share: Option<f64>,
 }
 
 impl Tracer {
@@ -264,7 +269,43 @@ fn finish_leaktrace(mut lt: Child, stop_at: Option<Instant>, dir: &Path) -> anyh
         shed: strings(&p["shed"]),
         hit_cost_us: p["hit_cost_us"].as_f64().unwrap_or(0.0),
         report,
+        cpu_share: None,
     })
+}
+
+/// CPU seconds of leaktrace and of its target at one moment, for [`CpuWindow::share`].
+struct CpuWindow {
+    leaktrace: f64,
+    target: f64,
+}
+
+impl CpuWindow {
+    /// Waits (up to 10 s) for leaktrace to say it attached, then reads both CPU clocks.
+    fn at_attach(lt: &Child, target: u32, dir: &Path) -> Option<Self> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string(dir.join("stderr")).is_ok_and(|e| e.contains("attached to PID")) {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self::now(lt.id(), target)
+    }
+
+    fn now(leaktrace: u32, target: u32) -> Option<Self> {
+        Some(Self {
+            leaktrace: proc_cpu_and_rss(leaktrace)?.0,
+            target: proc_cpu_and_rss(target)?.0,
+        })
+    }
+
+    /// leaktrace's CPU as a share of the target's between `self` and now: unlike throughput,
+    /// a figure that a noisy machine hardly moves.
+    fn share(&self, lt: &Child, target: u32) -> Option<f64> {
+        let end = Self::now(lt.id(), target)?;
+        let target_cpu = end.target - self.target;
+        (target_cpu > 0.0).then(|| (end.leaktrace - self.leaktrace) / target_cpu)
+    }
 }
 
 /// Progress lines of a fixture ("NAME ELAPSED_NS COUNT" on stdout), with when each arrived.
@@ -403,7 +444,9 @@ fn run(
         std::thread::sleep(Duration::from_millis(500));
         let dir = out_dir(tag);
         let args = [&["-d", "1h", "--min-age", "2s"][..], mode_args(mode)].concat();
-        Some((start_leaktrace(leaktrace, fx.child.id(), &args, &dir)?, dir))
+        let lt = start_leaktrace(leaktrace, fx.child.id(), &args, &dir)?;
+        let window = CpuWindow::at_attach(&lt, fx.child.id(), &dir);
+        Some((lt, dir, window))
     };
     let (rate, p99_ms) = match load {
         Some(load) => {
@@ -416,7 +459,12 @@ fn run(
         }
     };
     let tracer = match tracer {
-        Some((lt, dir)) => Some(finish_leaktrace(lt, Some(Instant::now()), &dir)?),
+        Some((lt, dir, window)) => {
+            let share = window.and_then(|w| w.share(&lt, fx.child.id()));
+            let mut t = finish_leaktrace(lt, Some(Instant::now()), &dir)?;
+            t.cpu_share = share;
+            Some(t)
+        }
         None => None,
     };
     drop(fx);
@@ -479,6 +527,11 @@ impl Results {
                 }
             })
             .collect()
+    }
+
+    /// leaktrace's CPU over the target's, per repetition of `mode`.
+    fn cpu_shares(&self, mode: Mode) -> Vec<f64> {
+        self.tracers(mode).filter_map(|t| t.cpu_share).collect()
     }
 
     fn tracers(&self, mode: Mode) -> impl Iterator<Item = &Tracer> {
@@ -594,6 +647,24 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
             cpu / seconds as f64 * 100.0,
             mib(rss)
         );
+        if let Some(s) = Spread::of(&res.cpu_shares(mode)) {
+            let goal = if mode == Mode::Default {
+                format!(
+                    "; goal <= {:.1}%: {}",
+                    GOAL_CPU_SHARE * 100.0,
+                    holds(s.median <= GOAL_CPU_SHARE)
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                md,
+                "  - leaktrace's CPU as a share of the target's, from attach to the end of the window: {:.2}% ({:.2}-{:.2}%){goal}",
+                s.median * 100.0,
+                s.min * 100.0,
+                s.max * 100.0
+            );
+        }
         if mode == Mode::Exact
             && ts
                 .iter()
@@ -1050,6 +1121,27 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
                 show(Spread::of(&res.ratios(Mode::Exact, true)))
             );
         }
+        let pct = |s: Option<Spread>| {
+            s.map_or("-".into(), |s| {
+                format!(
+                    "{:.2}% ({:.2}-{:.2}%)",
+                    s.median * 100.0,
+                    s.min * 100.0,
+                    s.max * 100.0
+                )
+            })
+        };
+        let d = Spread::of(&res.cpu_shares(Mode::Default));
+        let _ = writeln!(
+            md,
+            "| {} leaktrace CPU / target CPU | <= {:.1}% | {} | {} | {} | {} |",
+            w.name(),
+            GOAL_CPU_SHARE * 100.0,
+            pct(d),
+            d.map_or("-", |d| holds(d.median <= GOAL_CPU_SHARE)),
+            pct(Spread::of(&res.cpu_shares(Mode::Snapshots))),
+            pct(Spread::of(&res.cpu_shares(Mode::Exact)))
+        );
     }
     let _ = writeln!(md, "\n## Overhead\n");
     for res in &results {
