@@ -288,3 +288,28 @@ fn record_proves_leaks_begun_after_them() {
         }
     });
 }
+
+/// A program with nothing unreachable (classicleak-fixed, holding): `dump --leaks` proves
+/// nothing, and runs one pass, not two: a second pass can only confirm what the first found.
+#[test]
+fn nothing_unreachable_takes_one_pass() {
+    let version = go_versions().last().unwrap().clone();
+    let bin = build_fixture("classicleak-fixed", &version, &[]);
+    let mut fx = Fixture::start(&bin, &["-hold"]);
+    fx.stderr.wait_for("holding", Duration::from_secs(20));
+    let (r, _) = dump_leaks(fx.pid());
+    let passes = r["proof"]["passes"].as_array().expect("proof.passes");
+    assert_eq!(passes.len(), 1, "one pass expected: {}", r["proof"]);
+    assert_eq!(
+        passes[0]["unreachable"],
+        serde_json::json!([]),
+        "{}",
+        r["proof"]
+    );
+    assert_eq!(
+        r["leaks"],
+        serde_json::json!([]),
+        "nothing is leaked: {}",
+        r["leaks"]
+    );
+}

@@ -93,6 +93,12 @@ enum WaitClass {
     Semacquire,
 }
 
+/// Whether a goroutine in wait `reason` is one a pass may find unreachable: blocked on a
+/// channel or sync primitive rather than a root.
+pub fn may_prove(reason: &str) -> bool {
+    wait_class(reason) != WaitClass::Root
+}
+
 fn wait_class(reason: &str) -> WaitClass {
     match reason {
         "chan send" | "chan receive" | "select" => WaitClass::Chan,

@@ -303,6 +303,27 @@ impl Tracker {
         self.proof_evidence = evidence;
     }
 
+    /// Goroutines in a wait a proof may find unreachable (a channel or sync primitive) that
+    /// were already in it at the snapshot before the last: what a new proof could be about.
+    /// Transient waits of a busy program, shorter than a snapshot interval, are not counted.
+    pub fn settled_blocked(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|(key, _)| crate::census::reach::may_prove(&key.state))
+            .map(|(_, h)| {
+                h.members
+                    .values()
+                    .filter(|m| m.first_seen < self.last_at)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Whether any of `goids` is not proven now.
+    pub fn any_not_proven(&self, goids: &[u64]) -> bool {
+        goids.iter().any(|g| !self.proven.contains(g))
+    }
+
     /// Adds a snapshot taken `at` (since the trace started).
     pub fn observe(&mut self, at: Duration, goroutines: Vec<Observed>) {
         self.snapshots += 1;

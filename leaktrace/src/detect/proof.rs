@@ -139,9 +139,18 @@ impl Prover {
         self.watch(target, &ProofOptions::default());
         let gc1 = num_gc(target);
         let between = self.t0.elapsed();
-        let second = reach::pass(target, limits)?;
-        let again: HashMap<u64, BlockedG> =
-            second.unreachable.iter().map(|b| (b.goid, *b)).collect();
+        // Nothing the first pass found unreachable stayed in its wait: a second pass could
+        // prove nothing, and is not run.
+        let second = if self.watched.is_empty() {
+            None
+        } else {
+            Some(reach::pass(target, limits)?)
+        };
+        let again: HashMap<u64, BlockedG> = second
+            .iter()
+            .flat_map(|p| &p.unreachable)
+            .map(|b| (b.goid, *b))
+            .collect();
         let main_select = (0..=u8::MAX).find(|&r| target.reason_name(r) == "select (no cases)");
         let mut proven: Vec<BlockedG> = self
             .watched
@@ -150,15 +159,13 @@ impl Prover {
             .filter(|b| !(b.goid == 1 && Some(b.wait_reason) == main_select))
             .collect();
         proven.sort_by_key(|b| b.goid);
-        let not_proven = [&self.first, &second]
-            .iter()
-            .find_map(|p| p.bounded)
-            .map(|why| {
-                format!(
-                    "a pass stopped at its bound on {why} before its fixed point: nothing is \
+        let passes: Vec<Pass> = std::iter::once(self.first).chain(second).collect();
+        let not_proven = passes.iter().find_map(|p| p.bounded).map(|why| {
+            format!(
+                "a pass stopped at its bound on {why} before its fixed point: nothing is \
                      proven (the heap is larger than the pass may read)"
-                )
-            });
+            )
+        });
         if not_proven.is_some() {
             proven.clear();
         }
@@ -166,7 +173,7 @@ impl Prover {
             method: METHOD,
             gc_cycles_between: self.gc0.zip(gc1).map(|(a, b)| b.wrapping_sub(a)),
             between,
-            passes: vec![self.first, second],
+            passes,
             proven,
             not_proven,
         })

@@ -418,6 +418,7 @@ impl Session {
             lost_reported: 0,
             prover: None,
             proof_next: Instant::now(),
+            proof_pace: Default::default(),
             announced: crate::report::live::Announced::default(),
             windows,
             continuous_cost: 0.0,

@@ -68,6 +68,7 @@ pub(super) struct Session {
     /// A proof by reachability under way, and when the next pass may run.
     pub prover: Option<Prover>,
     pub proof_next: Instant,
+    pub proof_pace: super::snapshot::ProofPace,
     /// The leak groups the live output has named, and at what size.
     pub announced: crate::report::live::Announced,
     /// The probes placed in windows.

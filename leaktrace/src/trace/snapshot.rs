@@ -22,7 +22,7 @@ use crate::{
         proof::{ProofOptions, Prover},
     },
     model::histograms,
-    probes::Probe,
+    probes::{Probe, thread_cpu_time},
     report::{self, metrics::ProbeFigures},
     tracee::Target,
 };
@@ -98,6 +98,63 @@ pub(crate) fn observed(target: &Target, gs: Vec<GoroutineSnapshot>) -> Vec<Obser
 /// seconds), how often its goroutines are looked at again: the second pass comes when it
 /// may, not at the next snapshot, which on a busy machine can be seconds away.
 const PROOF_WATCH: Duration = Duration::from_millis(250);
+/// A proof cycle (one or two passes) is followed by at least PROOF_PACE times the CPU its
+/// passes used before the next begins, so that proofs take at most 1% of a CPU: a pass over
+/// a busy service's heap costs leaktrace 20-100 ms, and the target needs its CPUs.
+const PROOF_PACE: u32 = 100;
+/// A cycle that proved nothing new doubles the wait before the next one (from 2 s), up to
+/// this, until more goroutines settle in a channel or sync wait: a leak that begins then is
+/// proven a cycle later; one that begins while nothing new settles (a consumer that exits and
+/// leaves its blocked producers unreachable) within this.
+const PROOF_IDLE_MAX: Duration = Duration::from_secs(30);
+
+/// `f`'s result and the CPU time it used on this thread.
+fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
+    let c0 = thread_cpu_time();
+    f().map(|r| (r, thread_cpu_time().saturating_sub(c0)))
+}
+
+/// When the next proof cycle of the live trace may begin.
+#[derive(Debug, Default)]
+pub(super) struct ProofPace {
+    /// CPU the passes of the current cycle used.
+    cpu: Duration,
+    /// Cycles in a row that proved no goroutine that was not proven already.
+    idle: u32,
+    /// Goroutines settled in a wait a proof may find unreachable when the last cycle began.
+    settled: usize,
+    /// When the last cycle ended, and the least wait after it its CPU allows.
+    ended: Option<(Instant, Duration)>,
+}
+
+impl ProofPace {
+    fn begin(&mut self, settled: usize) {
+        self.cpu = Duration::ZERO;
+        self.settled = settled;
+    }
+
+    /// Ends a cycle; when the next may begin.
+    fn end(&mut self, proved_more: bool) -> Instant {
+        self.idle = if proved_more { 0 } else { self.idle + 1 };
+        let least = self.cpu * PROOF_PACE;
+        self.ended = Some((Instant::now(), least));
+        let idle = match self.idle {
+            0 => Duration::ZERO,
+            n => (Duration::from_secs(1) * 2u32.saturating_pow(n.min(16))).min(PROOF_IDLE_MAX),
+        };
+        Instant::now() + least.max(idle)
+    }
+
+    /// When more goroutines settled in such a wait than when the last cycle began, the
+    /// back-off ends: the next cycle may begin as soon as the last one's CPU allows.
+    fn sooner(&mut self, settled: usize) -> Option<Instant> {
+        let (ended, least) = self.ended?;
+        (settled > self.settled && self.idle > 0).then(|| {
+            self.idle = 0;
+            ended + least
+        })
+    }
+}
 
 impl Session {
     /// Takes a snapshot and everything that follows from it; true when a targeted probe
@@ -163,51 +220,65 @@ impl Session {
     }
 
     /// Advances the proof by reachability: a first pass, the goroutines it found unreachable
-    /// watched at each snapshot and every PROOF_WATCH between them, then the second pass,
-    /// whose proven goroutines the detector takes. Passes are paced like walks, at most
-    /// 1/SNAPSHOT_PACE of the time.
+    /// watched at each snapshot and every PROOF_WATCH between them, then the second pass
+    /// (skipped when none of them stayed in its wait), whose proven goroutines the detector
+    /// takes. Cycles are paced by [`ProofPace`].
     pub(super) fn advance_proof(&mut self, records: &mut RingBuf<MapData>) {
         let opts = ProofOptions::default();
-        if Instant::now() < self.proof_next {
-            return;
-        }
-        let t0 = Instant::now();
-        let (target, findings) = (&self.target, &mut self.findings);
-        match self.prover.take() {
-            None => {
-                match collector::while_draining(
-                    records,
-                    || Prover::start(target, opts.limits),
-                    |rec| findings.apply(target, rec),
-                ) {
-                    Ok(p) => self.prover = Some(p),
-                    Err(e) => log::warn!("reachability pass failed: {e:#}"),
-                }
+        if self.prover.is_none() {
+            let settled = self.findings.tracker.settled_blocked();
+            if let Some(at) = self.proof_pace.sooner(settled) {
+                self.proof_next = self.proof_next.min(at);
             }
-            Some(mut p) => {
-                if !p.watch(target, &opts) {
+            if Instant::now() < self.proof_next {
+                return;
+            }
+            self.proof_pace.begin(settled);
+        }
+        let (target, findings) = (&self.target, &mut self.findings);
+        let Some(mut p) = self.prover.take() else {
+            match collector::while_draining(
+                records,
+                || timed(|| Prover::start(target, opts.limits)),
+                |rec| findings.apply(target, rec),
+            ) {
+                Ok((p, cpu)) => {
+                    self.proof_pace.cpu += cpu;
                     self.prover = Some(p);
                     self.proof_next = Instant::now() + PROOF_WATCH;
-                    return;
                 }
-                match collector::while_draining(
-                    records,
-                    || p.finish(target, opts.limits),
-                    |rec| findings.apply(target, rec),
-                ) {
-                    Ok(proof) => {
-                        if let Some(why) = &proof.not_proven {
-                            log::warn!("leaks not proven: {why}");
-                        }
-                        findings
-                            .tracker
-                            .set_proven(proof.proven.iter().map(|b| b.goid), proof.evidence());
-                    }
-                    Err(e) => log::warn!("reachability pass failed: {e:#}"),
+                Err(e) => {
+                    log::warn!("reachability pass failed: {e:#}");
+                    self.proof_next = self.proof_pace.end(false);
                 }
             }
+            return;
+        };
+        if !p.watch(target, &opts) {
+            self.prover = Some(p);
+            self.proof_next = Instant::now() + PROOF_WATCH;
+            return;
         }
-        self.proof_next = Instant::now() + t0.elapsed() * SNAPSHOT_PACE;
+        let mut p = Some(p);
+        let done = collector::while_draining(
+            records,
+            || timed(|| p.take().expect("finished once").finish(target, opts.limits)),
+            |rec| findings.apply(target, rec),
+        );
+        let mut proved_more = false;
+        match done {
+            Ok((proof, cpu)) => {
+                self.proof_pace.cpu += cpu;
+                if let Some(why) = &proof.not_proven {
+                    log::warn!("leaks not proven: {why}");
+                }
+                let goids: Vec<u64> = proof.proven.iter().map(|b| b.goid).collect();
+                proved_more = self.findings.tracker.any_not_proven(&goids);
+                self.findings.tracker.set_proven(goids, proof.evidence());
+            }
+            Err(e) => log::warn!("reachability pass failed: {e:#}"),
+        }
+        self.proof_next = self.proof_pace.end(proved_more);
     }
 
     /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time.
@@ -259,5 +330,38 @@ impl Session {
             &probes,
         ));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proof_cycles_back_off_while_nothing_new_is_proven_and_settles() {
+        let mut pace = ProofPace::default();
+        let cpu = Duration::from_millis(30);
+        let gap = |p: &mut ProofPace, proved: bool| {
+            p.begin(10);
+            p.cpu = cpu;
+            p.end(proved).saturating_duration_since(Instant::now())
+        };
+        // A cycle that proved something: only its CPU paces the next.
+        let g = gap(&mut pace, true);
+        assert!(g <= cpu * PROOF_PACE && g + Duration::from_millis(50) >= cpu * PROOF_PACE);
+        // Idle cycles: 2 s, 4 s, 8 s ... never past PROOF_IDLE_MAX, never under the CPU pace.
+        let mut last = Duration::ZERO;
+        for _ in 0..8 {
+            let g = gap(&mut pace, false);
+            assert!(g >= last.min(PROOF_IDLE_MAX - Duration::from_millis(50)));
+            assert!(g <= PROOF_IDLE_MAX && g + Duration::from_millis(50) >= cpu * PROOF_PACE);
+            last = g;
+        }
+        assert!(last + Duration::from_millis(50) >= PROOF_IDLE_MAX);
+        // The same number of settled goroutines keeps the back-off; more ends it, once.
+        assert_eq!(pace.sooner(10), None);
+        let at = pace.sooner(11).expect("more settled: sooner");
+        assert!(at.saturating_duration_since(Instant::now()) <= cpu * PROOF_PACE);
+        assert_eq!(pace.sooner(12), None, "the back-off already ended");
     }
 }
