@@ -247,6 +247,73 @@ fn the_fallback_allocation_sampler_runs_in_windows() {
     assert!(hlog.contains("Tag=alloc_size_bytes,"), "{hlog}");
 }
 
+/// The benchmark's HTTP service (testdata/go/fanout), started, under closed-loop load from
+/// wrk for `seconds` (the first of them already past).
+fn busy_http_service(seconds: u32) -> (Fixture, std::process::Child) {
+    let bin = build_fixture("fanout", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    let line = fx.stderr.wait_for("listening on", Duration::from_secs(20));
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let wrk = std::process::Command::new("wrk")
+        .args([
+            "-t1",
+            "-c32",
+            &format!("-d{seconds}s"),
+            &format!("http://{addr}/search?q=test"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("running wrk (scripts/setup.sh installs it)");
+    std::thread::sleep(Duration::from_secs(1));
+    (fx, wrk)
+}
+
+/// The same service with the channel probes asked for: far over the budget, they run in
+/// windows, and the leak group of backends blocked on their send still names the last
+/// receive on their channels (the handler's, in main.search, before it returned early), as
+/// a window saw it. Only continuous channel probes' silence is evidence: a window's is not.
+#[test]
+fn the_other_side_of_a_leak_groups_channels_is_named_from_windows() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
+    let (fx, mut wrk) = busy_http_service(10);
+    let pid = fx.pid().to_string();
+    let (r, _) = record(
+        "windows-other-side",
+        &[
+            "-p",
+            &pid,
+            "-d",
+            "8s",
+            "--min-age",
+            "2s",
+            "--probes",
+            "default,send,recv,close",
+        ],
+    );
+    let _ = wrk.wait();
+    let p = &r["probes"];
+    for f in ["runtime.chansend", "runtime.chanrecv", "runtime.closechan"] {
+        assert_eq!(p["sampling"][f]["mode"], "windows", "{f}: {p:#}");
+    }
+    let leaks = r["leaks"].as_array().unwrap();
+    let backends = leaks
+        .iter()
+        .find(|l| l["site"]["function"] == "main.backend")
+        .unwrap_or_else(|| panic!("no leak group at main.backend: {leaks:#?}"));
+    let last = &backends["channel"]["last_other_side"];
+    assert_eq!(last["op"], "receive", "{backends:#}");
+    assert_eq!(last["function"], "main.search", "{backends:#}");
+    assert!(last["goid"].as_u64().unwrap() > 0, "{backends:#}");
+    assert!(
+        !backends["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().starts_with("nobody received")),
+        "silence between windows taken as evidence: {backends:#}"
+    );
+}
+
 /// The benchmark's HTTP service (testdata/go/fanout) under closed-loop load from wrk, with
 /// the default options: park/wake and the fallback allocation sampler run in windows, the
 /// park-duration histograms per wait reason fill, and the allocation figures (sites, sizes,
@@ -255,21 +322,7 @@ fn the_fallback_allocation_sampler_runs_in_windows() {
 fn a_busy_http_service_gets_park_durations_and_allocations_from_windows() {
     // wrk and the service take both CPUs: the other tests' windows would all be skipped.
     let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
-    let bin = build_fixture("fanout", &newest(), &[]);
-    let mut fx = Fixture::start(&bin, &[]);
-    let line = fx.stderr.wait_for("listening on", Duration::from_secs(20));
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    let mut wrk = std::process::Command::new("wrk")
-        .args([
-            "-t1",
-            "-c32",
-            "-d7s",
-            &format!("http://{addr}/search?q=test"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("running wrk (scripts/setup.sh installs it)");
-    std::thread::sleep(Duration::from_secs(1));
+    let (fx, mut wrk) = busy_http_service(7);
     let pid = fx.pid().to_string();
     let (r, _) = record("windows-http", &["-p", &pid, "-d", "5s", "--min-age", "2s"]);
     let _ = wrk.wait();
