@@ -247,6 +247,22 @@ fn the_fallback_allocation_sampler_runs_in_windows() {
     assert!(hlog.contains("Tag=alloc_size_bytes,"), "{hlog}");
 }
 
+/// A count scaled by the runtime's own counter (`s`, report.json's `*_scaling`) and that
+/// counter over the same seconds, per second: within 25% of each other.
+fn agrees_with_the_runtime(s: &Value, what: &str) -> (f64, f64) {
+    assert_eq!(s["method"], "runtime counter", "{what}: {s:#}");
+    let (w, rt) = (
+        s["per_second"].as_f64().unwrap(),
+        s["runtime_per_second"].as_f64().unwrap(),
+    );
+    eprintln!("{what}/s: {w:.0} scaled from windows, {rt:.0} by the runtime's counters; {s:#}");
+    assert!(
+        (w / rt - 1.0).abs() <= 0.25,
+        "{what}: {w:.0}/s scaled, {rt:.0}/s counted by the runtime: {s:#}"
+    );
+    (w, rt)
+}
+
 /// The benchmark's HTTP service (testdata/go/fanout), started, under closed-loop load from
 /// wrk for `seconds` (the first of them already past).
 fn busy_http_service(seconds: u32) -> (Fixture, std::process::Child) {
@@ -330,6 +346,28 @@ fn a_busy_http_service_gets_park_durations_and_allocations_from_windows() {
     for f in ["runtime.gopark", "runtime.(*mcache).refill"] {
         assert_eq!(p["sampling"][f]["mode"], "windows", "{f}: {p:#}");
     }
+    // The target does less in a window, slowed by the probes, than outside: its parks
+    // and creations are scaled by the share of the runtime's own count of them that fell
+    // in the windows, and then agree with that count over the same seconds.
+    let s = &p["park_scaling"];
+    let (parks, runtime) = agrees_with_the_runtime(s, "parks");
+    let seconds = s["seconds"].as_f64().unwrap();
+    assert!(
+        (parks_per_second(&r, seconds) / parks - 1.0).abs() < 0.01,
+        "report.json's parks are not the scaled figure: {s:#}"
+    );
+    assert!(runtime > 1000.0, "{s:#}");
+    let s = &r["goroutines_scaling"];
+    assert_eq!(
+        p["sampling"]["runtime.newproc1"]["mode"], "windows",
+        "{p:#}"
+    );
+    let (created, _) = agrees_with_the_runtime(s, "goroutines created");
+    let created_in_report = r["goroutines_created"].as_f64().unwrap() / seconds;
+    assert!(
+        (created_in_report / created - 1.0).abs() < 0.01,
+        "report.json's goroutines_created is not the scaled figure: {s:#}"
+    );
     let reasons: Vec<&String> = r["histograms"]
         .as_object()
         .unwrap()
