@@ -135,7 +135,8 @@ fn park_and_wake_in_windows_agree_with_a_continuous_trace() {
 }
 
 /// Unpaced channel hand-offs (testdata/go/pipeline), default options: park/wake are not
-/// kept off, they run in windows, and the park-duration histograms per wait reason fill.
+/// kept off, they run in windows, their scaled count agrees with the runtime's, and the
+/// park-duration histograms per wait reason fill.
 #[test]
 fn a_park_heavy_pipeline_gets_sampled_park_durations() {
     let _shared = shared();
@@ -146,6 +147,7 @@ fn a_park_heavy_pipeline_gets_sampled_park_durations() {
     let (r, _) = record("windows-pipeline", &["-p", &pid, "-d", "5s"]);
     let p = &r["probes"];
     assert_eq!(p["sampling"]["runtime.gopark"]["mode"], "windows", "{p:#}");
+    agrees_with_the_runtime(&p["park_scaling"], "parks");
     let parks: Vec<(&String, &Value)> = r["histograms"]
         .as_object()
         .unwrap()
