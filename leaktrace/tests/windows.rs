@@ -144,10 +144,34 @@ fn a_park_heavy_pipeline_gets_sampled_park_durations() {
     let mut fx = Fixture::start(&bin, &[]);
     fx.stderr.wait_for("ready", Duration::from_secs(20));
     let pid = fx.pid().to_string();
-    let (r, _) = record("windows-pipeline", &["-p", &pid, "-d", "5s"]);
+    let (r, stdout) = record("windows-pipeline", &["-p", &pid, "-d", "5s"]);
     let p = &r["probes"];
     assert_eq!(p["sampling"]["runtime.gopark"]["mode"], "windows", "{p:#}");
     agrees_with_the_runtime(&p["park_scaling"], "parks");
+    // The live lines scale as they go by the share of the runtime's parks seen so far:
+    // together they are near the report's total, not a hundredth of it.
+    let live: u64 = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once("] parked ")?
+                .1
+                .split([' ', '('])
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let total: u64 = r["parks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    eprintln!("parks: {live} on the live lines, {total} in the report");
+    assert!(
+        (live as f64 / total as f64 - 1.0).abs() <= 0.5,
+        "the live lines count {live} parks, the report {total}:\n{stdout}"
+    );
     let parks: Vec<(&String, &Value)> = r["histograms"]
         .as_object()
         .unwrap()

@@ -161,6 +161,14 @@ impl Windows {
         share(total, self.sched_parks_in_windows)
     }
 
+    /// The share of the runtime's parks since windowing began that the closed windows
+    /// saw, read now: what the live line scales by.
+    pub fn share_so_far(&self, target: &Target) -> Option<f64> {
+        let since = self.sched_since?;
+        let now = SchedCounters::read(target).ok()?;
+        share(now.parks_since(&since), self.sched_parks_in_windows).map(|(_, s)| s)
+    }
+
     /// The same for the goroutines the runtime created.
     pub fn runtime_created(&self) -> Option<(u64, f64)> {
         let total = self.sched_until?.created_since(&self.sched_since?);
