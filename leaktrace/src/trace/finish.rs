@@ -310,8 +310,8 @@ impl Ending {
                 s.duty * 100.0,
                 match s.runtime_per_second {
                     Some(_) => format!(
-                        " by the runtime's own count of parks ({:.1}% of them in the windows: the target slows under the probes)",
-                        s.share * 100.0
+                        " by the runtime's own count of parks ({}% of them in the windows: the target slows under the probes)",
+                        percent(s.share)
                     ),
                     None => " by the share of the time".into(),
                 }
@@ -491,6 +491,18 @@ fn count_scaling(w: &Windows, duty: f64, n: u64, runtime: Option<(u64, f64)>) ->
     }
 }
 
+/// `fraction` in percent to two significant digits (at least one decimal, at most four):
+/// a share of the parks can be a hundredth of a percent.
+fn percent(fraction: f64) -> String {
+    let p = fraction * 100.0;
+    let decimals = if p > 0.0 {
+        (1.0 - p.log10().floor()).clamp(1.0, 4.0) as usize
+    } else {
+        1
+    };
+    format!("{p:.decimals$}")
+}
+
 /// The divisor of counts scaled as `s` says.
 fn share(s: &Option<CountScaling>) -> Option<f64> {
     s.as_ref().map(|s| s.share)
@@ -509,5 +521,19 @@ fn scaled(t: &Tally, duty: Option<f64>) -> Tally {
     match duty {
         Some(d) if d > 0.0 => t.scaled(d),
         _ => t.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent;
+
+    #[test]
+    fn small_shares_keep_two_significant_digits() {
+        assert_eq!(percent(0.5), "50.0");
+        assert_eq!(percent(0.012), "1.2");
+        assert_eq!(percent(0.0009), "0.090");
+        assert_eq!(percent(0.0000995), "0.0100");
+        assert_eq!(percent(0.0), "0.0");
     }
 }
