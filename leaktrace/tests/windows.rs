@@ -135,7 +135,8 @@ fn park_and_wake_in_windows_agree_with_a_continuous_trace() {
 }
 
 /// Unpaced channel hand-offs (testdata/go/pipeline), default options: park/wake are not
-/// kept off, they run in windows, and the park-duration histograms per wait reason fill.
+/// kept off, they run in windows, their scaled count agrees with the runtime's, and the
+/// park-duration histograms per wait reason fill.
 #[test]
 fn a_park_heavy_pipeline_gets_sampled_park_durations() {
     let _shared = shared();
@@ -143,9 +144,34 @@ fn a_park_heavy_pipeline_gets_sampled_park_durations() {
     let mut fx = Fixture::start(&bin, &[]);
     fx.stderr.wait_for("ready", Duration::from_secs(20));
     let pid = fx.pid().to_string();
-    let (r, _) = record("windows-pipeline", &["-p", &pid, "-d", "5s"]);
+    let (r, stdout) = record("windows-pipeline", &["-p", &pid, "-d", "5s"]);
     let p = &r["probes"];
     assert_eq!(p["sampling"]["runtime.gopark"]["mode"], "windows", "{p:#}");
+    agrees_with_the_runtime(&p["park_scaling"], "parks");
+    // The live lines scale as they go by the share of the runtime's parks seen so far:
+    // together they are near the report's total, not a hundredth of it.
+    let live: u64 = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once("] parked ")?
+                .1
+                .split([' ', '('])
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let total: u64 = r["parks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    eprintln!("parks: {live} on the live lines, {total} in the report");
+    assert!(
+        (live as f64 / total as f64 - 1.0).abs() <= 0.5,
+        "the live lines count {live} parks, the report {total}:\n{stdout}"
+    );
     let parks: Vec<(&String, &Value)> = r["histograms"]
         .as_object()
         .unwrap()
@@ -247,6 +273,89 @@ fn the_fallback_allocation_sampler_runs_in_windows() {
     assert!(hlog.contains("Tag=alloc_size_bytes,"), "{hlog}");
 }
 
+/// A count scaled by the runtime's own counter (`s`, report.json's `*_scaling`) and that
+/// counter over the same seconds, per second: within 25% of each other.
+fn agrees_with_the_runtime(s: &Value, what: &str) -> (f64, f64) {
+    assert_eq!(s["method"], "runtime counter", "{what}: {s:#}");
+    let (w, rt) = (
+        s["per_second"].as_f64().unwrap(),
+        s["runtime_per_second"].as_f64().unwrap(),
+    );
+    eprintln!("{what}/s: {w:.0} scaled from windows, {rt:.0} by the runtime's counters; {s:#}");
+    assert!(
+        (w / rt - 1.0).abs() <= 0.25,
+        "{what}: {w:.0}/s scaled, {rt:.0}/s counted by the runtime: {s:#}"
+    );
+    (w, rt)
+}
+
+/// The benchmark's HTTP service (testdata/go/fanout), started, under closed-loop load from
+/// wrk for `seconds` (the first of them already past).
+fn busy_http_service(seconds: u32) -> (Fixture, std::process::Child) {
+    let bin = build_fixture("fanout", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    let line = fx.stderr.wait_for("listening on", Duration::from_secs(20));
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let wrk = std::process::Command::new("wrk")
+        .args([
+            "-t1",
+            "-c32",
+            &format!("-d{seconds}s"),
+            &format!("http://{addr}/search?q=test"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("running wrk (scripts/setup.sh installs it)");
+    std::thread::sleep(Duration::from_secs(1));
+    (fx, wrk)
+}
+
+/// The same service with the channel probes asked for: far over the budget, they run in
+/// windows, and the leak group of backends blocked on their send still names the last
+/// receive on their channels (the handler's, in main.search, before it returned early), as
+/// a window saw it. Only continuous channel probes' silence is evidence: a window's is not.
+#[test]
+fn the_other_side_of_a_leak_groups_channels_is_named_from_windows() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
+    let (fx, mut wrk) = busy_http_service(10);
+    let pid = fx.pid().to_string();
+    let (r, _) = record(
+        "windows-other-side",
+        &[
+            "-p",
+            &pid,
+            "-d",
+            "8s",
+            "--min-age",
+            "2s",
+            "--probes",
+            "default,send,recv,close",
+        ],
+    );
+    let _ = wrk.wait();
+    let p = &r["probes"];
+    for f in ["runtime.chansend", "runtime.chanrecv", "runtime.closechan"] {
+        assert_eq!(p["sampling"][f]["mode"], "windows", "{f}: {p:#}");
+    }
+    let leaks = r["leaks"].as_array().unwrap();
+    let backends = leaks
+        .iter()
+        .find(|l| l["site"]["function"] == "main.backend")
+        .unwrap_or_else(|| panic!("no leak group at main.backend: {leaks:#?}"));
+    let last = &backends["channel"]["last_other_side"];
+    assert_eq!(last["op"], "receive", "{backends:#}");
+    assert_eq!(last["function"], "main.search", "{backends:#}");
+    assert!(last["goid"].as_u64().unwrap() > 0, "{backends:#}");
+    assert!(
+        !backends["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().starts_with("nobody received")),
+        "silence between windows taken as evidence: {backends:#}"
+    );
+}
+
 /// The benchmark's HTTP service (testdata/go/fanout) under closed-loop load from wrk, with
 /// the default options: park/wake and the fallback allocation sampler run in windows, the
 /// park-duration histograms per wait reason fill, and the allocation figures (sites, sizes,
@@ -255,21 +364,7 @@ fn the_fallback_allocation_sampler_runs_in_windows() {
 fn a_busy_http_service_gets_park_durations_and_allocations_from_windows() {
     // wrk and the service take both CPUs: the other tests' windows would all be skipped.
     let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
-    let bin = build_fixture("fanout", &newest(), &[]);
-    let mut fx = Fixture::start(&bin, &[]);
-    let line = fx.stderr.wait_for("listening on", Duration::from_secs(20));
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    let mut wrk = std::process::Command::new("wrk")
-        .args([
-            "-t1",
-            "-c32",
-            "-d7s",
-            &format!("http://{addr}/search?q=test"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("running wrk (scripts/setup.sh installs it)");
-    std::thread::sleep(Duration::from_secs(1));
+    let (fx, mut wrk) = busy_http_service(7);
     let pid = fx.pid().to_string();
     let (r, _) = record("windows-http", &["-p", &pid, "-d", "5s", "--min-age", "2s"]);
     let _ = wrk.wait();
@@ -277,6 +372,28 @@ fn a_busy_http_service_gets_park_durations_and_allocations_from_windows() {
     for f in ["runtime.gopark", "runtime.(*mcache).refill"] {
         assert_eq!(p["sampling"][f]["mode"], "windows", "{f}: {p:#}");
     }
+    // The target does less in a window, slowed by the probes, than outside: its parks
+    // and creations are scaled by the share of the runtime's own count of them that fell
+    // in the windows, and then agree with that count over the same seconds.
+    let s = &p["park_scaling"];
+    let (parks, runtime) = agrees_with_the_runtime(s, "parks");
+    let seconds = s["seconds"].as_f64().unwrap();
+    assert!(
+        (parks_per_second(&r, seconds) / parks - 1.0).abs() < 0.01,
+        "report.json's parks are not the scaled figure: {s:#}"
+    );
+    assert!(runtime > 1000.0, "{s:#}");
+    let s = &r["goroutines_scaling"];
+    assert_eq!(
+        p["sampling"]["runtime.newproc1"]["mode"], "windows",
+        "{p:#}"
+    );
+    let (created, _) = agrees_with_the_runtime(s, "goroutines created");
+    let created_in_report = r["goroutines_created"].as_f64().unwrap() / seconds;
+    assert!(
+        (created_in_report / created - 1.0).abs() < 0.01,
+        "report.json's goroutines_created is not the scaled figure: {s:#}"
+    );
     let reasons: Vec<&String> = r["histograms"]
         .as_object()
         .unwrap()

@@ -158,7 +158,8 @@ pub struct ChannelSummary {
     pub other_side_waiting: bool,
     pub closed: bool,
     /// The last operation of the other side (a receive for blocked senders, a send or close
-    /// for blocked receivers) on one of these channels, when the channel probes saw one.
+    /// for blocked receivers) on one of these channels, when the channel probes saw one
+    /// (running continuously or in windows).
     pub last_other_side: Option<Touch>,
 }
 
@@ -283,7 +284,8 @@ pub struct Tracker {
     wakes: HashMap<u64, Duration>,
     /// The last operation of the other side on each channel, from the channel probes.
     touches: HashMap<u64, ChannelTouches>,
-    /// Since when the channel probes watch (send, recv and close all attached).
+    /// Since when the channel probes watch continuously (send, recv and close all attached;
+    /// None while they run in windows or not at all).
     chan_probes_since: Option<Duration>,
     /// Goroutines seen exiting by the exit probe.
     exited: BTreeSet<u64>,
@@ -641,7 +643,11 @@ impl Tracker {
         }
     }
 
-    /// The other side of their channels, when the channel probes watched it.
+    /// The other side of their channels, as far as the channel probes saw it: the last
+    /// operation of the other side, whenever a probe saw it (continuously or in a window);
+    /// an operation after they blocked counts against a leak; silence counts for one only
+    /// over time the probes were on continuously (a window's absence of touches says
+    /// nothing of the time between windows).
     fn weigh_other_side(
         &self,
         key: &GroupKey,
@@ -651,9 +657,6 @@ impl Tracker {
         j: &mut Judgement,
     ) {
         let sends = &*key.state == "chan send";
-        let Some(since) = self.chan_probes_since else {
-            return;
-        };
         if !sends && &*key.state != "chan receive" {
             return;
         }
@@ -687,8 +690,12 @@ impl Tracker {
         } else {
             "sent to or closed"
         };
-        let watched = self.last_at.saturating_sub(since);
-        if watched >= opts.min_age && touched_after == 0 {
+        let watched = self
+            .chan_probes_since
+            .map(|since| self.last_at.saturating_sub(since));
+        if touched_after == 0
+            && let Some(watched) = watched.filter(|w| *w >= opts.min_age)
+        {
             j.for_leak(
                 1,
                 format!(
@@ -1110,6 +1117,68 @@ mod tests {
         assert_eq!(leaks.len(), 1);
         assert_eq!(leaks[0].wait_reason, "chan send (nil chan)");
         assert_eq!(leaks[0].confidence, Confidence::High);
+    }
+
+    /// Two senders blocked on their own channels, whose receiver took one value before they
+    /// were first seen (at 0.5 s), as a window's channel probes saw it.
+    fn senders_with_a_receive_seen_in_a_window() -> Tracker {
+        let mut t = Tracker::default();
+        t.record_touch(
+            100,
+            S / 2,
+            Touch {
+                op: "receive",
+                at_seconds: 0.5,
+                goid: 7,
+                function: "main.search".into(),
+                file: "main.go".into(),
+                line: 38,
+                exited: false,
+            },
+        );
+        for i in 1..5 {
+            t.observe(
+                i * S,
+                vec![
+                    g(10, "chan send", 22, Some(100)),
+                    g(11, "chan send", 22, Some(101)),
+                ],
+            );
+        }
+        t
+    }
+
+    #[test]
+    fn the_other_side_seen_in_a_window_is_named_but_silence_between_windows_is_not_evidence() {
+        let t = senders_with_a_receive_seen_in_a_window();
+        let l = &t.verdicts(&opts())[0];
+        let last = l.channel.as_ref().unwrap().last_other_side.as_ref();
+        assert_eq!(
+            last.map(|t| (t.goid, t.function.as_str())),
+            Some((7, "main.search"))
+        );
+        assert!(
+            !l.evidence.iter().any(|e| e.contains("nobody received")),
+            "{l:?}"
+        );
+
+        let mut t = senders_with_a_receive_seen_in_a_window();
+        t.chan_probes_active(Duration::ZERO);
+        t.observe(
+            5 * S,
+            vec![
+                g(10, "chan send", 22, Some(100)),
+                g(11, "chan send", 22, Some(101)),
+            ],
+        );
+        let l = &t.verdicts(&opts())[0];
+        assert!(
+            l.evidence
+                .iter()
+                .any(|e| e.contains("nobody received from their channels")),
+            "continuous probes' silence is evidence: {l:?}"
+        );
+        assert!(l.channel.as_ref().unwrap().last_other_side.is_some());
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub struct Model {
     /// And when it closed (`u64::MAX` while open): a park or wake-up after it, from a
     /// breakpoint the kernel has not removed yet, is outside the sample and not counted.
     pub window_end_ns: Option<u64>,
+    /// When create/exit run in windows: the current one (its end `u64::MAX` while open).
+    /// A creation or exit outside it is not counted.
+    pub lives_window: Option<(u64, u64)>,
     /// Parks that outlasted their window and whose end was seen too late to time: by a
     /// wake-up whose `trackingSeq` says a later park ended (the duration of neither is
     /// known), or by a snapshot long after the park was last seen on.
@@ -162,6 +165,13 @@ impl Model {
             Some(RecordKind::Park | RecordKind::Wake) if !self.in_window(r.ts_ns) => Applied::Other,
             Some(RecordKind::Park) => self.park(r),
             Some(RecordKind::Wake) => self.wake(r),
+            Some(RecordKind::Create | RecordKind::Exit)
+                if self
+                    .lives_window
+                    .is_some_and(|(a, b)| !(a..=b).contains(&r.ts_ns)) =>
+            {
+                Applied::Other
+            }
             Some(RecordKind::Create) => {
                 self.created += 1;
                 self.goroutines
@@ -333,6 +343,18 @@ impl Model {
         self.window_end_ns = Some(ts_ns);
     }
 
+    /// A window of the create/exit probes opens at `ts_ns`.
+    pub fn open_lives_window(&mut self, ts_ns: u64) {
+        self.lives_window = Some((ts_ns, u64::MAX));
+    }
+
+    /// And closes at `ts_ns`.
+    pub fn close_lives_window(&mut self, ts_ns: u64) {
+        if let Some((_, end)) = self.lives_window.as_mut() {
+            *end = ts_ns;
+        }
+    }
+
     /// Whether a park or wake-up at `ts_ns` is in the sample: always, unless park/wake
     /// run in windows and it fell outside the current one.
     fn in_window(&self, ts_ns: u64) -> bool {
@@ -436,6 +458,28 @@ mod tests {
             m.apply(&rec(RecordKind::Exit, 6, 0, 0, 500)),
             Applied::Exited { lifetime_ns: None }
         );
+    }
+
+    #[test]
+    fn in_windows_only_creations_and_exits_within_one_count_and_parks_are_judged_apart() {
+        let mut m = Model::default();
+        m.open_lives_window(100);
+        m.apply(&rec(RecordKind::Create, 1, 0, 0, 110));
+        m.apply(&rec(RecordKind::Exit, 1, 0, 0, 150));
+        m.close_lives_window(200);
+        // A breakpoint not yet removed: outside the sample.
+        assert_eq!(
+            m.apply(&rec(RecordKind::Create, 2, 0, 0, 210)),
+            Applied::Other
+        );
+        assert_eq!(
+            m.apply(&rec(RecordKind::Exit, 3, 0, 0, 220)),
+            Applied::Other
+        );
+        assert_eq!((m.created, m.exited), (1, 1));
+        // Park/wake not in windows: counted whenever they come.
+        m.apply(&rec(RecordKind::Park, 4, 7, 0x10, 300));
+        assert_eq!(m.total.total_parks(), 1);
     }
 
     #[test]

@@ -404,11 +404,19 @@ pub fn html(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "<p>{} suspected leak group(s), {} goroutine(s) in them; {} goroutines created and {} exited while traced.</p>",
+        "<p>{} suspected leak group(s), {} goroutine(s) in them; {} goroutines created and {} exited while traced{}.</p>",
         r.leaks.len(),
         r.leaks.iter().map(|l| l.count).sum::<usize>(),
         r.goroutines_created,
-        r.goroutines_exited
+        r.goroutines_exited,
+        r.goroutines_scaling
+            .as_ref()
+            .map(|s| format!(
+                " (sampled, {:.1}% of the time: scaled by the {})",
+                s.duty * 100.0,
+                s.method
+            ))
+            .unwrap_or_default()
     );
 
     out.push_str("<h2>Memory</h2>\n");

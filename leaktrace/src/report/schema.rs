@@ -37,6 +37,34 @@ pub struct ProbeSummary {
     /// outlasted their window (the wake-up was seen, the park began earlier) and how many
     /// were still open when the last window closed (right-censored).
     pub park_durations: Option<ParkDurations>,
+    /// How the park and wake-up counts were scaled, when park/wake ran in windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub park_scaling: Option<CountScaling>,
+}
+
+/// How counts sampled in windows were scaled to the whole trace.
+#[derive(Clone, Debug, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct CountScaling {
+    /// "runtime counter": divided by the share of the runtime's own count that fell in the
+    /// windows (the target runs slower in a window, under the probes' hits, and does less
+    /// there than outside, so the share of the time would undercount); "duty cycle":
+    /// divided by the share of the time (the runtime's counters could not be read). The
+    /// histograms are the windows' own, unscaled: they give the shape.
+    pub method: &'static str,
+    /// The divisor.
+    pub share: f64,
+    /// The share of the time the windows were open.
+    pub duty: f64,
+    /// The runtime's own count per second over the windowed time. Of parks: the samples
+    /// in `sched.timeToRun` times 8 (one stop in 8 of each goroutine is sampled), less the
+    /// first runs of new goroutines, which it samples too (15/8 of a stop per goroutine
+    /// created, from `sched.goidgen`); yields and preemptions are in it too. Of goroutines
+    /// created: `sched.goidgen`.
+    pub runtime_per_second: Option<f64>,
+    /// The scaled count per second over the same time.
+    pub per_second: f64,
+    /// How long windowing lasted.
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, schemars::JsonSchema)]
@@ -92,9 +120,14 @@ pub struct Report {
     /// Goroutines parked and woken while traced, by Go's wording of the wait reason.
     pub parks: BTreeMap<String, u64>,
     pub wakes: BTreeMap<String, u64>,
-    /// Seen by the create/exit probes while they ran.
+    /// Seen by the create/exit probes while they ran; when they ran in windows, what they
+    /// saw scaled as `goroutines_scaling` says.
     pub goroutines_created: u64,
     pub goroutines_exited: u64,
+    /// When the create/exit probes ran in windows: how their counts were scaled
+    /// (`per_second` is of goroutines created).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutines_scaling: Option<CountScaling>,
     /// Every allocation the alloc probe saw, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocations: Option<Allocated>,

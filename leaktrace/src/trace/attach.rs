@@ -23,7 +23,7 @@ use super::{
     budget,
     session::{Session, memory_point},
     snapshot::{self, Snapshot},
-    windows::Windows,
+    windows::{SchedRead, Windows},
 };
 use crate::{
     alloc::{self, AllocPlan},
@@ -335,6 +335,7 @@ impl Session {
         } = a;
         let mut windows = Windows::default();
         windows.add(windowed, windowed_rate);
+        windows.read_sched(&target, SchedRead::Start);
         let records = probes.take_records()?;
         if let Some(e) = &probes.madvise_error {
             eprintln!("leaktrace: madvise not traced: {e}");

@@ -14,7 +14,7 @@ use aya::maps::{MapData, RingBuf};
 
 use super::{
     session::Session,
-    windows::{Closing, FIRST_WINDOW, MAX_WINDOW, MIN_WINDOW, Open, PERIOD},
+    windows::{Closing, FIRST_WINDOW, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SchedRead},
 };
 use crate::{
     census::{self, activity::ActivityEstimate},
@@ -226,6 +226,7 @@ impl Session {
                 .collect();
             let windowed_rate = cost(&windowable) / self.hit_cost.as_secs_f64().max(1e-9);
             self.windows.add(windowed, Some(windowed_rate));
+            self.windows.read_sched(&self.target, SchedRead::Start);
             eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
             self.shed.push(msg);
         }
@@ -272,7 +273,14 @@ impl Session {
         let now = Instant::now();
         if let Some(open) = self.windows.open.take() {
             let ts = census::goroutines::monotonic_ns() as u64;
-            self.findings.model.close_window(ts);
+            let model = &mut self.findings.model;
+            if self.windows.windowed(Probe::Gopark) {
+                model.close_window(ts);
+            }
+            if self.windows.windowed(Probe::Create) {
+                model.close_lives_window(ts);
+            }
+            self.windows.read_sched(&self.target, SchedRead::Close);
             let probes = self.windows.probes.clone();
             let detach = self.probes.detach_later(&probes)?;
             // The period was planned from the rate expected (at first the pre-attach
@@ -392,10 +400,18 @@ impl Session {
             self.probes.attach(p, &exe, &self.windows.offsets[&p])?;
         }
         let attach = thread_cpu_time().saturating_sub(cpu0);
-        // The sample starts once every probe of the window is in place.
-        self.findings
-            .model
-            .open_window(census::goroutines::monotonic_ns() as u64);
+        // The sample starts once every probe of the window is in place. Only the records of
+        // probes in windows are judged by it: park/wake or create/exit may run continuously
+        // beside windowed allocation probes.
+        let ts = census::goroutines::monotonic_ns() as u64;
+        let model = &mut self.findings.model;
+        if self.windows.windowed(Probe::Gopark) {
+            model.open_window(ts);
+        }
+        if self.windows.windowed(Probe::Create) {
+            model.open_lives_window(ts);
+        }
+        self.windows.read_sched(&self.target, SchedRead::Open);
         let w = &mut self.windows;
         w.open = Some(Open {
             at: Instant::now(),
@@ -414,7 +430,10 @@ impl Session {
             self.window_tick()?;
         }
         // The counts are scaled to the trace, not to the time the report then takes.
-        self.windows.until.get_or_insert_with(Instant::now);
+        if self.windows.until.is_none() {
+            self.windows.until = Some(Instant::now());
+            self.windows.read_sched(&self.target, SchedRead::End);
+        }
         if let Some(c) = self.windows.closing.take() {
             let _ = c.detach.join();
             let (target, findings) = (&self.target, &mut self.findings);

@@ -17,6 +17,7 @@ use super::{
     follow::Io,
     session::{Session, memory_point},
     snapshot,
+    windows::Windows,
 };
 use crate::{
     alloc::{self, AllocPlan, Allocated, HeapProfile, sites::AllocationOutcome},
@@ -27,7 +28,7 @@ use crate::{
     probes::{Counts, Probe, Samples},
     report::{
         exports, live, pprof,
-        schema::{ParkDurations, ProbeSummary, Report, Sampling},
+        schema::{CountScaling, ParkDurations, ProbeSummary, Report, Sampling},
         text,
     },
     signals::{self, Interrupted},
@@ -46,8 +47,10 @@ struct ProbeTotals {
     /// How each probe was placed.
     sampling: BTreeMap<String, Sampling>,
     /// The windows' duty cycle, for the probes in windows.
-    park_duty: Option<f64>,
     alloc_duty: Option<f64>,
+    /// How sampled counts are scaled (see [`CountScaling`]).
+    park_scaling: Option<CountScaling>,
+    lives_scaling: Option<CountScaling>,
     park_durations: Option<ParkDurations>,
 }
 
@@ -163,10 +166,14 @@ impl Session {
         });
         let model = &self.findings.model;
         let park_duty = duty(Probe::Gopark);
+        let park_scaling =
+            park_duty.map(|d| count_scaling(w, d, model.total.total_parks(), w.runtime_parks()));
         Ok(ProbeTotals {
             sampling: w.sampling(&self.probes.attached()),
-            park_duty,
             alloc_duty,
+            lives_scaling: duty(Probe::Create)
+                .map(|d| count_scaling(w, d, model.created, w.runtime_created())),
+            park_scaling,
             park_durations: park_duty.map(|_| ParkDurations {
                 exact: self
                     .findings
@@ -271,7 +278,10 @@ impl Ending {
     fn say_stopped(&mut self, totals: &ProbeTotals, why: &str) {
         let lost = totals.counts.lost;
         let wait_reasons = &self.target.layout.wait_reasons;
-        let last = scaled(&self.findings.model.take_interval(), totals.park_duty);
+        let last = scaled(
+            &self.findings.model.take_interval(),
+            share(&totals.park_scaling),
+        );
         if last.total_parks() + last.total_wakes() > 0 {
             self.opts.say(&format!(
                 "{}\n",
@@ -289,15 +299,29 @@ impl Ending {
         );
         let model = &self.findings.model;
         self.opts.say(&live::summary(
-            &scaled(&model.total, totals.park_duty),
+            &scaled(&model.total, share(&totals.park_scaling)),
             wait_reasons,
             lost,
             model.goroutines.len(),
         ));
-        if let Some(d) = totals.park_duty {
+        if let Some(s) = &totals.park_scaling {
             self.opts.say(&format!(
-                "park/wake sampled, {:.1}% of the time: counts scaled to the whole trace\n",
-                d * 100.0
+                "park/wake sampled, {:.1}% of the time: counts scaled to the whole trace{}\n",
+                s.duty * 100.0,
+                match s.runtime_per_second {
+                    Some(_) => format!(
+                        " by the runtime's own count of parks ({}% of them in the windows: the target slows under the probes)",
+                        percent(s.share)
+                    ),
+                    None => " by the share of the time".into(),
+                }
+            ));
+        }
+        if let Some(s) = &totals.lives_scaling {
+            self.opts.say(&format!(
+                "create/exit sampled, {:.1}% of the time: goroutines created and exited scaled to the whole trace by the {}\n",
+                s.duty * 100.0,
+                s.method
             ));
         }
         if totals.counts.read_errors > 0 {
@@ -405,10 +429,11 @@ impl Ending {
             observed_seconds: self.start.elapsed().as_secs_f64(),
             snapshots: self.findings.tracker.snapshots(),
             min_age_seconds: self.opts.min_age.as_secs_f64(),
-            parks: name(&scaled(&model.total, totals.park_duty).parks),
-            wakes: name(&scaled(&model.total, totals.park_duty).wakes),
-            goroutines_created: model.created,
-            goroutines_exited: model.exited,
+            parks: name(&scaled(&model.total, share(&totals.park_scaling)).parks),
+            wakes: name(&scaled(&model.total, share(&totals.park_scaling)).wakes),
+            goroutines_created: scaled_count(model.created, share(&totals.lives_scaling)),
+            goroutines_exited: scaled_count(model.exited, share(&totals.lives_scaling)),
+            goroutines_scaling: totals.lives_scaling.clone(),
             memory_timeline: std::mem::take(&mut self.timeline),
             memory_verdict,
             probes: ProbeSummary {
@@ -424,6 +449,7 @@ impl Ending {
                 estimated_before_attach: self.estimated,
                 sampling: totals.sampling.clone(),
                 park_durations: totals.park_durations.clone(),
+                park_scaling: totals.park_scaling.clone(),
             },
             allocations: totals.allocations.is_some().then(|| {
                 let s = |n: u64| (n as f64 / totals.alloc_duty.unwrap_or(1.0).max(1e-6)) as u64;
@@ -445,10 +471,69 @@ impl Ending {
     }
 }
 
+/// How `n` (counted in windows open `duty` of the time) is scaled: by the share of the
+/// runtime's own count (`runtime`: its total and share) the windows covered, when its
+/// counters were read, else by `duty`.
+fn count_scaling(w: &Windows, duty: f64, n: u64, runtime: Option<(u64, f64)>) -> CountScaling {
+    let seconds = w.lasted().as_secs_f64().max(1e-3);
+    let share = runtime.map_or(duty, |(_, share)| share);
+    CountScaling {
+        method: if runtime.is_some() {
+            "runtime counter"
+        } else {
+            "duty cycle"
+        },
+        share,
+        duty,
+        runtime_per_second: runtime.map(|(n, _)| n as f64 / seconds),
+        per_second: n as f64 / share.max(1e-6) / seconds,
+        seconds,
+    }
+}
+
+/// `fraction` in percent to two significant digits (at least one decimal, at most four):
+/// a share of the parks can be a hundredth of a percent.
+fn percent(fraction: f64) -> String {
+    let p = fraction * 100.0;
+    let decimals = if p > 0.0 {
+        (1.0 - p.log10().floor()).clamp(1.0, 4.0) as usize
+    } else {
+        1
+    };
+    format!("{p:.decimals$}")
+}
+
+/// The divisor of counts scaled as `s` says.
+fn share(s: &Option<CountScaling>) -> Option<f64> {
+    s.as_ref().map(|s| s.share)
+}
+
+/// `n` scaled by the windows' duty cycle, when the probes that counted it ran in windows.
+fn scaled_count(n: u64, duty: Option<f64>) -> u64 {
+    match duty {
+        Some(d) if d > 0.0 => (n as f64 / d).round() as u64,
+        _ => n,
+    }
+}
+
 /// `t` scaled by the windows' duty cycle, when the probes ran in windows.
 fn scaled(t: &Tally, duty: Option<f64>) -> Tally {
     match duty {
         Some(d) if d > 0.0 => t.scaled(d),
         _ => t.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent;
+
+    #[test]
+    fn small_shares_keep_two_significant_digits() {
+        assert_eq!(percent(0.5), "50.0");
+        assert_eq!(percent(0.012), "1.2");
+        assert_eq!(percent(0.0009), "0.090");
+        assert_eq!(percent(0.0000995), "0.0100");
+        assert_eq!(percent(0.0), "0.0");
     }
 }

@@ -146,10 +146,18 @@ impl Session {
         let windowed = self.windows.windowed(Probe::Gopark);
         let parks_traced = windowed || self.probes.attached().contains(&Probe::Gopark);
         if parks_traced || t.total_parks() + t.total_wakes() > 0 {
-            // Windowed counts are scaled to the whole interval.
-            let (t, sampled) = match windowed && self.windows.duty() > 0.0 {
+            // Windowed counts are scaled to the whole interval: by the share of the
+            // runtime's parks the windows saw so far, or of the time.
+            let share = match windowed {
+                true => self
+                    .windows
+                    .share_so_far(&self.target)
+                    .unwrap_or(self.windows.duty()),
+                false => 0.0,
+            };
+            let (t, sampled) = match windowed && share > 0.0 {
                 true => (
-                    t.scaled(self.windows.duty()),
+                    t.scaled(share),
                     format!(
                         " | sampled, {:.1}% of the time",
                         self.windows.duty() * 100.0

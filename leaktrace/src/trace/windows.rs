@@ -16,9 +16,20 @@ use std::{
 };
 
 use crate::{
+    census::activity::SchedCounters,
     probes::{Counts, Detached, Probe},
     report::schema::Sampling,
+    tracee::Target,
 };
+
+/// When [`Windows::read_sched`] reads the runtime's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SchedRead {
+    Start,
+    Open,
+    Close,
+    End,
+}
 
 /// A window opens once a period.
 pub(super) const PERIOD: Duration = Duration::from_secs(1);
@@ -80,6 +91,17 @@ pub(super) struct Windows {
     /// probes were placed, and from the close until the removal began (longer on a busy
     /// machine, where the removing thread waits for a CPU). They are hit then too.
     pub(super) overrun: Duration,
+    /// The runtime's own counters (see [`SchedCounters`]) when windowing began, when it
+    /// ended, and at the open window's opening; and the parks they counted inside the
+    /// windows. The target runs slower inside a window (every hit costs it microseconds),
+    /// so it parks less there than outside: the share of the runtime's parks that fell in
+    /// the windows, not the share of the time, is what the sampled counts stand for.
+    pub(super) sched_since: Option<SchedCounters>,
+    pub(super) sched_until: Option<SchedCounters>,
+    pub(super) sched_open: Option<SchedCounters>,
+    pub(super) sched_parks_in_windows: u64,
+    /// And the goroutines they counted created inside the windows.
+    pub(super) sched_created_in_windows: u64,
 }
 
 impl Windows {
@@ -104,6 +126,62 @@ impl Windows {
         if self.next.is_none() {
             self.next = Some(now + QUICK_FIRST);
         }
+    }
+
+    /// Reads the runtime's counters when windowing begins (`at_start`), a window opens or
+    /// closes, or windowing ends.
+    pub(super) fn read_sched(&mut self, target: &Target, when: SchedRead) {
+        if self.probes.is_empty() {
+            return;
+        }
+        let now = SchedCounters::read(target)
+            .inspect_err(|e| log::debug!("the runtime's scheduler counters cannot be read: {e:#}"))
+            .ok();
+        match when {
+            SchedRead::Start => {
+                if self.sched_since.is_none() {
+                    self.sched_since = now;
+                }
+            }
+            SchedRead::Open => self.sched_open = now,
+            SchedRead::Close => {
+                if let (Some(open), Some(now)) = (self.sched_open.take(), now) {
+                    self.sched_parks_in_windows += now.parks_since(&open);
+                    self.sched_created_in_windows += now.created_since(&open);
+                }
+            }
+            SchedRead::End => self.sched_until = now,
+        }
+    }
+
+    /// The runtime's parks over the windowed time, and the share of them the windows
+    /// covered, when its counters could be read throughout.
+    pub fn runtime_parks(&self) -> Option<(u64, f64)> {
+        let total = self.sched_until?.parks_since(&self.sched_since?);
+        share(total, self.sched_parks_in_windows)
+    }
+
+    /// The share of the runtime's parks since windowing began that the closed windows
+    /// saw, read now: what the live line scales by.
+    pub fn share_so_far(&self, target: &Target) -> Option<f64> {
+        let since = self.sched_since?;
+        let now = SchedCounters::read(target).ok()?;
+        share(now.parks_since(&since), self.sched_parks_in_windows).map(|(_, s)| s)
+    }
+
+    /// The same for the goroutines the runtime created.
+    pub fn runtime_created(&self) -> Option<(u64, f64)> {
+        let total = self.sched_until?.created_since(&self.sched_since?);
+        share(total, self.sched_created_in_windows)
+    }
+
+    /// How long windowing lasted (so far, or until the trace stopped).
+    pub fn lasted(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |since| {
+            self.until
+                .unwrap_or_else(Instant::now)
+                .duration_since(since)
+        })
     }
 
     pub fn windowed(&self, p: Probe) -> bool {
@@ -152,6 +230,11 @@ impl Windows {
         }
         out
     }
+}
+
+/// `total`, with the share of it `inside` is, when both are counted.
+fn share(total: u64, inside: u64) -> Option<(u64, f64)> {
+    (total > 0 && inside > 0).then(|| (total, (inside as f64 / total as f64).min(1.0)))
 }
 
 /// The first window opens soon after the probes are windowed.
