@@ -56,7 +56,7 @@ use serde::Serialize;
 use super::{
     data_roots::{self, GlobalScan},
     goroutines::{RawG, all_gs, read_gs, u64_at},
-    retained::{self, Heap, runtime_vars},
+    retained::{self, AddrMap, AddrSet, Heap, Lookup, Slot, runtime_vars},
     specials,
     unwind::{self, StackMemory},
 };
@@ -220,7 +220,7 @@ struct Candidate {
 struct Marker<'t> {
     heap: Heap<'t>,
     /// Span address -> one bit per object slot.
-    marks: HashMap<u64, Vec<u64>>,
+    marks: AddrMap<Vec<u64>>,
     limits: PassLimits,
     started: Instant,
     objects: u64,
@@ -230,7 +230,7 @@ struct Marker<'t> {
     /// stack addresses, not pointers: `stack.lo`, `stack.hi`, `sched.sp`, `sched.bp`. Go's
     /// precise scan does not follow them, and the pass must not either: `stack.hi` is one
     /// past the stack's end, often the address of the heap object on the next page.
-    g_structs: HashSet<u64>,
+    g_structs: AddrSet,
     stack_words: [u64; 4],
 }
 
@@ -248,39 +248,56 @@ impl Marker<'_> {
         self.bounded.is_some()
     }
 
-    /// Marks what `words` point at, transitively.
+    /// Marks what `words` point at, transitively. A word whose page the heap caches is
+    /// looked up at once; the others are resolved together, a level at a time.
     fn mark(&mut self, mut words: Vec<u64>) {
         while !words.is_empty() && !self.is_bounded() {
-            words.retain(|&p| p >= MIN_POINTER);
-            words.sort_unstable();
-            words.dedup();
-            self.heap.resolve_spans(&words);
             let mut to_scan = Vec::new();
+            let mut unknown = Vec::new();
             for &p in &words {
-                let Some(s) = self.heap.slot(p) else {
-                    continue;
-                };
-                if self.heap.is_stop(s.base) {
+                if p < MIN_POINTER {
                     continue;
                 }
-                let bits = self
-                    .marks
-                    .entry(s.span)
-                    .or_insert_with(|| vec![0; s.slots.div_ceil(64) as usize]);
-                let (w, b) = ((s.index / 64) as usize, s.index % 64);
-                if w >= bits.len() || bits[w] & (1 << b) != 0 {
-                    continue;
-                }
-                bits[w] |= 1 << b;
-                self.objects += 1;
-                self.bytes += s.size;
-                if s.scan {
-                    to_scan.push((s.base, s.size));
+                match self.heap.lookup(p) {
+                    Lookup::Object(s) => self.mark_slot(s, &mut to_scan),
+                    Lookup::NotObject => {}
+                    Lookup::Unknown => unknown.push(p),
                 }
             }
+            unknown.sort_unstable();
+            unknown.dedup();
+            self.heap.resolve_spans(&unknown);
+            for &p in &unknown {
+                if let Some(s) = self.heap.slot(p) {
+                    self.mark_slot(s, &mut to_scan);
+                }
+            }
+            // In address order, for reads of neighbours together.
+            to_scan.sort_unstable();
             words.clear();
-            self.heap.read_words(&to_scan, &mut words);
+            self.heap.read_objects(&to_scan, &mut words);
             self.drop_stack_words(&to_scan, &mut words);
+        }
+    }
+
+    /// Marks the object at `s`, if not yet, and adds it to `to_scan` if it holds pointers.
+    fn mark_slot(&mut self, s: Slot, to_scan: &mut Vec<(u64, u64)>) {
+        if self.heap.is_stop(s.base) {
+            return;
+        }
+        let bits = self
+            .marks
+            .entry(s.span)
+            .or_insert_with(|| vec![0; s.slots.div_ceil(64) as usize]);
+        let (w, b) = ((s.index / 64) as usize, s.index % 64);
+        if w >= bits.len() || bits[w] & (1 << b) != 0 {
+            return;
+        }
+        bits[w] |= 1 << b;
+        self.objects += 1;
+        self.bytes += s.size;
+        if s.scan {
+            to_scan.push((s.base, s.size));
         }
     }
 
@@ -596,13 +613,13 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
     let gl = &target.layout.g;
     let mut m = Marker {
         heap,
-        marks: HashMap::new(),
+        marks: AddrMap::default(),
         limits,
         started,
         objects: 0,
         bytes: 0,
         bounded: None,
-        g_structs: retained::g_structs(target, &vars)?,
+        g_structs: retained::g_structs(target, &vars)?.into_iter().collect(),
         stack_words: [gl.stack_lo, gl.stack_hi, gl.sched_sp, gl.sched_bp],
     };
     let data_bss = data_roots::data_and_bss(target, globals == GlobalScan::GcBitmaps)?;
