@@ -56,7 +56,7 @@ use serde::Serialize;
 use super::{
     data_roots::{self, GlobalScan},
     goroutines::{RawG, all_gs, read_gs, u64_at},
-    retained::{self, AddrMap, AddrSet, Heap, Lookup, Slot, runtime_vars},
+    retained::{self, AddrSet, Chunked, Heap, Lookup, Slot, runtime_vars},
     specials,
     unwind::{self, StackMemory},
 };
@@ -219,8 +219,8 @@ struct Candidate {
 /// The marking state of one pass.
 struct Marker<'t> {
     heap: Heap<'t>,
-    /// Span address -> one bit per object slot.
-    marks: AddrMap<Vec<u64>>,
+    /// Span index ([`Slot::span`]) -> one bit per object slot.
+    marks: Chunked<Box<[u64]>>,
     limits: PassLimits,
     started: Instant,
     objects: u64,
@@ -285,10 +285,16 @@ impl Marker<'_> {
         if self.heap.is_stop(s.base) {
             return;
         }
-        let bits = self
-            .marks
-            .entry(s.span)
-            .or_insert_with(|| vec![0; s.slots.div_ceil(64) as usize]);
+        let span = s.span as usize;
+        while span >= self.marks.len() {
+            self.marks.push(Box::default());
+        }
+        let Some(bits) = self.marks.get_mut(span) else {
+            return;
+        };
+        if bits.is_empty() {
+            *bits = vec![0; s.slots.div_ceil(64) as usize].into();
+        }
         let (w, b) = ((s.index / 64) as usize, s.index % 64);
         if w >= bits.len() || bits[w] & (1 << b) != 0 {
             return;
@@ -326,7 +332,7 @@ impl Marker<'_> {
             return true;
         };
         self.marks
-            .get(&s.span)
+            .get(s.span as usize)
             .and_then(|bits| bits.get((s.index / 64) as usize))
             .is_some_and(|w| w & (1 << (s.index % 64)) != 0)
     }
@@ -613,7 +619,7 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
     let gl = &target.layout.g;
     let mut m = Marker {
         heap,
-        marks: AddrMap::default(),
+        marks: Chunked::default(),
         limits,
         started,
         objects: 0,

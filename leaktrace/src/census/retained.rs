@@ -72,6 +72,8 @@ const MIN_POINTER: u64 = 4096;
 const IOV_BATCH: usize = 1024;
 /// Bytes per `process_vm_readv`, and the largest piece one object is read in.
 const READ_CHUNK: usize = 4 << 20;
+/// A page with no span.
+const NO_SPAN: u32 = u32::MAX;
 /// Heap objects at most this far apart are read in one range ([`Heap::read_objects`]).
 const OBJECT_GAP: u64 = 512;
 
@@ -95,6 +97,47 @@ impl Hasher for AddrHasher {
 
     fn write_u64(&mut self, n: u64) {
         self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(FX);
+    }
+}
+
+/// A table that grows a chunk at a time and never moves what it holds: the span tables of a
+/// 1 GiB heap hold 131072 entries, and a vector doubling to hold them would hold both its old
+/// and new copies for a moment, most of the pass's peak memory.
+pub(super) struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+const CHUNK: usize = 4096;
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn push(&mut self, value: T) {
+        if self.len % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks[self.len / CHUNK].push(value);
+        self.len += 1;
+    }
+
+    pub(super) fn get(&self, i: usize) -> Option<&T> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    pub(super) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
     }
 }
 
@@ -224,7 +267,7 @@ pub(super) enum Lookup {
 /// An allocated object slot, as [`Heap::slot`] finds it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slot {
-    /// The mspan's address: the key of its mark bitmap.
+    /// The span's index among those the heap read: the key of its mark bitmap.
     pub span: u64,
     pub index: u64,
     /// Object slots in the span.
@@ -250,7 +293,7 @@ struct Span {
     /// Where `allocBits` is in the target.
     alloc_bits_addr: u64,
     /// `allocBits`, one bit per object slot (small spans only).
-    alloc_bits: Vec<u8>,
+    alloc_bits: Box<[u8]>,
 }
 
 impl Span {
@@ -290,10 +333,14 @@ pub(super) struct Heap<'t> {
     l2: AddrMap<u64>,
     /// Arena index -> its heapArena (0: not heap).
     arena: AddrMap<u64>,
-    /// Page number -> its span (0: none).
-    page: AddrMap<u64>,
-    /// Span address -> the span, None when it is not an in-use heap span.
-    span: AddrMap<Option<Span>>,
+    /// Page number -> the index of its span in `spans` ([`NO_SPAN`]: none).
+    page: AddrMap<u32>,
+    /// Span address -> its index in `spans`.
+    span_index: AddrMap<u32>,
+    /// The spans read, None where one is not an in-use heap span. Held in a vector, and
+    /// the pages map to their index: one lookup per word, and a few words per span (a 1 GiB
+    /// heap has 131072 spans of 8 KiB).
+    spans: Chunked<Option<Span>>,
     /// The bases of the scheduler's objects: never counted or entered.
     stops: AddrSet,
     visited: AddrSet,
@@ -314,7 +361,8 @@ impl<'t> Heap<'t> {
             l2: AddrMap::default(),
             arena: AddrMap::default(),
             page: AddrMap::default(),
-            span: AddrMap::default(),
+            span_index: AddrMap::default(),
+            spans: Chunked::default(),
             stops: AddrSet::default(),
             visited: AddrSet::default(),
             heap_bytes: 0,
@@ -445,11 +493,11 @@ impl<'t> Heap<'t> {
     /// The allocated slot holding `p`, from the caches that [`Heap::resolve_spans`] filled:
     /// its span's address, slot index and slot count, for a mark bitmap per span.
     pub(super) fn slot(&self, p: u64) -> Option<Slot> {
-        let span_addr = *self.page.get(&(p >> self.page_shift))?;
-        let span = self.span.get(&span_addr)?.as_ref()?;
+        let index = *self.page.get(&(p >> self.page_shift))?;
+        let span = self.spans.get(index as usize)?.as_ref()?;
         let base = span.object(p)?;
         Some(Slot {
-            span: span_addr,
+            span: u64::from(index),
             index: if span.large {
                 0
             } else {
@@ -464,11 +512,8 @@ impl<'t> Heap<'t> {
 
     /// [`Heap::slot`] from the caches alone, saying when they do not know `p`'s page yet.
     pub(super) fn lookup(&self, p: u64) -> Lookup {
-        if let Some(&span_addr) = self.page.get(&(p >> self.page_shift)) {
-            return match self.span.get(&span_addr) {
-                None if span_addr != 0 => Lookup::Unknown,
-                _ => self.slot(p).map_or(Lookup::NotObject, Lookup::Object),
-            };
+        if self.page.contains_key(&(p >> self.page_shift)) {
+            return self.slot(p).map_or(Lookup::NotObject, Lookup::Object);
         }
         let a = &self.target.layout.arena;
         let ai = p.wrapping_sub(a.base_offset) >> self.arena_shift;
@@ -489,10 +534,7 @@ impl<'t> Heap<'t> {
     /// The object holding `p` (base, size, holds pointers), from the caches that
     /// [`Heap::resolve_spans`] filled.
     fn object_of(&self, p: u64) -> Option<(u64, u64, bool)> {
-        let page = *self.page.get(&(p >> self.page_shift))?;
-        let span = self.span.get(&page)?.as_ref()?;
-        let base = span.object(p)?;
-        Some((base, span.elemsize, !span.noscan))
+        self.slot(p).map(|s| (s.base, s.size, s.scan))
     }
 
     /// Fills the caches from arena to span for every page of `pointers` not yet looked up,
@@ -555,14 +597,11 @@ impl<'t> Heap<'t> {
                 .iter()
                 .map(|&(page, ha)| ha + spans_off + (page % a.pages_per_arena) * 8),
         );
-        self.page
-            .extend(pages.into_iter().map(|(page, _)| page).zip(values));
-
         // The mspans themselves, then the allocBits of the small ones.
-        let mut spans: Vec<u64> = pointers
+        let mut spans: Vec<u64> = values
             .iter()
-            .filter_map(|&p| self.page.get(&(p >> self.page_shift)).copied())
-            .filter(|&s| s != 0 && !self.span.contains_key(&s))
+            .copied()
+            .filter(|&s| s != 0 && !self.span_index.contains_key(&s))
             .collect();
         spans.sort_unstable();
         spans.dedup();
@@ -586,10 +625,23 @@ impl<'t> Heap<'t> {
         let bits = self.read_ranges(&ranges);
         let mut off = 0;
         for (span, &(_, len)) in small.into_iter().zip(&ranges) {
-            span.alloc_bits = bits.get(off..off + len).unwrap_or_default().to_vec();
+            span.alloc_bits = bits.get(off..off + len).unwrap_or_default().into();
             off += len;
         }
-        self.span.extend(parsed);
+        for (addr, span) in parsed {
+            self.span_index.insert(addr, self.spans.len() as u32);
+            self.spans.push(span);
+        }
+        // A page whose span was not read (the read budget) stays unknown.
+        for ((page, _), s) in pages.into_iter().zip(values) {
+            let index = match s {
+                0 => Some(NO_SPAN),
+                s => self.span_index.get(&s).copied(),
+            };
+            if let Some(index) = index {
+                self.page.insert(page, index);
+            }
+        }
     }
 
     /// An mspan header parsed, if it is an in-use heap span of plausible shape.
@@ -620,7 +672,7 @@ impl<'t> Heap<'t> {
             large: spanclass >> 1 == 0,
             free_index,
             alloc_bits_addr: u64_at(b, m.alloc_bits),
-            alloc_bits: Vec::new(),
+            alloc_bits: Box::default(),
         })
     }
 
@@ -756,7 +808,7 @@ mod tests {
             large: false,
             free_index,
             alloc_bits_addr: 0,
-            alloc_bits,
+            alloc_bits: alloc_bits.into(),
         }
     }
 
@@ -788,7 +840,7 @@ mod tests {
             large: true,
             free_index: 0,
             alloc_bits_addr: 0,
-            alloc_bits: Vec::new(),
+            alloc_bits: Box::default(),
         };
         assert_eq!(span.object(0xc000_43ffff), Some(0xc000_400000));
         assert_eq!(span.object(0xc000_440000), None);
