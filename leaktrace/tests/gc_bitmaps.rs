@@ -1,6 +1,6 @@
 //! The reachability pass scans the program's data and bss by the GC's own pointer bitmaps
-//! (`moduledata.gcdatamask`, `gcbssmask`) on Go 1.21, 1.26 and 1.27 (each keeps them at a
-//! different offset of `moduledata`), default, stripped and PIE builds, against
+//! (`moduledata.gcdatamask`, `gcbssmask`) on every Go version under test (1.21-1.25, 1.26
+//! and 1.27 keep them at three offsets of `moduledata`), default, stripped and PIE builds, against
 //! `testdata/go/globalbits`: a goroutine whose channel's address is held only as a `uintptr`
 //! in a global of .data or .bss (a leak to the GC and to Go's own detector) is unreachable
 //! by the bitmaps, and live to a conservative scan of the same process, which takes the
@@ -35,14 +35,6 @@ const BUILDS: [(&str, &[&str]); 3] = [
 
 const LEAKS: [&str; 2] = ["main.leakAddrInData", "main.leakAddrInBss"];
 const CONTROLS: [&str; 2] = ["main.controlChanInData", "main.controlChanInBss"];
-
-/// Go 1.21, 1.26 and 1.27 of the versions under test: the three places of the masks.
-fn versions() -> Vec<String> {
-    go_versions()
-        .into_iter()
-        .filter(|v| ["1.21.", "1.26.", "1.27."].iter().any(|p| v.starts_with(p)))
-        .collect()
-}
 
 /// The fixture's functions of interest whose goroutines `pass` found unreachable.
 fn unreachable_functions(by_g: &BTreeMap<u64, String>, pass: &Pass) -> BTreeSet<String> {
@@ -151,7 +143,7 @@ fn check_dump(case: &str, pid: u32, fail: &dyn Fn(String)) {
 fn globals_are_scanned_by_the_gc_bitmaps_and_an_address_in_a_uintptr_is_no_pointer() {
     let failures = Mutex::new(Vec::<String>::new());
     std::thread::scope(|scope| {
-        for version in versions() {
+        for version in go_versions() {
             let failures = &failures;
             scope.spawn(move || {
                 let fail = |m: String| failures.lock().unwrap().push(m);
