@@ -273,7 +273,7 @@ impl Marker<'_> {
                 }
             }
             // In address order, for reads of neighbours together.
-            to_scan.sort_unstable();
+            to_scan.sort_unstable_by_key(|o| o.0);
             words.clear();
             self.heap.read_objects(&to_scan, &mut words);
             self.drop_stack_words(&to_scan, &mut words);
