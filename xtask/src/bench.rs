@@ -1152,6 +1152,7 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
     let path = root.join("BENCHMARKS.md");
     let old = fs::read_to_string(&path).unwrap_or_default();
     md.push_str(&kept_section(&old, SNAPSHOT_SECTION));
+    md.push_str(&kept_section(&old, REACH_SECTION));
     md.push_str(&kept_section(&old, AGENT_SECTION));
     print!("\n{md}");
     fs::write(path, md)?;
@@ -1165,6 +1166,10 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
 /// The heading of the section that `cargo run --release --example bench_dump` figures go
 /// under, by hand: a run of this benchmark keeps it as it was.
 const SNAPSHOT_SECTION: &str = "## Goroutine snapshots (bench_dump)";
+
+/// The heading of the section that `cargo run --release --example bench_reach` figures go
+/// under, by hand: a run of this benchmark keeps it as it was.
+const REACH_SECTION: &str = "## Reachability pass (bench_reach)";
 
 /// A section of the BENCHMARKS.md being replaced that another command writes (the snapshot
 /// figures, the agent's), up to the next section.

@@ -7,6 +7,7 @@
 
 pub mod activity;
 pub mod channels;
+pub mod data_roots;
 pub mod goroutines;
 pub mod memory;
 pub mod reach;

@@ -22,8 +22,9 @@
 //!   leads to. WaitGroup.Wait parks as "semacquire" before Go 1.24: such a waiter counts as a
 //!   WaitGroup's when a frame of `sync.(*WaitGroup).Wait` is on its stack. A waiter whose
 //!   sudog is not found, or not found once, is a root.
-//! - Roots: the program's data and bss (`moduledata.data..edata`, `bss..ebss`), scanned
-//!   conservatively, every word; the finalizers, weak handles and cleanups the GC scans
+//! - Roots: the program's data and bss (`moduledata.data..edata`, `bss..ebss`), the words
+//!   the GC's pointer bitmaps mark, or every word where they cannot be read
+//!   ([`super::data_roots`]); the finalizers, weak handles and cleanups the GC scans
 //!   from mspan specials ([`super::specials`]); and the whole stack of each root goroutine from its saved SP
 //!   (the whole of `g.stack` for a running one), runtime frames included.
 //! - Marking follows every word of every reached object that may hold pointers (not noscan),
@@ -53,8 +54,9 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
+    data_roots::{self, GlobalScan},
     goroutines::{RawG, all_gs, read_gs, u64_at},
-    retained::{self, Heap, runtime_vars},
+    retained::{self, AddrSet, Chunked, Heap, Lookup, Slot, runtime_vars},
     specials,
     unwind::{self, StackMemory},
 };
@@ -72,10 +74,6 @@ const G_LEAKED: u32 = 10;
 const MIN_POINTER: u64 = 4096;
 /// A select has at most 65536 cases; stop following a wait list well before.
 const MAX_SUDOGS: usize = 1 << 16;
-/// `moduledata.data` is word 26 in Go 1.21-1.27 (`edata`, `bss`, `ebss` follow).
-const MODULEDATA_DATA_WORD: u64 = 26;
-/// Data or bss larger than this is not a Go program's (a layout mismatch): not scanned.
-const MAX_SECTION: u64 = 1 << 30;
 
 /// What a waiting goroutine waits on, by its wait reason (Go 1.27 `isMaybeRunnable`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +203,10 @@ pub struct Pass {
     /// Why the pass stopped before its fixed point ("objects", "bytes read", "time"); such a
     /// pass proves nothing.
     pub bounded: Option<&'static str>,
+    /// How data and bss were scanned: "gc bitmaps" or "conservative".
+    pub roots: GlobalScan,
+    /// Why they were scanned conservatively, when they were.
+    pub conservative_why: Option<String>,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -223,8 +225,8 @@ struct Candidate {
 /// The marking state of one pass.
 struct Marker<'t> {
     heap: Heap<'t>,
-    /// Span address -> one bit per object slot.
-    marks: HashMap<u64, Vec<u64>>,
+    /// Span index ([`Slot::span`]) -> one bit per object slot.
+    marks: Chunked<Box<[u64]>>,
     limits: PassLimits,
     started: Instant,
     objects: u64,
@@ -234,7 +236,7 @@ struct Marker<'t> {
     /// stack addresses, not pointers: `stack.lo`, `stack.hi`, `sched.sp`, `sched.bp`. Go's
     /// precise scan does not follow them, and the pass must not either: `stack.hi` is one
     /// past the stack's end, often the address of the heap object on the next page.
-    g_structs: HashSet<u64>,
+    g_structs: AddrSet,
     stack_words: [u64; 4],
 }
 
@@ -252,39 +254,62 @@ impl Marker<'_> {
         self.bounded.is_some()
     }
 
-    /// Marks what `words` point at, transitively.
+    /// Marks what `words` point at, transitively. A word whose page the heap caches is
+    /// looked up at once; the others are resolved together, a level at a time.
     fn mark(&mut self, mut words: Vec<u64>) {
         while !words.is_empty() && !self.is_bounded() {
-            words.retain(|&p| p >= MIN_POINTER);
-            words.sort_unstable();
-            words.dedup();
-            self.heap.resolve_spans(&words);
             let mut to_scan = Vec::new();
+            let mut unknown = Vec::new();
             for &p in &words {
-                let Some(s) = self.heap.slot(p) else {
-                    continue;
-                };
-                if self.heap.is_stop(s.base) {
+                if p < MIN_POINTER {
                     continue;
                 }
-                let bits = self
-                    .marks
-                    .entry(s.span)
-                    .or_insert_with(|| vec![0; s.slots.div_ceil(64) as usize]);
-                let (w, b) = ((s.index / 64) as usize, s.index % 64);
-                if w >= bits.len() || bits[w] & (1 << b) != 0 {
-                    continue;
-                }
-                bits[w] |= 1 << b;
-                self.objects += 1;
-                self.bytes += s.size;
-                if s.scan {
-                    to_scan.push((s.base, s.size));
+                match self.heap.lookup(p) {
+                    Lookup::Object(s) => self.mark_slot(s, &mut to_scan),
+                    Lookup::NotObject => {}
+                    Lookup::Unknown => unknown.push(p),
                 }
             }
+            unknown.sort_unstable();
+            unknown.dedup();
+            self.heap.resolve_spans(&unknown);
+            for &p in &unknown {
+                if let Some(s) = self.heap.slot(p) {
+                    self.mark_slot(s, &mut to_scan);
+                }
+            }
+            // In address order, for reads of neighbours together.
+            to_scan.sort_unstable_by_key(|o| o.0);
             words.clear();
-            self.heap.read_words(&to_scan, &mut words);
+            self.heap.read_objects(&to_scan, &mut words);
             self.drop_stack_words(&to_scan, &mut words);
+        }
+    }
+
+    /// Marks the object at `s`, if not yet, and adds it to `to_scan` if it holds pointers.
+    fn mark_slot(&mut self, s: Slot, to_scan: &mut Vec<(u64, u64)>) {
+        if self.heap.is_stop(s.base) {
+            return;
+        }
+        let span = s.span as usize;
+        while span >= self.marks.len() {
+            self.marks.push(Box::default());
+        }
+        let Some(bits) = self.marks.get_mut(span) else {
+            return;
+        };
+        if bits.is_empty() {
+            *bits = vec![0; s.slots.div_ceil(64) as usize].into();
+        }
+        let (w, b) = ((s.index / 64) as usize, s.index % 64);
+        if w >= bits.len() || bits[w] & (1 << b) != 0 {
+            return;
+        }
+        bits[w] |= 1 << b;
+        self.objects += 1;
+        self.bytes += s.size;
+        if s.scan {
+            to_scan.push((s.base, s.size));
         }
     }
 
@@ -313,37 +338,10 @@ impl Marker<'_> {
             return true;
         };
         self.marks
-            .get(&s.span)
+            .get(s.span as usize)
             .and_then(|bits| bits.get((s.index / 64) as usize))
             .is_some_and(|w| w & (1 << (s.index % 64)) != 0)
     }
-}
-
-/// The program's data and bss, as runtime addresses: `moduledata.data..edata` and
-/// `bss..ebss`, read from the target (already relocated in a PIE).
-fn data_and_bss(target: &Target) -> anyhow::Result<Vec<(u64, u64)>> {
-    let md = target.binary.moduledata_addr().context(
-        "the binary's runtime.firstmoduledata was not found, so its globals cannot be scanned",
-    )? + target.load_bias;
-    let mut b = [0u8; 32];
-    target
-        .process
-        .read(md + MODULEDATA_DATA_WORD * 8, &mut b)
-        .context("reading runtime.firstmoduledata")?;
-    let mut out = Vec::new();
-    for (lo, hi) in [
-        (u64_at(&b, 0), u64_at(&b, 8)),
-        (u64_at(&b, 16), u64_at(&b, 24)),
-    ] {
-        anyhow::ensure!(
-            lo <= hi && hi - lo <= MAX_SECTION,
-            "runtime.firstmoduledata gives an implausible data or bss range {lo:#x}..{hi:#x}: \
-             the runtime layout does not match this binary"
-        );
-        // Whole words only: the words of all ranges are read as one run.
-        out.push((lo & !7, (hi - (lo & !7)) & !7));
-    }
-    Ok(out)
 }
 
 /// The live part of a goroutine's stack: from its saved SP to `stack.hi`, or all of it when
@@ -567,8 +565,14 @@ fn hidden_sync_waits(
 }
 
 /// One pass: marks from the roots, revives candidates whose primitive is marked, to a fixed
-/// point, and returns the candidates left unreachable.
+/// point, and returns the candidates left unreachable. Data and bss are scanned with the
+/// GC's pointer bitmaps where they can be read ([`data_roots`]).
 pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
+    pass_with(target, limits, GlobalScan::GcBitmaps)
+}
+
+/// [`pass`], scanning data and bss as `globals` asks (conservatively, to compare).
+pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> anyhow::Result<Pass> {
     let started = Instant::now();
     let vars = runtime_vars(target)?;
     let gs = read_gs(target, &all_gs(target)?)?;
@@ -621,21 +625,22 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
     let gl = &target.layout.g;
     let mut m = Marker {
         heap,
-        marks: HashMap::new(),
+        marks: Chunked::default(),
         limits,
         started,
         objects: 0,
         bytes: 0,
         bounded: None,
-        g_structs: retained::g_structs(target, &vars)?,
+        g_structs: retained::g_structs(target, &vars)?.into_iter().collect(),
         stack_words: [gl.stack_lo, gl.stack_hi, gl.sched_sp, gl.sched_bp],
     };
-    let mut ranges = data_and_bss(target)?;
-    ranges.extend(specials::roots(target, vars.mheap).context(
-        "reading the finalizers, cleanups and weak handles, which the GC treats as roots",
-    )?);
-    ranges.extend(roots.iter().filter_map(stack_range));
+    let data_bss = data_roots::data_and_bss(target, globals == GlobalScan::GcBitmaps)?;
     let mut words = Vec::new();
+    data_bss.words(&mut m.heap, &mut words);
+    let mut ranges = specials::roots(target, vars.mheap).context(
+        "reading the finalizers, cleanups and weak handles, which the GC treats as roots",
+    )?;
+    ranges.extend(roots.iter().filter_map(stack_range));
     m.heap.read_words(&ranges, &mut words);
     m.mark(words);
 
@@ -683,6 +688,8 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
         bytes_read: m.heap.bytes_read,
         elapsed: started.elapsed(),
         bounded: m.bounded,
+        roots: data_bss.scan(),
+        conservative_why: data_bss.conservative_why,
     })
 }
 

@@ -41,7 +41,10 @@
 //!
 //! The work is bounded by [`Limits`]; [`Retained::truncated`] says a bound was hit.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use anyhow::{Context as _, anyhow};
 use serde::Serialize;
@@ -69,6 +72,79 @@ const MIN_POINTER: u64 = 4096;
 const IOV_BATCH: usize = 1024;
 /// Bytes per `process_vm_readv`, and the largest piece one object is read in.
 const READ_CHUNK: usize = 4 << 20;
+/// A page with no span.
+const NO_SPAN: u32 = u32::MAX;
+/// Heap objects at most this far apart are read in one range ([`Heap::read_objects`]).
+const OBJECT_GAP: u64 = 512;
+
+/// A hasher for addresses and page numbers (FxHash's multiply): the scan looks up a span
+/// for every word it follows, and SipHash was a third of its CPU.
+#[derive(Default, Clone, Copy)]
+pub(super) struct AddrHasher(u64);
+
+const FX: u64 = 0x517c_c1b7_2722_0a95;
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(FX);
+    }
+}
+
+/// A table that grows a chunk at a time and never moves what it holds: the span tables of a
+/// 1 GiB heap hold 131072 entries, and a vector doubling to hold them would hold both its old
+/// and new copies for a moment, most of the pass's peak memory.
+pub(super) struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+const CHUNK: usize = 4096;
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn push(&mut self, value: T) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks[self.len / CHUNK].push(value);
+        self.len += 1;
+    }
+
+    pub(super) fn get(&self, i: usize) -> Option<&T> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    pub(super) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+}
+
+/// A map keyed by address, hashed with [`AddrHasher`].
+pub(super) type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
+/// A set of addresses, hashed with [`AddrHasher`].
+pub(super) type AddrSet = HashSet<u64, BuildHasherDefault<AddrHasher>>;
 
 /// Bounds on the work of one [`estimate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,10 +255,19 @@ fn gs_and_ms(target: &Target, vars: &HeapGlobals) -> anyhow::Result<(HashSet<u64
     Ok((gs, ms))
 }
 
+/// What the caches say of an address ([`Heap::lookup`]).
+pub(super) enum Lookup {
+    Object(Slot),
+    /// Not in an allocated heap object.
+    NotObject,
+    /// Its page is not looked up yet: [`Heap::resolve_spans`], then [`Heap::slot`].
+    Unknown,
+}
+
 /// An allocated object slot, as [`Heap::slot`] finds it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slot {
-    /// The mspan's address: the key of its mark bitmap.
+    /// The span's index among those the heap read: the key of its mark bitmap.
     pub span: u64,
     pub index: u64,
     /// Object slots in the span.
@@ -208,7 +293,7 @@ struct Span {
     /// Where `allocBits` is in the target.
     alloc_bits_addr: u64,
     /// `allocBits`, one bit per object slot (small spans only).
-    alloc_bits: Vec<u8>,
+    alloc_bits: Box<[u8]>,
 }
 
 impl Span {
@@ -245,16 +330,20 @@ pub(super) struct Heap<'t> {
     arena_shift: u32,
     page_shift: u32,
     /// L1 index -> the L2 array (0: none).
-    l2: HashMap<u64, u64>,
+    l2: AddrMap<u64>,
     /// Arena index -> its heapArena (0: not heap).
-    arena: HashMap<u64, u64>,
-    /// Page number -> its span (0: none).
-    page: HashMap<u64, u64>,
-    /// Span address -> the span, None when it is not an in-use heap span.
-    span: HashMap<u64, Option<Span>>,
+    arena: AddrMap<u64>,
+    /// Page number -> the index of its span in `spans` ([`NO_SPAN`]: none).
+    page: AddrMap<u32>,
+    /// Span address -> its index in `spans`.
+    span_index: AddrMap<u32>,
+    /// The spans read, None where one is not an in-use heap span. Held in a vector, and
+    /// the pages map to their index: one lookup per word, and a few words per span (a 1 GiB
+    /// heap has 131072 spans of 8 KiB).
+    spans: Chunked<Option<Span>>,
     /// The bases of the scheduler's objects: never counted or entered.
-    stops: HashSet<u64>,
-    visited: HashSet<u64>,
+    stops: AddrSet,
+    visited: AddrSet,
     heap_bytes: u64,
     pub(super) bytes_read: u64,
     pub(super) truncated: bool,
@@ -269,12 +358,13 @@ impl<'t> Heap<'t> {
             arenas: mheap + target.layout.mheap.arenas,
             arena_shift: a.heap_arena_bytes.trailing_zeros(),
             page_shift: a.page_size.trailing_zeros(),
-            l2: HashMap::new(),
-            arena: HashMap::new(),
-            page: HashMap::new(),
-            span: HashMap::new(),
-            stops: HashSet::new(),
-            visited: HashSet::new(),
+            l2: AddrMap::default(),
+            arena: AddrMap::default(),
+            page: AddrMap::default(),
+            span_index: AddrMap::default(),
+            spans: Chunked::default(),
+            stops: AddrSet::default(),
+            visited: AddrSet::default(),
             heap_bytes: 0,
             bytes_read: 0,
             truncated: false,
@@ -403,11 +493,11 @@ impl<'t> Heap<'t> {
     /// The allocated slot holding `p`, from the caches that [`Heap::resolve_spans`] filled:
     /// its span's address, slot index and slot count, for a mark bitmap per span.
     pub(super) fn slot(&self, p: u64) -> Option<Slot> {
-        let span_addr = *self.page.get(&(p >> self.page_shift))?;
-        let span = self.span.get(&span_addr)?.as_ref()?;
+        let index = *self.page.get(&(p >> self.page_shift))?;
+        let span = self.spans.get(index as usize)?.as_ref()?;
         let base = span.object(p)?;
         Some(Slot {
-            span: span_addr,
+            span: u64::from(index),
             index: if span.large {
                 0
             } else {
@@ -420,6 +510,22 @@ impl<'t> Heap<'t> {
         })
     }
 
+    /// [`Heap::slot`] from the caches alone, saying when they do not know `p`'s page yet.
+    pub(super) fn lookup(&self, p: u64) -> Lookup {
+        if self.page.contains_key(&(p >> self.page_shift)) {
+            return self.slot(p).map_or(Lookup::NotObject, Lookup::Object);
+        }
+        let a = &self.target.layout.arena;
+        let ai = p.wrapping_sub(a.base_offset) >> self.arena_shift;
+        if ai >= 1u64 << (a.l1_bits + a.l2_bits) {
+            return Lookup::NotObject;
+        }
+        match self.arena.get(&ai) {
+            Some(0) => Lookup::NotObject,
+            _ => Lookup::Unknown,
+        }
+    }
+
     /// True for the base of an object the scan must not enter ([`Heap::stop_at`]).
     pub(super) fn is_stop(&self, base: u64) -> bool {
         self.stops.contains(&base)
@@ -428,10 +534,7 @@ impl<'t> Heap<'t> {
     /// The object holding `p` (base, size, holds pointers), from the caches that
     /// [`Heap::resolve_spans`] filled.
     fn object_of(&self, p: u64) -> Option<(u64, u64, bool)> {
-        let page = *self.page.get(&(p >> self.page_shift))?;
-        let span = self.span.get(&page)?.as_ref()?;
-        let base = span.object(p)?;
-        Some((base, span.elemsize, !span.noscan))
+        self.slot(p).map(|s| (s.base, s.size, s.scan))
     }
 
     /// Fills the caches from arena to span for every page of `pointers` not yet looked up,
@@ -494,14 +597,11 @@ impl<'t> Heap<'t> {
                 .iter()
                 .map(|&(page, ha)| ha + spans_off + (page % a.pages_per_arena) * 8),
         );
-        self.page
-            .extend(pages.into_iter().map(|(page, _)| page).zip(values));
-
         // The mspans themselves, then the allocBits of the small ones.
-        let mut spans: Vec<u64> = pointers
+        let mut spans: Vec<u64> = values
             .iter()
-            .filter_map(|&p| self.page.get(&(p >> self.page_shift)).copied())
-            .filter(|&s| s != 0 && !self.span.contains_key(&s))
+            .copied()
+            .filter(|&s| s != 0 && !self.span_index.contains_key(&s))
             .collect();
         spans.sort_unstable();
         spans.dedup();
@@ -525,10 +625,23 @@ impl<'t> Heap<'t> {
         let bits = self.read_ranges(&ranges);
         let mut off = 0;
         for (span, &(_, len)) in small.into_iter().zip(&ranges) {
-            span.alloc_bits = bits.get(off..off + len).unwrap_or_default().to_vec();
+            span.alloc_bits = bits.get(off..off + len).unwrap_or_default().into();
             off += len;
         }
-        self.span.extend(parsed);
+        for (addr, span) in parsed {
+            self.span_index.insert(addr, self.spans.len() as u32);
+            self.spans.push(span);
+        }
+        // A page whose span was not read (the read budget) stays unknown.
+        for ((page, _), s) in pages.into_iter().zip(values) {
+            let index = match s {
+                0 => Some(NO_SPAN),
+                s => self.span_index.get(&s).copied(),
+            };
+            if let Some(index) = index {
+                self.page.insert(page, index);
+            }
+        }
     }
 
     /// An mspan header parsed, if it is an in-use heap span of plausible shape.
@@ -559,7 +672,7 @@ impl<'t> Heap<'t> {
             large: spanclass >> 1 == 0,
             free_index,
             alloc_bits_addr: u64_at(b, m.alloc_bits),
-            alloc_bits: Vec::new(),
+            alloc_bits: Box::default(),
         })
     }
 
@@ -594,6 +707,47 @@ impl<'t> Heap<'t> {
                 .iter()
                 .map(|c| u64::from_le_bytes(*c)),
         );
+    }
+
+    /// The words of `objects` (disjoint heap objects, base and size) appended to `words`,
+    /// object after object. Objects less than [`OBJECT_GAP`] bytes apart in address order
+    /// are read as one range and the bytes between them dropped: reading a few more bytes of
+    /// a page costs less than an iovec of its own, which the kernel pins the page for.
+    pub(super) fn read_objects(&mut self, objects: &[(u64, u64)], words: &mut Vec<u64>) {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        // Each object's first word in the words of `ranges`.
+        let mut places = Vec::with_capacity(objects.len());
+        // Words of `ranges` before the last one.
+        let mut before_last = 0u64;
+        for &(base, size) in objects {
+            match ranges.last_mut() {
+                Some((start, len))
+                    if base >= *start + *len
+                        && base - (*start + *len) <= OBJECT_GAP
+                        && base + size - *start <= READ_CHUNK as u64 =>
+                {
+                    *len = base + size - *start;
+                    places.push(before_last + (base - *start) / 8);
+                }
+                last => {
+                    if let Some((_, len)) = last {
+                        before_last += *len / 8;
+                    }
+                    ranges.push((base, size));
+                    places.push(before_last);
+                }
+            }
+        }
+        let mut all = Vec::new();
+        self.read_words(&ranges, &mut all);
+        for (&(_, size), &at) in objects.iter().zip(&places) {
+            let (at, n) = (at as usize, (size / 8) as usize);
+            match all.get(at..at + n) {
+                Some(w) => words.extend_from_slice(w),
+                // Cut by the read budget (and the pass bounded): zeros, as unread.
+                None => words.resize(words.len() + n, 0),
+            }
+        }
     }
 
     /// The bytes of `ranges`, concatenated, in batched reads; a range that cannot be read
@@ -654,7 +808,7 @@ mod tests {
             large: false,
             free_index,
             alloc_bits_addr: 0,
-            alloc_bits,
+            alloc_bits: alloc_bits.into(),
         }
     }
 
@@ -686,7 +840,7 @@ mod tests {
             large: true,
             free_index: 0,
             alloc_bits_addr: 0,
-            alloc_bits: Vec::new(),
+            alloc_bits: Box::default(),
         };
         assert_eq!(span.object(0xc000_43ffff), Some(0xc000_400000));
         assert_eq!(span.object(0xc000_440000), None);

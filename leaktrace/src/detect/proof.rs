@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::{
     census::{
+        data_roots::GlobalScan,
         memory,
         reach::{self, BlockedG, Pass, PassLimits},
     },
@@ -85,12 +86,20 @@ impl Proof {
         let gcs = self
             .gc_cycles_between
             .map_or("unknown".into(), |n| n.to_string());
+        // Conservative if any pass was: the weaker scan is the one the proof rests on.
+        let roots = self
+            .passes
+            .iter()
+            .map(|p| p.roots)
+            .max_by_key(|r| *r == GlobalScan::Conservative)
+            .unwrap_or_default();
         format!(
             "proof: unreachable in {} passes {:.1} s apart ({gcs} GC cycles between), \
-             {objects} objects marked, {:.1} MiB read, {ms:.0} ms",
+             {objects} objects marked, {:.1} MiB read, {ms:.0} ms, globals by {}",
             self.passes.len(),
             self.between.as_secs_f64(),
             read as f64 / (1 << 20) as f64,
+            roots.as_str(),
         )
     }
 }

@@ -10,6 +10,8 @@
 //!              "passes": [ { "goroutines", "candidates", "revived", "objects_marked",
 //!                            "bytes_marked", "bytes_read", "elapsed" (ms),
 //!                            "bounded": "objects"|"bytes read"|"time"|null,
+//!                            "roots": "gc bitmaps"|"conservative" (data and bss),
+//!                            "conservative_why": "why" | null,
 //!                            "unreachable": [ {"goid","wait_reason","wait_since"} ] } ] },
 //!   "leaks": [ group as in `dump --json` "goroutines" ] }
 //! ```

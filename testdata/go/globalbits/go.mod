@@ -1,0 +1,3 @@
+module fixture/globalbits
+
+go 1.21

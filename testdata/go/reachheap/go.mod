@@ -1,0 +1,3 @@
+module fixture/reachheap
+
+go 1.21
