@@ -43,6 +43,17 @@
 //!
 //! A pass is bounded ([`PassLimits`]); one that hits a bound says so in [`Pass::bounded`]
 //! and its result must not be used.
+//!
+//! After the fixed point, what each unreachable goroutine alone keeps from being collected
+//! ([`Pass::holds`]): the mark goes on from their stacks, and every object it newly marks
+//! is reachable from them and from no root or live goroutine, so it is what the heap would
+//! lose if they were gone. Their stacks are read in one batch and marked together, each
+//! word tagged with the goroutine whose stack it came from; an object reached by several of
+//! them in the same wave goes to the one of lowest goid, one reached in an earlier wave to
+//! the goroutine that reached it first. Each object is counted once, so a group's sum is
+//! exact whatever its goroutines share; an object two groups share counts in one of them.
+//! Under the same [`PassLimits`]: a bound hit there leaves no figure
+//! ([`Pass::holds_bounded`]) and does not touch the proof.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -199,6 +210,24 @@ pub struct Pass {
     /// Why the pass stopped before its fixed point ("objects", "bytes read", "time"); such a
     /// pass proves nothing.
     pub bounded: Option<&'static str>,
+    /// What each unreachable goroutine alone keeps from being collected, by goid (see the
+    /// module header); empty when the pass was bounded.
+    #[serde(skip)]
+    pub holds: HashMap<u64, Holds>,
+    /// Why there is no [`Pass::holds`]: the mark from the unreachable stacks stopped at a
+    /// bound ("objects", "bytes read", "time").
+    pub holds_bounded: Option<&'static str>,
+}
+
+/// What one unreachable goroutine alone keeps from being collected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Holds {
+    /// Its stack: `g.stack.hi - g.stack.lo`.
+    pub stack_bytes: u64,
+    /// Heap objects reachable from its stack and from no root or live goroutine, at their
+    /// size-class size, each counted once (to one goroutine).
+    pub heap_bytes: u64,
+    pub heap_objects: u64,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -297,6 +326,56 @@ impl Marker<'_> {
         }
     }
 
+    /// Marks the object at `p` if it is an allocated heap object not marked yet and not a
+    /// stop; returns its slot when it did. `p`'s span must have been looked up.
+    fn mark_new(&mut self, p: u64) -> Option<retained::Slot> {
+        let s = self.heap.slot(p)?;
+        if self.heap.is_stop(s.base) {
+            return None;
+        }
+        let bits = self
+            .marks
+            .entry(s.span)
+            .or_insert_with(|| vec![0; s.slots.div_ceil(64) as usize]);
+        let (w, b) = ((s.index / 64) as usize, s.index % 64);
+        if w >= bits.len() || bits[w] & (1 << b) != 0 {
+            return None;
+        }
+        bits[w] |= 1 << b;
+        self.objects += 1;
+        self.bytes += s.size;
+        Some(s)
+    }
+
+    /// Like [`Marker::mark`], each word tagged with the index into `holds` of the goroutine
+    /// whose stack led to it: an object newly marked counts to the owner of the word that
+    /// reached it (the lowest index among those of one wave), and what it holds inherits
+    /// that owner.
+    fn mark_owned(&mut self, mut words: Vec<(u64, usize)>, holds: &mut [Holds]) {
+        while !words.is_empty() && !self.is_bounded() {
+            words.retain(|&(p, _)| p >= MIN_POINTER);
+            words.sort_unstable();
+            words.dedup_by_key(|w| w.0);
+            let pointers: Vec<u64> = words.iter().map(|w| w.0).collect();
+            self.heap.resolve_spans(&pointers);
+            let mut to_scan = Vec::new();
+            let mut owners = Vec::new();
+            for &(p, owner) in &words {
+                let Some(s) = self.mark_new(p) else { continue };
+                holds[owner].heap_objects += 1;
+                holds[owner].heap_bytes += s.size;
+                if s.scan {
+                    to_scan.push((s.base, s.size));
+                    owners.push(owner);
+                }
+            }
+            let mut flat = Vec::new();
+            self.heap.read_words(&to_scan, &mut flat);
+            self.drop_stack_words(&to_scan, &mut flat);
+            words = tag_words(&to_scan, &owners, flat);
+        }
+    }
+
     /// Go's `isMarkedOrNotInHeap`: marked, or not an allocated heap object. `p`'s span must
     /// have been looked up ([`Heap::resolve_spans`]).
     fn marked_or_not_heap(&self, p: u64) -> bool {
@@ -311,6 +390,45 @@ impl Marker<'_> {
             .and_then(|bits| bits.get((s.index / 64) as usize))
             .is_some_and(|w| w & (1 << (s.index % 64)) != 0)
     }
+}
+
+/// The words of `ranges`, read in one run into `flat`, each tagged with its range's owner.
+fn tag_words(ranges: &[(u64, u64)], owners: &[usize], flat: Vec<u64>) -> Vec<(u64, usize)> {
+    let mut out = Vec::with_capacity(flat.len());
+    let mut flat = flat.into_iter();
+    for (&(_, len), &owner) in ranges.iter().zip(owners) {
+        out.extend(flat.by_ref().take((len / 8) as usize).map(|w| (w, owner)));
+    }
+    out
+}
+
+/// What each of the `leaked` goroutines alone holds, marked on from the fixed point (see
+/// the module header), by goid; or the bound the mark stopped at.
+fn attribute(
+    m: &mut Marker,
+    leaked: &[&RawG],
+) -> Result<HashMap<u64, Holds>, &'static str> {
+    let mut leaked = leaked.to_vec();
+    leaked.sort_by_key(|g| g.goid);
+    let mut holds: Vec<Holds> = leaked
+        .iter()
+        .map(|g| Holds {
+            stack_bytes: g.stack_hi.saturating_sub(g.stack_lo),
+            ..Holds::default()
+        })
+        .collect();
+    let (ranges, owners): (Vec<(u64, u64)>, Vec<usize>) = leaked
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| stack_range(g).map(|r| (r, i)))
+        .unzip();
+    let mut flat = Vec::new();
+    m.heap.read_words(&ranges, &mut flat);
+    m.mark_owned(tag_words(&ranges, &owners, flat), &mut holds);
+    if m.is_bounded() {
+        return Err(m.bounded.unwrap_or("objects"));
+    }
+    Ok(leaked.iter().map(|g| g.goid).zip(holds).collect())
 }
 
 /// The program's data and bss, as runtime addresses: `moduledata.data..edata` and
@@ -663,6 +781,12 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
         m.mark(words);
     }
     m.is_bounded();
+    let (bounded, objects_marked, bytes_marked) = (m.bounded, m.objects, m.bytes);
+    let leaked: Vec<&RawG> = cands.iter().filter(|c| !c.live).map(|c| &c.g).collect();
+    let holds = match bounded {
+        Some(why) => Err(why),
+        None => attribute(&mut m, &leaked),
+    };
     Ok(Pass {
         unreachable: cands
             .iter()
@@ -672,11 +796,13 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
         candidates: cands.len(),
         revived,
         goroutines,
-        objects_marked: m.objects,
-        bytes_marked: m.bytes,
+        objects_marked,
+        bytes_marked,
         bytes_read: m.heap.bytes_read,
         elapsed: started.elapsed(),
-        bounded: m.bounded,
+        bounded,
+        holds_bounded: holds.as_ref().err().copied(),
+        holds: holds.unwrap_or_default(),
     })
 }
 

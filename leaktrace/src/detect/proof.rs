@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::{
     census::{
         memory,
-        reach::{self, BlockedG, Pass, PassLimits},
+        reach::{self, BlockedG, Holds, Pass, PassLimits},
     },
     tracee::Target,
 };
@@ -66,6 +66,13 @@ pub struct Proof {
     pub proven: Vec<BlockedG>,
     /// Why nothing could be proven, when so (a bound hit).
     pub not_proven: Option<String>,
+    /// What each proven goroutine alone keeps from being collected, by goid, from the
+    /// second pass ([`reach::Pass::holds`]).
+    #[serde(skip)]
+    pub holds: HashMap<u64, Holds>,
+    /// Why there is no [`Proof::holds`] though goroutines are proven: the mark from their
+    /// stacks stopped at a bound.
+    pub holds_not_measured: Option<String>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -162,6 +169,19 @@ impl Prover {
         if not_proven.is_some() {
             proven.clear();
         }
+        let holds = proven
+            .iter()
+            .filter_map(|b| second.holds.get(&b.goid).map(|h| (b.goid, *h)))
+            .collect();
+        let holds_not_measured = second
+            .holds_bounded
+            .filter(|_| !proven.is_empty())
+            .map(|why| {
+                format!(
+                    "the mark from the proven goroutines' stacks stopped at its bound on {why}: \
+                     what they alone pin is not measured"
+                )
+            });
         Ok(Proof {
             method: METHOD,
             gc_cycles_between: self.gc0.zip(gc1).map(|(a, b)| b.wrapping_sub(a)),
@@ -169,6 +189,8 @@ impl Prover {
             passes: vec![self.first, second],
             proven,
             not_proven,
+            holds,
+            holds_not_measured,
         })
     }
 }
