@@ -199,9 +199,13 @@ impl Session {
                         if let Some(why) = &proof.not_proven {
                             log::warn!("leaks not proven: {why}");
                         }
+                        if let Some(why) = &proof.holds_not_measured {
+                            log::warn!("{why}");
+                        }
                         findings
                             .tracker
                             .set_proven(proof.proven.iter().map(|b| b.goid), proof.evidence());
+                        self.pinned.set_proven(&proof);
                     }
                     Err(e) => log::warn!("reachability pass failed: {e:#}"),
                 }
