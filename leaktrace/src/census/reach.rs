@@ -29,8 +29,9 @@
 //! - Marking follows every word of every reached object that may hold pointers (not noscan),
 //!   with one mark bit per object slot in a bitmap per span. The g, m and p structs are
 //!   followed as Go follows them (a g's stack is not a heap object, so a g leads to no
-//!   stack); the candidates' sudogs are not entered, as Go makes their `c` and `elem`
-//!   untraceable: through them every waiter would reach what it waits on.
+//!   stack; a p's write barrier buffer, `uintptr`s, leads nowhere); the candidates' sudogs
+//!   are not entered, as Go makes their `c` and `elem` untraceable: through them every
+//!   waiter would reach what it waits on.
 //! - A candidate becomes live when what it waits on is marked or is not a heap object (a
 //!   global, a stack slot, or anything the pass could not resolve); its stack is then
 //!   scanned. Repeated to a fixed point; the candidates left are unreachable.
@@ -64,7 +65,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
-    goroutines::{RawG, all_gs, read_gs, u64_at},
+    goroutines::{MAX_PS, RawG, all_gs, pointer_slice, read_gs, u64_at},
     retained::{self, Heap, runtime_vars},
     specials,
     unwind::{self, StackMemory},
@@ -259,6 +260,11 @@ struct Marker<'t> {
     /// past the stack's end, often the address of the heap object on the next page.
     g_structs: HashSet<u64>,
     stack_words: [u64; 4],
+    /// Every p struct (`runtime.allp`) and the byte range in it of `p.wbBuf`, the write
+    /// barrier's buffer: `uintptr`s Go does not trace, stale pointers to whatever the
+    /// program wrote last (through it a leaked goroutine's channel or buffers would be live).
+    p_structs: HashSet<u64>,
+    wb_buf: (u64, u64),
 }
 
 impl Marker<'_> {
@@ -308,6 +314,22 @@ impl Marker<'_> {
             words.clear();
             self.heap.read_words(&to_scan, &mut words);
             self.drop_stack_words(&to_scan, &mut words);
+            self.drop_untraced_words(&to_scan, &mut words);
+        }
+    }
+
+    /// Zeroes the words of `p.wbBuf` in the p structs among `objects`, whose words are
+    /// `words`.
+    fn drop_untraced_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
+        let (off, len) = self.wb_buf;
+        let mut at = 0;
+        for &(base, size) in objects {
+            if self.p_structs.contains(&base) {
+                let lo = (at + (off / 8) as usize).min(words.len());
+                let hi = (lo + (len / 8) as usize).min(words.len());
+                words[lo..hi].fill(0);
+            }
+            at += (size / 8) as usize;
         }
     }
 
@@ -372,6 +394,7 @@ impl Marker<'_> {
             let mut flat = Vec::new();
             self.heap.read_words(&to_scan, &mut flat);
             self.drop_stack_words(&to_scan, &mut flat);
+            self.drop_untraced_words(&to_scan, &mut flat);
             words = tag_words(&to_scan, &owners, flat);
         }
     }
@@ -741,6 +764,10 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
         bounded: None,
         g_structs: retained::g_structs(target, &vars)?,
         stack_words: [gl.stack_lo, gl.stack_hi, gl.sched_sp, gl.sched_bp],
+        p_structs: pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?
+            .into_iter()
+            .collect(),
+        wb_buf: (target.layout.p.wb_buf, target.layout.p.wb_buf_size),
     };
     let mut ranges = data_and_bss(target)?;
     ranges.extend(specials::roots(target, vars.mheap).context(
