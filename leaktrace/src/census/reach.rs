@@ -427,10 +427,7 @@ fn tag_words(ranges: &[(u64, u64)], owners: &[usize], flat: Vec<u64>) -> Vec<(u6
 
 /// What each of the `leaked` goroutines alone holds, marked on from the fixed point (see
 /// the module header), by goid; or the bound the mark stopped at.
-fn attribute(
-    m: &mut Marker,
-    leaked: &[&RawG],
-) -> Result<HashMap<u64, Holds>, &'static str> {
+fn attribute(m: &mut Marker, leaked: &[&RawG]) -> Result<HashMap<u64, Holds>, &'static str> {
     let mut leaked = leaked.to_vec();
     leaked.sort_by_key(|g| g.goid);
     let mut holds: Vec<Holds> = leaked

@@ -95,10 +95,9 @@ fn proven_clause(proven: &[(&LeakGroup, u64)]) -> String {
         return String::new();
     };
     let total: u64 = proven.iter().map(|p| p.1).sum();
-    let site = top
-        .site
-        .as_ref()
-        .map_or(top.wait_reason.clone(), |s| format!("{} {}:{}", s.function, s.file, s.line));
+    let site = top.site.as_ref().map_or(top.wait_reason.clone(), |s| {
+        format!("{} {}:{}", s.function, s.file, s.line)
+    });
     format!(
         "{} proven leak group(s) pin {:.1} MiB, measured by reachability (the largest, {} goroutines at {site}, {:.1} MiB)",
         proven.len(),
@@ -184,7 +183,10 @@ pub fn judge(
     let proven_innocent = leak_groups > 0
         && proven.len() == leak_groups
         && (proven_bytes as f64) < growth as f64 * NEGLIGIBLE_SHARE;
-    (v.kind, v.explanation) = if heap_grows && !proven_innocent && (leak_groups > 0 || goroutines_grow) {
+    (v.kind, v.explanation) = if heap_grows
+        && !proven_innocent
+        && (leak_groups > 0 || goroutines_grow)
+    {
         let others = leak_groups - proven.len();
         let whose = match (proven.is_empty(), others) {
             (true, _) => format!(
