@@ -255,9 +255,13 @@ impl Session {
                 duty: if w.windowed(p) { duty } else { 1.0 },
             })
             .collect();
+        let mut leaks = self.findings.tracker.leaks(&self.detect);
+        for l in &mut leaks {
+            l.pinned = self.pinned.get(l);
+        }
         tx.send_replace(report::metrics::render(
             self.timeline.last(),
-            &self.findings.tracker.leaks(&self.detect),
+            &leaks,
             &self.findings.hist,
             &counts,
             &probes,
