@@ -118,8 +118,12 @@ pub struct Prover {
 }
 
 impl Prover {
-    /// Runs the first pass.
+    /// Runs the first pass (what the goroutines hold is measured by the second only).
     pub fn start(target: &Target, limits: PassLimits) -> anyhow::Result<Self> {
+        let limits = PassLimits {
+            holds: false,
+            ..limits
+        };
         let first = reach::pass(target, limits)?;
         Ok(Self {
             gc0: num_gc(target),
