@@ -840,6 +840,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn words_are_tagged_with_the_owner_of_their_range() {
+        let ranges = [(0x1000, 16), (0x2000, 8), (0x3000, 24)];
+        let flat = vec![1, 2, 3, 4, 5, 6];
+        assert_eq!(
+            tag_words(&ranges, &[0, 2, 1], flat),
+            [(1, 0), (2, 0), (3, 2), (4, 1), (5, 1), (6, 1)]
+        );
+        // A read cut short (a bound hit) tags what there is.
+        assert_eq!(tag_words(&ranges, &[0, 2, 1], vec![1, 2]), [(1, 0), (2, 0)]);
+    }
+
+    #[test]
     fn wait_reasons_are_classed_as_go_1_27_classes_them() {
         assert_eq!(wait_class("chan send"), WaitClass::Chan);
         assert_eq!(wait_class("select"), WaitClass::Chan);

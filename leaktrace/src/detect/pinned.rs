@@ -122,3 +122,75 @@ impl PinnedEstimates {
         Some(p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::census::Seconds;
+
+    fn group(confidence: Confidence, goids: Vec<u64>) -> LeakGroup {
+        LeakGroup {
+            wait_reason: "chan send".into(),
+            site: None,
+            stack: Vec::new(),
+            created_by: None,
+            count: goids.len(),
+            goids,
+            blocked_seconds: Seconds::of(1.0),
+            channel: None,
+            confidence,
+            score: 5,
+            evidence: Vec::new(),
+            against: Vec::new(),
+            growth: Vec::new(),
+            allocated: None,
+            pinned: None,
+            ages: Vec::new(),
+        }
+    }
+
+    fn holds(heap: u64) -> Holds {
+        Holds {
+            stack_bytes: 8192,
+            heap_bytes: heap,
+            heap_objects: 1,
+        }
+    }
+
+    #[test]
+    fn a_proven_group_sums_the_proofs_figures_and_falls_back_saying_why() {
+        let mut p = PinnedEstimates {
+            proven: HashMap::from([(7, holds(100)), (8, holds(50))]),
+            ..PinnedEstimates::default()
+        };
+        let proven = group(Confidence::Proven, vec![7, 8]);
+        let got = p.get(&proven).unwrap();
+        assert_eq!(
+            (got.heap_bytes, got.stack_bytes, got.heap_objects),
+            (150, 16384, 2)
+        );
+        assert_eq!(got.method, REACH_METHOD);
+        // Not proven: the proof's figures are not used, there is no estimate yet.
+        assert_eq!(p.get(&group(Confidence::High, vec![7, 8])), None);
+        // A goroutine the proof did not measure: the estimate, with why.
+        let estimate = Pinned {
+            heap_bytes: 1 << 20,
+            method: retained::METHOD.to_string(),
+            ..Pinned::default()
+        };
+        let wider = group(Confidence::Proven, vec![7, 8, 9]);
+        p.by_group
+            .insert(wider.key(), (Instant::now(), 3, estimate.clone()));
+        p.proven_unmeasured = Some("the mark stopped at its bound on objects".into());
+        let got = p.get(&wider).unwrap();
+        assert_eq!(got.heap_bytes, 1 << 20);
+        assert!(
+            got.method.starts_with(retained::METHOD)
+                && got
+                    .method
+                    .contains("(the mark stopped at its bound on objects; estimated instead)"),
+            "{}",
+            got.method
+        );
+    }
+}
