@@ -644,7 +644,10 @@ fn record_writes_exports_that_other_tools_read() {
     let body = loop {
         let (status, _, body) = get(addr, "/metrics");
         assert!(status.contains("200"), "{status}");
-        if body.contains("leaktrace_leaked_goroutines{") {
+        // The group first, then what it pins (estimated at the snapshot after).
+        if body.contains("leaktrace_leaked_goroutines{")
+            && body.contains("leaktrace_leak_pinned_bytes{")
+        {
             break body;
         }
         assert!(
@@ -661,6 +664,7 @@ fn record_writes_exports_that_other_tools_read() {
         "leaktrace_target_heap_inuse_bytes",
         "leaktrace_leak_groups",
         "leaktrace_leaked_goroutines",
+        "leaktrace_leak_pinned_bytes",
     ] {
         assert!(text.contains(name), "{name} not parsed: {families:#}");
     }

@@ -149,6 +149,59 @@ fn heap_growth_without_goroutine_growth_points_at_the_map_insertion() {
     }
 }
 
+/// The heap grows through a global map while a few goroutines leak, proven, holding next
+/// to nothing: the growth is not blamed on them (heap growth, not a goroutine leak holding
+/// the heap), and the explanation says how little the proven group pins. The oldest Go.
+#[test]
+fn a_proven_leak_that_pins_little_is_not_blamed_for_heap_growth() {
+    let version = go_versions().remove(0);
+    let bin = build_fixture("sessionmap", &version, &[]);
+    let (r, stdout) = record(
+        "sessionmap-proven-leak",
+        &[
+            "--probes",
+            "none",
+            "-d",
+            "20s",
+            "--",
+            bin.to_str().unwrap(),
+            "-requests",
+            "500",
+            "-seconds",
+            "18",
+            "-leaks",
+            "5",
+        ],
+    );
+    let leak = r["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["site"]["function"] == "main.leak")
+        .unwrap_or_else(|| panic!("the leak is not reported: {:#}\n{stdout}", r["leaks"]));
+    assert_eq!(leak["confidence"], "proven", "{leak:#}");
+    assert!(
+        leak["pinned"]["method"]
+            .as_str()
+            .unwrap()
+            .starts_with("reachability:"),
+        "{leak:#}"
+    );
+    let v = &r["memory_verdict"];
+    assert_eq!(
+        v["kind"], "heap_growth_without_goroutine_growth",
+        "{v:#}\n{:#}",
+        r["leaks"]
+    );
+    assert!(
+        v["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("the 1 proven leak group(s) pin only"),
+        "{v:#}"
+    );
+}
+
 /// Where the fallback sampler does not fit the budget (judged before attaching to a running
 /// program), it is not dropped: it runs in windows as short and rare as the budget pays for,
 /// and the allocation sites say they come from windows.

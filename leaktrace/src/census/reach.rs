@@ -30,8 +30,9 @@
 //! - Marking follows every word of every reached object that may hold pointers (not noscan),
 //!   with one mark bit per object slot in a bitmap per span. The g, m and p structs are
 //!   followed as Go follows them (a g's stack is not a heap object, so a g leads to no
-//!   stack); the candidates' sudogs are not entered, as Go makes their `c` and `elem`
-//!   untraceable: through them every waiter would reach what it waits on.
+//!   stack; a p's write barrier buffer, `uintptr`s, leads nowhere); the candidates' sudogs
+//!   are not entered, as Go makes their `c` and `elem` untraceable: through them every
+//!   waiter would reach what it waits on.
 //! - A candidate becomes live when what it waits on is marked or is not a heap object (a
 //!   global, a stack slot, or anything the pass could not resolve); its stack is then
 //!   scanned. Repeated to a fixed point; the candidates left are unreachable.
@@ -44,6 +45,17 @@
 //!
 //! A pass is bounded ([`PassLimits`]); one that hits a bound says so in [`Pass::bounded`]
 //! and its result must not be used.
+//!
+//! After the fixed point, what each unreachable goroutine alone keeps from being collected
+//! ([`Pass::holds`]): the mark goes on from their stacks, and every object it newly marks
+//! is reachable from them and from no root or live goroutine, so it is what the heap would
+//! lose if they were gone. Their stacks are read in one batch and marked together, each
+//! word tagged with the goroutine whose stack it came from; an object reached by several of
+//! them in the same wave goes to the one of lowest goid, one reached in an earlier wave to
+//! the goroutine that reached it first. Each object is counted once, so a group's sum is
+//! exact whatever its goroutines share; an object two groups share counts in one of them.
+//! Under the same [`PassLimits`]: a bound hit there leaves no figure
+//! ([`Pass::holds_bounded`]) and does not touch the proof.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -55,7 +67,7 @@ use serde::Serialize;
 
 use super::{
     data_roots::{self, GlobalScan},
-    goroutines::{RawG, all_gs, read_gs, u64_at},
+    goroutines::{MAX_PS, RawG, all_gs, pointer_slice, read_gs, u64_at},
     retained::{self, AddrSet, Chunked, Heap, Lookup, Slot, runtime_vars},
     specials,
     unwind::{self, StackMemory},
@@ -122,6 +134,9 @@ pub struct PassLimits {
     pub max_bytes_read: u64,
     /// Wall time of the pass.
     pub max_time: Duration,
+    /// Whether to measure what the unreachable goroutines alone hold ([`Pass::holds`]) after
+    /// the fixed point: a proof needs it of its second pass only.
+    pub holds: bool,
 }
 
 impl Default for PassLimits {
@@ -130,6 +145,7 @@ impl Default for PassLimits {
             max_objects: 50_000_000,
             max_bytes_read: 8 << 30,
             max_time: Duration::from_secs(20),
+            holds: true,
         }
     }
 }
@@ -207,6 +223,24 @@ pub struct Pass {
     pub roots: GlobalScan,
     /// Why they were scanned conservatively, when they were.
     pub conservative_why: Option<String>,
+    /// What each unreachable goroutine alone keeps from being collected, by goid (see the
+    /// module header); empty when the pass was bounded.
+    #[serde(skip)]
+    pub holds: HashMap<u64, Holds>,
+    /// Why there is no [`Pass::holds`]: the mark from the unreachable stacks stopped at a
+    /// bound ("objects", "bytes read", "time").
+    pub holds_bounded: Option<&'static str>,
+}
+
+/// What one unreachable goroutine alone keeps from being collected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Holds {
+    /// Its stack: `g.stack.hi - g.stack.lo`.
+    pub stack_bytes: u64,
+    /// Heap objects reachable from its stack and from no root or live goroutine, at their
+    /// size-class size, each counted once (to one goroutine).
+    pub heap_bytes: u64,
+    pub heap_objects: u64,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -238,6 +272,11 @@ struct Marker<'t> {
     /// past the stack's end, often the address of the heap object on the next page.
     g_structs: AddrSet,
     stack_words: [u64; 4],
+    /// Every p struct (`runtime.allp`) and the byte range in it of `p.wbBuf`, the write
+    /// barrier's buffer: `uintptr`s Go does not trace, stale pointers to whatever the
+    /// program wrote last (through it a leaked goroutine's channel or buffers would be live).
+    p_structs: HashSet<u64>,
+    wb_buf: (u64, u64),
 }
 
 impl Marker<'_> {
@@ -283,34 +322,56 @@ impl Marker<'_> {
             words.clear();
             self.heap.read_objects(&to_scan, &mut words);
             self.drop_stack_words(&to_scan, &mut words);
+            self.drop_untraced_words(&to_scan, &mut words);
+        }
+    }
+
+    /// Zeroes the words of `p.wbBuf` in the p structs among `objects`, whose words are
+    /// `words`.
+    fn drop_untraced_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
+        let (off, len) = self.wb_buf;
+        let mut at = 0;
+        for &(base, size) in objects {
+            if self.p_structs.contains(&base) {
+                let lo = (at + (off / 8) as usize).min(words.len());
+                let hi = (lo + (len / 8) as usize).min(words.len());
+                words[lo..hi].fill(0);
+            }
+            at += (size / 8) as usize;
         }
     }
 
     /// Marks the object at `s`, if not yet, and adds it to `to_scan` if it holds pointers.
     fn mark_slot(&mut self, s: Slot, to_scan: &mut Vec<(u64, u64)>) {
+        if self.set_mark(s) && s.scan {
+            to_scan.push((s.base, s.size));
+        }
+    }
+
+    /// Sets the mark bit of the object at `s` and counts it; false when it was marked
+    /// already or is a stop.
+    fn set_mark(&mut self, s: Slot) -> bool {
         if self.heap.is_stop(s.base) {
-            return;
+            return false;
         }
         let span = s.span as usize;
         while span >= self.marks.len() {
             self.marks.push(Box::default());
         }
         let Some(bits) = self.marks.get_mut(span) else {
-            return;
+            return false;
         };
         if bits.is_empty() {
             *bits = vec![0; s.slots.div_ceil(64) as usize].into();
         }
         let (w, b) = ((s.index / 64) as usize, s.index % 64);
         if w >= bits.len() || bits[w] & (1 << b) != 0 {
-            return;
+            return false;
         }
         bits[w] |= 1 << b;
         self.objects += 1;
         self.bytes += s.size;
-        if s.scan {
-            to_scan.push((s.base, s.size));
-        }
+        true
     }
 
     /// Zeroes the stack addresses of the g structs among `objects`, whose words are `words`.
@@ -328,6 +389,43 @@ impl Marker<'_> {
         }
     }
 
+    /// Marks the object at `p` if it is an allocated heap object not marked yet and not a
+    /// stop; returns its slot when it did. `p`'s span must have been looked up.
+    fn mark_new(&mut self, p: u64) -> Option<retained::Slot> {
+        let s = self.heap.slot(p)?;
+        self.set_mark(s).then_some(s)
+    }
+
+    /// Like [`Marker::mark`], each word tagged with the index into `holds` of the goroutine
+    /// whose stack led to it: an object newly marked counts to the owner of the word that
+    /// reached it (the lowest index among those of one wave), and what it holds inherits
+    /// that owner.
+    fn mark_owned(&mut self, mut words: Vec<(u64, usize)>, holds: &mut [Holds]) {
+        while !words.is_empty() && !self.is_bounded() {
+            words.retain(|&(p, _)| p >= MIN_POINTER);
+            words.sort_unstable();
+            words.dedup_by_key(|w| w.0);
+            let pointers: Vec<u64> = words.iter().map(|w| w.0).collect();
+            self.heap.resolve_spans(&pointers);
+            let mut to_scan = Vec::new();
+            let mut owners = Vec::new();
+            for &(p, owner) in &words {
+                let Some(s) = self.mark_new(p) else { continue };
+                holds[owner].heap_objects += 1;
+                holds[owner].heap_bytes += s.size;
+                if s.scan {
+                    to_scan.push((s.base, s.size));
+                    owners.push(owner);
+                }
+            }
+            let mut flat = Vec::new();
+            self.heap.read_words(&to_scan, &mut flat);
+            self.drop_stack_words(&to_scan, &mut flat);
+            self.drop_untraced_words(&to_scan, &mut flat);
+            words = tag_words(&to_scan, &owners, flat);
+        }
+    }
+
     /// Go's `isMarkedOrNotInHeap`: marked, or not an allocated heap object. `p`'s span must
     /// have been looked up ([`Heap::resolve_spans`]).
     fn marked_or_not_heap(&self, p: u64) -> bool {
@@ -342,6 +440,42 @@ impl Marker<'_> {
             .and_then(|bits| bits.get((s.index / 64) as usize))
             .is_some_and(|w| w & (1 << (s.index % 64)) != 0)
     }
+}
+
+/// The words of `ranges`, read in one run into `flat`, each tagged with its range's owner.
+fn tag_words(ranges: &[(u64, u64)], owners: &[usize], flat: Vec<u64>) -> Vec<(u64, usize)> {
+    let mut out = Vec::with_capacity(flat.len());
+    let mut flat = flat.into_iter();
+    for (&(_, len), &owner) in ranges.iter().zip(owners) {
+        out.extend(flat.by_ref().take((len / 8) as usize).map(|w| (w, owner)));
+    }
+    out
+}
+
+/// What each of the `leaked` goroutines alone holds, marked on from the fixed point (see
+/// the module header), by goid; or the bound the mark stopped at.
+fn attribute(m: &mut Marker, leaked: &[&RawG]) -> Result<HashMap<u64, Holds>, &'static str> {
+    let mut leaked = leaked.to_vec();
+    leaked.sort_by_key(|g| g.goid);
+    let mut holds: Vec<Holds> = leaked
+        .iter()
+        .map(|g| Holds {
+            stack_bytes: g.stack_hi.saturating_sub(g.stack_lo),
+            ..Holds::default()
+        })
+        .collect();
+    let (ranges, owners): (Vec<(u64, u64)>, Vec<usize>) = leaked
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| stack_range(g).map(|r| (r, i)))
+        .unzip();
+    let mut flat = Vec::new();
+    m.heap.read_words(&ranges, &mut flat);
+    m.mark_owned(tag_words(&ranges, &owners, flat), &mut holds);
+    if m.is_bounded() {
+        return Err(m.bounded.unwrap_or("objects"));
+    }
+    Ok(leaked.iter().map(|g| g.goid).zip(holds).collect())
 }
 
 /// The live part of a goroutine's stack: from its saved SP to `stack.hi`, or all of it when
@@ -633,6 +767,10 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
         bounded: None,
         g_structs: retained::g_structs(target, &vars)?.into_iter().collect(),
         stack_words: [gl.stack_lo, gl.stack_hi, gl.sched_sp, gl.sched_bp],
+        p_structs: pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?
+            .into_iter()
+            .collect(),
+        wb_buf: (target.layout.p.wb_buf, target.layout.p.wb_buf_size),
     };
     let data_bss = data_roots::data_and_bss(target, globals == GlobalScan::GcBitmaps)?;
     let mut words = Vec::new();
@@ -674,6 +812,13 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
         m.mark(words);
     }
     m.is_bounded();
+    let (bounded, objects_marked, bytes_marked) = (m.bounded, m.objects, m.bytes);
+    let leaked: Vec<&RawG> = cands.iter().filter(|c| !c.live).map(|c| &c.g).collect();
+    let holds = match bounded {
+        Some(why) => Err(why),
+        None if !limits.holds => Ok(HashMap::new()),
+        None => attribute(&mut m, &leaked),
+    };
     Ok(Pass {
         unreachable: cands
             .iter()
@@ -683,19 +828,33 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
         candidates: cands.len(),
         revived,
         goroutines,
-        objects_marked: m.objects,
-        bytes_marked: m.bytes,
+        objects_marked,
+        bytes_marked,
         bytes_read: m.heap.bytes_read,
         elapsed: started.elapsed(),
-        bounded: m.bounded,
+        bounded,
         roots: data_bss.scan(),
         conservative_why: data_bss.conservative_why,
+        holds_bounded: holds.as_ref().err().copied(),
+        holds: holds.unwrap_or_default(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_are_tagged_with_the_owner_of_their_range() {
+        let ranges = [(0x1000, 16), (0x2000, 8), (0x3000, 24)];
+        let flat = vec![1, 2, 3, 4, 5, 6];
+        assert_eq!(
+            tag_words(&ranges, &[0, 2, 1], flat),
+            [(1, 0), (2, 0), (3, 2), (4, 1), (5, 1), (6, 1)]
+        );
+        // A read cut short (a bound hit) tags what there is.
+        assert_eq!(tag_words(&ranges, &[0, 2, 1], vec![1, 2]), [(1, 0), (2, 0)]);
+    }
 
     #[test]
     fn wait_reasons_are_classed_as_go_1_27_classes_them() {

@@ -186,8 +186,9 @@ pub struct LeakGroup {
     /// the span refills and large allocations the fallback sampler saw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocated: Option<Allocated>,
-    /// The memory the group keeps from being collected, estimated from a read of the
-    /// target (see `census::retained`).
+    /// The memory the group keeps from being collected: for a proven group, what only its
+    /// goroutines' stacks reach, measured by the proof's own mark (see `detect::pinned`);
+    /// for any other, estimated from a read of the target (see `census::retained`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pinned: Option<Pinned>,
     /// How long each goroutine of the group has been blocked.
@@ -200,7 +201,8 @@ pub struct LeakGroup {
 pub struct Pinned {
     /// Their stacks (stack.hi - stack.lo, summed).
     pub stack_bytes: u64,
-    /// Heap objects reachable from their stacks, each counted once.
+    /// Heap objects reachable from their stacks (for a proven group: from their stacks
+    /// only, from no root or live goroutine), each counted once.
     pub heap_bytes: u64,
     pub heap_objects: u64,
     /// The scan stopped at its bound: the figure is a lower bound.

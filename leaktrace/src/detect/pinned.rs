@@ -1,5 +1,8 @@
-//! The memory each leak group pins, estimated from a read of the target
-//! ([`census::retained`]) and kept per group: a group's estimate is made again only when it
+//! The memory each leak group pins. A proven group's comes from the proof's own mark
+//! ([`crate::census::reach`]): the heap objects reachable from its goroutines' stacks and from
+//! no root or live goroutine, what the heap would lose if they were gone. Any other group's
+//! is estimated from a read of the target ([`census::retained`]), which also counts what
+//! live code still holds, and kept per group: a group's estimate is made again only when it
 //! changed size and its last one is [`PINNED_EVERY`] old, because a scan reads the target's
 //! heap.
 
@@ -8,22 +11,60 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{GroupKey, LeakGroup, Pinned};
-use crate::{census::retained, tracee::Target};
+use super::{Confidence, GroupKey, LeakGroup, Pinned, proof::Proof};
+use crate::census::{reach::Holds, retained};
+use crate::tracee::Target;
 
 /// How often, at most, one leak group's pinned memory is estimated again while tracing.
 pub const PINNED_EVERY: Duration = Duration::from_secs(10);
 
-/// The latest estimate of each group: when it was made, for how many goroutines, and what.
+/// How a proven group's pinned memory is measured, in one line, for reports.
+pub const REACH_METHOD: &str = "reachability: objects reachable only from these goroutines' \
+     stacks, marked on from the stacks of the proven goroutines once everything reachable \
+     from the roots and the live goroutines was marked (the proof's second pass), each \
+     object counted once at its size-class size; stack: sum of g.stack.hi - g.stack.lo";
+
+/// The latest estimate of each group: when it was made, for how many goroutines, and what;
+/// and what the last proof measured of each proven goroutine.
 #[derive(Default)]
 pub struct PinnedEstimates {
     by_group: HashMap<GroupKey, (Instant, usize, Pinned)>,
+    proven: HashMap<u64, Holds>,
+    /// Why the last proof measured nothing, when it proved goroutines.
+    proven_unmeasured: Option<String>,
 }
 
 impl PinnedEstimates {
+    /// Takes what the last proof measured of its proven goroutines (those of an earlier
+    /// proof are dropped, as the detector drops their proof).
+    pub fn set_proven(&mut self, proof: &Proof) {
+        self.proven = proof.holds.clone();
+        self.proven_unmeasured = proof.holds_not_measured.clone();
+    }
+
+    /// A proven group's pinned memory from the proof's mark: the sum over its goroutines,
+    /// when the proof measured every one of them.
+    fn by_reachability(&self, group: &LeakGroup) -> Option<Pinned> {
+        if group.confidence != Confidence::Proven || group.goids.is_empty() {
+            return None;
+        }
+        let mut p = Pinned {
+            method: REACH_METHOD.to_string(),
+            ..Pinned::default()
+        };
+        for goid in &group.goids {
+            let h = self.proven.get(goid)?;
+            p.stack_bytes += h.stack_bytes;
+            p.heap_bytes += h.heap_bytes;
+            p.heap_objects += h.heap_objects;
+        }
+        Some(p)
+    }
+
     /// Estimates the memory each of `leaks` pins, unless a recent estimate of a group of the
-    /// same size is at hand (or `fresh` says to redo them all). `g_addrs` gives each live
-    /// goroutine's g address by goid. A target that has exited keeps its last estimates.
+    /// same size is at hand (or `fresh` says to redo them all) or the proof measured it.
+    /// `g_addrs` gives each live goroutine's g address by goid. A target that has exited
+    /// keeps its last estimates.
     pub fn update(
         &mut self,
         target: &Target,
@@ -32,6 +73,9 @@ impl PinnedEstimates {
         fresh: bool,
     ) {
         for l in leaks {
+            if self.by_reachability(l).is_some() {
+                continue;
+            }
             let key = l.key();
             let stale = fresh
                 || self
@@ -62,8 +106,91 @@ impl PinnedEstimates {
         }
     }
 
-    /// The latest estimate for `group`.
+    /// What `group` pins: from the proof's mark for a proven group it measured, else the
+    /// latest estimate (for a proven group, with why the proof's figure is missing).
     pub fn get(&self, group: &LeakGroup) -> Option<Pinned> {
-        self.by_group.get(&group.key()).map(|(_, _, p)| p.clone())
+        if let Some(p) = self.by_reachability(group) {
+            return Some(p);
+        }
+        let mut p = self.by_group.get(&group.key()).map(|(_, _, p)| p.clone())?;
+        if group.confidence == Confidence::Proven {
+            let why = self.proven_unmeasured.as_deref().unwrap_or(
+                "the proof did not measure every goroutine of the group (some proven since)",
+            );
+            p.method = format!("{} ({why}; estimated instead)", p.method);
+        }
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::census::Seconds;
+
+    fn group(confidence: Confidence, goids: Vec<u64>) -> LeakGroup {
+        LeakGroup {
+            wait_reason: "chan send".into(),
+            site: None,
+            stack: Vec::new(),
+            created_by: None,
+            count: goids.len(),
+            goids,
+            blocked_seconds: Seconds::of(1.0),
+            channel: None,
+            confidence,
+            score: 5,
+            evidence: Vec::new(),
+            against: Vec::new(),
+            growth: Vec::new(),
+            allocated: None,
+            pinned: None,
+            ages: Vec::new(),
+        }
+    }
+
+    fn holds(heap: u64) -> Holds {
+        Holds {
+            stack_bytes: 8192,
+            heap_bytes: heap,
+            heap_objects: 1,
+        }
+    }
+
+    #[test]
+    fn a_proven_group_sums_the_proofs_figures_and_falls_back_saying_why() {
+        let mut p = PinnedEstimates {
+            proven: HashMap::from([(7, holds(100)), (8, holds(50))]),
+            ..PinnedEstimates::default()
+        };
+        let proven = group(Confidence::Proven, vec![7, 8]);
+        let got = p.get(&proven).unwrap();
+        assert_eq!(
+            (got.heap_bytes, got.stack_bytes, got.heap_objects),
+            (150, 16384, 2)
+        );
+        assert_eq!(got.method, REACH_METHOD);
+        // Not proven: the proof's figures are not used, there is no estimate yet.
+        assert_eq!(p.get(&group(Confidence::High, vec![7, 8])), None);
+        // A goroutine the proof did not measure: the estimate, with why.
+        let estimate = Pinned {
+            heap_bytes: 1 << 20,
+            method: retained::METHOD.to_string(),
+            ..Pinned::default()
+        };
+        let wider = group(Confidence::Proven, vec![7, 8, 9]);
+        p.by_group
+            .insert(wider.key(), (Instant::now(), 3, estimate.clone()));
+        p.proven_unmeasured = Some("the mark stopped at its bound on objects".into());
+        let got = p.get(&wider).unwrap();
+        assert_eq!(got.heap_bytes, 1 << 20);
+        assert!(
+            got.method.starts_with(retained::METHOD)
+                && got
+                    .method
+                    .contains("(the mark stopped at its bound on objects; estimated instead)"),
+            "{}",
+            got.method
+        );
     }
 }

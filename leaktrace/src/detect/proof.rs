@@ -19,7 +19,7 @@ use crate::{
     census::{
         data_roots::GlobalScan,
         memory,
-        reach::{self, BlockedG, Pass, PassLimits},
+        reach::{self, BlockedG, Holds, Pass, PassLimits},
     },
     tracee::Target,
 };
@@ -67,6 +67,13 @@ pub struct Proof {
     pub proven: Vec<BlockedG>,
     /// Why nothing could be proven, when so (a bound hit).
     pub not_proven: Option<String>,
+    /// What each proven goroutine alone keeps from being collected, by goid, from the
+    /// second pass ([`reach::Pass::holds`]).
+    #[serde(skip)]
+    pub holds: HashMap<u64, Holds>,
+    /// Why there is no [`Proof::holds`] though goroutines are proven: the mark from their
+    /// stacks stopped at a bound.
+    pub holds_not_measured: Option<String>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -120,8 +127,12 @@ pub struct Prover {
 }
 
 impl Prover {
-    /// Runs the first pass.
+    /// Runs the first pass (what the goroutines hold is measured by the second only).
     pub fn start(target: &Target, limits: PassLimits) -> anyhow::Result<Self> {
+        let limits = PassLimits {
+            holds: false,
+            ..limits
+        };
         let first = reach::pass(target, limits)?;
         Ok(Self {
             gc0: num_gc(target),
@@ -178,6 +189,20 @@ impl Prover {
         if not_proven.is_some() {
             proven.clear();
         }
+        let second = passes.get(1);
+        let holds = proven
+            .iter()
+            .filter_map(|b| second?.holds.get(&b.goid).map(|h| (b.goid, *h)))
+            .collect();
+        let holds_not_measured = second
+            .and_then(|p| p.holds_bounded)
+            .filter(|_| !proven.is_empty())
+            .map(|why| {
+                format!(
+                    "the mark from the proven goroutines' stacks stopped at its bound on {why}: \
+                     what they alone pin is not measured"
+                )
+            });
         Ok(Proof {
             method: METHOD,
             gc_cycles_between: self.gc0.zip(gc1).map(|(a, b)| b.wrapping_sub(a)),
@@ -185,6 +210,8 @@ impl Prover {
             passes,
             proven,
             not_proven,
+            holds,
+            holds_not_measured,
         })
     }
 }

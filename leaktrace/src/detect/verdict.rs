@@ -2,9 +2,15 @@
 //! memory timeline (RSS, the Go heap, madvise), the goroutine counts of the snapshots, the
 //! leak groups, and the heap profile's allocation sites. The values of `kind` are documented
 //! in the README ("The memory verdict") and never renamed.
+//!
+//! Proven groups come first: what they pin is measured by reachability (what the heap would
+//! lose without them), so when the heap grows the explanation names their pinned memory
+//! first, and when it grows but they pin a negligible part of the growth
+//! ([`NEGLIGIBLE_SHARE`]) and no other group is suspected, the growth is not blamed on them.
 
 use serde::Serialize;
 
+use super::{Confidence, LeakGroup, pinned::REACH_METHOD};
 use crate::{alloc::AllocSite, census::memory::mib, model::MemoryPoint};
 
 /// Heap in use grows when the lowest reading of the last third of the trace is this much
@@ -15,6 +21,9 @@ const GROWTH_RATIO: f64 = 1.2;
 const GROWTH_MIN_BYTES: u64 = 4 << 20;
 /// Goroutines grow under the same rule, with at least this many more.
 const GOROUTINE_GROWTH_MIN: usize = 10;
+/// Proven groups whose pinned memory (heap and stacks, by reachability) is under this share
+/// of the heap's growth do not hold it.
+pub const NEGLIGIBLE_SHARE: f64 = 0.1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -65,12 +74,49 @@ fn troughs<T: Copy + Ord>(
     Some((first, last))
 }
 
-/// Judges the trace. `growing_sites` are allocation sites by in-use growth, largest first.
+/// The proven groups whose pinned memory was measured by reachability: how many, and the
+/// bytes (heap and stacks) they pin, largest group first.
+fn proven_pins(leaks: &[LeakGroup]) -> Vec<(&LeakGroup, u64)> {
+    let mut out: Vec<(&LeakGroup, u64)> = leaks
+        .iter()
+        .filter(|l| l.confidence == Confidence::Proven)
+        .filter_map(|l| {
+            let p = l.pinned.as_ref().filter(|p| p.method == REACH_METHOD)?;
+            Some((l, p.heap_bytes + p.stack_bytes))
+        })
+        .collect();
+    out.sort_by_key(|&(_, b)| std::cmp::Reverse(b));
+    out
+}
+
+/// "N proven group(s) pin X MiB by reachability (the largest, at SITE, X MiB)", or nothing.
+fn proven_clause(proven: &[(&LeakGroup, u64)]) -> String {
+    let Some(&(top, top_bytes)) = proven.first() else {
+        return String::new();
+    };
+    let total: u64 = proven.iter().map(|p| p.1).sum();
+    let site = top.site.as_ref().map_or(top.wait_reason.clone(), |s| {
+        format!("{} {}:{}", s.function, s.file, s.line)
+    });
+    format!(
+        "{} proven leak group(s) pin {:.1} MiB, measured by reachability (the largest, {} goroutines at {site}, {:.1} MiB)",
+        proven.len(),
+        mib(total),
+        top.count,
+        mib(top_bytes)
+    )
+}
+
+/// Judges the trace. `leaks` are the leak groups with their pinned memory; `growing_sites`
+/// are allocation sites by in-use growth, largest first.
 pub fn judge(
     timeline: &[MemoryPoint],
-    leak_groups: usize,
+    leaks: &[LeakGroup],
     growing_sites: Vec<AllocSite>,
 ) -> MemoryVerdict {
+    let leak_groups = leaks.len();
+    let proven = proven_pins(leaks);
+    let proven_bytes: u64 = proven.iter().map(|p| p.1).sum();
     let (first, last) = match (timeline.first(), timeline.last()) {
         (Some(f), Some(l)) => (f, l),
         _ => {
@@ -131,13 +177,46 @@ pub fn judge(
         .max()
         .unwrap_or(0);
     let returning = madvised_bytes > 0 || released > 0;
-    (v.kind, v.explanation) = if heap_grows && (leak_groups > 0 || goroutines_grow) {
+    // Every group proven and measured, and together they pin a negligible part of the
+    // growth: the heap is not theirs.
+    let growth = heap_b.saturating_sub(heap_a);
+    let proven_innocent = leak_groups > 0
+        && proven.len() == leak_groups
+        && (proven_bytes as f64) < growth as f64 * NEGLIGIBLE_SHARE;
+    (v.kind, v.explanation) = if heap_grows
+        && !proven_innocent
+        && (leak_groups > 0 || goroutines_grow)
+    {
+        let others = leak_groups - proven.len();
+        let whose = match (proven.is_empty(), others) {
+            (true, _) => format!(
+                "{leak_groups} leak group(s) stayed blocked; their pinned memory is estimated per group"
+            ),
+            (false, 0) => proven_clause(&proven),
+            (false, n) => format!(
+                "{}; {n} other leak group(s) stayed blocked, their pinned memory estimated per group",
+                proven_clause(&proven)
+            ),
+        };
         (
             VerdictKind::GoroutineLeakHoldingHeap,
             format!(
-                "heap in use grew from {:.1} to {:.1} MiB (lowest readings of the first and last third) while {leak_groups} leak group(s) stayed blocked; their pinned memory is estimated per group",
+                "heap in use grew from {:.1} to {:.1} MiB (lowest readings of the first and last third) while {whose}",
                 mib(heap_a),
                 mib(heap_b)
+            ),
+        )
+    } else if heap_grows && proven_innocent {
+        v.top_growing_sites = growing_sites.into_iter().take(5).collect();
+        (
+            VerdictKind::HeapGrowthWithoutGoroutineGrowth,
+            format!(
+                "heap in use grew from {:.1} to {:.1} MiB, but the {} proven leak group(s) pin only {:.1} MiB of it, measured by reachability: the rest is referenced from elsewhere (a global map, a cache){}",
+                mib(heap_a),
+                mib(heap_b),
+                proven.len(),
+                mib(proven_bytes),
+                top_site(&v.top_growing_sites)
             ),
         )
     } else if heap_grows {
@@ -148,22 +227,20 @@ pub fn judge(
                 "heap in use grew from {:.1} to {:.1} MiB with no goroutine growth and no leak group: memory is referenced from elsewhere (a global map, a cache){}",
                 mib(heap_a),
                 mib(heap_b),
-                match v.top_growing_sites.first() {
-                    Some(s) => format!(
-                        "; the top allocation site is {} {}:{}",
-                        s.function, s.file, s.line
-                    ),
-                    None => String::new(),
-                }
+                top_site(&v.top_growing_sites)
             ),
         )
     } else if leak_groups > 0 {
         (
             VerdictKind::GoroutineLeak,
             format!(
-                "{leak_groups} leak group(s), but heap in use did not grow ({:.1} -> {:.1} MiB)",
+                "{leak_groups} leak group(s), but heap in use did not grow ({:.1} -> {:.1} MiB){}",
                 mib(heap_a),
-                mib(heap_b)
+                mib(heap_b),
+                match proven.is_empty() {
+                    true => String::new(),
+                    false => format!("; {}", proven_clause(&proven)),
+                }
             ),
         )
     } else if returning && last.memory.heap_inuse <= peak {
@@ -191,10 +268,56 @@ pub fn judge(
     v
 }
 
+/// "; the top allocation site is F FILE:LINE", or nothing.
+fn top_site(sites: &[AllocSite]) -> String {
+    match sites.first() {
+        Some(s) => format!(
+            "; the top allocation site is {} {}:{}",
+            s.function, s.file, s.line
+        ),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::census::MemorySnapshot;
+    use crate::census::{MemorySnapshot, Seconds};
+    use crate::detect::Pinned;
+
+    /// A leak group of `count` goroutines at `line`, pinning `pinned` bytes measured by
+    /// `method`.
+    fn group(confidence: Confidence, line: u32, pinned: u64, method: &str) -> LeakGroup {
+        LeakGroup {
+            wait_reason: "chan send".into(),
+            site: Some(crate::census::StackFrame {
+                function: "main.produce".into(),
+                file: "/src/main.go".into(),
+                line,
+                pc: 0,
+                inlined: false,
+                shown: true,
+            }),
+            stack: Vec::new(),
+            created_by: None,
+            count: 10,
+            goids: Vec::new(),
+            blocked_seconds: Seconds::of(1.0),
+            channel: None,
+            confidence,
+            score: 5,
+            evidence: Vec::new(),
+            against: Vec::new(),
+            growth: Vec::new(),
+            allocated: None,
+            pinned: Some(Pinned {
+                heap_bytes: pinned,
+                method: method.into(),
+                ..Pinned::default()
+            }),
+            ages: Vec::new(),
+        }
+    }
 
     fn point(heap: u64, madvised: u64, goroutines: usize) -> MemoryPoint {
         MemoryPoint {
@@ -218,7 +341,7 @@ mod tests {
             point(12, 480, 5),
         ];
         assert_eq!(
-            judge(&burst, 0, Vec::new()).kind,
+            judge(&burst, &[], Vec::new()).kind,
             VerdictKind::NotALeakPagesNotYetReturned
         );
         let map = [
@@ -228,20 +351,68 @@ mod tests {
             point(90, 0, 5),
         ];
         assert_eq!(
-            judge(&map, 0, Vec::new()).kind,
+            judge(&map, &[], Vec::new()).kind,
             VerdictKind::HeapGrowthWithoutGoroutineGrowth
         );
         let leak = [point(10, 0, 5), point(30, 0, 100), point(60, 0, 200)];
+        let high = group(Confidence::High, 1, 40 << 20, "estimate");
         assert_eq!(
-            judge(&leak, 1, Vec::new()).kind,
+            judge(&leak, std::slice::from_ref(&high), Vec::new()).kind,
             VerdictKind::GoroutineLeakHoldingHeap
         );
         let flat = [point(10, 0, 5), point(11, 0, 5), point(10, 0, 5)];
-        assert_eq!(judge(&flat, 0, Vec::new()).kind, VerdictKind::Stable);
-        assert_eq!(judge(&flat, 2, Vec::new()).kind, VerdictKind::GoroutineLeak);
+        assert_eq!(judge(&flat, &[], Vec::new()).kind, VerdictKind::Stable);
         assert_eq!(
-            judge(&flat[..2], 0, Vec::new()).kind,
+            judge(&flat, &[high.clone(), high], Vec::new()).kind,
+            VerdictKind::GoroutineLeak
+        );
+        assert_eq!(
+            judge(&flat[..2], &[], Vec::new()).kind,
             VerdictKind::InsufficientData
         );
+    }
+
+    #[test]
+    fn proven_groups_come_first() {
+        let grows = [point(10, 0, 5), point(30, 0, 100), point(60, 0, 200)];
+        // A proven group pinning most of the growth is named first, with its figure.
+        let big = group(Confidence::Proven, 7, 45 << 20, REACH_METHOD);
+        let high = group(Confidence::High, 9, 1 << 20, "estimate");
+        let v = judge(&grows, &[high.clone(), big.clone()], Vec::new());
+        assert_eq!(v.kind, VerdictKind::GoroutineLeakHoldingHeap);
+        assert!(
+            v.explanation.contains(
+                "1 proven leak group(s) pin 45.0 MiB, measured by reachability \
+                 (the largest, 10 goroutines at main.produce /src/main.go:7, 45.0 MiB); \
+                 1 other leak group(s)"
+            ),
+            "{}",
+            v.explanation
+        );
+        // Proven groups that pin next to nothing of 50 MiB of growth do not hold it...
+        let small = group(Confidence::Proven, 7, 1 << 20, REACH_METHOD);
+        let v = judge(&grows, std::slice::from_ref(&small), Vec::new());
+        assert_eq!(v.kind, VerdictKind::HeapGrowthWithoutGoroutineGrowth);
+        assert!(
+            v.explanation
+                .contains("the 1 proven leak group(s) pin only 1.0 MiB of it"),
+            "{}",
+            v.explanation
+        );
+        // ... unless a group not proven may, or the figure is an estimate, not the proof's.
+        assert_eq!(
+            judge(&grows, &[small.clone(), high], Vec::new()).kind,
+            VerdictKind::GoroutineLeakHoldingHeap
+        );
+        let estimated = group(Confidence::Proven, 7, 1 << 20, "estimate");
+        assert_eq!(
+            judge(&grows, &[estimated], Vec::new()).kind,
+            VerdictKind::GoroutineLeakHoldingHeap
+        );
+        // Flat heap: a goroutine leak, with what the proven group pins.
+        let flat = [point(10, 0, 5), point(11, 0, 5), point(10, 0, 5)];
+        let v = judge(&flat, &[small], Vec::new());
+        assert_eq!(v.kind, VerdictKind::GoroutineLeak);
+        assert!(v.explanation.contains("pin 1.0 MiB"), "{}", v.explanation);
     }
 }

@@ -68,6 +68,21 @@ pub fn render(
             ],
             l.count as f64,
         );
+        if let Some(p) = &l.pinned {
+            for (memory, bytes) in [("heap", p.heap_bytes), ("stack", p.stack_bytes)] {
+                m.gauge(
+                    "leaktrace_leak_pinned_bytes",
+                    "Memory a leak group keeps alive, by kind: for a proven group what only its goroutines' stacks reach (measured by reachability), else an estimate that also counts what live code holds.",
+                    &[
+                        ("wait_reason", &l.wait_reason),
+                        ("site", &site),
+                        ("confidence", &confidence),
+                        ("memory", memory),
+                    ],
+                    bytes as f64,
+                );
+            }
+        }
     }
     for (tag, _) in hist.percentiles() {
         let Some(reason) = tag.strip_prefix("park_ns.") else {

@@ -7,11 +7,13 @@
 //!   "proven_count",                      // goroutines proven leaked
 //!   "not_proven": "why" | null,          // set when a pass hit its bound: nothing proven
 //!   "proof": { "method", "gc_cycles_between": n | null, "between" (seconds),
+//!              "holds_not_measured": "why" | null, // what the proven goroutines alone pin
 //!              "passes": [ { "goroutines", "candidates", "revived", "objects_marked",
 //!                            "bytes_marked", "bytes_read", "elapsed" (ms),
 //!                            "bounded": "objects"|"bytes read"|"time"|null,
 //!                            "roots": "gc bitmaps"|"conservative" (data and bss),
 //!                            "conservative_why": "why" | null,
+//!                            "holds_bounded": "objects"|"bytes read"|"time"|null,
 //!                            "unreachable": [ {"goid","wait_reason","wait_since"} ] } ] },
 //!   "leaks": [ group as in `dump --json` "goroutines" ] }
 //! ```

@@ -409,7 +409,7 @@ impl Ending {
         let leaks = self.leak_groups(&totals);
         let (sites, allocations_pprof) = self.allocation_sites(&totals);
         self.findings.hist.close_interval(self.start.elapsed());
-        let memory_verdict = verdict::judge(&self.timeline, leaks.len(), sites.growing.clone());
+        let memory_verdict = verdict::judge(&self.timeline, &leaks, sites.growing.clone());
         let target = &self.target;
         let name = |m: &BTreeMap<u8, u64>| -> BTreeMap<String, u64> {
             m.iter()

@@ -272,9 +272,13 @@ impl Session {
                 if let Some(why) = &proof.not_proven {
                     log::warn!("leaks not proven: {why}");
                 }
+                if let Some(why) = &proof.holds_not_measured {
+                    log::warn!("{why}");
+                }
                 let goids: Vec<u64> = proof.proven.iter().map(|b| b.goid).collect();
                 proved_more = self.findings.tracker.any_not_proven(&goids);
                 self.findings.tracker.set_proven(goids, proof.evidence());
+                self.pinned.set_proven(&proof);
             }
             Err(e) => log::warn!("reachability pass failed: {e:#}"),
         }
@@ -322,9 +326,13 @@ impl Session {
                 duty: if w.windowed(p) { duty } else { 1.0 },
             })
             .collect();
+        let mut leaks = self.findings.tracker.leaks(&self.detect);
+        for l in &mut leaks {
+            l.pinned = self.pinned.get(l);
+        }
         tx.send_replace(report::metrics::render(
             self.timeline.last(),
-            &self.findings.tracker.leaks(&self.detect),
+            &leaks,
             &self.findings.hist,
             &counts,
             &probes,

@@ -186,6 +186,10 @@ pub struct POffsets {
     /// `p.schedtick` (u32): incremented each time the P starts a goroutine on a fresh time
     /// slice (not when the goroutine inherits the slice, as a `runnext` hand-off does).
     pub schedtick: u64,
+    /// `p.wbBuf` (runtime.wbBuf): the write barrier's buffer of recently written pointers,
+    /// kept as `uintptr`s that the GC does not trace; its offset and size in bytes.
+    pub wb_buf: u64,
+    pub wb_buf_size: u64,
 }
 
 /// `runtime.schedt`, the scheduler's globals, at the symbol `runtime.sched`.
@@ -1069,8 +1073,14 @@ impl<'a> DwarfIndex<'a> {
                 id: s.field(m, &["id"], Some(8))?,
                 alllink: s.field(m, &["alllink"], Some(8))?,
             },
-            p: POffsets {
-                schedtick: s.field(p, &["schedtick"], Some(4))?,
+            p: {
+                // next, end and 512 entries (wbBufEntries, Go 1.21-1.27).
+                let (wb_buf, wb_buf_size) = s.field_of_width(p, "wbBuf", &[4112])?;
+                POffsets {
+                    schedtick: s.field(p, &["schedtick"], Some(4))?,
+                    wb_buf,
+                    wb_buf_size,
+                }
             },
             sched: SchedOffsets {
                 time_to_run: s.field(schedt, &["timeToRun"], None)?,

@@ -11,6 +11,12 @@
 //	ready
 //
 // and it exits when stdin closes.
+//
+// -drop=false: no droppers. -own-channel: each goroutine blocks on a channel of its own,
+// which only its stack holds, instead of the global one: nothing live can reach them, a
+// proof by reachability proves them leaked. -global: the holders also keep their buffers
+// and list in a global slice, so live code still holds what they hold ("retained" still
+// counts it: the holders reach it, but freeing them alone would free none of it).
 package main
 
 import (
@@ -37,6 +43,14 @@ var (
 	size    = flag.Int("size", 256<<10, "bytes per buffer; a multiple of 8 KiB is a large object of exactly that size")
 	nodes   = flag.Int("nodes", 1000, "list nodes per goroutine")
 	leak    = make(chan int) // never received from
+	own     = flag.Bool("own-channel", false, "block on a channel only the goroutine's stack holds")
+	global  = flag.Bool("global", false, "the holders also keep what they allocate in a global")
+	drop    = flag.Bool("drop", true, "start the droppers too")
+	kept    struct {
+		sync.Mutex
+		bufs  [][][]byte
+		lists []*node
+	}
 	started sync.WaitGroup
 )
 
@@ -73,7 +87,17 @@ func allocate() ([][]byte, *node) {
 //go:noinline
 func holdBuffers() {
 	bufs, list := allocate()
+	if *global {
+		kept.Lock()
+		kept.bufs = append(kept.bufs, bufs)
+		kept.lists = append(kept.lists, list)
+		kept.Unlock()
+	}
 	started.Done()
+	if *own {
+		ch := make(chan int)
+		ch <- len(bufs)
+	}
 	leak <- len(bufs)
 	runtime.KeepAlive(bufs)
 	runtime.KeepAlive(list)
@@ -85,6 +109,10 @@ func holdBuffers() {
 func dropBuffers() {
 	n := dropped()
 	started.Done()
+	if *own {
+		ch := make(chan int)
+		ch <- n
+	}
 	leak <- n
 }
 
@@ -118,8 +146,12 @@ func main() {
 	// The droppers go first: a goroutine whose stack grows leaves its old stack, stale
 	// pointers and all, to be reused by the next new goroutine, and a conservative scan of a
 	// dropper's dead stack slots would then find a holder's buffers.
-	started.Add(*holders)
-	for i := 0; i < *holders; i++ {
+	droppers := 0
+	if *drop {
+		droppers = *holders
+	}
+	started.Add(droppers)
+	for i := 0; i < droppers; i++ {
 		go dropBuffers()
 	}
 	started.Wait()
@@ -133,7 +165,7 @@ func main() {
 	for {
 		buf := make([]byte, 1<<20)
 		stacks := string(buf[:runtime.Stack(buf, true)])
-		if strings.Count(stacks, "[chan send") == 2**holders {
+		if strings.Count(stacks, "[chan send") == droppers+*holders {
 			break
 		}
 		runtime.Gosched()

@@ -3,7 +3,8 @@
 // in handle is where the memory is allocated.
 //
 // -requests N: requests per second; -seconds S: how long to serve; -linger D: stay alive
-// after. Built with -tags pprof it links runtime/pprof, which keeps the runtime's memory
+// after; -leaks N: also leak N goroutines at the start, each blocked on a channel of its own
+// and holding next to nothing (a proven leak that does not hold the heap). Built with -tags pprof it links runtime/pprof, which keeps the runtime's memory
 // profiling on; without, the linker turns it off.
 package main
 
@@ -34,11 +35,23 @@ func handle(id int) {
 	mu.Unlock()
 }
 
+// leak blocks forever on a channel only its own stack holds.
+//
+//go:noinline
+func leak() {
+	ch := make(chan int)
+	ch <- 1
+}
+
 func main() {
 	rate := flag.Int("requests", 2000, "requests per second")
 	seconds := flag.Int("seconds", 6, "seconds to serve")
 	linger := flag.Duration("linger", time.Second, "stay alive this long after serving")
+	leaks := flag.Int("leaks", 0, "goroutines to leak, each on a channel of its own")
 	flag.Parse()
+	for i := 0; i < *leaks; i++ {
+		go leak()
+	}
 	// A fixed pool of workers: goroutines do not grow with the load.
 	work := make(chan int)
 	var wg sync.WaitGroup
