@@ -9,7 +9,7 @@ mod support;
 use std::{collections::BTreeMap, io::Write as _, sync::Arc, thread, time::Duration};
 
 use leaktrace::{
-    census::{Census, CreatedBy, GoroutineSnapshot, StackFrame},
+    census::{Census, CreatedBy, GoroutineSnapshot, StackFrame, channels},
     tracee::Target,
 };
 use support::{Fixture, build_fixture, go_versions};
@@ -118,4 +118,51 @@ fn an_incremental_snapshot_equals_a_full_one_taken_at_the_same_moment() {
     for r in runs {
         r.join().unwrap();
     }
+}
+
+/// The channels every blocked goroutine waits on, read level by level for all of them at
+/// once, are those read goroutine by goroutine: the fixture's goroutines wait in a receive
+/// on a channel of their own or in a select on it and on one channel they all share.
+#[test]
+fn channels_read_for_all_goroutines_at_once_match_those_read_one_by_one() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("parkedstacks", &version, &[]);
+    let mut fixture = Fixture::start(&bin, &["-n", &GOROUTINES.to_string(), "-no-worker"]);
+    fixture.stderr.wait_for("ready", Duration::from_secs(60));
+    let target = Target::inspect(fixture.pid()).unwrap();
+    let gs = Census::full().snapshot(&target).unwrap();
+    let blocked: Vec<u64> = gs
+        .iter()
+        .filter(|g| !g.system && matches!(&*g.state, "chan receive" | "select"))
+        .map(|g| g.g_addr)
+        .collect();
+    assert_eq!(blocked.len(), GOROUTINES, "goroutines blocked on channels");
+    let all = channels::waited_on_all(&target, &blocked).unwrap();
+    assert_eq!(all.len(), blocked.len());
+    let mut selects = 0;
+    let mut shared = std::collections::HashMap::<u64, usize>::new();
+    for (g, chans) in blocked.iter().zip(&all) {
+        assert_eq!(
+            *chans,
+            channels::waited_on(&target, *g),
+            "goroutine at {g:#x}"
+        );
+        assert!(matches!(chans.len(), 1 | 2), "{chans:?}");
+        selects += usize::from(chans.len() == 2);
+        for c in chans {
+            *shared.entry(c.addr).or_default() += 1;
+        }
+    }
+    // One goroutine in three selects, also on the one channel they share.
+    assert_eq!(selects, GOROUTINES.div_ceil(3));
+    assert_eq!(
+        shared.values().filter(|&&n| n == selects).count(),
+        1,
+        "the channel every select waits on"
+    );
+    assert_eq!(
+        shared.len(),
+        GOROUTINES + 1,
+        "one channel each, and the shared one"
+    );
 }
