@@ -51,6 +51,22 @@ fn view(gs: &[GoroutineSnapshot]) -> View {
         .collect()
 }
 
+/// The channels the census says the blocked goroutines of `gs` (its last snapshot) wait on
+/// are those read goroutine by goroutine; how many goroutines' sudogs it read to say so.
+fn check_channels(target: &Target, census: &mut Census, gs: &[GoroutineSnapshot]) -> usize {
+    let blocked: Vec<&GoroutineSnapshot> = gs
+        .iter()
+        .filter(|g| !g.system && matches!(&*g.state, "chan receive" | "select"))
+        .collect();
+    assert_eq!(blocked.len(), GOROUTINES, "goroutines blocked on channels");
+    let got = census.channels(target, &blocked).unwrap();
+    for (g, chans) in blocked.iter().zip(&got) {
+        let want = channels::waited_on(target, g.g_addr);
+        assert_eq!(*chans, want, "goroutine {}", g.goid);
+    }
+    census.chains_read()
+}
+
 fn move_goroutines(fixture: &mut Fixture, k: usize) {
     let stdin = fixture.child.stdin.as_mut().unwrap();
     writeln!(stdin, "move {k}").unwrap();
@@ -66,15 +82,24 @@ fn incremental_equals_full(version: &str) {
     fixture.stderr.wait_for("ready", Duration::from_secs(60));
     let target = Target::inspect(fixture.pid()).unwrap();
     let mut census = Census::new();
-    let mut before = view(&census.snapshot(&target).unwrap());
+    let gs = census.snapshot(&target).unwrap();
+    let mut before = view(&gs);
     assert!(
         census.stacks_read() >= GOROUTINES,
         "Go {version}: the first snapshot reads every stack"
     );
+    assert_eq!(check_channels(&target, &mut census, &gs), GOROUTINES);
     for round in 1..=3 {
         move_goroutines(&mut fixture, MOVED);
-        let incremental = view(&census.snapshot(&target).unwrap());
+        let gs = census.snapshot(&target).unwrap();
+        let incremental = view(&gs);
         let read = census.stacks_read();
+        // Only the moved goroutines' sudogs are read again.
+        let chains = check_channels(&target, &mut census, &gs);
+        assert!(
+            (MOVED..GOROUTINES / 4).contains(&chains),
+            "Go {version} round {round}: the channels of {chains} goroutines read again"
+        );
         let full = view(&Census::full().snapshot(&target).unwrap());
         assert_eq!(
             incremental.len(),

@@ -2,6 +2,8 @@
 //! `g.waiting` list (one sudog for a send or receive, one per case for a select), and the
 //! state of each channel. Read-only, like the rest of the census.
 
+use std::io;
+
 use serde::Serialize;
 
 use super::goroutines::u64_at;
@@ -81,10 +83,17 @@ pub fn waited_on(target: &Target, g_addr: u64) -> Vec<ChannelState> {
 /// blocked on channels is a few hundred `process_vm_readv` calls, not several per
 /// goroutine. A read that fails ends that goroutine's chain (or leaves that channel out)
 /// only, as in [`waited_on`]; an error means the target cannot be read at all.
-pub fn waited_on_all(target: &Target, g_addrs: &[u64]) -> std::io::Result<Vec<Vec<ChannelState>>> {
+pub fn waited_on_all(target: &Target, g_addrs: &[u64]) -> io::Result<Vec<Vec<ChannelState>>> {
+    let chans = sudog_channels(target, g_addrs)?;
+    channel_states(target, chans.iter().map(Vec::as_slice))
+}
+
+/// The hchan addresses of each goroutine's sudogs (`g.waiting`, linked by `waitlink`), read
+/// level by level across all of them; see [`waited_on_all`].
+pub(crate) fn sudog_channels(target: &Target, g_addrs: &[u64]) -> io::Result<Vec<Vec<u64>>> {
     let p = &target.process;
     let s = &target.layout.sudog;
-    // Chains as (goroutine, sudog), and each goroutine's channels as hchan addresses.
+    // Chains as (goroutine, sudog).
     let ranges: Vec<(u64, usize)> = g_addrs
         .iter()
         .map(|&g| (g + target.layout.g.waiting, 8))
@@ -122,26 +131,32 @@ pub fn waited_on_all(target: &Target, g_addrs: &[u64]) -> std::io::Result<Vec<Ve
         }
         chains = next;
     }
-    // Every distinct channel, once.
-    let mut addrs: Vec<u64> = hchans.iter().flatten().copied().collect();
+    Ok(hchans)
+}
+
+/// The state of the channels at each list of hchan addresses, every distinct channel read
+/// once, in batched reads; a channel that cannot be read is left out of its lists.
+pub(crate) fn channel_states<'a>(
+    target: &Target,
+    lists: impl Iterator<Item = &'a [u64]> + Clone,
+) -> io::Result<Vec<Vec<ChannelState>>> {
+    let mut addrs: Vec<u64> = lists.clone().flatten().copied().collect();
     addrs.sort_unstable();
     addrs.dedup();
     let size = target.layout.hchan.size as usize;
     let ranges: Vec<(u64, usize)> = addrs.iter().map(|&a| (a, size)).collect();
-    buf.clear();
-    buf.resize(ranges.len() * size, 0);
-    let ok = batch::read_coalesced(p, &ranges, &mut buf, size as u64)?;
+    let mut buf = vec![0u8; ranges.len() * size];
+    let ok = batch::read_coalesced(&target.process, &ranges, &mut buf, size as u64)?;
     let states: Vec<Option<ChannelState>> = addrs
         .iter()
         .zip(ok)
         .enumerate()
         .map(|(k, (&a, ok))| ok.then(|| decode(target, a, &buf[k * size..(k + 1) * size]))?)
         .collect();
-    Ok(hchans
-        .into_iter()
+    Ok(lists
         .map(|cs| {
-            cs.into_iter()
-                .filter_map(|c| states[addrs.binary_search(&c).ok()?].clone())
+            cs.iter()
+                .filter_map(|c| states[addrs.binary_search(c).ok()?].clone())
                 .collect()
         })
         .collect())
@@ -149,7 +164,7 @@ pub fn waited_on_all(target: &Target, g_addrs: &[u64]) -> std::io::Result<Vec<Ve
 
 /// The u64 at each of `ranges` (8 bytes each), None where it could not be read; ranges at
 /// most `max_gap` apart are read as one.
-fn words(p: &Process, ranges: &[(u64, usize)], max_gap: u64) -> std::io::Result<Vec<Option<u64>>> {
+fn words(p: &Process, ranges: &[(u64, usize)], max_gap: u64) -> io::Result<Vec<Option<u64>>> {
     let mut buf = vec![0u8; ranges.len() * 8];
     let ok = batch::read_coalesced(p, ranges, &mut buf, max_gap)?;
     Ok(buf

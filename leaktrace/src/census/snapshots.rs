@@ -17,6 +17,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context as _;
 
 use super::{
+    channels::{self, ChannelState},
     goroutines::{
         GoroutineSnapshot, RawG, StackFrame, Symbolizer, all_gs, is_system, monotonic_ns, read_gs,
     },
@@ -88,6 +89,9 @@ impl Proof {
 struct Kept {
     proof: Proof,
     stack: Arc<[StackFrame]>,
+    /// The channels of its sudogs (`g.waiting`), once read: a goroutine that did not run
+    /// still waits on the same ones (their state is read again each time).
+    channels: Option<Arc<[u64]>>,
 }
 
 /// A stack waiting to be read: the goroutine's index in the snapshot and in allgs, its saved
@@ -115,6 +119,7 @@ pub struct Census {
     incremental: bool,
     snapshots: u32,
     stacks_read: usize,
+    chains_read: usize,
     empty: Arc<[StackFrame]>,
     /// Reused from one snapshot to the next.
     buf: Vec<u8>,
@@ -140,6 +145,7 @@ impl Census {
             incremental: true,
             snapshots: 0,
             stacks_read: 0,
+            chains_read: 0,
             empty: Arc::from(Vec::new()),
             buf: Vec::new(),
             frames: Vec::new(),
@@ -196,6 +202,7 @@ impl Census {
                         *slot = proof.map(|proof| Kept {
                             proof,
                             stack: Arc::clone(&self.empty),
+                            channels: None,
                         });
                     }
                     // A running goroutine's registers are on a CPU, not in g.sched: no
@@ -228,6 +235,7 @@ impl Census {
                 start_function,
                 g_addr: g.addr,
                 tracking_seq: g.tracking_seq,
+                allgs_index: i,
             });
         }
         self.stacks_read = pending.len();
@@ -247,6 +255,45 @@ impl Census {
     /// How many stacks the last snapshot read; the others it kept from the one before.
     pub fn stacks_read(&self) -> usize {
         self.stacks_read
+    }
+
+    /// The channels each of `gs` (goroutines of this census's last snapshot) waits on, as
+    /// [`channels::waited_on_all`] reads them, except that the sudogs of a goroutine kept
+    /// from the snapshot before, whose channels were read then, are not read again: it did
+    /// not run, so it waits on the same channels. Their state is read again.
+    pub fn channels(
+        &mut self,
+        target: &Target,
+        gs: &[&GoroutineSnapshot],
+    ) -> std::io::Result<Vec<Vec<ChannelState>>> {
+        let known = |k: &Option<Kept>, g: &GoroutineSnapshot| {
+            k.as_ref()
+                .filter(|k| k.proof.goid == g.goid)
+                .and_then(|k| k.channels.clone())
+        };
+        let mut addrs: Vec<Option<Arc<[u64]>>> = gs
+            .iter()
+            .map(|g| known(self.kept.get(g.allgs_index)?, g))
+            .collect();
+        let unknown: Vec<usize> = (0..gs.len()).filter(|&i| addrs[i].is_none()).collect();
+        let g_addrs: Vec<u64> = unknown.iter().map(|&i| gs[i].g_addr).collect();
+        let read = channels::sudog_channels(target, &g_addrs)?;
+        self.chains_read = unknown.len();
+        for (i, chans) in unknown.into_iter().zip(read) {
+            let chans: Arc<[u64]> = chans.into();
+            if let Some(Some(k)) = self.kept.get_mut(gs[i].allgs_index)
+                && k.proof.goid == gs[i].goid
+            {
+                k.channels = Some(Arc::clone(&chans));
+            }
+            addrs[i] = Some(chans);
+        }
+        channels::channel_states(target, addrs.iter().map(|a| a.as_deref().unwrap_or(&[])))
+    }
+
+    /// How many goroutines' sudogs the last [`Census::channels`] read.
+    pub fn chains_read(&self) -> usize {
+        self.chains_read
     }
 
     /// Reads, unwinds and symbolizes the `pending` stacks into `out`, a batch at a time.

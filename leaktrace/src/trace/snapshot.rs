@@ -56,7 +56,7 @@ pub(super) fn take(census: &mut Census, target: &Target) -> anyhow::Result<Snaps
         .map(|g| (g.goid, g.tracking_seq))
         .collect();
     Ok(Snapshot {
-        observed: observed(target, gs),
+        observed: observed(target, census, gs),
         g_addrs,
         parked,
         taken,
@@ -65,15 +65,16 @@ pub(super) fn take(census: &mut Census, target: &Target) -> anyhow::Result<Snaps
 
 /// The goroutines of a snapshot as the detector sees them: runtime goroutines left out, and
 /// the channels each one blocked in a channel operation waits on, read for all of them at
-/// once.
-pub(crate) fn observed(target: &Target, gs: Vec<GoroutineSnapshot>) -> Vec<Observed> {
+/// once (`gs` is `census`'s last snapshot, which knows the channels of goroutines that did
+/// not run since the one before).
+pub(crate) fn observed(
+    target: &Target,
+    census: &mut Census,
+    gs: Vec<GoroutineSnapshot>,
+) -> Vec<Observed> {
     let gs: Vec<GoroutineSnapshot> = gs.into_iter().filter(|g| !g.system).collect();
-    let blocked: Vec<u64> = gs
-        .iter()
-        .filter(|g| in_channel_op(g))
-        .map(|g| g.g_addr)
-        .collect();
-    let mut chans = match census::channels::waited_on_all(target, &blocked) {
+    let blocked: Vec<&GoroutineSnapshot> = gs.iter().filter(|g| in_channel_op(g)).collect();
+    let mut chans = match census.channels(target, &blocked) {
         Ok(c) => c,
         Err(e) => {
             log::debug!("reading the channels goroutines wait on: {e}");
