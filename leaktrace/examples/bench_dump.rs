@@ -5,7 +5,11 @@
 //! - leaktrace's CPU per full snapshot (every stack read and unwound; symbols cached, as in
 //!   a live trace), and per incremental snapshot after 1% of the goroutines moved;
 //! - the target's throughput during back-to-back full snapshots over its throughput without
-//!   them, measured side by side in alternating windows of one run;
+//!   them, measured side by side in alternating windows of one run. On a small machine the
+//!   loop takes a whole CPU, which the target had to itself in the windows without it: so
+//!   also the same ratio per CPU second the target got (its work slowed by leaktrace's
+//!   reads rather than by the CPU it lost), and the ratio with snapshots paced as the live
+//!   trace paces them (a walk at most 1/20 of the time);
 //! - leaktrace's RSS while it holds the census and one snapshot, per 100k goroutines.
 //!
 //! ```text
@@ -31,6 +35,9 @@ use leaktrace::{census::Census, tracee::Target};
 
 const UNTRACED: Duration = Duration::from_secs(2);
 const TRACED: Duration = Duration::from_secs(2);
+/// The live trace's pacing (trace/snapshot.rs SNAPSHOT_PACE): a walk takes at most this
+/// fraction of the time.
+const PACE: u32 = 20;
 /// The fixture's reporting period: a report at time t covers (t - PERIOD, t].
 const PERIOD: Duration = Duration::from_millis(250);
 /// Snapshots timed per kind and size.
@@ -145,6 +152,61 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// The CPU time of process `pid` so far (user and system, all its threads).
+fn process_cpu(pid: u32) -> Duration {
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which may hold spaces: utime and stime are the
+            // 14th and 15th of the whole line.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / hz)
+}
+
+/// The target's rate over a window, and its rate per CPU second it got then.
+struct Window {
+    rate: f64,
+    per_cpu: f64,
+}
+
+impl Window {
+    /// Runs `during` until `length` has passed, then reads the target's rate and CPU.
+    fn measure(
+        fixture: &Fixture,
+        length: Duration,
+        mut during: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let pid = fixture.child.id();
+        let (start, cpu) = (Instant::now(), process_cpu(pid));
+        while start.elapsed() < length {
+            during()?;
+        }
+        let (end, cpu) = (Instant::now(), process_cpu(pid) - cpu);
+        thread::sleep(Duration::from_millis(50)); // the last report inside the window
+        let rate = fixture.rate(start, end)?;
+        let share = cpu.as_secs_f64() / (end - start).as_secs_f64();
+        Ok(Self {
+            rate,
+            per_cpu: rate / share.max(1e-9),
+        })
+    }
+}
+
+/// Mean, min and max.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (min, max) = v
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(a, b), &r| (a.min(r), b.max(r)));
+    (mean, min, max)
+}
+
 /// This process's resident set, in bytes.
 fn rss() -> u64 {
     fs::read_to_string("/proc/self/status")
@@ -204,26 +266,33 @@ fn bench(bin: &Path, n: usize, rounds: usize, baseline_rss: u64) -> anyhow::Resu
     }
     let held_rss = rss();
 
-    // Target throughput: untraced windows alternate with back-to-back full snapshots.
-    let mut ratios = Vec::new();
+    // Target throughput: untraced windows alternate with back-to-back full snapshots and
+    // with full snapshots paced as in a live trace.
+    let (mut ratios, mut per_cpu, mut paced) = (Vec::new(), Vec::new(), Vec::new());
     let mut snapshots = 0usize;
     for _ in 0..rounds {
-        let start = Instant::now();
-        thread::sleep(UNTRACED);
-        let untraced = fixture.rate(start, Instant::now())?;
-        let start = Instant::now();
-        while start.elapsed() < TRACED {
+        let untraced = Window::measure(&fixture, UNTRACED, || {
+            thread::sleep(Duration::from_millis(10));
+            Ok(())
+        })?;
+        let traced = Window::measure(&fixture, TRACED, || {
             std::hint::black_box(full.snapshot(&target)?);
             snapshots += 1;
-        }
-        let end = Instant::now();
-        thread::sleep(Duration::from_millis(50)); // the last report inside the window
-        ratios.push(fixture.rate(start, end)? / untraced);
+            Ok(())
+        })?;
+        let slow = Window::measure(&fixture, TRACED, || {
+            let t = Instant::now();
+            std::hint::black_box(full.snapshot(&target)?);
+            thread::sleep(t.elapsed() * (PACE - 1));
+            Ok(())
+        })?;
+        ratios.push(traced.rate / untraced.rate);
+        per_cpu.push(traced.per_cpu / untraced.per_cpu);
+        paced.push(slow.rate / untraced.rate);
     }
-    let ratio = ratios.iter().sum::<f64>() / ratios.len() as f64;
-    let (rmin, rmax) = ratios
-        .iter()
-        .fold((f64::INFINITY, 0f64), |(a, b), &r| (a.min(r), b.max(r)));
+    let (ratio, rmin, rmax) = spread(&ratios);
+    let (per_cpu, _, _) = spread(&per_cpu);
+    let (paced, _, _) = spread(&paced);
 
     let (full_med, full_max) = median_max(full_cpu);
     let (incr_med, incr_max) = median_max(incr_cpu);
@@ -232,7 +301,8 @@ fn bench(bin: &Path, n: usize, rounds: usize, baseline_rss: u64) -> anyhow::Resu
         "{n:>8} goroutines ({parked} with 10+ frames): full snapshot {full_med:.1} ms CPU (max {full_max:.1}), \
          incremental with 1% moved {incr_med:.1} ms (max {incr_max:.1}); \
          target throughput during back-to-back full snapshots / without: {ratio:.3} \
-         (min {rmin:.3}, max {rmax:.3}, {rounds} rounds, {snapshots} snapshots); \
+         (min {rmin:.3}, max {rmax:.3}, {rounds} rounds, {snapshots} snapshots), \
+         per CPU second of the target {per_cpu:.3}, with snapshots paced 1/{PACE} {paced:.3}; \
          leaktrace RSS {:.0} MiB, {:.0} MiB above start, {:.0} MiB per 100k goroutines",
         rss() as f64 / 1048576.0,
         grown as f64 / 1048576.0,
@@ -256,7 +326,7 @@ fn main() -> anyhow::Result<()> {
     let bin = support::build_fixture("parkedstacks", &version, &[]);
     println!(
         "Go {version}, parkedstacks (5 creation sites, 10-30 frames, a hashing loop on one core); \
-         {SAMPLES} snapshots timed per kind, {rounds} rounds of {UNTRACED:?} untraced / {TRACED:?} of snapshots; \
+         {SAMPLES} snapshots timed per kind, {rounds} rounds of {UNTRACED:?} untraced / {TRACED:?} of back-to-back snapshots / {TRACED:?} paced; \
          {} CPUs, load average {}",
         thread::available_parallelism().map_or(0, |n| n.get()),
         load_average()

@@ -9,7 +9,7 @@ mod support;
 use std::{collections::BTreeMap, io::Write as _, sync::Arc, thread, time::Duration};
 
 use leaktrace::{
-    census::{Census, CreatedBy, GoroutineSnapshot, StackFrame},
+    census::{Census, CreatedBy, GoroutineSnapshot, StackFrame, channels},
     tracee::Target,
 };
 use support::{Fixture, build_fixture, go_versions};
@@ -51,6 +51,22 @@ fn view(gs: &[GoroutineSnapshot]) -> View {
         .collect()
 }
 
+/// The channels the census says the blocked goroutines of `gs` (its last snapshot) wait on
+/// are those read goroutine by goroutine; how many goroutines' sudogs it read to say so.
+fn check_channels(target: &Target, census: &mut Census, gs: &[GoroutineSnapshot]) -> usize {
+    let blocked: Vec<&GoroutineSnapshot> = gs
+        .iter()
+        .filter(|g| !g.system && matches!(&*g.state, "chan receive" | "select"))
+        .collect();
+    assert_eq!(blocked.len(), GOROUTINES, "goroutines blocked on channels");
+    let got = census.channels(target, &blocked).unwrap();
+    for (g, chans) in blocked.iter().zip(&got) {
+        let want = channels::waited_on(target, g.g_addr);
+        assert_eq!(*chans, want, "goroutine {}", g.goid);
+    }
+    census.chains_read()
+}
+
 fn move_goroutines(fixture: &mut Fixture, k: usize) {
     let stdin = fixture.child.stdin.as_mut().unwrap();
     writeln!(stdin, "move {k}").unwrap();
@@ -66,15 +82,24 @@ fn incremental_equals_full(version: &str) {
     fixture.stderr.wait_for("ready", Duration::from_secs(60));
     let target = Target::inspect(fixture.pid()).unwrap();
     let mut census = Census::new();
-    let mut before = view(&census.snapshot(&target).unwrap());
+    let gs = census.snapshot(&target).unwrap();
+    let mut before = view(&gs);
     assert!(
         census.stacks_read() >= GOROUTINES,
         "Go {version}: the first snapshot reads every stack"
     );
+    assert_eq!(check_channels(&target, &mut census, &gs), GOROUTINES);
     for round in 1..=3 {
         move_goroutines(&mut fixture, MOVED);
-        let incremental = view(&census.snapshot(&target).unwrap());
+        let gs = census.snapshot(&target).unwrap();
+        let incremental = view(&gs);
         let read = census.stacks_read();
+        // Only the moved goroutines' sudogs are read again.
+        let chains = check_channels(&target, &mut census, &gs);
+        assert!(
+            (MOVED..GOROUTINES / 4).contains(&chains),
+            "Go {version} round {round}: the channels of {chains} goroutines read again"
+        );
         let full = view(&Census::full().snapshot(&target).unwrap());
         assert_eq!(
             incremental.len(),
@@ -118,4 +143,51 @@ fn an_incremental_snapshot_equals_a_full_one_taken_at_the_same_moment() {
     for r in runs {
         r.join().unwrap();
     }
+}
+
+/// The channels every blocked goroutine waits on, read level by level for all of them at
+/// once, are those read goroutine by goroutine: the fixture's goroutines wait in a receive
+/// on a channel of their own or in a select on it and on one channel they all share.
+#[test]
+fn channels_read_for_all_goroutines_at_once_match_those_read_one_by_one() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("parkedstacks", &version, &[]);
+    let mut fixture = Fixture::start(&bin, &["-n", &GOROUTINES.to_string(), "-no-worker"]);
+    fixture.stderr.wait_for("ready", Duration::from_secs(60));
+    let target = Target::inspect(fixture.pid()).unwrap();
+    let gs = Census::full().snapshot(&target).unwrap();
+    let blocked: Vec<u64> = gs
+        .iter()
+        .filter(|g| !g.system && matches!(&*g.state, "chan receive" | "select"))
+        .map(|g| g.g_addr)
+        .collect();
+    assert_eq!(blocked.len(), GOROUTINES, "goroutines blocked on channels");
+    let all = channels::waited_on_all(&target, &blocked).unwrap();
+    assert_eq!(all.len(), blocked.len());
+    let mut selects = 0;
+    let mut shared = std::collections::HashMap::<u64, usize>::new();
+    for (g, chans) in blocked.iter().zip(&all) {
+        assert_eq!(
+            *chans,
+            channels::waited_on(&target, *g),
+            "goroutine at {g:#x}"
+        );
+        assert!(matches!(chans.len(), 1 | 2), "{chans:?}");
+        selects += usize::from(chans.len() == 2);
+        for c in chans {
+            *shared.entry(c.addr).or_default() += 1;
+        }
+    }
+    // One goroutine in three selects, also on the one channel they share.
+    assert_eq!(selects, GOROUTINES.div_ceil(3));
+    assert_eq!(
+        shared.values().filter(|&&n| n == selects).count(),
+        1,
+        "the channel every select waits on"
+    );
+    assert_eq!(
+        shared.len(),
+        GOROUTINES + 1,
+        "one channel each, and the shared one"
+    );
 }

@@ -457,7 +457,7 @@ impl Agent {
             }
         };
         w.failing = false;
-        let observed = crate::trace::observed(&w.target, gs);
+        let observed = crate::trace::observed(&w.target, &mut w.census, gs);
         if w.snapshots > 0 {
             w.previous = Some(w.goroutines);
         }

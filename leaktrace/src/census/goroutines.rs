@@ -76,6 +76,9 @@ pub struct GoroutineSnapshot {
     pub g_addr: u64,
     /// `g.trackingSeq`: one more each time the goroutine stops running.
     pub tracking_seq: u8,
+    /// The g's index in `runtime.allgs`, where the census keeps what it knows of it.
+    #[serde(skip)]
+    pub(crate) allgs_index: usize,
 }
 
 impl GoroutineSnapshot {

@@ -17,6 +17,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context as _;
 
 use super::{
+    channels::{self, ChannelState},
     goroutines::{
         GoroutineSnapshot, RawG, StackFrame, Symbolizer, all_gs, is_system, monotonic_ns, read_gs,
     },
@@ -88,11 +89,16 @@ impl Proof {
 struct Kept {
     proof: Proof,
     stack: Arc<[StackFrame]>,
+    /// The channels of its sudogs (`g.waiting`), once read: a goroutine that did not run
+    /// still waits on the same ones (their state is read again each time).
+    channels: Option<Arc<[u64]>>,
 }
 
-/// A stack waiting to be read: the goroutine's index in the snapshot, its saved SP and PC.
+/// A stack waiting to be read: the goroutine's index in the snapshot and in allgs, its saved
+/// SP and PC.
 struct Pending {
     index: usize,
+    g_index: usize,
     sp: u64,
     pc: u64,
     len: usize,
@@ -105,11 +111,15 @@ pub struct Census {
     symbolizer: Symbolizer,
     /// Symbolized stacks by their physical frames (see [`stack_key`]).
     stacks: PcMap<Box<[u64]>, Arc<[StackFrame]>>,
-    /// The previous snapshot's provably unchanged-if-still-equal stacks, by g address.
-    kept: PcMap<u64, Kept>,
+    /// The previous snapshot's provably unchanged-if-still-equal stacks, by the g's index in
+    /// `runtime.allgs`: the runtime only appends to it (a dead g is kept there for reuse), so
+    /// an index names the same g from one snapshot to the next, and the proof's goid and
+    /// stack say whether it is still the same goroutine on the same stack.
+    kept: Vec<Option<Kept>>,
     incremental: bool,
     snapshots: u32,
     stacks_read: usize,
+    chains_read: usize,
     empty: Arc<[StackFrame]>,
     /// Reused from one snapshot to the next.
     buf: Vec<u8>,
@@ -131,10 +141,11 @@ impl Census {
             unwinder: Unwinder::default(),
             symbolizer: Symbolizer::default(),
             stacks: PcMap::default(),
-            kept: PcMap::default(),
+            kept: Vec::new(),
             incremental: true,
             snapshots: 0,
             stacks_read: 0,
+            chains_read: 0,
             empty: Arc::from(Vec::new()),
             buf: Vec::new(),
             frames: Vec::new(),
@@ -158,13 +169,20 @@ impl Census {
         let now = monotonic_ns();
         let reuse = self.incremental && !self.snapshots.is_multiple_of(FULL_EVERY);
         self.snapshots = self.snapshots.wrapping_add(1);
-        let previous = std::mem::take(&mut self.kept);
-        let mut proofs = Vec::with_capacity(raw.len());
+        // Taken: a snapshot that fails leaves none kept.
+        let mut kept = std::mem::take(&mut self.kept);
+        if self.incremental {
+            kept.resize_with(raw.len(), || None);
+        }
         let mut out = Vec::with_capacity(raw.len());
         let mut pending = Vec::new();
-        for g in &raw {
+        for (i, g) in raw.iter().enumerate() {
             let status = g.status & !G_SCAN;
+            let slot = kept.get_mut(i);
             if status == G_DEAD || (status == 0 && g.goid == 0) {
+                if let Some(slot) = slot {
+                    *slot = None;
+                }
                 continue; // _Gdead (free g kept for reuse) or _Gidle (just allocated)
             }
             let waiting_status = status == G_WAITING;
@@ -172,15 +190,21 @@ impl Census {
                 .then(|| Duration::from_nanos(now.saturating_sub(g.waitsince).max(0) as u64));
             let start_function = self.symbolizer.start_function(target, g.startpc);
             let proof = Proof::of(g, status);
-            let kept = proof.as_ref().filter(|_| reuse).and_then(|p| {
-                previous
-                    .get(&g.addr)
-                    .filter(|k| k.proof == *p)
-                    .map(|k| Arc::clone(&k.stack))
-            });
-            let stack = match kept {
+            let hit = match (&proof, &slot) {
+                (Some(p), Some(Some(k))) if reuse && k.proof == *p => Some(Arc::clone(&k.stack)),
+                _ => None,
+            };
+            let stack = match hit {
                 Some(stack) => stack,
                 None => {
+                    // Kept next time with the stack read below (or none).
+                    if let Some(slot) = slot {
+                        *slot = proof.map(|proof| Kept {
+                            proof,
+                            stack: Arc::clone(&self.empty),
+                            channels: None,
+                        });
+                    }
                     // A running goroutine's registers are on a CPU, not in g.sched: no
                     // stack, as in Go.
                     if status != G_RUNNING
@@ -190,6 +214,7 @@ impl Census {
                     {
                         pending.push(Pending {
                             index: out.len(),
+                            g_index: i,
                             sp: g.sched_sp,
                             pc: g.sched_pc,
                             len: (g.stack_hi - g.sched_sp).min(MAX_STACK_READ) as usize,
@@ -198,7 +223,6 @@ impl Census {
                     Arc::clone(&self.empty)
                 }
             };
-            proofs.push((g.addr, proof));
             out.push(GoroutineSnapshot {
                 goid: g.goid,
                 status,
@@ -211,21 +235,19 @@ impl Census {
                 start_function,
                 g_addr: g.addr,
                 tracking_seq: g.tracking_seq,
+                allgs_index: i,
             });
         }
         self.stacks_read = pending.len();
         self.read_stacks(target, &pending, &mut out)?;
-        // Keep what proves each stack next time; drop stacks no goroutine holds any more.
-        if self.incremental {
-            self.kept.reserve(out.len());
-            for ((addr, proof), g) in proofs.into_iter().zip(&out) {
-                if let Some(proof) = proof {
-                    let stack = Arc::clone(&g.stack);
-                    self.kept.insert(addr, Kept { proof, stack });
-                }
+        // Keep the stacks just read with what proves them next time; drop stacks no
+        // goroutine holds any more.
+        for p in &pending {
+            if let Some(Some(k)) = kept.get_mut(p.g_index) {
+                k.stack = Arc::clone(&out[p.index].stack);
             }
         }
-        drop(previous);
+        self.kept = kept;
         self.stacks.retain(|_, s| Arc::strong_count(s) > 1);
         Ok(out)
     }
@@ -233,6 +255,45 @@ impl Census {
     /// How many stacks the last snapshot read; the others it kept from the one before.
     pub fn stacks_read(&self) -> usize {
         self.stacks_read
+    }
+
+    /// The channels each of `gs` (goroutines of this census's last snapshot) waits on, as
+    /// [`channels::waited_on_all`] reads them, except that the sudogs of a goroutine kept
+    /// from the snapshot before, whose channels were read then, are not read again: it did
+    /// not run, so it waits on the same channels. Their state is read again.
+    pub fn channels(
+        &mut self,
+        target: &Target,
+        gs: &[&GoroutineSnapshot],
+    ) -> std::io::Result<Vec<Vec<ChannelState>>> {
+        let known = |k: &Option<Kept>, g: &GoroutineSnapshot| {
+            k.as_ref()
+                .filter(|k| k.proof.goid == g.goid)
+                .and_then(|k| k.channels.clone())
+        };
+        let mut addrs: Vec<Option<Arc<[u64]>>> = gs
+            .iter()
+            .map(|g| known(self.kept.get(g.allgs_index)?, g))
+            .collect();
+        let unknown: Vec<usize> = (0..gs.len()).filter(|&i| addrs[i].is_none()).collect();
+        let g_addrs: Vec<u64> = unknown.iter().map(|&i| gs[i].g_addr).collect();
+        let read = channels::sudog_channels(target, &g_addrs)?;
+        self.chains_read = unknown.len();
+        for (i, chans) in unknown.into_iter().zip(read) {
+            let chans: Arc<[u64]> = chans.into();
+            if let Some(Some(k)) = self.kept.get_mut(gs[i].allgs_index)
+                && k.proof.goid == gs[i].goid
+            {
+                k.channels = Some(Arc::clone(&chans));
+            }
+            addrs[i] = Some(chans);
+        }
+        channels::channel_states(target, addrs.iter().map(|a| a.as_deref().unwrap_or(&[])))
+    }
+
+    /// How many goroutines' sudogs the last [`Census::channels`] read.
+    pub fn chains_read(&self) -> usize {
+        self.chains_read
     }
 
     /// Reads, unwinds and symbolizes the `pending` stacks into `out`, a batch at a time.

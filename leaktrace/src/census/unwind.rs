@@ -95,15 +95,41 @@ enum Step {
     },
 }
 
+/// Slots of the [`Unwinder`]'s direct-mapped cache of steps (a power of two).
+const RECENT: usize = 512;
+
 /// Unwinds many stacks of one binary, looking each PC's function and frame size up once:
-/// a program's goroutines stop at a few hundred distinct PCs.
-#[derive(Default)]
+/// a program's goroutines stop at a few hundred distinct PCs. A stack of 100,000 goroutines
+/// is millions of frames, each one lookup that waits on the last: the steps of recent PCs
+/// sit in a small direct-mapped table, one probe each, in front of the map of all of them.
 pub struct Unwinder {
     steps: PcMap<u64, Step>,
+    recent: Box<[(u64, Step); RECENT]>,
+}
+
+impl Default for Unwinder {
+    fn default() -> Self {
+        Self {
+            steps: PcMap::default(),
+            // PC 0 is in no function, as the empty slots say.
+            recent: Box::new([(0, Step::Outside); RECENT]),
+        }
+    }
 }
 
 impl Unwinder {
     fn step(&mut self, binary: &GoBinary, link_pc: u64) -> Step {
+        let slot = (link_pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 55) as usize % RECENT;
+        let (pc, step) = self.recent[slot];
+        if pc == link_pc {
+            return step;
+        }
+        let step = self.lookup(binary, link_pc);
+        self.recent[slot] = (link_pc, step);
+        step
+    }
+
+    fn lookup(&mut self, binary: &GoBinary, link_pc: u64) -> Step {
         if let Some(&s) = self.steps.get(&link_pc) {
             return s;
         }

@@ -56,7 +56,7 @@ pub(super) fn take(census: &mut Census, target: &Target) -> anyhow::Result<Snaps
         .map(|g| (g.goid, g.tracking_seq))
         .collect();
     Ok(Snapshot {
-        observed: observed(target, gs),
+        observed: observed(target, census, gs),
         g_addrs,
         parked,
         taken,
@@ -64,19 +64,33 @@ pub(super) fn take(census: &mut Census, target: &Target) -> anyhow::Result<Snaps
 }
 
 /// The goroutines of a snapshot as the detector sees them: runtime goroutines left out, and
-/// the channels each one blocked in a channel operation waits on.
-pub(crate) fn observed(target: &Target, gs: Vec<GoroutineSnapshot>) -> Vec<Observed> {
+/// the channels each one blocked in a channel operation waits on, read for all of them at
+/// once (`gs` is `census`'s last snapshot, which knows the channels of goroutines that did
+/// not run since the one before).
+pub(crate) fn observed(
+    target: &Target,
+    census: &mut Census,
+    gs: Vec<GoroutineSnapshot>,
+) -> Vec<Observed> {
+    let gs: Vec<GoroutineSnapshot> = gs.into_iter().filter(|g| !g.system).collect();
+    let blocked: Vec<&GoroutineSnapshot> = gs.iter().filter(|g| in_channel_op(g)).collect();
+    let mut chans = match census.channels(target, &blocked) {
+        Ok(c) => c,
+        Err(e) => {
+            log::debug!("reading the channels goroutines wait on: {e}");
+            Vec::new()
+        }
+    }
+    .into_iter();
     // The frames Go shows, once per distinct stack: the census shares a stack between the
     // goroutines stopped at the same PCs.
     let mut shown: HashMap<*const StackFrame, Arc<[StackFrame]>> = HashMap::new();
     gs.into_iter()
-        .filter(|g| !g.system)
         .map(|g| {
-            let chans = match &*g.state {
-                "chan send" | "chan receive" | "select" => {
-                    census::channels::waited_on(target, g.g_addr)
-                }
-                _ => Vec::new(),
+            let channels = if in_channel_op(&g) {
+                chans.next().unwrap_or_default()
+            } else {
+                Vec::new()
             };
             Observed {
                 goid: g.goid,
@@ -88,10 +102,15 @@ pub(crate) fn observed(target: &Target, gs: Vec<GoroutineSnapshot>) -> Vec<Obser
                 ),
                 created_by: g.created_by.clone(),
                 state: g.state,
-                channels: chans,
+                channels,
             }
         })
         .collect()
+}
+
+/// Blocked in a channel operation: waits on the channels of its sudogs.
+fn in_channel_op(g: &GoroutineSnapshot) -> bool {
+    matches!(&*g.state, "chan send" | "chan receive" | "select")
 }
 
 /// While a proof waits for its second pass (a GC cycle of the target, or at most a few
