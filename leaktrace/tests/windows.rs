@@ -7,7 +7,7 @@ mod support;
 
 use std::{
     sync::{RwLock, RwLockReadGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -472,5 +472,59 @@ fn parks_that_outlast_their_window_are_timed_by_snapshots() {
     assert!(
         stdout.contains("closed by a snapshot"),
         "the text report does not say which parks a snapshot closed:\n{stdout}"
+    );
+}
+
+/// What a window costs is the time its breakpoints are in the target's code, and they
+/// outlast its close: the kernel detaches the BPF program, waits a grace period (hundreds
+/// of ms on these VMs) and only then takes the int3 out, while the target traps on every
+/// park, unrecorded. Read off the target's own code (the first byte of runtime.gopark,
+/// every millisecond) during a default trace of the busy HTTP service, that time is what
+/// report.json says the budget paid for (`breakpoints_in_place_ms`), not the windows'
+/// sampled length.
+#[test]
+fn a_windows_cost_counts_its_breakpoints_until_the_kernel_removes_them() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
+    let (fx, mut wrk) = busy_http_service(12);
+    let pid = fx.pid();
+    let gopark = symbol_address(&build_fixture("fanout", &newest(), &[]), "runtime.gopark");
+    let before = first_byte_in_target(pid, gopark);
+    assert_ne!(before, 0xcc, "a breakpoint before leaktrace started");
+    let watching = std::thread::spawn(move || {
+        let (start, mut on, mut since) = (Instant::now(), Duration::ZERO, None);
+        while start.elapsed() < Duration::from_secs(11) {
+            let now = Instant::now();
+            match (first_byte_in_target(pid, gopark) == 0xcc, since) {
+                (true, None) => since = Some(now),
+                (false, Some(t)) => {
+                    on += now - t;
+                    since = None;
+                }
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        on + since.map_or(Duration::ZERO, |t| t.elapsed())
+    });
+    let (r, _) = record("windows-in-place", &["-p", &pid.to_string(), "-d", "8s"]);
+    let seen = watching.join().unwrap().as_secs_f64() * 1e3;
+    let _ = wrk.wait();
+    drop(fx);
+    let s = &r["probes"]["sampling"]["runtime.gopark"];
+    assert_eq!(s["mode"], "windows", "{s:#}");
+    let (paid, sampled) = (
+        s["breakpoints_in_place_ms"].as_f64().unwrap(),
+        s["window_ms"].as_f64().unwrap() * s["windows"].as_f64().unwrap(),
+    );
+    eprintln!(
+        "gopark's int3 in place {seen:.0} ms; report: in place {paid:.0} ms, sampled {sampled:.0} ms in {} windows",
+        s["windows"]
+    );
+    assert!(seen > 0.0, "no window placed gopark's breakpoint: {s:#}");
+    // The report's span runs from the first probe placed to the last removed, so it holds
+    // gopark's; the watch polls every millisecond or so.
+    assert!(
+        paid >= seen * 0.9 && paid <= seen * 1.5 + 100.0,
+        "the int3 was in place {seen:.0} ms, the report says {paid:.0} ms: {s:#}"
     );
 }

@@ -333,6 +333,11 @@ pub struct Detached {
     /// When the last of the probes began to be removed: on a busy machine the thread may
     /// wait for a CPU, and the breakpoints stay in place, hit, until then.
     pub began: Instant,
+    /// When the last removal returned. The kernel detaches the BPF program first (no record
+    /// after `began`), then waits a grace period (`synchronize_rcu_tasks_trace`, 100-450 ms
+    /// seen on this kernel) and only then takes the breakpoint out: until `ended` the target
+    /// still traps on every hit.
+    pub ended: Instant,
 }
 
 /// The loaded BPF object, configured for one target process.
@@ -503,6 +508,7 @@ impl Probes {
                             Detached {
                                 cpu: thread_cpu_time().saturating_sub(cpu0),
                                 began,
+                                ended: Instant::now(),
                             }
                         })
                     })
@@ -514,10 +520,12 @@ impl Probes {
                     .reduce(|all, d| Detached {
                         cpu: all.cpu + d.cpu,
                         began: all.began.max(d.began),
+                        ended: all.ended.max(d.ended),
                     })
                     .unwrap_or(Detached {
                         cpu: Duration::ZERO,
                         began: started,
+                        ended: started,
                     })
             })
         }))

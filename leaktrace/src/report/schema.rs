@@ -95,6 +95,11 @@ pub struct Sampling {
     pub windows: u32,
     /// The mean window's length.
     pub window_ms: f64,
+    /// How long, in all, the windows' breakpoints were in the target's code: from the first
+    /// probe placed to the kernel taking the last out, the grace period after each close
+    /// included (the target traps on every hit until then, unrecorded). What the budget
+    /// pays for; 0 for continuous probes.
+    pub breakpoints_in_place_ms: f64,
 }
 
 /// report.json's `schema_version`: raised when a field is renamed or removed or changes

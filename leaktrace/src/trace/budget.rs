@@ -288,7 +288,12 @@ impl Session {
             // the detach on its way (about what the attach cost): the next comes as soon as
             // the budget has paid for this one, and never later than planned.
             let hits = windowed_hits(&probes, &self.probes.counts()?, &open.counts);
+            // The breakpoints outlast the close by about as long as the last window's did.
+            let tail = self.windows.rate.unwrap_or(0.0)
+                * self.windows.overrun.as_secs_f64()
+                * self.hit_cost.as_secs_f64();
             let cost = hits as f64 * self.hit_cost.as_secs_f64()
+                + tail
                 + self.windows.fixed.max(open.attach * 2).as_secs_f64();
             let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
             let w = &mut self.windows;
@@ -325,21 +330,30 @@ impl Session {
             let hits = windowed_hits(&probes, &counts, &c.counts_at_open);
             // Hits while the probes were placed and after the close, before the removal
             // began, cost the target too: they count in the rate and the cost, not in the
-            // sample.
+            // sample. So do the hits after that, until the kernel took the breakpoints out
+            // at the end of its grace period: no record counts them, they are estimated at
+            // the rate of the counted ones.
             let length = c.length;
-            let in_place = detached
+            let counted = detached
                 .began
                 .saturating_duration_since(c.placing)
                 .max(length);
+            let in_place = detached
+                .ended
+                .saturating_duration_since(c.placing)
+                .max(counted);
+            let rate = hits as f64 / counted.as_secs_f64().max(1e-6);
+            let trapped = rate * in_place.as_secs_f64();
             log::debug!(
-                "window closed: {hits} hits with the breakpoints in place {in_place:?}, {length:?} of it sampled"
+                "window closed: {hits} hits counted in {counted:?} ({length:?} of it sampled), the breakpoints in place {in_place:?}: about {trapped:.0} hits"
             );
             let w = &mut self.windows;
             w.on += length;
+            w.in_place += in_place;
             w.fixed = c.attach + detached.cpu;
             w.overrun = in_place - length;
-            w.rate = Some(hits as f64 / in_place.as_secs_f64().max(1e-6));
-            w.last_cost = hits as f64 * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
+            w.rate = Some(rate);
+            w.last_cost = trapped * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
             if w.last_cost > w.planned * 1.1 {
                 log::debug!(
                     "window cost {:.2} ms of CPU, planned {:.2} ms: the next is skipped",
@@ -435,7 +449,9 @@ impl Session {
             self.windows.read_sched(&self.target, SchedRead::End);
         }
         if let Some(c) = self.windows.closing.take() {
-            let _ = c.detach.join();
+            if let Ok(d) = c.detach.join() {
+                self.windows.in_place += d.ended.saturating_duration_since(c.placing);
+            }
             let (target, findings) = (&self.target, &mut self.findings);
             collector::drain(records, |rec| findings.apply(target, rec));
             self.windows.on += c.length;

@@ -146,14 +146,21 @@ impl Session {
         let windowed = self.windows.windowed(Probe::Gopark);
         let parks_traced = windowed || self.probes.attached().contains(&Probe::Gopark);
         if parks_traced || t.total_parks() + t.total_wakes() > 0 {
-            // Windowed counts are scaled to the whole interval: by the share of the
-            // runtime's parks the windows saw so far, or of the time.
-            let share = match windowed {
-                true => self
-                    .windows
-                    .share_so_far(&self.target)
-                    .unwrap_or(self.windows.duty()),
-                false => 0.0,
+            // Windowed counts stand for the runtime's own parks in the interval, spread
+            // over the wait reasons as every window so far saw them (windows are seconds
+            // apart, so most intervals have none); without the runtime's counters, the
+            // interval's own sample is scaled by the share of the time.
+            let total = &self.findings.model.total;
+            let runtime = match windowed {
+                true => self.windows.parks_since_last_line(&self.target),
+                false => None,
+            };
+            let (t, share) = match runtime {
+                Some(n) if total.total_parks() > 0 => (
+                    total.clone(),
+                    total.total_parks() as f64 / (n as f64).max(1e-6),
+                ),
+                _ => (t, self.windows.duty()),
             };
             let (t, sampled) = match windowed && share > 0.0 {
                 true => (

@@ -102,6 +102,10 @@ pub(super) struct Windows {
     pub(super) sched_parks_in_windows: u64,
     /// And the goroutines they counted created inside the windows.
     pub(super) sched_created_in_windows: u64,
+    /// The runtime's counters at the last live line.
+    pub(super) sched_line: Option<SchedCounters>,
+    /// The breakpoints' time in the target's code, over the windows closed.
+    pub(super) in_place: Duration,
 }
 
 impl Windows {
@@ -161,12 +165,14 @@ impl Windows {
         share(total, self.sched_parks_in_windows)
     }
 
-    /// The share of the runtime's parks since windowing began that the closed windows
-    /// saw, read now: what the live line scales by.
-    pub fn share_so_far(&self, target: &Target) -> Option<f64> {
-        let since = self.sched_since?;
+    /// The runtime's parks since the last call (the first time: since windowing began),
+    /// read now: what a live line of windowed parks stands for, whether or not a window
+    /// fell in its interval.
+    pub fn parks_since_last_line(&mut self, target: &Target) -> Option<u64> {
         let now = SchedCounters::read(target).ok()?;
-        share(now.parks_since(&since), self.sched_parks_in_windows).map(|(_, s)| s)
+        let since = self.sched_line.or(self.sched_since)?;
+        self.sched_line = Some(now);
+        Some(now.parks_since(&since))
     }
 
     /// The same for the goroutines the runtime created.
@@ -213,6 +219,7 @@ impl Windows {
                     duty: 1.0,
                     windows: 0,
                     window_ms: 0.0,
+                    breakpoints_in_place_ms: 0.0,
                 },
             );
         }
@@ -225,6 +232,7 @@ impl Windows {
                     duty,
                     windows: self.windows,
                     window_ms: self.on.as_secs_f64() * 1e3 / f64::from(self.windows.max(1)),
+                    breakpoints_in_place_ms: self.in_place.as_secs_f64() * 1e3,
                 },
             );
         }
