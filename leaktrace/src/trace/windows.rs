@@ -5,9 +5,12 @@
 //!
 //! A window is opened by attaching the uprobes and closed by detaching them, not by
 //! disabling their perf events: on this kernel a disabled uprobe event keeps its breakpoint
-//! in the target's code (the int3, and so most of a hit's cost, stays), while the removal's
-//! ~110 ms grace period is spent waiting on a thread, not on a CPU. The fixed cost of a
-//! window (the attach, and the CPU the detach uses) is measured and counted with its hits.
+//! in the target's code (the int3, and so most of a hit's cost, stays). Detaching is no
+//! cleaner end either: the kernel detaches the BPF program, waits a grace period (100-580 ms
+//! here) and only then removes the int3, the target trapping on every hit meanwhile with no
+//! record of it. The removal runs on a thread; its end is timed, and a window's cost is its
+//! measured rate over all the time its breakpoints were in place, with the fixed CPU of the
+//! attach and of the detach.
 
 use std::{
     collections::{BTreeMap, HashMap},
