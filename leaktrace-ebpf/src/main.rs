@@ -99,10 +99,43 @@ fn emit(record: Record) {
     }
 }
 
+/// Each probe twice: a per-point uprobe, and a multi-uprobe (Linux 6.6+) that userspace loads
+/// instead where the kernel has them: a multi-uprobe link's removal takes the breakpoints out
+/// of the target before the kernel's grace period, a per-point link's after it (the target
+/// then traps, unrecorded, for 100-580 ms after each probe window).
+macro_rules! uprobe_pair {
+    ($($single:ident, $multi:ident => $body:ident;)*) => {$(
+        #[uprobe]
+        pub fn $single(ctx: ProbeContext) -> u32 {
+            $body(ctx)
+        }
+        #[uprobe(multi)]
+        pub fn $multi(ctx: ProbeContext) -> u32 {
+            $body(ctx)
+        }
+    )*};
+}
+
+uprobe_pair! {
+    gopark, gopark_multi => gopark_body;
+    ready, ready_multi => ready_body;
+    newproc1_ret, newproc1_ret_multi => newproc1_ret_body;
+    goexit1, goexit1_multi => goexit1_body;
+    chansend, chansend_multi => chansend_body;
+    chanrecv, chanrecv_multi => chanrecv_body;
+    closechan, closechan_multi => closechan_body;
+    selectgo, selectgo_multi => selectgo_body;
+    site, site_multi => site_body;
+    casgstatus, casgstatus_multi => casgstatus_body;
+    malloc, malloc_multi => malloc_body;
+    refill, refill_multi => refill_body;
+    alloc_large, alloc_large_multi => alloc_large_body;
+}
+
 /// `runtime.gopark(unlockf, lock, reason waitReason, traceReason, traceskip)`:
 /// lock in RBX, reason in CL, the parking g in R14, gopark's caller at [RSP].
-#[uprobe]
-pub fn gopark(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn gopark_body(ctx: ProbeContext) -> u32 {
     bump(Counter::GoparkHits);
     let Some(cfg) = config_for_current() else {
         return 0;
@@ -130,8 +163,8 @@ pub fn gopark(ctx: ProbeContext) -> u32 {
 
 /// `runtime.ready(gp *g, traceskip int, next bool)`: runs on g0 (from goready's
 /// systemstack), so the woken g is the RAX argument and the waker is `R14 -> m -> curg`.
-#[uprobe]
-pub fn ready(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn ready_body(ctx: ProbeContext) -> u32 {
     bump(Counter::ReadyHits);
     let Some(cfg) = config_for_current() else {
         return 0;
@@ -195,8 +228,8 @@ fn record(kind: RecordKind, goid: u64) -> Record {
 /// At each `RET` of `runtime.newproc1` (found by disassembly; uretprobes would corrupt Go
 /// stacks): RAX holds the new g, whose goid, parentGoid, gopc and startpc are set by then.
 /// newproc1 runs on g0.
-#[uprobe]
-pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn newproc1_ret_body(ctx: ProbeContext) -> u32 {
     bump(Counter::CreateHits);
     let Some(cfg) = config_for_current() else {
         return 0;
@@ -221,8 +254,8 @@ pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
 }
 
 /// `runtime.goexit1()`, on the exiting goroutine (R14).
-#[uprobe]
-pub fn goexit1(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn goexit1_body(ctx: ProbeContext) -> u32 {
     if let Some((_, goid)) = on_goroutine(&ctx, Counter::ExitHits) {
         emit(record(RecordKind::Exit, goid));
     }
@@ -230,8 +263,8 @@ pub fn goexit1(ctx: ProbeContext) -> u32 {
 }
 
 /// `runtime.chansend(c *hchan, ep, block bool, callerpc uintptr)`: RAX, RBX, CL, RDI.
-#[uprobe]
-pub fn chansend(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn chansend_body(ctx: ProbeContext) -> u32 {
     if let Some((r, goid)) = on_goroutine(&ctx, Counter::ChanSendHits) {
         emit(Record {
             addr: r.rax,
@@ -246,8 +279,8 @@ pub fn chansend(ctx: ProbeContext) -> u32 {
 /// `runtime.chanrecv(c *hchan, ep, block bool)`: RAX, RBX, CL. It has no caller PC
 /// argument; RBP is still the frame of chanrecv1/chanrecv2, so the user call site is at
 /// [RBP+8].
-#[uprobe]
-pub fn chanrecv(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn chanrecv_body(ctx: ProbeContext) -> u32 {
     if let Some((r, goid)) = on_goroutine(&ctx, Counter::ChanRecvHits) {
         let pc = read_u64(r.rbp + 8).unwrap_or(0);
         emit(Record {
@@ -261,8 +294,8 @@ pub fn chanrecv(ctx: ProbeContext) -> u32 {
 }
 
 /// `runtime.closechan(c *hchan)`: RAX; the caller at [RSP].
-#[uprobe]
-pub fn closechan(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn closechan_body(ctx: ProbeContext) -> u32 {
     if let Some((r, goid)) = on_goroutine(&ctx, Counter::ChanCloseHits) {
         let pc = read_u64(r.rsp).unwrap_or(0);
         emit(Record {
@@ -276,8 +309,8 @@ pub fn closechan(ctx: ProbeContext) -> u32 {
 
 /// `runtime.selectgo(cas0, order0, pc0, nsends, nrecvs int, block bool)`: RAX, RBX, RCX,
 /// RDI, RSI, R8B; the caller at [RSP].
-#[uprobe]
-pub fn selectgo(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn selectgo_body(ctx: ProbeContext) -> u32 {
     if let Some((r, goid)) = on_goroutine(&ctx, Counter::SelectHits) {
         let cases = (r.rdi + r.rsi).min(255) as u8;
         let pc = read_u64(r.rsp).unwrap_or(0);
@@ -293,8 +326,8 @@ pub fn selectgo(ctx: ProbeContext) -> u32 {
 
 /// A targeted probe on an instruction of user code (after a blocking call, or after a `go`
 /// statement's call into the runtime): the goroutine passing it, and where.
-#[uprobe]
-pub fn site(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn site_body(ctx: ProbeContext) -> u32 {
     bump(Counter::SiteHits);
     let Some(cfg) = config_for_current() else {
         return 0;
@@ -312,8 +345,8 @@ pub fn site(ctx: ProbeContext) -> u32 {
 /// runnable transition is a wake-up, including those that bypass `ready` (netpoll results
 /// through injectglist, timers, startTheWorld). `_Gwaiting` = 4, `_Grunnable` = 1, the scan
 /// bit 0x1000 (runtime/runtime2.go, Go 1.21-1.27).
-#[uprobe]
-pub fn casgstatus(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn casgstatus_body(ctx: ProbeContext) -> u32 {
     bump(Counter::WakeAnyHits);
     let r = regs(&ctx);
     if (r.rbx as u32) & !0x1000 != 4 || r.rcx as u32 != 1 {
@@ -344,8 +377,8 @@ const G_STACKGUARD0: u64 = 16;
 /// Entry of `runtime.mallocgc(size, typ, needzero)` or, in Go 1.27, of each size-specialized
 /// allocation function that compiled code calls directly: the size is in RAX in every one.
 /// Runs on the allocating goroutine (R14). Aggregated per goroutine in `ALLOCS`.
-#[uprobe]
-pub fn malloc(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn malloc_body(ctx: ProbeContext) -> u32 {
     bump(Counter::AllocHits);
     let Some(cfg) = config_for_current() else {
         return 0;
@@ -446,8 +479,8 @@ fn sample(ctx: &ProbeContext, hits: Counter, span_class: u32, size: u64, bytes: 
 /// `runtime.(*mcache).refill(c *mcache, spc spanClass)`: the goroutine's allocations used up
 /// a span of class `spc` (in BL), and a new one is taken; about one hit per span (8 KiB or
 /// more) allocated, so its stack samples where small objects are allocated.
-#[uprobe]
-pub fn refill(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn refill_body(ctx: ProbeContext) -> u32 {
     let spc = (regs(&ctx).rbx & 0xff) as u32;
     let bytes = SPAN_BYTES.get(spc).copied().unwrap_or(0);
     sample(&ctx, Counter::RefillHits, spc, 0, bytes);
@@ -456,8 +489,8 @@ pub fn refill(ctx: ProbeContext) -> u32 {
 
 /// `runtime.(*mcache).allocLarge(c *mcache, size uintptr, noscan bool)`: an allocation above
 /// 32 KiB, with its size in RBX.
-#[uprobe]
-pub fn alloc_large(ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn alloc_large_body(ctx: ProbeContext) -> u32 {
     let size = regs(&ctx).rbx;
     sample(&ctx, Counter::LargeHits, LARGE_CLASS, size, size);
     0

@@ -581,3 +581,56 @@ fn output_files_are_not_written_through_a_planted_symlink() {
         "the target carried on: {out}"
     );
 }
+
+/// Multi-uprobe links (Linux 6.6+) and per-point ones, as a kernel without the former gets
+/// (`LEAKTRACE_PER_POINT_UPROBES=1`): either way the probes are placed in the target, fire
+/// (the fixture's blocked senders park on gopark) until leaktrace exits.
+#[test]
+fn per_point_and_multi_uprobe_links_both_trace() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("chansend", &version, &[]);
+    let gopark = symbol_address(&bin, "runtime.gopark");
+    for per_point in ["0", "1"] {
+        let mut fixture = Fixture::start(&bin, &["-n", "5"]);
+        fixture.stderr.wait_for("ready", Duration::from_secs(10));
+        let pid = fixture.pid();
+        let dir = tempfile(&format!("links-{per_point}"));
+        let mut lt = std::process::Command::new(leaktrace_bin())
+            .env("LEAKTRACE_PER_POINT_UPROBES", per_point)
+            .args([
+                "record",
+                "-p",
+                &pid.to_string(),
+                "-d",
+                "4s",
+                "--max-overhead",
+                "off",
+            ])
+            .arg("-o")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while first_byte_in_target(pid, gopark) != 0xcc {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "per-point {per_point}: no uprobe on gopark"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fixture.go_on();
+        assert!(lt.wait().unwrap().success(), "per-point {per_point}");
+        let (out, code) = fixture.finish();
+        assert_eq!(code, Some(0), "{out}");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
+                .unwrap();
+        let hits = r["probes"]["hits"]["runtime.gopark"].as_u64().unwrap_or(0);
+        assert!(
+            hits >= 5,
+            "per-point {per_point}: gopark fired {hits} times: {r:#}"
+        );
+    }
+}

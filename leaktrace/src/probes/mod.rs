@@ -156,22 +156,36 @@ impl Probe {
         Probe::ALL.into_iter().find(|p| p.name() == name)
     }
 
-    /// The BPF program's name in leaktrace-ebpf.
-    pub fn program(self) -> &'static str {
-        match self {
-            Probe::Gopark => "gopark",
-            Probe::Ready => "ready",
-            Probe::Create => "newproc1_ret",
-            Probe::Exit => "goexit1",
-            Probe::ChanSend => "chansend",
-            Probe::ChanRecv => "chanrecv",
-            Probe::ChanClose => "closechan",
-            Probe::Select => "selectgo",
-            Probe::WakeAny => "casgstatus",
-            Probe::Alloc => "malloc",
-            Probe::Refill => "refill",
-            Probe::Large => "alloc_large",
-            Probe::Site => "site",
+    /// The BPF program's name in leaktrace-ebpf: the per-point uprobe, or its multi-uprobe
+    /// twin (`multi`).
+    pub fn program(self, multi: bool) -> &'static str {
+        match (self, multi) {
+            (Probe::Gopark, false) => "gopark",
+            (Probe::Gopark, true) => "gopark_multi",
+            (Probe::Ready, false) => "ready",
+            (Probe::Ready, true) => "ready_multi",
+            (Probe::Create, false) => "newproc1_ret",
+            (Probe::Create, true) => "newproc1_ret_multi",
+            (Probe::Exit, false) => "goexit1",
+            (Probe::Exit, true) => "goexit1_multi",
+            (Probe::ChanSend, false) => "chansend",
+            (Probe::ChanSend, true) => "chansend_multi",
+            (Probe::ChanRecv, false) => "chanrecv",
+            (Probe::ChanRecv, true) => "chanrecv_multi",
+            (Probe::ChanClose, false) => "closechan",
+            (Probe::ChanClose, true) => "closechan_multi",
+            (Probe::Select, false) => "selectgo",
+            (Probe::Select, true) => "selectgo_multi",
+            (Probe::WakeAny, false) => "casgstatus",
+            (Probe::WakeAny, true) => "casgstatus_multi",
+            (Probe::Alloc, false) => "malloc",
+            (Probe::Alloc, true) => "malloc_multi",
+            (Probe::Refill, false) => "refill",
+            (Probe::Refill, true) => "refill_multi",
+            (Probe::Large, false) => "alloc_large",
+            (Probe::Large, true) => "alloc_large_multi",
+            (Probe::Site, false) => "site",
+            (Probe::Site, true) => "site_multi",
         }
     }
 
@@ -325,6 +339,31 @@ impl Counts {
     }
 }
 
+/// When none of `breakpoints` (addresses in the target) holds an int3 any more, read every
+/// half millisecond while `drops` run; None if they cannot be read or the drops end first.
+fn breakpoints_gone<T>(
+    mem: &std::fs::File,
+    breakpoints: &[u64],
+    drops: &[std::thread::ScopedJoinHandle<'_, T>],
+) -> Option<Instant> {
+    use std::os::unix::fs::FileExt;
+    loop {
+        let mut trapped = false;
+        for &addr in breakpoints {
+            let mut b = [0u8; 1];
+            mem.read_exact_at(&mut b, addr).ok()?;
+            trapped |= b[0] == 0xcc;
+        }
+        if !trapped {
+            return Some(Instant::now());
+        }
+        if drops.iter().all(|d| d.is_finished()) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
 /// A removal done on a thread ([`Probes::detach_later`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Detached {
@@ -333,10 +372,11 @@ pub struct Detached {
     /// When the last of the probes began to be removed: on a busy machine the thread may
     /// wait for a CPU, and the breakpoints stay in place, hit, until then.
     pub began: Instant,
-    /// When the last removal returned. The kernel detaches the BPF program first (no record
-    /// after `began`), then waits a grace period (`synchronize_rcu_tasks_trace`, 100-450 ms
-    /// seen on this kernel) and only then takes the breakpoint out: until `ended` the target
-    /// still traps on every hit.
+    /// When the breakpoints were seen gone from the target's code (read back every half
+    /// millisecond), or, if they could not be read, when the last removal returned. Per-point
+    /// uprobe links kept the int3 through a grace period of 100-580 ms after the BPF program
+    /// was detached, the target trapping on every hit unrecorded; multi-uprobe links take it
+    /// out first, then wait.
     pub ended: Instant,
 }
 
@@ -349,6 +389,9 @@ pub struct Probes {
     pub madvise_error: Option<String>,
     pid: NonZeroU32,
     links: HashMap<Probe, Vec<UProbeLinkId>>,
+    /// Whether the multi-uprobe twin of each program is the one loaded (the kernel has
+    /// multi-uprobe links with a process-wide PID filter: Linux 6.6+).
+    multi: bool,
 }
 
 impl Probes {
@@ -398,14 +441,22 @@ impl Probes {
         })()
         .err()
         .map(|e| format!("{e:#} (is tracefs mounted on /sys/kernel/tracing?)"));
+        // LEAKTRACE_PER_POINT_UPROBES=1 takes the per-point programs on any kernel, as one
+        // without multi-uprobe links would (for tests, and a way out should they misbehave).
+        let multi = std::env::var_os("LEAKTRACE_PER_POINT_UPROBES").is_none_or(|v| v == "0")
+            && aya::sys::is_uprobe_multi_supported(
+                aya::sys::UProbeMultiFeature::ProcessScopedPidFilter,
+            )
+            .unwrap_or(false);
         for probe in Probe::ALL {
+            let name = probe.program(multi);
             let program: &mut UProbe = ebpf
-                .program_mut(probe.program())
-                .ok_or_else(|| anyhow!("BPF object has no program {}", probe.program()))?
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("BPF object has no program {name}"))?
                 .try_into()?;
             program
                 .load()
-                .with_context(|| format!("the kernel refused the {} program", probe.program()))?;
+                .with_context(|| format!("the kernel refused the {name} program"))?;
         }
         Ok(Self {
             ebpf,
@@ -414,6 +465,7 @@ impl Probes {
             madvise_error,
             pid,
             links: HashMap::new(),
+            multi,
         })
     }
 
@@ -424,10 +476,11 @@ impl Probes {
         binary: &Path,
         file_offsets: &[u64],
     ) -> anyhow::Result<()> {
+        let name = probe.program(self.multi);
         let program: &mut UProbe = self
             .ebpf
-            .program_mut(probe.program())
-            .ok_or_else(|| anyhow!("BPF object has no program {}", probe.program()))?
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("BPF object has no program {name}"))?
             .try_into()?;
         let link = program
             .attach(
@@ -474,10 +527,11 @@ impl Probes {
             let Some(ids) = self.links.remove(probe) else {
                 continue;
             };
+            let name = probe.program(self.multi);
             let program: &mut UProbe = self
                 .ebpf
-                .program_mut(probe.program())
-                .ok_or_else(|| anyhow!("BPF object has no program {}", probe.program()))?
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("BPF object has no program {name}"))?
                 .try_into()?;
             for id in ids {
                 links.push(program.take_link(id)?);
@@ -494,8 +548,10 @@ impl Probes {
     pub fn detach_later(
         &mut self,
         probes: &[Probe],
+        breakpoints: Vec<u64>,
     ) -> anyhow::Result<std::thread::JoinHandle<Detached>> {
         let links = self.take_links(probes)?;
+        let mem = std::fs::File::open(format!("/proc/{}/mem", self.pid)).ok();
         Ok(std::thread::spawn(move || {
             std::thread::scope(|s| {
                 let drops: Vec<_> = links
@@ -514,6 +570,7 @@ impl Probes {
                     })
                     .collect();
                 let started = Instant::now();
+                let gone = mem.and_then(|m| breakpoints_gone(&m, &breakpoints, &drops));
                 drops
                     .into_iter()
                     .filter_map(|d| d.join().ok())
@@ -521,6 +578,10 @@ impl Probes {
                         cpu: all.cpu + d.cpu,
                         began: all.began.max(d.began),
                         ended: all.ended.max(d.ended),
+                    })
+                    .map(|d| Detached {
+                        ended: gone.unwrap_or(d.ended),
+                        ..d
                     })
                     .unwrap_or(Detached {
                         cpu: Duration::ZERO,

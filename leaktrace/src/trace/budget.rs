@@ -282,7 +282,14 @@ impl Session {
             }
             self.windows.read_sched(&self.target, SchedRead::Close);
             let probes = self.windows.probes.clone();
-            let detach = self.probes.detach_later(&probes)?;
+            let bias = self.target.load_bias;
+            let breakpoints = probes
+                .iter()
+                .flat_map(|p| &self.windows.offsets[p])
+                .filter_map(|off| self.target.binary.vaddr_of_offset(*off))
+                .map(|v| v + bias)
+                .collect();
+            let detach = self.probes.detach_later(&probes, breakpoints)?;
             // The period was planned from the rate expected (at first the pre-attach
             // estimate, which can be far off); what the window cost is known now, but for
             // the detach on its way (about what the attach cost): the next comes as soon as

@@ -388,6 +388,17 @@ impl GoBinary {
         })
     }
 
+    /// The link-time address of file offset `offset`, through the PT_LOAD segments: where a
+    /// uprobe attached at that offset puts its breakpoint (add the load bias).
+    pub fn vaddr_of_offset(&self, offset: u64) -> Option<u64> {
+        self.segments.iter().find_map(|seg| {
+            let delta = offset.checked_sub(seg.offset)?;
+            (delta < seg.filesz)
+                .then(|| seg.vaddr.checked_add(delta))
+                .flatten()
+        })
+    }
+
     /// The file's bytes at link-time addresses `vaddr..vaddr + len`: the initial contents of
     /// code and static data, not what a running process holds now.
     pub fn read_vaddr(&self, vaddr: u64, len: usize) -> Option<&[u8]> {

@@ -404,13 +404,23 @@ pub fn programs_held_by(pid: u32) -> Vec<u32> {
     ids
 }
 
-/// Which of `ids` are still loaded in the kernel.
+/// Which of `ids` are still loaded in the kernel, once it had up to 3 s to free them.
 pub fn still_loaded(ids: &[u32]) -> Vec<u32> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|p| p.id())
-        .filter(|id| ids.contains(id))
-        .collect()
+    // A multi-uprobe link takes its breakpoints out when it is closed, but the kernel lets
+    // go of its program only after a grace period (bpf_uprobe_multi_link_dealloc, deferred
+    // with call_rcu_tasks_trace): up to a second or so on a busy VM after leaktrace exits.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Tracer {
