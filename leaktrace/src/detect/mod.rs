@@ -196,6 +196,39 @@ pub struct LeakGroup {
     pub ages: Vec<Duration>,
 }
 
+#[cfg(test)]
+impl LeakGroup {
+    /// For unit tests to adjust: `count` goroutines in `chan send`, blocked a second, at
+    /// `main.produce` on `line` of /src/main.go (no site when None).
+    pub(crate) fn for_tests(count: usize, line: Option<u32>, confidence: Confidence) -> Self {
+        LeakGroup {
+            wait_reason: "chan send".into(),
+            site: line.map(|line| crate::census::StackFrame {
+                function: "main.produce".into(),
+                file: "/src/main.go".into(),
+                line,
+                pc: 0,
+                inlined: false,
+                shown: true,
+            }),
+            stack: Vec::new(),
+            created_by: None,
+            count,
+            goids: Vec::new(),
+            blocked_seconds: crate::census::Seconds::of(1.0),
+            channel: None,
+            confidence,
+            score: 5,
+            evidence: Vec::new(),
+            against: Vec::new(),
+            growth: Vec::new(),
+            allocated: None,
+            pinned: None,
+            ages: Vec::new(),
+        }
+    }
+}
+
 /// The memory a leak group pins.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Pinned {

@@ -126,26 +126,12 @@ impl PinnedEstimates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::census::Seconds;
 
     fn group(confidence: Confidence, goids: Vec<u64>) -> LeakGroup {
         LeakGroup {
-            wait_reason: "chan send".into(),
-            site: None,
-            stack: Vec::new(),
-            created_by: None,
             count: goids.len(),
             goids,
-            blocked_seconds: Seconds::of(1.0),
-            channel: None,
-            confidence,
-            score: 5,
-            evidence: Vec::new(),
-            against: Vec::new(),
-            growth: Vec::new(),
-            allocated: None,
-            pinned: None,
-            ages: Vec::new(),
+            ..LeakGroup::for_tests(0, None, confidence)
         }
     }
 

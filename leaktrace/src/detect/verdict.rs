@@ -282,40 +282,19 @@ fn top_site(sites: &[AllocSite]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::census::{MemorySnapshot, Seconds};
+    use crate::census::MemorySnapshot;
     use crate::detect::Pinned;
 
     /// A leak group of `count` goroutines at `line`, pinning `pinned` bytes measured by
     /// `method`.
     fn group(confidence: Confidence, line: u32, pinned: u64, method: &str) -> LeakGroup {
         LeakGroup {
-            wait_reason: "chan send".into(),
-            site: Some(crate::census::StackFrame {
-                function: "main.produce".into(),
-                file: "/src/main.go".into(),
-                line,
-                pc: 0,
-                inlined: false,
-                shown: true,
-            }),
-            stack: Vec::new(),
-            created_by: None,
-            count: 10,
-            goids: Vec::new(),
-            blocked_seconds: Seconds::of(1.0),
-            channel: None,
-            confidence,
-            score: 5,
-            evidence: Vec::new(),
-            against: Vec::new(),
-            growth: Vec::new(),
-            allocated: None,
             pinned: Some(Pinned {
                 heap_bytes: pinned,
                 method: method.into(),
                 ..Pinned::default()
             }),
-            ages: Vec::new(),
+            ..LeakGroup::for_tests(10, Some(line), confidence)
         }
     }
 

@@ -159,34 +159,22 @@ impl Probe {
     /// The BPF program's name in leaktrace-ebpf: the per-point uprobe, or its multi-uprobe
     /// twin (`multi`).
     pub fn program(self, multi: bool) -> &'static str {
-        match (self, multi) {
-            (Probe::Gopark, false) => "gopark",
-            (Probe::Gopark, true) => "gopark_multi",
-            (Probe::Ready, false) => "ready",
-            (Probe::Ready, true) => "ready_multi",
-            (Probe::Create, false) => "newproc1_ret",
-            (Probe::Create, true) => "newproc1_ret_multi",
-            (Probe::Exit, false) => "goexit1",
-            (Probe::Exit, true) => "goexit1_multi",
-            (Probe::ChanSend, false) => "chansend",
-            (Probe::ChanSend, true) => "chansend_multi",
-            (Probe::ChanRecv, false) => "chanrecv",
-            (Probe::ChanRecv, true) => "chanrecv_multi",
-            (Probe::ChanClose, false) => "closechan",
-            (Probe::ChanClose, true) => "closechan_multi",
-            (Probe::Select, false) => "selectgo",
-            (Probe::Select, true) => "selectgo_multi",
-            (Probe::WakeAny, false) => "casgstatus",
-            (Probe::WakeAny, true) => "casgstatus_multi",
-            (Probe::Alloc, false) => "malloc",
-            (Probe::Alloc, true) => "malloc_multi",
-            (Probe::Refill, false) => "refill",
-            (Probe::Refill, true) => "refill_multi",
-            (Probe::Large, false) => "alloc_large",
-            (Probe::Large, true) => "alloc_large_multi",
-            (Probe::Site, false) => "site",
-            (Probe::Site, true) => "site_multi",
-        }
+        let (single, twin) = match self {
+            Probe::Gopark => ("gopark", "gopark_multi"),
+            Probe::Ready => ("ready", "ready_multi"),
+            Probe::Create => ("newproc1_ret", "newproc1_ret_multi"),
+            Probe::Exit => ("goexit1", "goexit1_multi"),
+            Probe::ChanSend => ("chansend", "chansend_multi"),
+            Probe::ChanRecv => ("chanrecv", "chanrecv_multi"),
+            Probe::ChanClose => ("closechan", "closechan_multi"),
+            Probe::Select => ("selectgo", "selectgo_multi"),
+            Probe::WakeAny => ("casgstatus", "casgstatus_multi"),
+            Probe::Alloc => ("malloc", "malloc_multi"),
+            Probe::Refill => ("refill", "refill_multi"),
+            Probe::Large => ("alloc_large", "alloc_large_multi"),
+            Probe::Site => ("site", "site_multi"),
+        };
+        if multi { twin } else { single }
     }
 
     /// The Go runtime function the probe is placed on.

@@ -127,34 +127,10 @@ pub fn targets_json(entries: &[TargetEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{census::Seconds, detect::Confidence};
+    use crate::detect::Confidence;
 
     fn group(count: usize, line: u32) -> LeakGroup {
-        LeakGroup {
-            wait_reason: "chan send".into(),
-            site: Some(crate::census::StackFrame {
-                function: "main.produce".into(),
-                file: "/src/main.go".into(),
-                line,
-                pc: 0,
-                inlined: false,
-                shown: true,
-            }),
-            stack: Vec::new(),
-            created_by: None,
-            count,
-            goids: Vec::new(),
-            blocked_seconds: Seconds::of(1.0),
-            channel: None,
-            confidence: Confidence::Proven,
-            score: 5,
-            evidence: Vec::new(),
-            against: Vec::new(),
-            growth: Vec::new(),
-            allocated: None,
-            pinned: None,
-            ages: Vec::new(),
-        }
+        LeakGroup::for_tests(count, Some(line), Confidence::Proven)
     }
 
     #[test]
