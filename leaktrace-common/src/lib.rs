@@ -9,7 +9,12 @@
 pub struct Config {
     /// Thread-group id of the target in the initial PID namespace (what the kernel reports).
     pub tgid: u32,
-    pub _pad: u32,
+    /// A record wakes the collector only when at least this many bytes wait in the ring
+    /// buffer (0: whenever it finds the ring empty, the kernel's default); below it the
+    /// collector drains the ring on a timer. A wake-up is a context switch for the collector
+    /// and work in the target's context for the probe: at thousands of hits a second they
+    /// cost more than the records.
+    pub wake_bytes: u32,
     /// Offset of `runtime.g.goid` (u64).
     pub g_goid: u64,
     /// Offset of `runtime.g.m` (*m).

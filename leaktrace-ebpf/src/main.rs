@@ -92,9 +92,30 @@ fn regs(ctx: &ProbeContext) -> &pt_regs {
     unsafe { &*ctx.regs }
 }
 
+/// `bpf_ringbuf_query`'s BPF_RB_AVAIL_DATA, and `bpf_ringbuf_output`'s BPF_RB_NO_WAKEUP and
+/// BPF_RB_FORCE_WAKEUP (include/uapi/linux/bpf.h).
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Whether this record wakes the collector: only once `Config::wake_bytes` wait in the ring.
+#[inline(always)]
+fn wake_flags() -> u64 {
+    match CONFIG.get(0) {
+        Some(cfg) if cfg.wake_bytes != 0 => {
+            if RECORDS.query(BPF_RB_AVAIL_DATA) >= u64::from(cfg.wake_bytes) {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            }
+        }
+        _ => 0,
+    }
+}
+
 #[inline(always)]
 fn emit(record: Record) {
-    if RECORDS.output(&record, 0).is_err() {
+    if RECORDS.output(&record, wake_flags()).is_err() {
         bump(Counter::Lost);
     }
 }

@@ -382,6 +382,11 @@ pub struct Probes {
     multi: bool,
 }
 
+/// Records wake the collector once this fraction of the ring buffer waits in it; until then
+/// the collector drains the ring on its own timer (`trace::follow`'s DRAIN_PERIOD), so that a
+/// probe firing thousands of times a second wakes it a few dozen times, not at every hit.
+pub const WAKE_AT_FRACTION: u32 = 4;
+
 impl Probes {
     /// Loads the programs, with a ring buffer of `ring_bytes` for their records, and writes
     /// `config` for them. Nothing is attached yet.
@@ -406,6 +411,10 @@ impl Probes {
             .map_mut("CONFIG")
             .ok_or_else(|| anyhow!("BPF object has no CONFIG map"))?
             .try_into()?;
+        let config = Config {
+            wake_bytes: ring_bytes / WAKE_AT_FRACTION,
+            ..config
+        };
         cfg.set(0, &config, 0)
             .context("writing the probe configuration")?;
         let counters: PerCpuArray<MapData, u64> = ebpf

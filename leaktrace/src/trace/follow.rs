@@ -92,16 +92,25 @@ pub(super) async fn follow(
     // The proof's first pass now, on the goroutines as the attach found them: leaks begun
     // before leaktrace are proven a few seconds in.
     s.advance_proof(io.records.get_mut());
+    // Records wake the collector only once a quarter of the ring waits
+    // (`probes::WAKE_AT_FRACTION`): it drains on this timer instead. A busy Go program's
+    // scavenger alone calls madvise a thousand times a second, each a record.
+    let mut drain = interval_at(Instant::now() + DRAIN_PERIOD, DRAIN_PERIOD);
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stop = loop {
         tokio::select! {
             guard = io.records.readable_mut() => {
                 let mut guard = guard?;
-                let (target, findings) = (&s.target, &mut s.findings);
-                collector::drain(guard.get_inner_mut(), |rec| findings.apply(target, rec));
+                s.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
+            _ = drain.tick() => s.drain(io.records.get_mut()),
             _ = budget.tick() => s.check_budget()?,
-            _ = async { sleep_until(s.windows.next.unwrap().into()).await }, if s.windows.next.is_some() => s.window_tick()?,
+            _ = async { sleep_until(s.windows.next.unwrap().into()).await }, if s.windows.next.is_some() => {
+                // A window's records are in before it is opened or closed.
+                s.drain(io.records.get_mut());
+                s.window_tick()?;
+            }
             _ = tick.tick() => {
                 s.live_line(observer.as_mut().map(|o| &mut **o as _))?;
                 if s.target.process.has_execed() {
@@ -125,7 +134,17 @@ pub(super) async fn follow(
     Ok(stop)
 }
 
+/// How often the collector drains the ring buffer: at most this late, a record is applied
+/// (sooner once a quarter of the ring waits).
+const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Session {
+    /// Applies every record waiting in the ring buffer.
+    fn drain(&mut self, records: &mut RingBuf<MapData>) {
+        let (target, findings) = (&self.target, &mut self.findings);
+        collector::drain(records, |rec| findings.apply(target, rec));
+    }
+
     /// The live line of the interval that just ended, or the observer's view of it.
     fn live_line(&mut self, observer: Option<&mut dyn Observer>) -> anyhow::Result<()> {
         let elapsed = self.start.elapsed();
