@@ -505,9 +505,9 @@ impl Agent {
                     return;
                 }
                 match p.finish(&w.target, opts.limits) {
-                    Ok(proof) => w
-                        .tracker
-                        .set_proven(proof.proven.iter().map(|b| b.goid), proof.evidence()),
+                    Ok(proof) => {
+                        w.tracker.set_proven(&proof);
+                    }
                     Err(e) => log::debug!("PID {pid}: reachability pass failed: {e:#}"),
                 }
             }

@@ -208,6 +208,9 @@ pub struct Pass {
     pub unreachable: Vec<BlockedG>,
     /// Goroutines blocked on a channel or sync primitive (the candidates).
     pub candidates: usize,
+    /// Their goids: the goroutines this pass could have found unreachable.
+    #[serde(skip)]
+    pub examined: Vec<u64>,
     /// Of those, the ones that became live because what they wait on was marked.
     pub revived: usize,
     pub goroutines: usize,
@@ -826,6 +829,7 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
             .map(|c| BlockedG::of(&c.g))
             .collect(),
         candidates: cands.len(),
+        examined: cands.iter().map(|c| c.g.goid).collect(),
         revived,
         goroutines,
         objects_marked,

@@ -80,7 +80,7 @@ const OBJECT_GAP: u64 = 512;
 /// A hasher for addresses and page numbers (FxHash's multiply): the scan looks up a span
 /// for every word it follows, and SipHash was a third of its CPU.
 #[derive(Default, Clone, Copy)]
-pub(super) struct AddrHasher(u64);
+pub(crate) struct AddrHasher(u64);
 
 const FX: u64 = 0x517c_c1b7_2722_0a95;
 
@@ -142,9 +142,9 @@ impl<T> Chunked<T> {
 }
 
 /// A map keyed by address, hashed with [`AddrHasher`].
-pub(super) type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
+pub(crate) type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
 /// A set of addresses, hashed with [`AddrHasher`].
-pub(super) type AddrSet = HashSet<u64, BuildHasherDefault<AddrHasher>>;
+pub(crate) type AddrSet = HashSet<u64, BuildHasherDefault<AddrHasher>>;
 
 /// Bounds on the work of one [`estimate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,8 @@ pub mod proof;
 pub mod verdict;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::Duration,
 };
@@ -23,7 +24,12 @@ use serde::Serialize;
 
 use crate::{
     alloc::Allocated,
-    census::{CreatedBy, Seconds, StackFrame, channels::ChannelState},
+    census::{
+        CreatedBy, Seconds, StackFrame,
+        channels::ChannelState,
+        retained::{AddrMap, AddrSet},
+    },
+    detect::proof::Proof,
 };
 
 /// Suspects are reported at or above this score (see [`Confidence`]).
@@ -249,7 +255,7 @@ pub struct DetectOptions {
     pub min_age: Duration,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Member {
     first_seen: Duration,
 }
@@ -257,7 +263,7 @@ struct Member {
 #[derive(Debug, Default)]
 struct History {
     counts: Vec<(Duration, usize)>,
-    members: HashMap<u64, Member>,
+    members: AddrMap<Member>,
     /// Goroutines that were in the group and left it while observed.
     left: usize,
     latest: Vec<Observed>,
@@ -291,13 +297,17 @@ struct SiteProbe {
     since: Duration,
     hits: u64,
     /// The goroutines that passed it (at most [`MAX_PASSED`]).
-    passed: BTreeSet<u64>,
+    passed: AddrSet,
     active: bool,
 }
 
 /// How long the last operations on a channel nobody waits on are kept: a goroutine that
 /// blocks on it later than this after them is judged without them.
 const TOUCHES_KEPT: Duration = Duration::from_secs(60);
+
+/// A goroutine the runtime says has waited this long is settled in its wait
+/// ([`Tracker::settled_blocked`]).
+const SETTLED_WAIT: Duration = Duration::from_secs(1);
 
 /// Goroutine ids kept per targeted probe: enough to recognise a group's members.
 const MAX_PASSED: usize = 100_000;
@@ -316,9 +326,9 @@ pub struct Tracker {
     last_at: Duration,
     /// Wake-ups seen by the probes, per goroutine, and since when the probes watch.
     /// The last wake-up of each goroutine, in trace time.
-    wakes: HashMap<u64, Duration>,
+    wakes: AddrMap<Duration>,
     /// The last operation of the other side on each channel, from the channel probes.
-    touches: HashMap<u64, ChannelTouches>,
+    touches: AddrMap<ChannelTouches>,
     /// Since when the channel probes watch continuously (send, recv and close all attached;
     /// None while they run in windows or not at all).
     chan_probes_since: Option<Duration>,
@@ -328,41 +338,73 @@ pub struct Tracker {
     sites: HashMap<u64, SiteProbe>,
     probes_since: Option<Duration>,
     /// The goroutines the last proof by reachability proved leaked, and its evidence line.
-    proven: BTreeSet<u64>,
+    proven: AddrSet,
+    /// The goroutines that proof examined (blocked on a channel or sync primitive at its
+    /// first pass): a group's members it did not examine came later, and do not count
+    /// against the group's proof until the next.
+    examined: AddrSet,
     proof_evidence: String,
+    /// The last verdicts and the --min-age they were judged with, until anything above
+    /// changes: the live line, the snapshot and the metrics all ask for them, and judging
+    /// tens of thousands of leaked goroutines each time was a fifth of leaktrace's CPU.
+    judged: RefCell<Option<(Duration, Vec<LeakGroup>)>>,
 }
 
 impl Tracker {
     /// Takes the result of a proof by reachability: the goroutines it proved leaked (those
-    /// of an earlier proof not proven again are dropped) and its evidence line.
-    pub fn set_proven(&mut self, goids: impl IntoIterator<Item = u64>, evidence: String) {
-        self.proven = goids.into_iter().collect();
-        self.proof_evidence = evidence;
+    /// of an earlier proof not proven again are dropped), those it examined, and its
+    /// evidence line. True when it proved a group that was not proven before.
+    pub fn set_proven(&mut self, proof: &Proof) -> bool {
+        let before: BTreeSet<GroupKey> = self.proven_groups().into_iter().cloned().collect();
+        self.judged.take();
+        self.proven = proof.proven.iter().map(|b| b.goid).collect();
+        self.examined = proof
+            .passes
+            .first()
+            .map(|p| p.examined.iter().copied().collect())
+            .unwrap_or_default();
+        self.proof_evidence = proof.evidence();
+        self.proven_groups()
+            .into_iter()
+            .any(|k| !before.contains(k))
     }
 
-    /// Goroutines in a wait a proof may find unreachable (a channel or sync primitive) that
-    /// were already in it at the snapshot before the last: what a new proof could be about.
-    /// Transient waits of a busy program, shorter than a snapshot interval, are not counted.
+    /// The groups whose goroutines the last proof proved.
+    fn proven_groups(&self) -> BTreeSet<&GroupKey> {
+        self.groups
+            .iter()
+            .filter(|(_, h)| h.latest.iter().any(|g| self.proven.contains(&g.goid)))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Goroutines settled in a wait a proof may find unreachable (a channel or sync
+    /// primitive): what a new proof could be about. Settled: the runtime says it has waited
+    /// [`SETTLED_WAIT`], or, before a GC of the target stamped its wait, it was in it at the
+    /// snapshot before the last too. A busy service's goroutines that pass through such
+    /// waits (a connection's goroutine back at the same receive at the next snapshot) are
+    /// not counted, nor are newcomers to a group already proven: a leak that goes on growing
+    /// is proven once, and its newcomers at the next cycle, whenever that comes.
     pub fn settled_blocked(&self) -> usize {
         self.groups
             .iter()
             .filter(|(key, _)| crate::census::reach::may_prove(&key.state))
+            .filter(|(_, h)| !h.latest.iter().any(|g| self.proven.contains(&g.goid)))
             .map(|(_, h)| {
-                h.members
-                    .values()
-                    .filter(|m| m.first_seen < self.last_at)
+                h.latest
+                    .iter()
+                    .filter(|g| match g.waiting {
+                        Some(w) => w >= SETTLED_WAIT,
+                        None => first_seen(h, g.goid) < self.last_at,
+                    })
                     .count()
             })
             .sum()
     }
 
-    /// Whether any of `goids` is not proven now.
-    pub fn any_not_proven(&self, goids: &[u64]) -> bool {
-        goids.iter().any(|g| !self.proven.contains(g))
-    }
-
     /// Adds a snapshot taken `at` (since the trace started).
     pub fn observe(&mut self, at: Duration, goroutines: Vec<Observed>) {
+        self.judged.take();
         self.snapshots += 1;
         self.first_at.get_or_insert(at);
         self.last_at = at;
@@ -372,7 +414,7 @@ impl Tracker {
             now.entry(g.key()).or_default().push(g);
         }
         for (key, h) in &mut self.groups {
-            let present: BTreeSet<u64> = now
+            let present: AddrSet = now
                 .get(key)
                 .map(|v| v.iter().map(|g| g.goid).collect())
                 .unwrap_or_default();
@@ -399,8 +441,8 @@ impl Tracker {
     /// last operations on a channel someone waits on, or made in the last [`TOUCHES_KEPT`];
     /// exits of the goroutines those operations name.
     fn forget_the_past(&mut self, at: Duration, now: &[Observed]) {
-        let live: HashSet<u64> = now.iter().map(|g| g.goid).collect();
-        let waited: HashSet<u64> = now
+        let live: AddrSet = now.iter().map(|g| g.goid).collect();
+        let waited: AddrSet = now
             .iter()
             .flat_map(|g| g.channels.iter().map(|c| c.addr))
             .collect();
@@ -412,7 +454,7 @@ impl Tracker {
                     .flatten()
                     .any(|(when, _)| at.saturating_sub(*when) < TOUCHES_KEPT)
         });
-        let named: HashSet<u64> = self
+        let named: AddrSet = self
             .touches
             .values()
             .flat_map(|t| [&t.send, &t.recv, &t.close])
@@ -424,22 +466,26 @@ impl Tracker {
 
     /// The park/wake probes watch from `at` on: wake-ups now count as evidence.
     pub fn probes_active(&mut self, at: Duration) {
+        self.judged.take();
         self.probes_since.get_or_insert(at);
     }
 
     /// The probes were detached: their silence proves nothing from now on.
     pub fn probes_inactive(&mut self) {
+        self.judged.take();
         self.probes_since = None;
     }
 
     /// A wake-up of `goid` at `at` (trace time, from the probe's own timestamp).
     pub fn record_wake(&mut self, goid: u64, at: Duration) {
+        self.judged.take();
         let last = self.wakes.entry(goid).or_default();
         *last = (*last).max(at);
     }
 
     /// A channel operation at `at` (trace time): `op` is "send", "receive" or "close".
     pub fn record_touch(&mut self, chan: u64, at: Duration, touch: Touch) {
+        self.judged.take();
         let t = self.touches.entry(chan).or_default();
         let slot = match touch.op {
             "send" => &mut t.send,
@@ -451,21 +497,24 @@ impl Tracker {
 
     /// The send, receive and close probes all watch from `at` on.
     pub fn chan_probes_active(&mut self, at: Duration) {
+        self.judged.take();
         self.chan_probes_since.get_or_insert(at);
     }
 
     pub fn chan_probes_inactive(&mut self) {
+        self.judged.take();
         self.chan_probes_since = None;
     }
 
     /// A targeted probe was placed at link-time `pc` at `at`.
     pub fn site_placed(&mut self, pc: u64, at: Duration) {
+        self.judged.take();
         self.sites.insert(
             pc,
             SiteProbe {
                 since: at,
                 hits: 0,
-                passed: BTreeSet::new(),
+                passed: AddrSet::default(),
                 active: true,
             },
         );
@@ -473,6 +522,7 @@ impl Tracker {
 
     /// Goroutine `goid` passed the targeted probe at link-time `pc`.
     pub fn record_site_hit(&mut self, pc: u64, goid: u64) {
+        self.judged.take();
         if let Some(s) = self.sites.get_mut(&pc) {
             s.hits += 1;
             if s.passed.len() < MAX_PASSED {
@@ -483,6 +533,7 @@ impl Tracker {
 
     /// The targeted probes were removed: what they did not see proves nothing from now on.
     pub fn sites_inactive(&mut self) {
+        self.judged.take();
         for s in self.sites.values_mut() {
             s.active = false;
         }
@@ -507,6 +558,7 @@ impl Tracker {
     }
 
     pub fn record_exit(&mut self, goid: u64) {
+        self.judged.take();
         self.exited.insert(goid);
     }
 
@@ -516,6 +568,17 @@ impl Tracker {
 
     /// Every current group with its verdict, the strongest suspects first.
     pub fn verdicts(&self, opts: &DetectOptions) -> Vec<LeakGroup> {
+        if let Some((min_age, v)) = &*self.judged.borrow()
+            && *min_age == opts.min_age
+        {
+            return v.clone();
+        }
+        let v = self.judge_all(opts);
+        *self.judged.borrow_mut() = Some((opts.min_age, v.clone()));
+        v
+    }
+
+    fn judge_all(&self, opts: &DetectOptions) -> Vec<LeakGroup> {
         let mut out: Vec<LeakGroup> = self
             .groups
             .iter()
@@ -544,6 +607,11 @@ impl Tracker {
         if kind == Blocking::Not {
             return None;
         }
+        let part = self.proven_part(h);
+        let (h, left_out) = match &part {
+            Some((part, left_out)) => (part, Some(*left_out)),
+            None => (h, None),
+        };
         let ages = self.ages(h);
         let (min_age, max_age) = (ages.iter().min().copied()?, ages.iter().max().copied()?);
         let count = h.latest.len();
@@ -569,7 +637,7 @@ impl Tracker {
                 "it is the main goroutine, which programs often block on purpose".into(),
             );
         }
-        let confidence = self.weigh_proof(h, &mut j);
+        let confidence = self.weigh_proof(h, left_out, &mut j);
 
         let mut goids: Vec<u64> = h.latest.iter().map(|g| g.goid).collect();
         goids.sort_unstable();
@@ -812,29 +880,67 @@ impl Tracker {
 
     /// A proof by reachability outranks the evidence gathered over time, and needs no
     /// --min-age: the group's confidence, with the proof's line first in its evidence.
-    fn weigh_proof(&self, h: &History, j: &mut Judgement) -> Confidence {
+    fn weigh_proof(&self, h: &History, left_out: Option<LeftOut>, j: &mut Judgement) -> Confidence {
         let count = h.latest.len();
-        let proven = h
+        if !h.latest.iter().all(|g| self.proven.contains(&g.goid)) {
+            return confidence(j.score);
+        }
+        j.score = j.score.max(REPORT_SCORE);
+        let mut line = format!("all {count} unreachable: {}", self.proof_evidence);
+        if let Some(o) = left_out {
+            line += &format!(
+                "; not counted here, in the same wait: {} that came since the proof \
+                 (examined at the next), {} it found reachable",
+                o.newer, o.reachable
+            );
+        }
+        j.evidence.insert(0, line);
+        Confidence::Proven
+    }
+
+    /// A group some of whose goroutines the last proof proved leaked, as those alone: the
+    /// others in the same wait came since (a leak that goes on growing) or are reachable (a
+    /// busy service's goroutines passing the same line), and are no part of the proof.
+    fn proven_part(&self, h: &History) -> Option<(History, LeftOut)> {
+        let latest: Vec<Observed> = h
             .latest
             .iter()
             .filter(|g| self.proven.contains(&g.goid))
-            .count();
-        let mut confidence = confidence(j.score);
-        if proven == count {
-            confidence = Confidence::Proven;
-            j.score = j.score.max(REPORT_SCORE);
-            j.evidence.insert(
-                0,
-                format!("all {count} unreachable: {}", self.proof_evidence),
-            );
-        } else if proven > 0 {
-            j.evidence.insert(
-                0,
-                format!("{proven} of {count} unreachable: {}", self.proof_evidence),
-            );
+            .cloned()
+            .collect();
+        if latest.is_empty() || latest.len() == h.latest.len() {
+            return None;
         }
-        confidence
+        let newer = h
+            .latest
+            .iter()
+            .filter(|g| !self.proven.contains(&g.goid) && !self.examined.contains(&g.goid))
+            .count();
+        let left_out = LeftOut {
+            newer,
+            reachable: h.latest.len() - latest.len() - newer,
+        };
+        let members = latest
+            .iter()
+            .filter_map(|g| Some((g.goid, h.members.get(&g.goid)?.clone())))
+            .collect();
+        let part = History {
+            counts: h.counts.clone(),
+            members,
+            left: h.left,
+            latest,
+        };
+        Some((part, left_out))
     }
+}
+
+/// The goroutines of a group a proof left out of its proven part.
+#[derive(Clone, Copy)]
+struct LeftOut {
+    /// Not examined: they came after the proof's first pass.
+    newer: usize,
+    /// Examined and found reachable.
+    reachable: usize,
 }
 
 /// When goroutine `goid` was first seen in the group.
@@ -992,6 +1098,7 @@ impl Judgement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::proof::{self, Proof};
 
     #[test]
     fn packages_of_go_function_names() {
@@ -1231,5 +1338,67 @@ mod tests {
             v[0].against.iter().any(|a| a.contains("woke up after")),
             "{v:?}"
         );
+    }
+
+    fn proof_of(proven: &[u64], examined: &[u64]) -> Proof {
+        let blocked = |goid| crate::census::reach::BlockedG {
+            goid,
+            g_addr: 0,
+            wait_reason: 0,
+            wait_since: 0,
+            sched_sp: 0,
+            sched_pc: 0,
+            waiting: 0,
+        };
+        Proof {
+            method: proof::METHOD,
+            passes: vec![crate::census::reach::Pass {
+                examined: examined.to_vec(),
+                ..Default::default()
+            }],
+            gc_cycles_between: Some(1),
+            between: S,
+            proven: proven.iter().map(|&g| blocked(g)).collect(),
+            not_proven: None,
+            holds: HashMap::new(),
+            holds_not_measured: None,
+        }
+    }
+
+    /// A busy service's goroutines pass the leak's line too, and a growing leak has
+    /// newcomers between proofs: the proven part of the group is reported as proven, alone,
+    /// and the others are named, not counted; a group none of whose goroutines is proven is
+    /// judged on the evidence, and a proof that proves no new group says so.
+    #[test]
+    fn a_group_is_proven_as_its_proven_goroutines_alone() {
+        let mut t = Tracker::default();
+        // 10-13 leaked, 20 in flight (reachable), one channel each.
+        let gs = |extra: &[u64]| -> Vec<Observed> {
+            [10, 11, 12, 13, 20]
+                .iter()
+                .chain(extra)
+                .map(|&id| g(id, "chan send", 7, Some(0x1000 + id)))
+                .collect()
+        };
+        t.observe(S, gs(&[]));
+        assert!(t.set_proven(&proof_of(&[10, 11, 12, 13], &[10, 11, 12, 13, 20])));
+        t.observe(2 * S, gs(&[14]));
+        let v = t.verdicts(&opts());
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].confidence, Confidence::Proven, "{v:?}");
+        assert_eq!(v[0].goids, [10, 11, 12, 13]);
+        assert_eq!(v[0].count, 4);
+        assert!(
+            v[0].evidence[0].contains("1 that came since the proof")
+                && v[0].evidence[0].contains("1 it found reachable"),
+            "{:?}",
+            v[0].evidence
+        );
+        // The same group proven again, with its newcomer: nothing new for the pacing.
+        assert!(!t.set_proven(&proof_of(&[10, 11, 12, 13, 14], &[10, 11, 12, 13, 14, 20])));
+        assert_eq!(t.verdicts(&opts())[0].count, 5);
+        // No goroutine of the group proven: judged on the evidence, not proven.
+        assert!(!t.set_proven(&proof_of(&[], &[10, 11, 12, 13, 14, 20])));
+        assert_ne!(t.verdicts(&opts())[0].confidence, Confidence::Proven);
     }
 }

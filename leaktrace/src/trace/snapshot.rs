@@ -118,9 +118,10 @@ fn in_channel_op(g: &GoroutineSnapshot) -> bool {
 /// may, not at the next snapshot, which on a busy machine can be seconds away.
 const PROOF_WATCH: Duration = Duration::from_millis(250);
 /// A proof cycle (one or two passes) is followed by at least PROOF_PACE times the CPU its
-/// passes used before the next begins, so that proofs take at most 1% of a CPU: a pass over
-/// a busy service's heap costs leaktrace 20-100 ms, and the target needs its CPUs.
-const PROOF_PACE: u32 = 100;
+/// passes used before the next begins, so that proofs take at most 0.5% of a CPU: a pass
+/// over a busy service's heap and stacks costs leaktrace 20-300 ms, and the target needs its
+/// CPUs (leaktrace as a whole aims at 1.5% of the target's).
+const PROOF_PACE: u32 = 200;
 /// A cycle that proved nothing new doubles the wait before the next one (from 2 s), up to
 /// this, until more goroutines settle in a channel or sync wait: a leak that begins then is
 /// proven a cycle later; one that begins while nothing new settles (a consumer that exits and
@@ -247,6 +248,7 @@ impl Session {
         if self.prover.is_none() {
             let settled = self.findings.tracker.settled_blocked();
             if let Some(at) = self.proof_pace.sooner(settled) {
+                log::debug!("proof back-off ended: {settled} goroutines settled");
                 self.proof_next = self.proof_next.min(at);
             }
             if Instant::now() < self.proof_next {
@@ -294,14 +296,17 @@ impl Session {
                 if let Some(why) = &proof.holds_not_measured {
                     log::warn!("{why}");
                 }
-                let goids: Vec<u64> = proof.proven.iter().map(|b| b.goid).collect();
-                proved_more = self.findings.tracker.any_not_proven(&goids);
-                self.findings.tracker.set_proven(goids, proof.evidence());
+                proved_more = self.findings.tracker.set_proven(&proof);
                 self.pinned.set_proven(&proof);
             }
             Err(e) => log::warn!("reachability pass failed: {e:#}"),
         }
         self.proof_next = self.proof_pace.end(proved_more);
+        log::debug!(
+            "proof cycle: {:?} of CPU, proved a new group: {proved_more}, next in {:?}",
+            self.proof_pace.cpu,
+            self.proof_next.saturating_duration_since(Instant::now())
+        );
     }
 
     /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time.
