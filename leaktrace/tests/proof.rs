@@ -51,6 +51,8 @@ fn must_prove() -> BTreeMap<&'static str, usize> {
         ("main.leakRWMutexLock", 1),
         ("main.leakWaitGroup", 1),
         ("main.leakCond", 1),
+        // Its channel is in a dead slot of a live frame: found by stack maps only.
+        ("main.leakDeadSlot", 1),
     ])
 }
 
