@@ -338,8 +338,8 @@ impl Marker<'_> {
         let (off, len) = self.wb_buf;
         let mut at = 0;
         for &(base, size) in objects {
-            if self.p_structs.contains(&base) {
-                let lo = (at + (off / 8) as usize).min(words.len());
+            if let Some(p) = struct_in(base, |a| self.p_structs.contains(&a)) {
+                let lo = (at + ((p - base + off) / 8) as usize).min(words.len());
                 let hi = (lo + (len / 8) as usize).min(words.len());
                 words[lo..hi].fill(0);
             }
@@ -384,9 +384,9 @@ impl Marker<'_> {
     fn drop_stack_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
         let mut at = 0;
         for &(base, size) in objects {
-            if self.g_structs.contains(&base) {
+            if let Some(g) = struct_in(base, |a| self.g_structs.contains(&a)) {
                 for off in self.stack_words {
-                    if let Some(w) = words.get_mut(at + (off / 8) as usize) {
+                    if let Some(w) = words.get_mut(at + ((g - base + off) / 8) as usize) {
                         *w = 0;
                     }
                 }
@@ -446,6 +446,14 @@ impl Marker<'_> {
             .and_then(|bits| bits.get((s.index / 64) as usize))
             .is_some_and(|w| w & (1 << (s.index % 64)) != 0)
     }
+}
+
+/// Where the runtime struct in the heap object at `base` starts, if `known` says one does:
+/// at `base`, or 8 bytes in, after the malloc header Go 1.22+ puts before objects over 512
+/// bytes that hold pointers (`runtime/mbitmap.go`, `mallocHeaderSize`): a p (16 KiB in
+/// Go 1.27) is one, and its write barrier buffer would otherwise be followed.
+fn struct_in(base: u64, known: impl Fn(u64) -> bool) -> Option<u64> {
+    [base, base + 8].into_iter().find(|&a| known(a))
 }
 
 /// The words of `ranges`, read in one run into `flat`, each tagged with its range's owner.
