@@ -206,10 +206,11 @@ fn leaks_are_proven_and_controls_never_are() {
         missed.join("\n")
     );
     let mut failures = failures.into_inner().unwrap();
-    // A conservative scan may find a leak's primitive through a stale word (a dead slot of a
-    // live frame): a miss, never a false proof. Misses stay rare; false proofs fail above.
-    if proven * 100 < expected * 95 {
-        failures.push(format!("only {proven} of {expected} leaks proven (< 95%)"));
+    // Stacks are scanned by their maps, but heap objects word by word: a stale word in a live
+    // object may still keep a leak's primitive reachable, a miss, never a false proof. Misses
+    // stay rare (none in three runs of 336); false proofs fail above.
+    if proven * 100 < expected * 98 {
+        failures.push(format!("only {proven} of {expected} leaks proven (< 98%)"));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

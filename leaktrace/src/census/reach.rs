@@ -278,11 +278,12 @@ struct Marker<'t> {
     /// past the stack's end, often the address of the heap object on the next page.
     g_structs: AddrSet,
     stack_words: [u64; 4],
-    /// Every p struct (`runtime.allp`) and the byte range in it of `p.wbBuf`, the write
-    /// barrier's buffer: `uintptr`s Go does not trace, stale pointers to whatever the
-    /// program wrote last (through it a leaked goroutine's channel or buffers would be live).
+    /// Every p struct (`runtime.allp`) and the byte ranges in it of `uintptr`s Go does not
+    /// trace: `p.wbBuf`, the write barrier's buffer, stale pointers to whatever the program
+    /// wrote last (through it a leaked goroutine's channel or buffers would be live), and
+    /// `p.pcache`, whose `base` is the address of a page, so of the object at its start.
     p_structs: HashSet<u64>,
-    wb_buf: (u64, u64),
+    untraced: [(u64, u64); 2],
 }
 
 impl Marker<'_> {
@@ -332,16 +333,17 @@ impl Marker<'_> {
         }
     }
 
-    /// Zeroes the words of `p.wbBuf` in the p structs among `objects`, whose words are
-    /// `words`.
+    /// Zeroes the words of `p.wbBuf` and `p.pcache` in the p structs among `objects`, whose
+    /// words are `words`.
     fn drop_untraced_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
-        let (off, len) = self.wb_buf;
         let mut at = 0;
         for &(base, size) in objects {
             if let Some(p) = struct_in(base, |a| self.p_structs.contains(&a)) {
-                let lo = (at + ((p - base + off) / 8) as usize).min(words.len());
-                let hi = (lo + (len / 8) as usize).min(words.len());
-                words[lo..hi].fill(0);
+                for (off, len) in self.untraced {
+                    let lo = (at + ((p - base + off) / 8) as usize).min(words.len());
+                    let hi = (lo + (len / 8) as usize).min(words.len());
+                    words[lo..hi].fill(0);
+                }
             }
             at += (size / 8) as usize;
         }
@@ -778,7 +780,10 @@ pub fn pass_scanning(
         p_structs: pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?
             .into_iter()
             .collect(),
-        wb_buf: (target.layout.p.wb_buf, target.layout.p.wb_buf_size),
+        untraced: {
+            let p = &target.layout.p;
+            [(p.wb_buf, p.wb_buf_size), (p.pcache, p.pcache_size)]
+        },
     };
     let data_bss = data_roots::data_and_bss(target, globals == GlobalScan::GcBitmaps)?;
     let mut words = Vec::new();
