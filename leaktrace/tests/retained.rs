@@ -339,7 +339,7 @@ const OWN_CHANNEL_SLACK: u64 = 1024;
 /// The share of what the holders retain that the proof's mark may find reachable from a
 /// root after all: a stale word to a list node or a buffer in a live heap object (scanned
 /// word by word; stacks are scanned by their maps) makes it live. Seen: 0.3% (one list of
-/// 20) to 2.6%.
+/// 20) to 2.9%.
 const STALE_SHARE: f64 = 0.08;
 
 /// A proven group's pinned memory from the proof's mark: holders proven leaked (each on a
