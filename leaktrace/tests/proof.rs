@@ -155,6 +155,13 @@ fn leaks_are_proven_and_controls_never_are() {
                     if !r["not_proven"].is_null() {
                         fail(format!("nothing proven: {}", r["not_proven"]));
                     }
+                    // Every pass says it scanned the stacks by their maps.
+                    for p in r["proof"]["passes"].as_array().unwrap() {
+                        let s = &p["stacks"];
+                        if s["mode"] != "stack maps" || s["precise_frames"].as_u64() < Some(1) {
+                            fail(format!("stacks not scanned by their maps: {s}"));
+                        }
+                    }
                     for (f, n) in &got {
                         if !f.starts_with("main.leak") {
                             fail(format!("{f} ({n}) proven leaked: it is not a leak"));
