@@ -13,6 +13,9 @@
 //! cargo run --release --example bench_reach [-- MIBS [ROUNDS]]   # e.g. -- 100,1024 3
 //! ```
 //!
+//! `LEAKTRACE_BENCH_STACKS=conservative` scans goroutine stacks word by word instead of by
+//! their stack maps, to compare.
+//!
 //! Needs root (or CAP_SYS_PTRACE) and the Go toolchains of scripts/setup.sh; it uses the
 //! newest of scripts/versions.sh, or LEAKTRACE_GO_VERSION. The figures go, by hand, under
 //! "## Reachability pass (bench_reach)" in BENCHMARKS.md, which `cargo xtask bench` keeps.
@@ -29,7 +32,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use leaktrace::{
-    census::reach::{self, Pass, PassLimits},
+    census::{
+        data_roots::GlobalScan,
+        reach::{self, Pass, PassLimits},
+        stackmaps::StackMode,
+    },
     tracee::Target,
 };
 
@@ -45,6 +52,15 @@ const PERIOD: Duration = Duration::from_millis(250);
 /// Passes timed per size.
 const SAMPLES: usize = 3;
 const LEAKS: usize = 100;
+
+/// One pass, scanning stacks as `LEAKTRACE_BENCH_STACKS` asks.
+fn one_pass(target: &Target) -> anyhow::Result<Pass> {
+    let stacks = match env::var("LEAKTRACE_BENCH_STACKS").as_deref() {
+        Ok("conservative") => StackMode::Conservative,
+        _ => StackMode::Precise,
+    };
+    reach::pass_scanning(target, PassLimits::default(), GlobalScan::GcBitmaps, stacks)
+}
 
 fn go_version() -> String {
     env::var("LEAKTRACE_GO_VERSION")
@@ -159,7 +175,7 @@ fn measured_pass(target: &Target) -> anyhow::Result<(Pass, Duration, u64)> {
     fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
     let before = status_bytes("VmRSS:");
     let t = thread_cpu();
-    let pass = reach::pass(target, PassLimits::default())?;
+    let pass = one_pass(target)?;
     let cpu = thread_cpu() - t;
     let extra = status_bytes("VmHWM:").saturating_sub(before);
     Ok((pass, cpu, extra))
@@ -197,7 +213,7 @@ fn bench(bin: &Path, size: usize, rounds: usize) -> anyhow::Result<()> {
         let untraced = fixture.rate(start, Instant::now())?;
         let start = Instant::now();
         while start.elapsed() < TRACED {
-            std::hint::black_box(reach::pass(&target, PassLimits::default())?);
+            std::hint::black_box(one_pass(&target)?);
             passes += 1;
         }
         let end = Instant::now();
@@ -211,7 +227,7 @@ fn bench(bin: &Path, size: usize, rounds: usize) -> anyhow::Result<()> {
     println!(
         "| {size} MiB | {:.0} MiB | {:.2} s (min {:.2}, max {:.2}) | {:.2} s | {} | {:.0} MiB | \
          {:.0} MiB | {:.1} MiB (1/{:.0} of the heap) | {leaks_found} of {LEAKS} | \
-         {ratio:.3} (min {rmin:.3}, max {rmax:.3}; {passes} passes) | {} | {} |",
+         {ratio:.3} (min {rmin:.3}, max {rmax:.3}; {passes} passes) | {} | {} | {} |",
         mib(fixture.heap),
         cpu.as_secs_f64(),
         timed[0].1.as_secs_f64(),
@@ -223,6 +239,7 @@ fn bench(bin: &Path, size: usize, rounds: usize) -> anyhow::Result<()> {
         mib(extra),
         fixture.heap as f64 / extra.max(1) as f64,
         pass.roots.as_str(),
+        pass.stacks.summary(),
         load_average(),
     );
     Ok(())
@@ -251,9 +268,9 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| heap asked | Go HeapAlloc | leaktrace CPU per pass | wall | objects marked | \
          bytes marked | bytes read | leaktrace extra RSS | leaks unreachable | \
-         target throughput during passes / without | globals | load |"
+         target throughput during passes / without | globals | stacks | load |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         bench(&bin, n, rounds)?;
     }

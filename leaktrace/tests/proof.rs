@@ -31,11 +31,9 @@ fn minor(version: &str) -> u32 {
 
 /// The leak functions that must be proven, with their goroutine counts, on every version:
 /// before Go 1.26 a goroutine blocked in package sync records nothing in `g.waiting`, and the
-/// proof finds its sudog on its stack instead. Left out, as a conservative scan often finds
-/// what they wait on: `leakMutex` (an 8-byte Mutex shares a tiny-allocator block with live
-/// objects; `leakMutexInStruct` is the same leak without the shared block) and
-/// `leakRWMutexRLock` (its RWMutex is found through a runtime object Go's precise scan does
-/// not follow).
+/// proof finds its sudog on its stack instead. Left out: `leakMutex` (an 8-byte Mutex shares
+/// a tiny-allocator block with live objects; `leakMutexInStruct` is the same leak without
+/// the shared block).
 fn must_prove() -> BTreeMap<&'static str, usize> {
     BTreeMap::from([
         ("main.leakUnbufferedSend", 1),
@@ -49,8 +47,13 @@ fn must_prove() -> BTreeMap<&'static str, usize> {
         ("main.leakCycle", 2),
         ("main.leakMutexInStruct", 1),
         ("main.leakRWMutexLock", 1),
+        // Its RWMutex's address stayed in a p's write barrier buffer, which the mark followed
+        // until it found the p behind Go 1.22+'s malloc header.
+        ("main.leakRWMutexRLock", 1),
         ("main.leakWaitGroup", 1),
         ("main.leakCond", 1),
+        // Its channel is in a dead slot of a live frame: found by stack maps only.
+        ("main.leakDeadSlot", 1),
     ])
 }
 
@@ -152,6 +155,13 @@ fn leaks_are_proven_and_controls_never_are() {
                     if !r["not_proven"].is_null() {
                         fail(format!("nothing proven: {}", r["not_proven"]));
                     }
+                    // Every pass says it scanned the stacks by their maps.
+                    for p in r["proof"]["passes"].as_array().unwrap() {
+                        let s = &p["stacks"];
+                        if s["mode"] != "stack maps" || s["precise_frames"].as_u64() < Some(1) {
+                            fail(format!("stacks not scanned by their maps: {s}"));
+                        }
+                    }
                     for (f, n) in &got {
                         if !f.starts_with("main.leak") {
                             fail(format!("{f} ({n}) proven leaked: it is not a leak"));
@@ -203,10 +213,11 @@ fn leaks_are_proven_and_controls_never_are() {
         missed.join("\n")
     );
     let mut failures = failures.into_inner().unwrap();
-    // A conservative scan may find a leak's primitive through a stale word (a dead slot of a
-    // live frame): a miss, never a false proof. Misses stay rare; false proofs fail above.
-    if proven * 100 < expected * 95 {
-        failures.push(format!("only {proven} of {expected} leaks proven (< 95%)"));
+    // Stacks are scanned by their maps, but heap objects word by word: a stale word in a live
+    // object may still keep a leak's primitive reachable, a miss, never a false proof. Misses
+    // stay rare (none in three runs of 336); false proofs fail above.
+    if proven * 100 < expected * 98 {
+        failures.push(format!("only {proven} of {expected} leaks proven (< 98%)"));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

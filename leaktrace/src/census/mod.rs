@@ -14,6 +14,7 @@ pub mod reach;
 pub mod retained;
 mod snapshots;
 mod specials;
+pub mod stackmaps;
 mod unwind;
 
 pub use goroutines::{CreatedBy, GoroutineSnapshot, StackFrame};

@@ -25,8 +25,10 @@
 //! - Roots: the program's data and bss (`moduledata.data..edata`, `bss..ebss`), the words
 //!   the GC's pointer bitmaps mark, or every word where they cannot be read
 //!   ([`super::data_roots`]); the finalizers, weak handles and cleanups the GC scans
-//!   from mspan specials ([`super::specials`]); and the whole stack of each root goroutine from its saved SP
-//!   (the whole of `g.stack` for a running one), runtime frames included.
+//!   from mspan specials ([`super::specials`]); and the stack of each root goroutine, runtime
+//!   frames included: frame by frame by the compiler's stack maps, the live pointer slots
+//!   only, as Go's GC scans a stopped goroutine, or every word where a frame cannot be
+//!   decoded (the whole of `g.stack` for a running one; [`super::stackmaps`]).
 //! - Marking follows every word of every reached object that may hold pointers (not noscan),
 //!   with one mark bit per object slot in a bitmap per span. The g, m and p structs are
 //!   followed as Go follows them (a g's stack is not a heap object, so a g leads to no
@@ -37,7 +39,8 @@
 //!   global, a stack slot, or anything the pass could not resolve); its stack is then
 //!   scanned. Repeated to a fixed point; the candidates left are unreachable.
 //!
-//! Conservative scanning (words that only look like pointers, stale slots of a frame) and
+//! Conservative scanning (words that only look like pointers, in heap objects and in the
+//! stack frames that cannot be scanned by their maps) and
 //! read errors (an object read as zeros is not followed, but a span that cannot be read
 //! makes what it holds "not in heap", hence live) err toward reachable. What it cannot see:
 //! a pointer held only in a running goroutine's registers, or one that moves while the pass
@@ -70,6 +73,7 @@ use super::{
     goroutines::{MAX_PS, RawG, all_gs, pointer_slice, read_gs, u64_at},
     retained::{self, AddrSet, Chunked, Heap, Lookup, Slot, runtime_vars},
     specials,
+    stackmaps::{StackMode, StackScan, Stacks},
     unwind::{self, StackMemory},
 };
 use crate::tracee::{Target, batch};
@@ -77,7 +81,6 @@ use crate::tracee::{Target, batch};
 /// `_Gscan`, or-ed into the status while the GC scans the stack.
 const G_SCAN: u32 = 0x1000;
 const G_IDLE: u32 = 0;
-const G_RUNNING: u32 = 2;
 const G_WAITING: u32 = 4;
 const G_DEAD: u32 = 6;
 /// `_Gleaked` (Go 1.26+): a goroutine Go's own detector found leaked; still parked.
@@ -226,6 +229,9 @@ pub struct Pass {
     pub roots: GlobalScan,
     /// Why they were scanned conservatively, when they were.
     pub conservative_why: Option<String>,
+    /// How goroutine stacks were scanned: by the compiler's stack maps, frame by frame, or
+    /// conservatively ([`super::stackmaps`]).
+    pub stacks: StackScan,
     /// What each unreachable goroutine alone keeps from being collected, by goid (see the
     /// module header); empty when the pass was bounded.
     #[serde(skip)]
@@ -275,11 +281,12 @@ struct Marker<'t> {
     /// past the stack's end, often the address of the heap object on the next page.
     g_structs: AddrSet,
     stack_words: [u64; 4],
-    /// Every p struct (`runtime.allp`) and the byte range in it of `p.wbBuf`, the write
-    /// barrier's buffer: `uintptr`s Go does not trace, stale pointers to whatever the
-    /// program wrote last (through it a leaked goroutine's channel or buffers would be live).
+    /// Every p struct (`runtime.allp`) and the byte ranges in it of `uintptr`s Go does not
+    /// trace: `p.wbBuf`, the write barrier's buffer, stale pointers to whatever the program
+    /// wrote last (through it a leaked goroutine's channel or buffers would be live), and
+    /// `p.pcache`, whose `base` is the address of a page, so of the object at its start.
     p_structs: HashSet<u64>,
-    wb_buf: (u64, u64),
+    untraced: [(u64, u64); 2],
 }
 
 impl Marker<'_> {
@@ -329,16 +336,17 @@ impl Marker<'_> {
         }
     }
 
-    /// Zeroes the words of `p.wbBuf` in the p structs among `objects`, whose words are
-    /// `words`.
+    /// Zeroes the words of `p.wbBuf` and `p.pcache` in the p structs among `objects`, whose
+    /// words are `words`.
     fn drop_untraced_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
-        let (off, len) = self.wb_buf;
         let mut at = 0;
         for &(base, size) in objects {
-            if self.p_structs.contains(&base) {
-                let lo = (at + (off / 8) as usize).min(words.len());
-                let hi = (lo + (len / 8) as usize).min(words.len());
-                words[lo..hi].fill(0);
+            if let Some(p) = struct_in(base, |a| self.p_structs.contains(&a)) {
+                for (off, len) in self.untraced {
+                    let lo = (at + ((p - base + off) / 8) as usize).min(words.len());
+                    let hi = (lo + (len / 8) as usize).min(words.len());
+                    words[lo..hi].fill(0);
+                }
             }
             at += (size / 8) as usize;
         }
@@ -381,9 +389,9 @@ impl Marker<'_> {
     fn drop_stack_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
         let mut at = 0;
         for &(base, size) in objects {
-            if self.g_structs.contains(&base) {
+            if let Some(g) = struct_in(base, |a| self.g_structs.contains(&a)) {
                 for off in self.stack_words {
-                    if let Some(w) = words.get_mut(at + (off / 8) as usize) {
+                    if let Some(w) = words.get_mut(at + ((g - base + off) / 8) as usize) {
                         *w = 0;
                     }
                 }
@@ -445,6 +453,14 @@ impl Marker<'_> {
     }
 }
 
+/// Where the runtime struct in the heap object at `base` starts, if `known` says one does:
+/// at `base`, or 8 bytes in, after the malloc header Go 1.22+ puts before objects over 512
+/// bytes that hold pointers (`runtime/mbitmap.go`, `mallocHeaderSize`): a p (16 KiB in
+/// Go 1.27) is one, and its write barrier buffer would otherwise be followed.
+fn struct_in(base: u64, known: impl Fn(u64) -> bool) -> Option<u64> {
+    [base, base + 8].into_iter().find(|&a| known(a))
+}
+
 /// The words of `ranges`, read in one run into `flat`, each tagged with its range's owner.
 fn tag_words(ranges: &[(u64, u64)], owners: &[usize], flat: Vec<u64>) -> Vec<(u64, usize)> {
     let mut out = Vec::with_capacity(flat.len());
@@ -457,7 +473,11 @@ fn tag_words(ranges: &[(u64, u64)], owners: &[usize], flat: Vec<u64>) -> Vec<(u6
 
 /// What each of the `leaked` goroutines alone holds, marked on from the fixed point (see
 /// the module header), by goid; or the bound the mark stopped at.
-fn attribute(m: &mut Marker, leaked: &[&RawG]) -> Result<HashMap<u64, Holds>, &'static str> {
+fn attribute(
+    m: &mut Marker,
+    stacks: &mut Stacks,
+    leaked: &[&RawG],
+) -> Result<HashMap<u64, Holds>, &'static str> {
     let mut leaked = leaked.to_vec();
     leaked.sort_by_key(|g| g.goid);
     let mut holds: Vec<Holds> = leaked
@@ -467,35 +487,15 @@ fn attribute(m: &mut Marker, leaked: &[&RawG]) -> Result<HashMap<u64, Holds>, &'
             ..Holds::default()
         })
         .collect();
-    let (ranges, owners): (Vec<(u64, u64)>, Vec<usize>) = leaked
-        .iter()
-        .enumerate()
-        .filter_map(|(i, g)| stack_range(g).map(|r| (r, i)))
-        .unzip();
-    let mut flat = Vec::new();
-    m.heap.read_words(&ranges, &mut flat);
+    let (mut flat, mut counts) = (Vec::new(), Vec::new());
+    stacks.words(&mut m.heap, &leaked, &mut flat, &mut counts);
+    let ranges: Vec<(u64, u64)> = counts.iter().map(|&n| (0, 8 * n as u64)).collect();
+    let owners: Vec<usize> = (0..leaked.len()).collect();
     m.mark_owned(tag_words(&ranges, &owners, flat), &mut holds);
     if m.is_bounded() {
         return Err(m.bounded.unwrap_or("objects"));
     }
     Ok(leaked.iter().map(|g| g.goid).zip(holds).collect())
-}
-
-/// The live part of a goroutine's stack: from its saved SP to `stack.hi`, or all of it when
-/// the saved SP is stale (running) or not inside the stack.
-fn stack_range(g: &RawG) -> Option<(u64, u64)> {
-    if g.stack_hi <= g.stack_lo {
-        return None;
-    }
-    let status = g.status & !G_SCAN;
-    let from =
-        if status != G_RUNNING && g.sched_pc != 0 && (g.stack_lo..g.stack_hi).contains(&g.sched_sp)
-        {
-            g.sched_sp & !7
-        } else {
-            g.stack_lo
-        };
-    Some((from, g.stack_hi - from))
 }
 
 /// Follows each candidate's wait list (`g.waiting`, `sudog.waitlink`) a level at a time, in
@@ -710,6 +710,16 @@ pub fn pass(target: &Target, limits: PassLimits) -> anyhow::Result<Pass> {
 
 /// [`pass`], scanning data and bss as `globals` asks (conservatively, to compare).
 pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> anyhow::Result<Pass> {
+    pass_scanning(target, limits, globals, StackMode::Precise)
+}
+
+/// [`pass_with`], scanning goroutine stacks as `stacks` asks (conservatively, to compare).
+pub fn pass_scanning(
+    target: &Target,
+    limits: PassLimits,
+    globals: GlobalScan,
+    stack_mode: StackMode,
+) -> anyhow::Result<Pass> {
     let started = Instant::now();
     let vars = runtime_vars(target)?;
     let gs = read_gs(target, &all_gs(target)?)?;
@@ -773,16 +783,22 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
         p_structs: pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?
             .into_iter()
             .collect(),
-        wb_buf: (target.layout.p.wb_buf, target.layout.p.wb_buf_size),
+        untraced: {
+            let p = &target.layout.p;
+            [(p.wb_buf, p.wb_buf_size), (p.pcache, p.pcache_size)]
+        },
     };
     let data_bss = data_roots::data_and_bss(target, globals == GlobalScan::GcBitmaps)?;
     let mut words = Vec::new();
     data_bss.words(&mut m.heap, &mut words);
-    let mut ranges = specials::roots(target, vars.mheap).context(
+    let ranges = specials::roots(target, vars.mheap).context(
         "reading the finalizers, cleanups and weak handles, which the GC treats as roots",
     )?;
-    ranges.extend(roots.iter().filter_map(stack_range));
     m.heap.read_words(&ranges, &mut words);
+    let mut stacks = Stacks::new(target, stack_mode);
+    let mut counts = Vec::new();
+    let root_gs: Vec<&RawG> = roots.iter().collect();
+    stacks.words(&mut m.heap, &root_gs, &mut words, &mut counts);
     m.mark(words);
 
     // What the candidates wait on, looked up in one batch.
@@ -793,8 +809,8 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
     m.heap.resolve_spans(&waited);
     let mut revived = 0;
     loop {
-        let mut ranges = Vec::new();
-        for c in cands.iter_mut().filter(|c| !c.live) {
+        let mut revive = Vec::new();
+        for (i, c) in cands.iter_mut().enumerate().filter(|(_, c)| !c.live) {
             let live = match c.class {
                 WaitClass::Never | WaitClass::Root | WaitClass::Semacquire => false,
                 WaitClass::Chan | WaitClass::Sync => {
@@ -804,14 +820,15 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
             if live {
                 c.live = true;
                 revived += 1;
-                ranges.extend(stack_range(&c.g));
+                revive.push(i);
             }
         }
-        if ranges.is_empty() || m.is_bounded() {
+        if revive.is_empty() || m.is_bounded() {
             break;
         }
+        let gs: Vec<&RawG> = revive.iter().map(|&i| &cands[i].g).collect();
         let mut words = Vec::new();
-        m.heap.read_words(&ranges, &mut words);
+        stacks.words(&mut m.heap, &gs, &mut words, &mut counts);
         m.mark(words);
     }
     m.is_bounded();
@@ -820,7 +837,7 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
     let holds = match bounded {
         Some(why) => Err(why),
         None if !limits.holds => Ok(HashMap::new()),
-        None => attribute(&mut m, &leaked),
+        None => attribute(&mut m, &mut stacks, &leaked),
     };
     Ok(Pass {
         unreachable: cands
@@ -839,6 +856,7 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
         bounded,
         roots: data_bss.scan(),
         conservative_why: data_bss.conservative_why,
+        stacks: stacks.scan,
         holds_bounded: holds.as_ref().err().copied(),
         holds: holds.unwrap_or_default(),
     })

@@ -44,7 +44,7 @@ impl StackMemory<'_> {
 /// signal_amd64.go `pushCall`). The frame above one of them stopped at that exact
 /// instruction, so its PC is looked up as is, not minus one (runtime/traceback.go,
 /// `unwinder.next` sets unwindTrap for FuncID_sigpanic, asyncPreempt and debugCallV2).
-const INJECTED_CALLS: [&str; 3] = [
+pub(super) const INJECTED_CALLS: [&str; 3] = [
     "runtime.asyncPreempt",
     "runtime.sigpanic",
     "runtime.debugCallV2",
@@ -208,7 +208,7 @@ impl Unwinder {
 }
 
 /// Functions that switch stacks or start one: the walk of a goroutine's stack ends at them.
-const STACK_SWITCHES: [&str; 4] = [
+pub(super) const STACK_SWITCHES: [&str; 4] = [
     "runtime.systemstack",
     "runtime.mstart",
     "runtime.mcall",

@@ -100,9 +100,14 @@ impl Proof {
             .map(|p| p.roots)
             .max_by_key(|r| *r == GlobalScan::Conservative)
             .unwrap_or_default();
+        // The stacks as the last pass scanned them.
+        let stacks = self
+            .passes
+            .last()
+            .map_or_else(String::new, |p| p.stacks.summary());
         format!(
             "proof: unreachable in {} passes {:.1} s apart ({gcs} GC cycles between), \
-             {objects} objects marked, {:.1} MiB read, {ms:.0} ms, globals by {}",
+             {objects} objects marked, {:.1} MiB read, {ms:.0} ms, globals by {}, stacks: {stacks}",
             self.passes.len(),
             self.between.as_secs_f64(),
             read as f64 / (1 << 20) as f64,

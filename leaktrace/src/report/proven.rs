@@ -13,6 +13,9 @@
 //!                            "bounded": "objects"|"bytes read"|"time"|null,
 //!                            "roots": "gc bitmaps"|"conservative" (data and bss),
 //!                            "conservative_why": "why" | null,
+//!                            "stacks": { "mode": "stack maps"|"conservative", "stacks",
+//!                                        "precise_frames", "conservative_frames",
+//!                                        "conservative_stacks" },
 //!                            "holds_bounded": "objects"|"bytes read"|"time"|null,
 //!                            "unreachable": [ {"goid","wait_reason","wait_since"} ] } ] },
 //!   "leaks": [ group as in `dump --json` "goroutines" ] }

@@ -190,6 +190,11 @@ pub struct POffsets {
     /// kept as `uintptr`s that the GC does not trace; its offset and size in bytes.
     pub wb_buf: u64,
     pub wb_buf_size: u64,
+    /// `p.pcache` (runtime.pageCache: base, cache, scav), the P's cache of free pages:
+    /// `uintptr`s the GC does not trace, `base` the address of a page, hence of the object
+    /// at its start; its offset and size in bytes.
+    pub pcache: u64,
+    pub pcache_size: u64,
 }
 
 /// `runtime.schedt`, the scheduler's globals, at the symbol `runtime.sched`.
@@ -1076,10 +1081,14 @@ impl<'a> DwarfIndex<'a> {
             p: {
                 // next, end and 512 entries (wbBufEntries, Go 1.21-1.27).
                 let (wb_buf, wb_buf_size) = s.field_of_width(p, "wbBuf", &[4112])?;
+                // base, cache, scav (Go 1.21-1.27).
+                let (pcache, pcache_size) = s.field_of_width(p, "pcache", &[24])?;
                 POffsets {
                     schedtick: s.field(p, &["schedtick"], Some(4))?,
                     wb_buf,
                     wb_buf_size,
+                    pcache,
+                    pcache_size,
                 }
             },
             sched: SchedOffsets {

@@ -92,6 +92,22 @@ const FUNC_SIZE: usize = 44;
 /// `src/internal/abi/symtab.go`).
 const PCDATA_INL_TREE_INDEX: u32 = 2;
 const FUNCDATA_INL_TREE: u8 = 3;
+/// `abi.PCDATA_StackMapIndex`: which of a function's stack maps holds at a PC
+/// (go1.21.13..go1.27.3 `src/internal/abi/symtab.go`). `PCDATA_UnsafePoint` (0) is not read:
+/// it concerns asynchronous preemption, and Go's own stack scan (`scanframeworker`) does not
+/// consult it; every function of package runtime is marked unsafe throughout, call sites
+/// included, yet scanned precisely at them.
+const PCDATA_STACK_MAP_INDEX: u32 = 1;
+/// `abi.FUNCDATA_ArgsPointerMaps`, `FUNCDATA_LocalsPointerMaps` and `FUNCDATA_StackObjects`
+/// (go1.21.13..go1.27.3 `src/internal/abi/symtab.go`).
+pub const FUNCDATA_ARGS_POINTER_MAPS: u8 = 0;
+pub const FUNCDATA_LOCALS_POINTER_MAPS: u8 = 1;
+pub const FUNCDATA_STACK_OBJECTS: u8 = 2;
+/// Size of `runtime.stackObjectRecord`: `{off, size, ptrdata, gcdataoff}`, four 32-bit words
+/// (the third `_ptrdata`, negative for a GC program, in 1.21-1.23; `ptrBytes` from 1.24).
+const STACK_OBJECT_RECORD_SIZE: usize = 16;
+/// More stack objects than this in one function is taken for corrupt data.
+const MAX_STACK_OBJECTS: u64 = 1 << 16;
 /// Size of `runtime.inlinedCall`: `{funcID u8, _ [3]u8, nameOff i32, parentPc i32,
 /// startLine i32}` (go1.21.13..go1.27.3 `src/runtime/symtabinl.go`).
 const INLINED_CALL_SIZE: usize = 16;
@@ -578,17 +594,50 @@ impl<'a> Pclntab<'a> {
 
     /// The inline tree of a function: its FUNCDATA_InlTree, from the table at gofunc.
     fn inline_tree(&self, rec: &[u8]) -> Option<&'a [u8]> {
+        self.funcdata_in(rec, FUNCDATA_INL_TREE)
+    }
+
+    /// FUNCDATA `index` of a `_func` record: the bytes from where it starts in the table at
+    /// gofunc (go1.27.3 `src/runtime/symtab.go`, `funcdata`: offset `^0` means none).
+    fn funcdata_in(&self, rec: &[u8], index: u8) -> Option<&'a [u8]> {
         let gofunc = self.gofunc?;
         let npcdata = usize::try_from(u32_at(rec, 28)?).ok()?;
-        if rec[43] <= FUNCDATA_INL_TREE {
+        if *rec.get(43)? <= index {
             return None;
         }
-        let slot = FUNC_SIZE + 4 * (npcdata + usize::from(FUNCDATA_INL_TREE));
+        let slot = FUNC_SIZE + 4 * (npcdata + usize::from(index));
         let off = u32_at(rec, slot)?;
         if off == u32::MAX {
             return None;
         }
         gofunc.get(usize::try_from(off).ok()?..)
+    }
+
+    /// What Go's GC needs to scan a frame of `f` stopped at `pc` (go1.27.3
+    /// `src/runtime/stkframe.go`, `getStackMap`): the stack map index at `pc` (pass the
+    /// return address minus one, or the entry, as [`Pclntab::find_func`] says), the argument
+    /// size, the locals and arguments pointer maps and the stack object records. None when
+    /// the record cannot be read.
+    pub fn frame_maps(&self, f: &FuncEntry, pc: u64) -> Option<FrameMaps<'a>> {
+        let rec = self.record_at(f.func_off)?;
+        let args = i32_at(rec, 8)?;
+        // At the entry Go uses the entry map; -1 says so (see getStackMap).
+        let index = if pc == f.entry {
+            -1
+        } else {
+            self.pcdata_value(rec, f.entry, PCDATA_STACK_MAP_INDEX, pc)
+                .unwrap_or(-1)
+        };
+        let map = |i| self.funcdata_in(rec, i).and_then(StackMap::parse);
+        Some(FrameMaps {
+            index,
+            // `abi.ArgsSizeUnknown` (i32::MIN, reflect's call stubs) or garbage: None.
+            args: u64::try_from(args).ok(),
+            locals: map(FUNCDATA_LOCALS_POINTER_MAPS),
+            args_map: map(FUNCDATA_ARGS_POINTER_MAPS),
+            objects: self.funcdata_in(rec, FUNCDATA_STACK_OBJECTS),
+            has_gofunc: self.gofunc.is_some(),
+        })
     }
 
     /// Decodes the pc-value table at `off` in pctab up to `target` (go1.27.3
@@ -620,6 +669,86 @@ impl<'a> Pclntab<'a> {
             }
         }
     }
+}
+
+/// The stack maps of a function at one PC ([`Pclntab::frame_maps`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameMaps<'a> {
+    /// `PCDATA_StackMapIndex` at the PC; -1 where the table says nothing (a prologue, the
+    /// entry, assembly).
+    pub index: i32,
+    /// `_func.args`: bytes of arguments and results above the frame; None for
+    /// `abi.ArgsSizeUnknown` (functions whose argument size varies: reflect's call stubs).
+    pub args: Option<u64>,
+    /// `FUNCDATA_LocalsPointerMaps` and `FUNCDATA_ArgsPointerMaps`, where present.
+    pub locals: Option<StackMap<'a>>,
+    pub args_map: Option<StackMap<'a>>,
+    /// `FUNCDATA_StackObjects`: a count (uintptr) then its records; see [`stack_objects`].
+    pub objects: Option<&'a [u8]>,
+    /// Whether the FUNCDATA could be read at all (the table at gofunc was found).
+    pub has_gofunc: bool,
+}
+
+/// A `runtime.stackmap`: `n` bitmaps of `nbit` bits each, each starting on a byte
+/// (go1.21.13..go1.27.3 `src/runtime/symtab.go`, `stackmap`, `stackmapdata`).
+#[derive(Debug, Clone, Copy)]
+pub struct StackMap<'a> {
+    pub n: i32,
+    pub nbit: i32,
+    data: &'a [u8],
+}
+
+impl<'a> StackMap<'a> {
+    fn parse(data: &'a [u8]) -> Option<Self> {
+        Some(Self {
+            n: i32_at(data, 0)?,
+            nbit: i32_at(data, 4)?,
+            data: data.get(8..)?,
+        })
+    }
+
+    /// Bitmap `index`: bit i (byte i/8, bit i%8) set when word i holds a live pointer. None
+    /// when `index` is out of range or the bitmap is cut short.
+    pub fn bitmap(&self, index: i32) -> Option<&'a [u8]> {
+        if index < 0 || index >= self.n || self.nbit < 0 {
+            return None;
+        }
+        let per = usize::try_from(self.nbit).ok()?.div_ceil(8);
+        let at = usize::try_from(index).ok()?.checked_mul(per)?;
+        self.data.get(at..at.checked_add(per)?)
+    }
+}
+
+/// One `runtime.stackObjectRecord`: a variable whose address is taken, at `off` from the
+/// frame's varp (negative) or argp (zero or more), `size` bytes of which the first
+/// `ptr_bytes` may hold pointers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackObject {
+    pub off: i32,
+    pub size: u32,
+    pub ptr_bytes: u32,
+}
+
+/// The records of a `FUNCDATA_StackObjects`; None when the table is cut short, implausibly
+/// long, or a record is inconsistent (a size below zero, pointers past its end).
+pub fn stack_objects(data: &[u8]) -> Option<Vec<StackObject>> {
+    let n = u64_at(data, 0)?;
+    if n > MAX_STACK_OBJECTS {
+        return None;
+    }
+    (0..n as usize)
+        .map(|i| {
+            let r = data.get(8 + i * STACK_OBJECT_RECORD_SIZE..)?;
+            let size = u32::try_from(i32_at(r, 4)?).ok()?;
+            // Go 1.21-1.23: minus the pointer bytes when the type has a GC program.
+            let ptr_bytes = i32_at(r, 8)?.unsigned_abs();
+            (ptr_bytes <= size).then_some(StackObject {
+                off: i32_at(r, 0)?,
+                size,
+                ptr_bytes,
+            })
+        })
+        .collect()
 }
 
 /// A pclntab name as the linker writes it in `.symtab`: with `·` rewritten to `.` "for
@@ -891,6 +1020,65 @@ mod tests {
     }
 
     #[test]
+    fn stack_maps_and_objects_decode_as_the_runtime_reads_them() {
+        // n = 3 bitmaps of 10 bits, 2 bytes each.
+        let mut map = Vec::new();
+        map.extend(3i32.to_le_bytes());
+        map.extend(10i32.to_le_bytes());
+        map.extend([0x01, 0x02, 0xff, 0x03, 0x00, 0x00]);
+        let m = StackMap::parse(&map).unwrap();
+        assert_eq!((m.n, m.nbit), (3, 10));
+        assert_eq!(m.bitmap(0), Some(&[0x01, 0x02][..]));
+        assert_eq!(m.bitmap(1), Some(&[0xff, 0x03][..]));
+        assert_eq!(m.bitmap(-1), None);
+        assert_eq!(m.bitmap(3), None);
+        // Cut short: the last bitmap is not all there.
+        assert_eq!(StackMap::parse(&map[..13]).unwrap().bitmap(2), None);
+
+        let mut objs = Vec::new();
+        objs.extend(2u64.to_le_bytes());
+        for (off, size, ptr) in [(-32i32, 24i32, 16i32), (8, 16, -8)] {
+            objs.extend(off.to_le_bytes());
+            objs.extend(size.to_le_bytes());
+            objs.extend(ptr.to_le_bytes());
+            objs.extend(0u32.to_le_bytes());
+        }
+        assert_eq!(
+            stack_objects(&objs),
+            Some(vec![
+                StackObject {
+                    off: -32,
+                    size: 24,
+                    ptr_bytes: 16
+                },
+                // Go 1.21-1.23 write minus the pointer bytes for a GC program.
+                StackObject {
+                    off: 8,
+                    size: 16,
+                    ptr_bytes: 8
+                },
+            ])
+        );
+        assert_eq!(stack_objects(&objs[..30]), None);
+        // Pointers past the object's end: corrupt.
+        objs[16..20].copy_from_slice(&64i32.to_le_bytes());
+        assert_eq!(stack_objects(&objs), None);
+    }
+
+    #[test]
+    fn frame_maps_of_a_function_without_them() {
+        let (data, gofunc) = synthetic();
+        let t = Pclntab::new(&data, 0x1000, V).unwrap().with_gofunc(&gofunc);
+        let outer = t.lookup_name("main.outer").unwrap();
+        // No PCDATA_StackMapIndex table, FUNCDATA 0-2 absent (^0).
+        let m = t.frame_maps(&outer, 0x1010).unwrap();
+        assert_eq!((m.index, m.args, m.has_gofunc), (-1, Some(0), true));
+        assert!(m.locals.is_none() && m.args_map.is_none() && m.objects.is_none());
+        let bare = Pclntab::new(&data, 0x1000, V).unwrap();
+        assert!(!bare.frame_maps(&outer, 0x1010).unwrap().has_gofunc);
+    }
+
+    #[test]
     fn varints() {
         assert_eq!(read_varint(&[0x05]), Some((5, 1)));
         assert_eq!(read_varint(&[0x80, 0x01]), Some((128, 2)));
@@ -929,6 +1117,12 @@ mod tests {
                     let _ = t.file_line(&f, pc);
                 }
                 let _ = t.symbolize(pc);
+                for f in t.functions() {
+                    if let Some(m) = t.frame_maps(&f, pc) {
+                        let _ = m.locals.map(|l| l.bitmap(m.index));
+                        let _ = m.objects.map(stack_objects);
+                    }
+                }
                 let _ = t.lookup_name("main.outer");
                 let _ = t.detect_wrapper_func_id();
             }

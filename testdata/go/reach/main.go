@@ -97,6 +97,21 @@ func leakCycle(mine <-chan int, other chan<- int) {
 	other <- 1
 }
 
+// leakDeadSlot's channel is made by spawnDeadSlot, which then sleeps for an hour: a root
+// whose frame still holds the channel in the stack slot it was spilled to across the
+// allocation of the goroutine's closure, dead from the `go` statement on. Go's precise stack
+// scan skips the slot; a conservative one takes the stale word for a live pointer.
+//
+//go:noinline
+func leakDeadSlot(ch chan int) { ch <- 1 }
+
+//go:noinline
+func spawnDeadSlot() {
+	ch := make(chan int)
+	go leakDeadSlot(ch)
+	time.Sleep(time.Hour)
+}
+
 // startLeaks starts the leaks from main, which then waits in `select {}`: a goroutine Go's
 // detector does not treat as a root, so its frames keep nothing alive. It returns how many
 // goroutines leak.
@@ -133,6 +148,7 @@ func startLeaks() int {
 	a, b := make(chan int), make(chan int)
 	start(func() { leakCycle(a, b) })
 	start(func() { leakCycle(b, a) })
+	start(spawnDeadSlot)
 	return n
 }
 
