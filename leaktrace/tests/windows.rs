@@ -528,3 +528,64 @@ fn a_windows_cost_counts_its_breakpoints_until_the_kernel_removes_them() {
         "the int3 was in place {seen:.0} ms, the report says {paid:.0} ms: {s:#}"
     );
 }
+
+/// Targeted probes on the busy HTTP service: the leak group's blocking call (the backends'
+/// send) and its `go` statement are passed by every request, tens of thousands of times a
+/// second. Each is tried for a few ms, measured over its share of the budget and removed,
+/// and report.json and the text report say so; the site hits over the whole trace cost
+/// well within the budget (a site used to stay until the next budget check, a CPU's worth
+/// of hits, and then every site went off).
+#[test]
+fn a_hot_site_is_tried_and_removed_within_the_budget() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
+    // The load outlasts the trace: a site tried once wrk stopped is cold, and stays.
+    let (fx, mut wrk) = busy_http_service(16);
+    let pid = fx.pid().to_string();
+    let (r, stdout) = record(
+        "windows-hot-site",
+        &["-p", &pid, "-d", "8s", "--min-age", "2s"],
+    );
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    let p = &r["probes"];
+    // Other groups (idle connections) have cold sites, which stay.
+    let hot: Vec<&Value> = p["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["function"] == "main.backend" || s["function"] == "main.search")
+        .collect();
+    assert_eq!(
+        hot.len(),
+        2,
+        "the send and the go statement not both tried: {p:#}"
+    );
+    for s in hot {
+        assert_eq!(s["mode"], "off", "{p:#}");
+        assert!(
+            s["trial_ms"].as_f64().unwrap() < 100.0
+                && s["cost"].as_f64().unwrap() > s["allowed"].as_f64().unwrap(),
+            "{p:#}"
+        );
+    }
+    let site = "(sites of suspected leaks)";
+    let hits = p["hits"][site].as_u64().unwrap_or(0) as f64;
+    let cost =
+        hits * p["hit_cost_us"].as_f64().unwrap() * 1e-6 / r["observed_seconds"].as_f64().unwrap();
+    eprintln!(
+        "{hits} site hits, {:.3}% of a CPU: {:#}",
+        cost * 100.0,
+        p["sites"]
+    );
+    assert!(
+        cost <= 0.005,
+        "the site trials cost {:.2}% of a CPU: {p:#}",
+        cost * 100.0
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("off") && l.contains("after main.backend")),
+        "the text report does not say the hot site is off:\n{stdout}"
+    );
+}

@@ -2,8 +2,8 @@
 //! judged before placing from its activity (`fitting`); the measured hit rates of those
 //! placed, checked 20 ms after a placement and then four times a second, shedding as few
 //! as needed (`Session::check_budget`), those that do not fit moved into windows
-//! (`Session::window_tick`, planned as `windows` says); and the targeted probes at
-//! suspects' sites (`Session::place_sites`).
+//! (`Session::window_tick`, planned as `windows` says). The targeted probes at suspects'
+//! sites are tried before they stay (`sites`).
 
 use std::{
     collections::HashMap,
@@ -28,10 +28,6 @@ pub(super) const QUICK_CHECK: Duration = Duration::from_millis(20);
 
 /// Then the budget is checked this often.
 pub(super) const BUDGET_PERIOD: Duration = Duration::from_millis(250);
-
-/// At most this many targeted probes in one trace: each placement writes a breakpoint into
-/// the target's code under its mmap lock.
-const MAX_SITES: usize = 32;
 
 /// What the pre-attach judgement decided.
 pub(super) struct Fit {
@@ -156,13 +152,19 @@ impl Session {
         if secs < QUICK_CHECK.as_secs_f64() * 0.75 {
             return Ok(()); // too short a window to judge
         }
-        let rates: HashMap<Probe, f64> = Probe::ALL
+        let mut rates: HashMap<Probe, f64> = Probe::ALL
             .into_iter()
             .map(|p| {
-                let hits = counts.hits(p) - self.last_counts.hits(p);
+                let hits = counts.hits(p).saturating_sub(self.last_counts.hits(p));
                 (p, hits as f64 / secs)
             })
             .collect();
+        // A site's trial, and its removal if it did not fit, are judged by the trial: the
+        // site hits of this interval are not the continuous sites' rate.
+        if self.sites.unjudged {
+            self.sites.unjudged = self.sites.busy();
+            rates.insert(Probe::Site, 0.0);
+        }
         // --alloc exact is not shed: its cost was stated and chosen. Windowed probes are
         // judged by their windows.
         let attached: Vec<Probe> = self
@@ -211,7 +213,7 @@ impl Session {
             }
             if shed_now.contains(&Probe::Site) {
                 tracker.sites_inactive();
-                self.sites_enabled = false;
+                self.sites.shed();
             }
             let mut windowed = Vec::new();
             for &p in shed_now.iter().filter(|p| p.windowable()) {
@@ -233,36 +235,6 @@ impl Session {
         self.last_check = now; // when `counts` were read: hits during a detach count
         self.last_counts = counts;
         Ok(())
-    }
-
-    /// Places targeted probes at the sites the detector wants watched; true when one was
-    /// placed (a site many goroutines pass is hot: the budget judges it soon, on a window
-    /// that starts now).
-    pub(super) fn place_sites(&mut self) -> anyhow::Result<bool> {
-        if !self.sites_enabled {
-            return Ok(false);
-        }
-        let mut placed = false;
-        let room = MAX_SITES.saturating_sub(self.sites_placed);
-        let wanted = self.findings.tracker.wanted_sites(&self.detect);
-        for pc in wanted.into_iter().take(room) {
-            let Some(off) = self.target.binary.file_offset(pc) else {
-                log::warn!("targeted probe at {pc:#x}: not in a loadable segment");
-                continue;
-            };
-            let exe = self.target.process.exe_path();
-            match self.probes.attach(Probe::Site, &exe, &[off]) {
-                Ok(()) => {
-                    self.findings.tracker.site_placed(pc, self.start.elapsed());
-                    self.sites_placed += 1;
-                    self.last_counts = self.probes.counts()?;
-                    self.last_check = Instant::now();
-                    placed = true;
-                }
-                Err(e) => log::warn!("targeted probe at {pc:#x}: {e:#}"),
-            }
-        }
-        Ok(placed)
     }
 }
 
