@@ -589,3 +589,28 @@ fn a_hot_site_is_tried_and_removed_within_the_budget() {
         "the text report does not say the hot site is off:\n{stdout}"
     );
 }
+
+/// Windows that saturate the target (the benchmark's HTTP service: in a window it keeps
+/// 7-16% of its pace, by the runtime's own count of its parks) slow every request in
+/// flight, so once the sample holds enough of the runtime's parks for the scaling, they
+/// come seldom: their breakpoints in place at most 0.1% of the time, one window of 40 ms
+/// every minute or so instead of one of 20-100 ms every second. The scaled parks still
+/// agree with the runtime's count.
+#[test]
+fn saturating_windows_come_seldom_once_the_sample_is_in() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
+    let (fx, mut wrk) = busy_http_service(16);
+    let pid = fx.pid().to_string();
+    let (r, _) = record("windows-seldom", &["-p", &pid, "-d", "12s"]);
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    let p = &r["probes"];
+    let s = &p["sampling"]["runtime.gopark"];
+    assert_eq!(s["mode"], "windows", "{p:#}");
+    // The sample takes 2-4 windows a second apart, then one more comes; every second
+    // for 12 s would be 10-12.
+    let windows = s["windows"].as_u64().unwrap();
+    eprintln!("{windows} windows in 12 s: {s:#}");
+    assert!((2..=6).contains(&windows), "{windows} windows: {p:#}");
+    agrees_with_the_runtime(&p["park_scaling"], "parks");
+}

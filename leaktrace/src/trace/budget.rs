@@ -14,7 +14,10 @@ use aya::maps::{MapData, RingBuf};
 
 use super::{
     session::Session,
-    windows::{Closing, FIRST_WINDOW, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SchedRead},
+    windows::{
+        Closing, FIRST_WINDOW, LATENCY_SHARE, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SATURATED,
+        SATURATED_WINDOW, SchedRead,
+    },
 };
 use crate::{
     census::{self, activity::ActivityEstimate},
@@ -277,9 +280,11 @@ impl Session {
             let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
             let w = &mut self.windows;
             if share > 0.0 {
-                w.period = w
-                    .period
-                    .min(PERIOD.max(Duration::from_secs_f64(cost / share)));
+                w.period = w.period.min(
+                    PERIOD
+                        .max(Duration::from_secs_f64(cost / share))
+                        .max(w.latency_period),
+                );
             }
             w.closing = Some(Closing {
                 detach,
@@ -347,44 +352,11 @@ impl Session {
         }
         // The share of the budget the continuous probes leave.
         let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
-        let w = &mut self.windows;
-        if share <= 0.0 {
-            w.skipped += 1;
-            w.next = Some(next_period);
+        if !self.plan_window(share) {
+            self.windows.skipped += 1;
+            self.windows.next = Some(next_period);
             return Ok(());
         }
-        // The probes' CPU per second of window. However fast the target ran without them
-        // (the pre-attach estimate), hits cannot take more than every CPU it can run on.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let per_second = (w.rate.unwrap_or(0.0) * self.hit_cost.as_secs_f64()).min(cpus);
-        let length = if w.rate.is_none() {
-            FIRST_WINDOW
-        } else if per_second <= 0.0 {
-            MAX_WINDOW
-        } else {
-            let fits = share * PERIOD.as_secs_f64() - w.fixed.as_secs_f64();
-            Duration::from_secs_f64((fits / per_second - w.overrun.as_secs_f64()).max(0.0))
-        };
-        w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
-        // The first window, at a rate not yet measured, has no plan to exceed.
-        w.planned = match w.rate {
-            Some(_) => per_second * (w.length + w.overrun).as_secs_f64() + w.fixed.as_secs_f64(),
-            None => f64::INFINITY,
-        };
-        // A window shorter than the shortest worth having comes less often than once a
-        // period: as often as the budget pays for it.
-        w.period = match w.planned.is_finite() {
-            true => PERIOD.max(Duration::from_secs_f64(w.planned / share)),
-            false => PERIOD,
-        };
-        log::debug!(
-            "window of {:?} every {:?}: {:.0} hits/s measured, {:.2} ms of CPU planned, fixed cost {:?}",
-            w.length,
-            w.period,
-            w.rate.unwrap_or(f64::NAN),
-            w.planned * 1e3,
-            w.fixed
-        );
         let counts = self.probes.counts()?;
         let exe = self.target.process.exe_path();
         let placing = Instant::now();
@@ -393,6 +365,10 @@ impl Session {
             self.probes.attach(p, &exe, &self.windows.offsets[&p])?;
         }
         let attach = thread_cpu_time().saturating_sub(cpu0);
+        log::debug!(
+            "window's probes placed in {:?} ({attach:?} of CPU)",
+            placing.elapsed()
+        );
         // The sample starts once every probe of the window is in place. Only the records of
         // probes in windows are judged by it: park/wake or create/exit may run continuously
         // beside windowed allocation probes.
@@ -414,6 +390,70 @@ impl Session {
         });
         w.next = Some(Instant::now() + w.length);
         Ok(())
+    }
+
+    /// Plans the next window's length and period from the last one, within `share` of
+    /// the budget (the continuous probes have the rest); false when nothing is left for it.
+    fn plan_window(&mut self, share: f64) -> bool {
+        if share <= 0.0 {
+            return false;
+        }
+        let w = &mut self.windows;
+        // The probes' CPU per second of window: the hits the target would make at its own
+        // pace (a saturated window counts only those it managed under the probes). However
+        // fast the target ran without them, hits cannot take more than every CPU it can run
+        // on.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // Until the windows hold enough of the runtime's parks for the scaling to be right
+        // (`SAMPLE_PARKS`), they are planned at the rate they measured: on a saturated
+        // target, windows of 20-100 ms about once a second. Then at the target's own pace.
+        let pace = match w.missing_parks() {
+            Some(0) => w.pace.unwrap_or(1.0),
+            _ => 1.0,
+        };
+        let per_second = (w.rate.unwrap_or(0.0) / pace * self.hit_cost.as_secs_f64()).min(cpus);
+        let length = if w.rate.is_none() {
+            FIRST_WINDOW
+        } else if per_second <= 0.0 {
+            MAX_WINDOW
+        } else {
+            let fits = share * PERIOD.as_secs_f64() - w.fixed.as_secs_f64();
+            Duration::from_secs_f64((fits / per_second - w.overrun.as_secs_f64()).max(0.0))
+        };
+        w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
+        // Once the sample is in, a window that saturates the target is as long as the
+        // scaling needs (shorter ones undercount the runtime's parks) and comes seldom.
+        if pace < SATURATED {
+            w.length = SATURATED_WINDOW;
+        }
+        // The first window, at a rate not yet measured, has no plan to exceed.
+        w.planned = match w.rate {
+            Some(_) => per_second * (w.length + w.overrun).as_secs_f64() + w.fixed.as_secs_f64(),
+            None => f64::INFINITY,
+        };
+        // A window that saturates the target slows every request in flight while its
+        // breakpoints are in place: it comes seldom enough for few requests to meet one.
+        w.latency_period = match pace < SATURATED {
+            true => (w.length + w.overrun).div_f64(LATENCY_SHARE),
+            false => Duration::ZERO,
+        };
+        // A window shorter than the shortest worth having comes less often than once a
+        // period: as often as the budget pays for it.
+        w.period = match w.planned.is_finite() {
+            true => PERIOD.max(Duration::from_secs_f64(w.planned / share)),
+            false => PERIOD,
+        }
+        .max(w.latency_period);
+        log::debug!(
+            "window of {:?} every {:?}: {:.0} hits/s measured at {:.0}% of the target's pace, {:.2} ms of CPU planned, fixed cost {:?}",
+            w.length,
+            w.period,
+            w.rate.unwrap_or(f64::NAN),
+            pace * 100.0,
+            w.planned * 1e3,
+            w.fixed
+        );
+        true
     }
 
     /// Closes an open window and waits for the last one's probes to go, for the report;
