@@ -181,3 +181,64 @@ fn the_estimate_before_attaching_is_close_to_the_parks_then_counted() {
         "estimated {estimated:.0} state changes/s before attaching, then counted {parks:.0} parks/s: {p:#}"
     );
 }
+
+/// A targeted probe is tried for a few ms before it stays. At a cold site (testdata/go/
+/// classicleak: five producers blocked for good on their send, passed by nobody since) the
+/// trial measures next to nothing: the probe stays on, and its silence is evidence that
+/// none of the group moved on.
+#[test]
+fn a_cold_site_stays_on_after_its_trial_and_gives_its_evidence() {
+    let bin = build_fixture("classicleak", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &["-hold"]);
+    fx.stderr.wait_for("holding", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = fx.pid().to_string();
+    let (r, stdout) = record(
+        "budget-cold-site",
+        &[
+            "-p",
+            &pid,
+            "-d",
+            "5s",
+            "--min-age",
+            "1s",
+            "--snapshot-interval",
+            "1s",
+        ],
+    );
+    let p = &r["probes"];
+    let sites = p["sites"].as_array().unwrap();
+    let produce = sites
+        .iter()
+        .find(|s| s["function"] == "main.produce")
+        .unwrap_or_else(|| panic!("no targeted probe after main.produce's send: {p:#}"));
+    assert_eq!(produce["mode"], "continuous", "{p:#}");
+    assert!(
+        produce["trial_ms"].as_f64().unwrap() < 100.0
+            && produce["cost"].as_f64().unwrap() <= produce["allowed"].as_f64().unwrap(),
+        "{p:#}"
+    );
+    assert!(
+        attached(&r)
+            .iter()
+            .any(|f| f == "(sites of suspected leaks)"),
+        "{p:#}"
+    );
+    assert_eq!(
+        p["sampling"]["(sites of suspected leaks)"]["mode"], "continuous",
+        "{p:#}"
+    );
+    let leak = &r["leaks"][0];
+    assert_eq!(leak["site"]["function"], "main.produce", "{r:#}");
+    assert!(
+        leak["evidence"].as_array().unwrap().iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .contains("none of them moved on past the blocking call")),
+        "the targeted probe's silence is not in the evidence: {leak:#}"
+    );
+    assert!(
+        stdout.contains("targeted probes") && stdout.contains("continuous"),
+        "the text report does not list the targeted probes:\n{stdout}"
+    );
+}

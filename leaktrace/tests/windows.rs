@@ -562,3 +562,113 @@ fn a_busy_services_leak_is_proven_beside_its_goroutines_in_flight() {
         "{first}"
     );
 }
+
+/// Targeted probes on the busy HTTP service: the leak group's blocking call (the backends'
+/// send) and its `go` statement are passed by every request, tens of thousands of times a
+/// second. Each is tried for a few ms, measured over its share of the budget and removed,
+/// and report.json and the text report say so; the site hits over the whole trace cost
+/// well within the budget (a site used to stay until the next budget check, a CPU's worth
+/// of hits, and then every site went off).
+#[test]
+fn a_hot_site_is_tried_and_removed_within_the_budget() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
+    // The load outlasts the trace: a site tried once wrk stopped is cold, and stays.
+    let (fx, mut wrk) = busy_http_service(16);
+    let pid = fx.pid().to_string();
+    let (r, stdout) = record(
+        "windows-hot-site",
+        &["-p", &pid, "-d", "8s", "--min-age", "2s"],
+    );
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    let p = &r["probes"];
+    // Other groups (idle connections) have cold sites, which stay.
+    let hot: Vec<&Value> = p["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["function"] == "main.backend" || s["function"] == "main.search")
+        .collect();
+    assert_eq!(
+        hot.len(),
+        2,
+        "the send and the go statement not both tried: {p:#}"
+    );
+    for s in hot {
+        assert_eq!(s["mode"], "off", "{p:#}");
+        assert!(
+            s["trial_ms"].as_f64().unwrap() < 100.0
+                && s["cost"].as_f64().unwrap() > s["allowed"].as_f64().unwrap(),
+            "{p:#}"
+        );
+    }
+    let site = "(sites of suspected leaks)";
+    let hits = p["hits"][site].as_u64().unwrap_or(0) as f64;
+    let cost =
+        hits * p["hit_cost_us"].as_f64().unwrap() * 1e-6 / r["observed_seconds"].as_f64().unwrap();
+    eprintln!(
+        "{hits} site hits, {:.3}% of a CPU: {:#}",
+        cost * 100.0,
+        p["sites"]
+    );
+    assert!(
+        cost <= 0.005,
+        "the site trials cost {:.2}% of a CPU: {p:#}",
+        cost * 100.0
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("off") && l.contains("after main.backend")),
+        "the text report does not say the hot site is off:\n{stdout}"
+    );
+}
+
+/// Windows that saturate the target (the benchmark's HTTP service: in a window it keeps
+/// 7-16% of its pace, by the runtime's own count of its parks) slow every request in
+/// flight, so once the sample holds enough of the runtime's parks for the scaling, they
+/// come seldom: their breakpoints in place at most 0.1% of the time, one window of 40 ms
+/// a minute or so instead of one of 20-100 ms every second. Read off the target's own code
+/// (the first byte of runtime.gopark, every millisecond), the last seconds of a 14 s trace
+/// have no window; the scaled parks still agree with the runtime's count.
+#[test]
+fn saturating_windows_come_seldom_once_the_sample_is_in() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
+    let (fx, mut wrk) = busy_http_service(20);
+    let pid = fx.pid();
+    let gopark = symbol_address(&build_fixture("fanout", &newest(), &[]), "runtime.gopark");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut last = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if first_byte_in_target(pid, gopark) == 0xcc {
+                    last = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            last
+        })
+    };
+    let (r, _) = record("windows-seldom", &["-p", &pid.to_string(), "-d", "14s"]);
+    let ended = Instant::now();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last = watching.join().unwrap();
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    let p = &r["probes"];
+    let s = &p["sampling"]["runtime.gopark"];
+    assert_eq!(s["mode"], "windows", "{p:#}");
+    let last = last.unwrap_or_else(|| panic!("no window placed gopark's breakpoint: {p:#}"));
+    // The sample takes 2-5 windows a second apart, then one more comes: the last is
+    // 6-8 s into the trace. Every second, one would be in its last second or two (and the
+    // report takes about one).
+    let quiet = ended.duration_since(last);
+    eprintln!("no window in the last {quiet:?} of the trace and its report: {s:#}");
+    assert!(
+        quiet >= Duration::from_secs(4),
+        "a window {quiet:?} before the end: {p:#}"
+    );
+    agrees_with_the_runtime(&p["park_scaling"], "parks");
+}

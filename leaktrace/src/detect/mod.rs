@@ -531,6 +531,14 @@ impl Tracker {
         }
     }
 
+    /// The targeted probe at link-time `pc` was removed (its trial measured it over budget):
+    /// what it did not see proves nothing.
+    pub fn site_off(&mut self, pc: u64) {
+        if let Some(s) = self.sites.get_mut(&pc) {
+            s.active = false;
+        }
+    }
+
     /// The targeted probes were removed: what they did not see proves nothing from now on.
     pub fn sites_inactive(&mut self) {
         self.judged.take();

@@ -548,8 +548,40 @@ impl Probes {
         breakpoints: Vec<u64>,
     ) -> anyhow::Result<std::thread::JoinHandle<Detached>> {
         let links = self.take_links(probes)?;
+        Ok(self.drop_later(links, breakpoints))
+    }
+
+    /// Removes the link `probe` was attached with last (one targeted site after its trial)
+    /// like [`Probes::detach_later`]; the others stay.
+    pub fn detach_last_later(
+        &mut self,
+        probe: Probe,
+        breakpoints: Vec<u64>,
+    ) -> anyhow::Result<std::thread::JoinHandle<Detached>> {
+        let Some(id) = self.links.get_mut(&probe).and_then(Vec::pop) else {
+            bail!("no {} probe to remove", probe.name());
+        };
+        if self.links.get(&probe).is_some_and(Vec::is_empty) {
+            self.links.remove(&probe);
+        }
+        let name = probe.program(self.multi);
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("BPF object has no program {name}"))?
+            .try_into()?;
+        let link = program.take_link(id)?;
+        Ok(self.drop_later(vec![link], breakpoints))
+    }
+
+    /// Drops `links` on a thread, timing the removal and watching `breakpoints` go.
+    fn drop_later(
+        &self,
+        links: Vec<aya::programs::uprobe::UProbeLink>,
+        breakpoints: Vec<u64>,
+    ) -> std::thread::JoinHandle<Detached> {
         let mem = std::fs::File::open(format!("/proc/{}/mem", self.pid)).ok();
-        Ok(std::thread::spawn(move || {
+        std::thread::spawn(move || {
             std::thread::scope(|s| {
                 let drops: Vec<_> = links
                     .into_iter()
@@ -586,7 +618,7 @@ impl Probes {
                         ended: started,
                     })
             })
-        }))
+        })
     }
 
     pub fn attached(&self) -> Vec<Probe> {

@@ -40,6 +40,32 @@ pub struct ProbeSummary {
     /// How the park and wake-up counts were scaled, when park/wake ran in windows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub park_scaling: Option<CountScaling>,
+    /// The targeted probes tried at suspects' sites (`--probes` with `sites`, the
+    /// default), in the order they were tried: each is placed for a short trial first and
+    /// kept only if the rate the trial measured fits its share of the budget.
+    pub sites: Vec<TargetedProbe>,
+}
+
+/// A targeted probe at a leak group's site, as report.json's `probes.sites` says it.
+#[derive(Clone, Debug, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct TargetedProbe {
+    /// The call the probed instruction follows: the group's blocking call, or the call
+    /// into the runtime of its `go` statement.
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// "continuous": it fit and stayed (until the end, or until a budget check shed
+    /// every site: then "shed"); "off": the trial measured more than its share of the
+    /// budget, and it was removed after the trial (a site passed by every request of a
+    /// busy service: its silence between windows would prove nothing, so it is not placed
+    /// in windows either).
+    pub mode: &'static str,
+    /// What the trial measured: hits per second over `trial_ms`.
+    pub trial_hits_per_second: f64,
+    pub trial_ms: f64,
+    /// The cost at that rate and the most a site may cost, as fractions of a CPU.
+    pub cost: f64,
+    pub allowed: f64,
 }
 
 /// How counts sampled in windows were scaled to the whole trace.

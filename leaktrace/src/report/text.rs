@@ -62,49 +62,8 @@ pub fn text(r: &Report) -> String {
     if let Some(note) = &r.allocation_sites.note {
         let _ = writeln!(out, "allocations: {note}\n");
     }
-    let parks: Vec<_> = r
-        .histograms
-        .iter()
-        .filter(|(t, p)| t.starts_with("park_ns.") && p.count > 0)
-        .collect();
-    if !parks.is_empty() {
-        let _ = writeln!(out, "park durations (p50 / p99 / max):");
-        if let (Some(d), Some(s)) = (
-            &r.probes.park_durations,
-            r.probes.sampling.get("runtime.gopark"),
-        ) {
-            let _ = writeln!(
-                out,
-                "  sampled, {:.1}% of the time in {} windows: {} parks measured exactly ({} of them from one window to a later one); {} outlasted their window and were timed by snapshots that saw them on and then over (to within the snapshot interval, marked below); {} outlasted theirs untimed and {} were still open at the end (not in these figures)",
-                s.duty * 100.0,
-                s.windows,
-                d.exact,
-                d.exact_across_windows,
-                d.closed_by_snapshot,
-                d.outlasted_window,
-                d.open_at_end
-            );
-        }
-        for (t, p) in parks {
-            let inexact = r
-                .probes
-                .park_durations
-                .as_ref()
-                .and_then(|d| d.closed_by_snapshot_in.get(t.as_str()))
-                .map(|n| format!("  ({n} closed by a snapshot)"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {:<32} {:>8} parks  {:>10} / {:>10} / {:>10}{inexact}",
-                &t["park_ns.".len()..],
-                p.count,
-                super::live::duration_ns(p.p50),
-                super::live::duration_ns(p.p99),
-                super::live::duration_ns(p.max)
-            );
-        }
-        out.push('\n');
-    }
+    park_durations(&mut out, r);
+    targeted_probes(&mut out, r);
     if r.leaks.is_empty() {
         let _ = writeln!(
             out,
@@ -205,4 +164,76 @@ pub fn text(r: &Report) -> String {
         let _ = writeln!(out, "    goroutines: {}{more}\n", ids.join(" "));
     }
     out
+}
+
+/// The targeted probes tried at the suspects' sites, and what each came to.
+fn targeted_probes(out: &mut String, r: &Report) {
+    if r.probes.sites.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "targeted probes (each tried for a few ms first, kept if it fits the budget):"
+    );
+    for s in &r.probes.sites {
+        let _ = writeln!(
+            out,
+            "  {:<10} after {} {}:{}  ({:.0} hits/s in the trial, {:.2}% of a CPU, {:.2}% allowed)",
+            s.mode,
+            s.function,
+            s.file,
+            s.line,
+            s.trial_hits_per_second,
+            s.cost * 100.0,
+            s.allowed * 100.0
+        );
+    }
+    out.push('\n');
+}
+
+/// Park durations per wait reason, and which part of them is exact when sampled.
+fn park_durations(out: &mut String, r: &Report) {
+    let parks: Vec<_> = r
+        .histograms
+        .iter()
+        .filter(|(t, p)| t.starts_with("park_ns.") && p.count > 0)
+        .collect();
+    if !parks.is_empty() {
+        let _ = writeln!(out, "park durations (p50 / p99 / max):");
+        if let (Some(d), Some(s)) = (
+            &r.probes.park_durations,
+            r.probes.sampling.get("runtime.gopark"),
+        ) {
+            let _ = writeln!(
+                out,
+                "  sampled, {:.1}% of the time in {} windows: {} parks measured exactly ({} of them from one window to a later one); {} outlasted their window and were timed by snapshots that saw them on and then over (to within the snapshot interval, marked below); {} outlasted theirs untimed and {} were still open at the end (not in these figures)",
+                s.duty * 100.0,
+                s.windows,
+                d.exact,
+                d.exact_across_windows,
+                d.closed_by_snapshot,
+                d.outlasted_window,
+                d.open_at_end
+            );
+        }
+        for (t, p) in parks {
+            let inexact = r
+                .probes
+                .park_durations
+                .as_ref()
+                .and_then(|d| d.closed_by_snapshot_in.get(t.as_str()))
+                .map(|n| format!("  ({n} closed by a snapshot)"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<32} {:>8} parks  {:>10} / {:>10} / {:>10}{inexact}",
+                &t["park_ns.".len()..],
+                p.count,
+                super::live::duration_ns(p.p50),
+                super::live::duration_ns(p.p99),
+                super::live::duration_ns(p.max)
+            );
+        }
+        out.push('\n');
+    }
 }

@@ -391,7 +391,7 @@ impl Session {
             detect: DetectOptions {
                 min_age: opts.min_age,
             },
-            sites_enabled: opts.probes.contains(&Probe::Site),
+            sites: super::sites::Sites::new(opts.probes.contains(&Probe::Site)),
             next_snapshot: tokio::time::Instant::now() + opts.snapshot_interval,
             last_counts: probes.counts()?,
             last_check: Instant::now(),
@@ -415,7 +415,6 @@ impl Session {
             metrics,
             shed: not_placed,
             estimated,
-            sites_placed: 0,
             lost_reported: 0,
             prover: None,
             proof_next: Instant::now(),

@@ -2,8 +2,8 @@
 //! judged before placing from its activity (`fitting`); the measured hit rates of those
 //! placed, checked 20 ms after a placement and then four times a second, shedding as few
 //! as needed (`Session::check_budget`), those that do not fit moved into windows
-//! (`Session::window_tick`, planned as `windows` says); and the targeted probes at
-//! suspects' sites (`Session::place_sites`).
+//! (`Session::window_tick`, planned as `windows` says). The targeted probes at suspects'
+//! sites are tried before they stay (`sites`).
 
 use std::{
     collections::HashMap,
@@ -14,7 +14,10 @@ use aya::maps::{MapData, RingBuf};
 
 use super::{
     session::Session,
-    windows::{Closing, FIRST_WINDOW, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SchedRead},
+    windows::{
+        Closing, FIRST_WINDOW, LATENCY_SHARE, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SATURATED,
+        SATURATED_WINDOW, SchedRead,
+    },
 };
 use crate::{
     census::{self, activity::ActivityEstimate},
@@ -28,10 +31,6 @@ pub(super) const QUICK_CHECK: Duration = Duration::from_millis(20);
 
 /// Then the budget is checked this often.
 pub(super) const BUDGET_PERIOD: Duration = Duration::from_millis(250);
-
-/// At most this many targeted probes in one trace: each placement writes a breakpoint into
-/// the target's code under its mmap lock.
-const MAX_SITES: usize = 32;
 
 /// What the pre-attach judgement decided.
 pub(super) struct Fit {
@@ -156,13 +155,19 @@ impl Session {
         if secs < QUICK_CHECK.as_secs_f64() * 0.75 {
             return Ok(()); // too short a window to judge
         }
-        let rates: HashMap<Probe, f64> = Probe::ALL
+        let mut rates: HashMap<Probe, f64> = Probe::ALL
             .into_iter()
             .map(|p| {
-                let hits = counts.hits(p) - self.last_counts.hits(p);
+                let hits = counts.hits(p).saturating_sub(self.last_counts.hits(p));
                 (p, hits as f64 / secs)
             })
             .collect();
+        // A site's trial, and its removal if it did not fit, are judged by the trial: the
+        // site hits of this interval are not the continuous sites' rate.
+        if self.sites.unjudged {
+            self.sites.unjudged = self.sites.busy();
+            rates.insert(Probe::Site, 0.0);
+        }
         // --alloc exact is not shed: its cost was stated and chosen. Windowed probes are
         // judged by their windows.
         let attached: Vec<Probe> = self
@@ -211,7 +216,7 @@ impl Session {
             }
             if shed_now.contains(&Probe::Site) {
                 tracker.sites_inactive();
-                self.sites_enabled = false;
+                self.sites.shed();
             }
             let mut windowed = Vec::new();
             for &p in shed_now.iter().filter(|p| p.windowable()) {
@@ -233,36 +238,6 @@ impl Session {
         self.last_check = now; // when `counts` were read: hits during a detach count
         self.last_counts = counts;
         Ok(())
-    }
-
-    /// Places targeted probes at the sites the detector wants watched; true when one was
-    /// placed (a site many goroutines pass is hot: the budget judges it soon, on a window
-    /// that starts now).
-    pub(super) fn place_sites(&mut self) -> anyhow::Result<bool> {
-        if !self.sites_enabled {
-            return Ok(false);
-        }
-        let mut placed = false;
-        let room = MAX_SITES.saturating_sub(self.sites_placed);
-        let wanted = self.findings.tracker.wanted_sites(&self.detect);
-        for pc in wanted.into_iter().take(room) {
-            let Some(off) = self.target.binary.file_offset(pc) else {
-                log::warn!("targeted probe at {pc:#x}: not in a loadable segment");
-                continue;
-            };
-            let exe = self.target.process.exe_path();
-            match self.probes.attach(Probe::Site, &exe, &[off]) {
-                Ok(()) => {
-                    self.findings.tracker.site_placed(pc, self.start.elapsed());
-                    self.sites_placed += 1;
-                    self.last_counts = self.probes.counts()?;
-                    self.last_check = Instant::now();
-                    placed = true;
-                }
-                Err(e) => log::warn!("targeted probe at {pc:#x}: {e:#}"),
-            }
-        }
-        Ok(placed)
     }
 }
 
@@ -305,9 +280,11 @@ impl Session {
             let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
             let w = &mut self.windows;
             if share > 0.0 {
-                w.period = w
-                    .period
-                    .min(PERIOD.max(Duration::from_secs_f64(cost / share)));
+                w.period = w.period.min(
+                    PERIOD
+                        .max(Duration::from_secs_f64(cost / share))
+                        .max(w.latency_period),
+                );
             }
             w.closing = Some(Closing {
                 detach,
@@ -375,44 +352,11 @@ impl Session {
         }
         // The share of the budget the continuous probes leave.
         let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
-        let w = &mut self.windows;
-        if share <= 0.0 {
-            w.skipped += 1;
-            w.next = Some(next_period);
+        if !self.plan_window(share) {
+            self.windows.skipped += 1;
+            self.windows.next = Some(next_period);
             return Ok(());
         }
-        // The probes' CPU per second of window. However fast the target ran without them
-        // (the pre-attach estimate), hits cannot take more than every CPU it can run on.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let per_second = (w.rate.unwrap_or(0.0) * self.hit_cost.as_secs_f64()).min(cpus);
-        let length = if w.rate.is_none() {
-            FIRST_WINDOW
-        } else if per_second <= 0.0 {
-            MAX_WINDOW
-        } else {
-            let fits = share * PERIOD.as_secs_f64() - w.fixed.as_secs_f64();
-            Duration::from_secs_f64((fits / per_second - w.overrun.as_secs_f64()).max(0.0))
-        };
-        w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
-        // The first window, at a rate not yet measured, has no plan to exceed.
-        w.planned = match w.rate {
-            Some(_) => per_second * (w.length + w.overrun).as_secs_f64() + w.fixed.as_secs_f64(),
-            None => f64::INFINITY,
-        };
-        // A window shorter than the shortest worth having comes less often than once a
-        // period: as often as the budget pays for it.
-        w.period = match w.planned.is_finite() {
-            true => PERIOD.max(Duration::from_secs_f64(w.planned / share)),
-            false => PERIOD,
-        };
-        log::debug!(
-            "window of {:?} every {:?}: {:.0} hits/s measured, {:.2} ms of CPU planned, fixed cost {:?}",
-            w.length,
-            w.period,
-            w.rate.unwrap_or(f64::NAN),
-            w.planned * 1e3,
-            w.fixed
-        );
         let counts = self.probes.counts()?;
         let exe = self.target.process.exe_path();
         let placing = Instant::now();
@@ -421,6 +365,10 @@ impl Session {
             self.probes.attach(p, &exe, &self.windows.offsets[&p])?;
         }
         let attach = thread_cpu_time().saturating_sub(cpu0);
+        log::debug!(
+            "window's probes placed in {:?} ({attach:?} of CPU)",
+            placing.elapsed()
+        );
         // The sample starts once every probe of the window is in place. Only the records of
         // probes in windows are judged by it: park/wake or create/exit may run continuously
         // beside windowed allocation probes.
@@ -442,6 +390,70 @@ impl Session {
         });
         w.next = Some(Instant::now() + w.length);
         Ok(())
+    }
+
+    /// Plans the next window's length and period from the last one, within `share` of
+    /// the budget (the continuous probes have the rest); false when nothing is left for it.
+    fn plan_window(&mut self, share: f64) -> bool {
+        if share <= 0.0 {
+            return false;
+        }
+        let w = &mut self.windows;
+        // The probes' CPU per second of window: the hits the target would make at its own
+        // pace (a saturated window counts only those it managed under the probes). However
+        // fast the target ran without them, hits cannot take more than every CPU it can run
+        // on.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // Until the windows hold enough of the runtime's parks for the scaling to be right
+        // (`SAMPLE_PARKS`), they are planned at the rate they measured: on a saturated
+        // target, windows of 20-100 ms about once a second. Then at the target's own pace.
+        let pace = match w.missing_parks() {
+            Some(0) => w.pace.unwrap_or(1.0),
+            _ => 1.0,
+        };
+        let per_second = (w.rate.unwrap_or(0.0) / pace * self.hit_cost.as_secs_f64()).min(cpus);
+        let length = if w.rate.is_none() {
+            FIRST_WINDOW
+        } else if per_second <= 0.0 {
+            MAX_WINDOW
+        } else {
+            let fits = share * PERIOD.as_secs_f64() - w.fixed.as_secs_f64();
+            Duration::from_secs_f64((fits / per_second - w.overrun.as_secs_f64()).max(0.0))
+        };
+        w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
+        // Once the sample is in, a window that saturates the target is as long as the
+        // scaling needs (shorter ones undercount the runtime's parks) and comes seldom.
+        if pace < SATURATED {
+            w.length = SATURATED_WINDOW;
+        }
+        // The first window, at a rate not yet measured, has no plan to exceed.
+        w.planned = match w.rate {
+            Some(_) => per_second * (w.length + w.overrun).as_secs_f64() + w.fixed.as_secs_f64(),
+            None => f64::INFINITY,
+        };
+        // A window that saturates the target slows every request in flight while its
+        // breakpoints are in place: it comes seldom enough for few requests to meet one.
+        w.latency_period = match pace < SATURATED {
+            true => (w.length + w.overrun).div_f64(LATENCY_SHARE),
+            false => Duration::ZERO,
+        };
+        // A window shorter than the shortest worth having comes less often than once a
+        // period: as often as the budget pays for it.
+        w.period = match w.planned.is_finite() {
+            true => PERIOD.max(Duration::from_secs_f64(w.planned / share)),
+            false => PERIOD,
+        }
+        .max(w.latency_period);
+        log::debug!(
+            "window of {:?} every {:?}: {:.0} hits/s measured at {:.0}% of the target's pace, {:.2} ms of CPU planned, fixed cost {:?}",
+            w.length,
+            w.period,
+            w.rate.unwrap_or(f64::NAN),
+            pace * 100.0,
+            w.planned * 1e3,
+            w.fixed
+        );
+        true
     }
 
     /// Closes an open window and waits for the last one's probes to go, for the report;

@@ -28,7 +28,7 @@ use crate::{
     probes::{Counts, Probe, Samples},
     report::{
         exports, live, pprof,
-        schema::{CountScaling, ParkDurations, ProbeSummary, Report, Sampling},
+        schema::{CountScaling, ParkDurations, ProbeSummary, Report, Sampling, TargetedProbe},
         text,
     },
     signals::{self, Interrupted},
@@ -52,6 +52,8 @@ struct ProbeTotals {
     park_scaling: Option<CountScaling>,
     lives_scaling: Option<CountScaling>,
     park_durations: Option<ParkDurations>,
+    /// The targeted probes tried.
+    sites: Vec<TargetedProbe>,
 }
 
 /// A session whose probes are gone: what the report is made of.
@@ -89,6 +91,7 @@ impl Session {
                 stop.wording(self.target.process.pid(), None)
             );
         }
+        self.close_sites();
         self.close_windows(io.records.get_mut())?;
         // What the programs sent before we stopped is still in the ring buffer.
         let (target, findings) = (&self.target, &mut self.findings);
@@ -169,6 +172,7 @@ impl Session {
         let park_scaling =
             park_duty.map(|d| count_scaling(w, d, model.total.total_parks(), w.runtime_parks()));
         Ok(ProbeTotals {
+            sites: self.sites.report.clone(),
             sampling: w.sampling(&self.probes.attached()),
             alloc_duty,
             lives_scaling: duty(Probe::Create)
@@ -450,6 +454,7 @@ impl Ending {
                 sampling: totals.sampling.clone(),
                 park_durations: totals.park_durations.clone(),
                 park_scaling: totals.park_scaling.clone(),
+                sites: totals.sites.clone(),
             },
             allocations: totals.allocations.is_some().then(|| {
                 let s = |n: u64| (n as f64 / totals.alloc_duty.unwrap_or(1.0).max(1e-6)) as u64;

@@ -15,6 +15,7 @@ mod finish;
 mod follow;
 mod options;
 mod session;
+mod sites;
 mod snapshot;
 mod windows;
 

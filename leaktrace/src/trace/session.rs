@@ -61,8 +61,8 @@ pub(super) struct Session {
     /// Probes not placed or shed, and why.
     pub shed: Vec<String>,
     pub estimated: Option<ActivityEstimate>,
-    pub sites_enabled: bool,
-    pub sites_placed: usize,
+    /// The targeted probes at suspects' sites.
+    pub sites: super::sites::Sites,
     /// Lost records already shown on a live line.
     pub lost_reported: u64,
     /// A proof by reachability under way, and when the next pass may run.

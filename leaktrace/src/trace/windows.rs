@@ -45,6 +45,31 @@ pub(super) const MAX_WINDOW: Duration = Duration::from_millis(500);
 /// The first window when nothing says how often the probes fire.
 pub(super) const FIRST_WINDOW: Duration = Duration::from_millis(5);
 
+/// A window saturates the target when it keeps less than this share of its pace outside
+/// the windows (the runtime's own count of its parks, in the window and out of it): every
+/// park traps, and whatever the target does while the breakpoints are in place (requests
+/// in flight) waits for the traps. On the benchmark's HTTP service a window keeps 5-10%.
+pub(super) const SATURATED: f64 = 0.5;
+
+/// A window's length on a target windows saturate, once the sample holds
+/// [`SAMPLE_PARKS`]: the runtime counts a park when its goroutine runs again, which a
+/// saturated target delays past a short window's close (windows of 2-20 ms scaled parks
+/// to 1.5-1.9x the runtime's count); the sample's own windows, 20-100 ms, agree within 5-18%.
+pub(super) const SATURATED_WINDOW: Duration = Duration::from_millis(40);
+
+/// The share of the time a saturating window's breakpoints may be in place. A request that
+/// meets a window is slowed by about the breakpoints' time in place, so this is about the
+/// share of requests slowed: the target's p99 becomes about its p99.1 untraced. At 1% of
+/// the time, the old duty at the default budget, the p99 was the window's length (1.2x of
+/// untraced on the HTTP service, where p99 is a few ms and a window 5-20 ms in place).
+pub(super) const LATENCY_SHARE: f64 = 0.001;
+
+/// The runtime's parks the windows must hold before saturating windows become rare: the
+/// runtime counts one stop in 8, so 1,000 parks are 125 of its samples, and the share of
+/// them the windows saw (what sampled counts are divided by) is good to about 9%. The
+/// benchmark's HTTP service gives that in its first 2-4 windows (2,000 took 5-6).
+pub(super) const SAMPLE_PARKS: u64 = 1000;
+
 /// A window being closed: its links drop on a thread.
 pub(super) struct Closing {
     pub(super) detach: JoinHandle<Detached>,
@@ -109,6 +134,20 @@ pub(super) struct Windows {
     pub(super) sched_line: Option<SchedCounters>,
     /// The breakpoints' time in the target's code, over the windows closed.
     pub(super) in_place: Duration,
+    /// The runtime's counters when the target last ran with no window open (when
+    /// windowing began, or the last window closed), and when the open window opened; the
+    /// target's parks per second between the two.
+    sched_outside: Option<(Instant, SchedCounters)>,
+    sched_open_at: Option<Instant>,
+    parks_outside: Option<f64>,
+    /// The target's pace in the last window against its pace outside, from the runtime's
+    /// own parks: 1 when the probes did not slow it, under [`SATURATED`] when every park
+    /// trapped. The hits a window counts are then what the target managed under the
+    /// probes, not what it would do: they are divided by this to plan the next.
+    pub(super) pace: Option<f64>,
+    /// The shortest period that keeps a saturating window's breakpoints in place for at
+    /// most [`LATENCY_SHARE`] of the time; zero when the windows do not saturate.
+    pub(super) latency_period: Duration,
 }
 
 impl Windows {
@@ -148,17 +187,43 @@ impl Windows {
             SchedRead::Start => {
                 if self.sched_since.is_none() {
                     self.sched_since = now;
+                    self.sched_outside = now.map(|c| (Instant::now(), c));
                 }
             }
-            SchedRead::Open => self.sched_open = now,
+            SchedRead::Open => {
+                self.sched_open = now;
+                self.sched_open_at = Some(Instant::now());
+                self.parks_outside = match (self.sched_outside, now) {
+                    (Some((at, then)), Some(now)) => {
+                        Some(now.parks_since(&then) as f64 / at.elapsed().as_secs_f64())
+                    }
+                    _ => None,
+                };
+            }
             SchedRead::Close => {
                 if let (Some(open), Some(now)) = (self.sched_open.take(), now) {
-                    self.sched_parks_in_windows += now.parks_since(&open);
+                    let parks = now.parks_since(&open);
+                    self.sched_parks_in_windows += parks;
                     self.sched_created_in_windows += now.created_since(&open);
+                    let inside = self
+                        .sched_open_at
+                        .map(|at| parks as f64 / at.elapsed().as_secs_f64().max(1e-4));
+                    self.pace = match (inside, self.parks_outside) {
+                        (Some(i), Some(o)) if o > 0.0 => Some((i / o).clamp(0.01, 1.0)),
+                        _ => None,
+                    };
                 }
+                self.sched_outside = now.map(|c| (Instant::now(), c));
             }
             SchedRead::End => self.sched_until = now,
         }
+    }
+
+    /// The runtime's parks the windows still need for [`SAMPLE_PARKS`]; none when its
+    /// counters cannot be read.
+    pub(super) fn missing_parks(&self) -> Option<u64> {
+        self.sched_since?;
+        Some(SAMPLE_PARKS.saturating_sub(self.sched_parks_in_windows))
     }
 
     /// The runtime's parks over the windowed time, and the share of them the windows
