@@ -615,6 +615,7 @@ impl Tracker {
         if kind == Blocking::Not {
             return None;
         }
+        let whole = h;
         let part = self.proven_part(h);
         let (h, left_out) = match &part {
             Some((part, left_out)) => (part, Some(*left_out)),
@@ -637,7 +638,21 @@ impl Tracker {
         if kind == Blocking::Channel {
             j.weigh_channels(key, &chans, channel.as_ref(), count, growth);
         }
-        self.weigh_other_side(key, h, opts, channel.as_mut(), &mut j);
+        // The other side of their channels, from those the proof did not find reachable:
+        // the ones it proved, and those that came since (a leak's newcomers, whose
+        // channels a probe window may have seen the other side of).
+        let unreachable_or_newer = whole
+            .latest
+            .iter()
+            .filter(|g| left_out.is_none() || !self.reachable(g.goid));
+        self.weigh_other_side(
+            key,
+            unreachable_or_newer,
+            whole,
+            opts,
+            channel.as_mut(),
+            &mut j,
+        );
         self.weigh_sites(h, opts, &mut j);
         if h.latest.iter().all(|g| g.goid == 1) {
             j.against_leak(
@@ -759,9 +774,10 @@ impl Tracker {
     /// an operation after they blocked counts against a leak; silence counts for one only
     /// over time the probes were on continuously (a window's absence of touches says
     /// nothing of the time between windows).
-    fn weigh_other_side(
+    fn weigh_other_side<'a>(
         &self,
         key: &GroupKey,
+        gs: impl Iterator<Item = &'a Observed>,
         h: &History,
         opts: &DetectOptions,
         channel: Option<&mut ChannelSummary>,
@@ -783,7 +799,7 @@ impl Tracker {
         };
         let mut touched_after = 0;
         let mut last: Option<(Duration, Touch)> = None;
-        for g in &h.latest {
+        for g in gs {
             let seen = first_seen(h, g.goid);
             for c in &g.channels {
                 if let Some((at, t)) = self.touches.get(&c.addr).and_then(other) {
@@ -906,6 +922,11 @@ impl Tracker {
         Confidence::Proven
     }
 
+    /// Whether the last proof examined goroutine `goid` and found it reachable.
+    fn reachable(&self, goid: u64) -> bool {
+        self.examined.contains(&goid) && !self.proven.contains(&goid)
+    }
+
     /// A group some of whose goroutines the last proof proved leaked, as those alone: the
     /// others in the same wait came since (a leak that goes on growing) or are reachable (a
     /// busy service's goroutines passing the same line), and are no part of the proof.
@@ -919,14 +940,10 @@ impl Tracker {
         if latest.is_empty() || latest.len() == h.latest.len() {
             return None;
         }
-        let newer = h
-            .latest
-            .iter()
-            .filter(|g| !self.proven.contains(&g.goid) && !self.examined.contains(&g.goid))
-            .count();
+        let reachable = h.latest.iter().filter(|g| self.reachable(g.goid)).count();
         let left_out = LeftOut {
-            newer,
-            reachable: h.latest.len() - latest.len() - newer,
+            newer: h.latest.len() - latest.len() - reachable,
+            reachable,
         };
         let members = latest
             .iter()
