@@ -68,7 +68,7 @@ use serde::Serialize;
 use super::{
     data_roots::{self, GlobalScan},
     goroutines::{MAX_PS, RawG, all_gs, pointer_slice, read_gs, u64_at},
-    retained::{self, AddrSet, Chunked, Heap, Lookup, Slot, runtime_vars},
+    retained::{self, AddrSet, Heap, Marked, Slot, runtime_vars},
     specials,
     unwind::{self, StackMemory},
 };
@@ -259,8 +259,6 @@ struct Candidate {
 /// The marking state of one pass.
 struct Marker<'t> {
     heap: Heap<'t>,
-    /// Span index ([`Slot::span`]) -> one bit per object slot.
-    marks: Chunked<Box<[u64]>>,
     limits: PassLimits,
     started: Instant,
     objects: u64,
@@ -275,7 +273,9 @@ struct Marker<'t> {
     /// Every p struct (`runtime.allp`) and the byte range in it of `p.wbBuf`, the write
     /// barrier's buffer: `uintptr`s Go does not trace, stale pointers to whatever the
     /// program wrote last (through it a leaked goroutine's channel or buffers would be live).
-    p_structs: HashSet<u64>,
+    /// The spans of both are flagged ([`Heap::flag_spans`]): a level of the mark that
+    /// reaches none of those spans has none of these objects to look for.
+    p_structs: AddrSet,
     wb_buf: (u64, u64),
 }
 
@@ -296,34 +296,56 @@ impl Marker<'_> {
     /// Marks what `words` point at, transitively. A word whose page the heap caches is
     /// looked up at once; the others are resolved together, a level at a time.
     fn mark(&mut self, mut words: Vec<u64>) {
+        let mut to_scan = Vec::new();
+        let mut unknown = Vec::new();
         while !words.is_empty() && !self.is_bounded() {
-            let mut to_scan = Vec::new();
-            let mut unknown = Vec::new();
+            // Whether a g or p struct may be among the objects to scan.
+            let mut special = false;
             for &p in &words {
                 if p < MIN_POINTER {
                     continue;
                 }
-                match self.heap.lookup(p) {
-                    Lookup::Object(s) => self.mark_slot(s, &mut to_scan),
-                    Lookup::NotObject => {}
-                    Lookup::Unknown => unknown.push(p),
+                match self.heap.mark_at(p) {
+                    Marked::New(s) => special |= self.marked(s, &mut to_scan),
+                    Marked::Not => {}
+                    Marked::Unknown => unknown.push(p),
                 }
             }
-            unknown.sort_unstable();
-            unknown.dedup();
-            self.heap.resolve_spans(&unknown);
-            for &p in &unknown {
-                if let Some(s) = self.heap.slot(p) {
-                    self.mark_slot(s, &mut to_scan);
+            if !unknown.is_empty() {
+                unknown.sort_unstable();
+                unknown.dedup();
+                self.heap.resolve_spans(&unknown);
+                for &p in &unknown {
+                    if let Marked::New(s) = self.heap.mark_at(p) {
+                        special |= self.marked(s, &mut to_scan);
+                    }
                 }
+                unknown.clear();
             }
-            // In address order, for reads of neighbours together.
-            to_scan.sort_unstable_by_key(|o| o.0);
+            // In address order, for reads of neighbours together. A stable sort: a level
+            // often comes in a few ascending runs (the order of the level before), which it
+            // merges in linear time.
+            to_scan.sort_by_key(|o: &(u64, u64)| o.0);
             words.clear();
             self.heap.read_objects(&to_scan, &mut words);
-            self.drop_stack_words(&to_scan, &mut words);
-            self.drop_untraced_words(&to_scan, &mut words);
+            if special {
+                self.drop_stack_words(&to_scan, &mut words);
+                self.drop_untraced_words(&to_scan, &mut words);
+            }
+            to_scan.clear();
         }
+    }
+
+    /// Counts the object just marked at `s` and adds it to `to_scan` if it holds pointers;
+    /// returns whether its span is flagged.
+    #[inline]
+    fn marked(&mut self, s: Slot, to_scan: &mut Vec<(u64, u64)>) -> bool {
+        self.objects += 1;
+        self.bytes += s.size;
+        if s.scan {
+            to_scan.push((s.base, s.size));
+        }
+        s.special
     }
 
     /// Zeroes the words of `p.wbBuf` in the p structs among `objects`, whose words are
@@ -341,34 +363,12 @@ impl Marker<'_> {
         }
     }
 
-    /// Marks the object at `s`, if not yet, and adds it to `to_scan` if it holds pointers.
-    fn mark_slot(&mut self, s: Slot, to_scan: &mut Vec<(u64, u64)>) {
-        if self.set_mark(s) && s.scan {
-            to_scan.push((s.base, s.size));
-        }
-    }
-
     /// Sets the mark bit of the object at `s` and counts it; false when it was marked
     /// already or is a stop.
     fn set_mark(&mut self, s: Slot) -> bool {
-        if self.heap.is_stop(s.base) {
+        if !self.heap.set_mark(&s) {
             return false;
         }
-        let span = s.span as usize;
-        while span >= self.marks.len() {
-            self.marks.push(Box::default());
-        }
-        let Some(bits) = self.marks.get_mut(span) else {
-            return false;
-        };
-        if bits.is_empty() {
-            *bits = vec![0; s.slots.div_ceil(64) as usize].into();
-        }
-        let (w, b) = ((s.index / 64) as usize, s.index % 64);
-        if w >= bits.len() || bits[w] & (1 << b) != 0 {
-            return false;
-        }
-        bits[w] |= 1 << b;
         self.objects += 1;
         self.bytes += s.size;
         true
@@ -432,13 +432,7 @@ impl Marker<'_> {
         if p < MIN_POINTER {
             return true;
         }
-        let Some(s) = self.heap.slot(p) else {
-            return true;
-        };
-        self.marks
-            .get(s.span as usize)
-            .and_then(|bits| bits.get((s.index / 64) as usize))
-            .is_some_and(|w| w & (1 << (s.index % 64)) != 0)
+        self.heap.slot(p).is_none_or(|s| self.heap.is_marked(&s))
     }
 }
 
@@ -757,19 +751,27 @@ pub fn pass_with(target: &Target, limits: PassLimits, globals: GlobalScan) -> an
     stops.extend(hidden.stops);
     heap.stop_at(stops);
     let gl = &target.layout.g;
+    let g_structs: AddrSet = retained::g_structs(target, &vars)?.into_iter().collect();
+    let p_structs: AddrSet = pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?
+        .into_iter()
+        .collect();
+    heap.flag_spans(
+        &g_structs
+            .iter()
+            .chain(&p_structs)
+            .copied()
+            .collect::<Vec<_>>(),
+    );
     let mut m = Marker {
         heap,
-        marks: Chunked::default(),
         limits,
         started,
         objects: 0,
         bytes: 0,
         bounded: None,
-        g_structs: retained::g_structs(target, &vars)?.into_iter().collect(),
+        g_structs,
         stack_words: [gl.stack_lo, gl.stack_hi, gl.sched_sp, gl.sched_bp],
-        p_structs: pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?
-            .into_iter()
-            .collect(),
+        p_structs,
         wb_buf: (target.layout.p.wb_buf, target.layout.p.wb_buf_size),
     };
     let data_bss = data_roots::data_and_bss(target, globals == GlobalScan::GcBitmaps)?;
