@@ -293,68 +293,135 @@ impl Marker<'_> {
         self.bounded.is_some()
     }
 
-    /// Marks what `words` point at, transitively. A word whose page the heap caches is
-    /// looked up at once; the others are resolved together, a level at a time.
-    fn mark(&mut self, mut words: Vec<u64>) {
-        let mut to_scan = Vec::new();
-        let mut unknown = Vec::new();
-        while !words.is_empty() && !self.is_bounded() {
-            // Whether a g or p struct may be among the objects to scan.
-            let mut special = false;
-            for &p in &words {
-                if p < MIN_POINTER {
-                    continue;
-                }
-                match self.heap.mark_at(p) {
-                    Marked::New(s) => special |= self.marked(s, &mut to_scan),
-                    Marked::Not => {}
-                    Marked::Unknown => unknown.push(p),
-                }
-            }
-            if !unknown.is_empty() {
-                unknown.sort_unstable();
-                unknown.dedup();
-                self.heap.resolve_spans(&unknown);
-                for &p in &unknown {
-                    if let Marked::New(s) = self.heap.mark_at(p) {
-                        special |= self.marked(s, &mut to_scan);
-                    }
-                }
-                unknown.clear();
+    /// Marks what `words` point at, transitively, a level at a time: the objects a level
+    /// reaches are read in address order (neighbours in one range) and their words looked
+    /// up where they were read. A word whose page the heap caches is looked up at once; the
+    /// others are resolved together, by page, at the end of their level.
+    fn mark(&mut self, words: Vec<u64>) {
+        if self.is_bounded() {
+            return;
+        }
+        let mut level = Level::default();
+        for &p in &words {
+            self.visit(p, &mut level);
+        }
+        drop(words);
+        let (mut objects, mut places, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            self.resolve_unknown(&mut level);
+            if level.to_scan.is_empty() {
+                break;
             }
             // In address order, for reads of neighbours together. A stable sort: a level
             // often comes in a few ascending runs (the order of the level before), which it
             // merges in linear time.
-            to_scan.sort_by_key(|o: &(u64, u64)| o.0);
-            words.clear();
-            self.heap.read_objects(&to_scan, &mut words);
-            if special {
-                self.drop_stack_words(&to_scan, &mut words);
-                self.drop_untraced_words(&to_scan, &mut words);
+            level.to_scan.sort_by_key(|o: &(u64, u64)| o.0);
+            std::mem::swap(&mut objects, &mut level.to_scan);
+            let read = self.heap.read_objects(&objects, &mut places, &mut bytes);
+            if std::mem::take(&mut level.special) {
+                self.drop_untraced_bytes(&objects, &places, &mut bytes);
             }
-            to_scan.clear();
+            if self.is_bounded() {
+                break;
+            }
+            for (&(_, size), &at) in objects.iter().zip(&places) {
+                let (at, end) = (at as usize, (at + size) as usize);
+                // Cut by the read budget (and the pass bounded): not read, nothing to follow.
+                let Some(b) = bytes.get(at..end).filter(|_| end <= read) else {
+                    continue;
+                };
+                for w in b.as_chunks::<8>().0 {
+                    self.visit(u64::from_le_bytes(*w), &mut level);
+                }
+            }
+            objects.clear();
         }
     }
 
-    /// Counts the object just marked at `s` and adds it to `to_scan` if it holds pointers;
-    /// returns whether its span is flagged.
+    /// Marks what `p` points at if its page is known, and adds it to `level` to scan;
+    /// otherwise keeps `p` and its page for [`Marker::resolve_unknown`].
     #[inline]
-    fn marked(&mut self, s: Slot, to_scan: &mut Vec<(u64, u64)>) -> bool {
+    fn visit(&mut self, p: u64, level: &mut Level) {
+        if p < MIN_POINTER {
+            return;
+        }
+        match self.heap.mark_at(p) {
+            Marked::New(s) => self.marked(s, level),
+            Marked::Not => {}
+            Marked::Unknown => {
+                level.unknown.push(p);
+                let page = self.heap.page_base(p);
+                if level.pages.last() != Some(&page) {
+                    level.pages.push(page);
+                }
+            }
+        }
+    }
+
+    /// Looks up the pages of the level's unknown words, and marks what they point at.
+    fn resolve_unknown(&mut self, level: &mut Level) {
+        if level.unknown.is_empty() {
+            return;
+        }
+        level.pages.sort_unstable();
+        level.pages.dedup();
+        self.heap.resolve_spans(&level.pages);
+        level.pages.clear();
+        let unknown = std::mem::take(&mut level.unknown);
+        for &p in &unknown {
+            if let Marked::New(s) = self.heap.mark_at(p) {
+                self.marked(s, level);
+            }
+        }
+        level.unknown = unknown;
+        level.unknown.clear();
+    }
+
+    /// Counts the object just marked at `s` and adds it to the level's objects to scan if
+    /// it holds pointers.
+    #[inline]
+    fn marked(&mut self, s: Slot, level: &mut Level) {
         self.objects += 1;
         self.bytes += s.size;
         if s.scan {
-            to_scan.push((s.base, s.size));
+            level.to_scan.push((s.base, s.size));
         }
-        s.special
+        level.special |= s.special;
     }
 
-    /// Zeroes the words of `p.wbBuf` in the p structs among `objects`, whose words are
-    /// `words`.
-    fn drop_untraced_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
-        let (off, len) = self.wb_buf;
+    /// The byte ranges (offset, length) of the object at `base` that Go does not trace and
+    /// the pass must not follow: the stack addresses of a g struct, `p.wbBuf` of a p.
+    fn untraced(&self, base: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if self.g_structs.contains(&base) {
+            out.extend(self.stack_words.iter().map(|&off| (off, 8)));
+        }
+        if self.p_structs.contains(&base) {
+            out.push(self.wb_buf);
+        }
+        out
+    }
+
+    /// Zeroes the bytes of `objects` that [`Marker::untraced`] names, where `bytes` holds
+    /// them at `places` ([`Heap::read_objects`]).
+    fn drop_untraced_bytes(&self, objects: &[(u64, u64)], places: &[u64], bytes: &mut [u8]) {
+        for (&(base, size), &at) in objects.iter().zip(places) {
+            for (off, len) in self.untraced(base) {
+                let lo = (at + off.min(size)) as usize;
+                let hi = (at + (off + len).min(size)) as usize;
+                if let Some(b) = bytes.get_mut(lo..hi) {
+                    b.fill(0);
+                }
+            }
+        }
+    }
+
+    /// Zeroes the words of `objects` that [`Marker::untraced`] names, where `words` are
+    /// their words, object after object.
+    fn drop_untraced(&self, objects: &[(u64, u64)], words: &mut [u64]) {
         let mut at = 0;
         for &(base, size) in objects {
-            if self.p_structs.contains(&base) {
+            for (off, len) in self.untraced(base) {
                 let lo = (at + (off / 8) as usize).min(words.len());
                 let hi = (lo + (len / 8) as usize).min(words.len());
                 words[lo..hi].fill(0);
@@ -372,21 +439,6 @@ impl Marker<'_> {
         self.objects += 1;
         self.bytes += s.size;
         true
-    }
-
-    /// Zeroes the stack addresses of the g structs among `objects`, whose words are `words`.
-    fn drop_stack_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
-        let mut at = 0;
-        for &(base, size) in objects {
-            if self.g_structs.contains(&base) {
-                for off in self.stack_words {
-                    if let Some(w) = words.get_mut(at + (off / 8) as usize) {
-                        *w = 0;
-                    }
-                }
-            }
-            at += (size / 8) as usize;
-        }
     }
 
     /// Marks the object at `p` if it is an allocated heap object not marked yet and not a
@@ -420,8 +472,7 @@ impl Marker<'_> {
             }
             let mut flat = Vec::new();
             self.heap.read_words(&to_scan, &mut flat);
-            self.drop_stack_words(&to_scan, &mut flat);
-            self.drop_untraced_words(&to_scan, &mut flat);
+            self.drop_untraced(&to_scan, &mut flat);
             words = tag_words(&to_scan, &owners, flat);
         }
     }
@@ -434,6 +485,18 @@ impl Marker<'_> {
         }
         self.heap.slot(p).is_none_or(|s| self.heap.is_marked(&s))
     }
+}
+
+/// What one level of [`Marker::mark`] gathers.
+#[derive(Default)]
+struct Level {
+    /// The objects newly marked that hold pointers: base, size.
+    to_scan: Vec<(u64, u64)>,
+    /// Words whose page is not looked up yet, and those pages.
+    unknown: Vec<u64>,
+    pages: Vec<u64>,
+    /// An object of a flagged span is among `to_scan`: it may be a g or p struct.
+    special: bool,
 }
 
 /// The words of `ranges`, read in one run into `flat`, each tagged with its range's owner.

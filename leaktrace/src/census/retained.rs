@@ -257,15 +257,6 @@ fn gs_and_ms(target: &Target, vars: &HeapGlobals) -> anyhow::Result<(HashSet<u64
     Ok((gs, ms))
 }
 
-/// What the caches say of an address ([`Heap::lookup`]).
-pub(super) enum Lookup {
-    Object(Slot),
-    /// Not in an allocated heap object.
-    NotObject,
-    /// Its page is not looked up yet: [`Heap::resolve_spans`], then [`Heap::slot`].
-    Unknown,
-}
-
 /// What [`Heap::mark_at`] did.
 pub(super) enum Marked {
     /// Marked the object at this slot, which was not marked.
@@ -494,8 +485,6 @@ pub(super) struct Heap<'t> {
     stops: AddrSet,
     visited: AddrSet,
     heap_bytes: u64,
-    /// The bytes of the last object reads, kept for the next ([`Heap::read_objects`]).
-    scratch: Vec<u8>,
     pub(super) bytes_read: u64,
     pub(super) truncated: bool,
 }
@@ -520,7 +509,6 @@ impl<'t> Heap<'t> {
             stops: AddrSet::default(),
             visited: AddrSet::default(),
             heap_bytes: 0,
-            scratch: Vec::new(),
             bytes_read: 0,
             truncated: false,
         }
@@ -722,17 +710,6 @@ impl<'t> Heap<'t> {
         }
     }
 
-    /// [`Heap::slot`] from the caches alone, saying when they do not know `p`'s page yet.
-    pub(super) fn lookup(&self, p: u64) -> Lookup {
-        match self.page_span(p) {
-            PageSpan::Span(index) => self
-                .slot_in(index, p)
-                .map_or(Lookup::NotObject, Lookup::Object),
-            PageSpan::NotHeap => Lookup::NotObject,
-            PageSpan::Unknown => Lookup::Unknown,
-        }
-    }
-
     /// Sets the mark bit of the object at `s` (a slot of this heap); false when it was
     /// marked already or is a stop.
     #[inline]
@@ -755,15 +732,43 @@ impl<'t> Heap<'t> {
             .is_some_and(|span| self.bits.get(span.marks, s.index))
     }
 
-    /// [`Heap::lookup`] and [`Heap::set_mark`] in one: marks the allocated object holding
+    /// [`Heap::slot`] and [`Heap::set_mark`] in one: marks the allocated object holding
     /// `p` unless it is marked or a stop.
     #[inline]
     pub(super) fn mark_at(&mut self, p: u64) -> Marked {
-        match self.lookup(p) {
-            Lookup::Object(s) if self.set_mark(&s) => Marked::New(s),
-            Lookup::Object(_) | Lookup::NotObject => Marked::Not,
-            Lookup::Unknown => Marked::Unknown,
+        let index = match self.page_span(p) {
+            PageSpan::Span(index) => index,
+            PageSpan::NotHeap => return Marked::Not,
+            PageSpan::Unknown => return Marked::Unknown,
+        };
+        let Some(Some(span)) = self.spans.get(index as usize) else {
+            return Marked::Not;
+        };
+        let Some((slot, base)) = span.object(&self.bits, p) else {
+            return Marked::Not;
+        };
+        if span.special && self.stops.contains(&base) {
+            return Marked::Not;
         }
+        let s = Slot {
+            span: u64::from(index),
+            index: slot,
+            base,
+            size: span.elemsize,
+            scan: !span.noscan,
+            special: span.special,
+        };
+        let marks = span.marks;
+        if self.bits.set(marks, slot) {
+            Marked::New(s)
+        } else {
+            Marked::Not
+        }
+    }
+
+    /// The first address of `p`'s page.
+    pub(super) fn page_base(&self, p: u64) -> u64 {
+        p & !(self.target.layout.arena.page_size - 1)
     }
 
     /// True for the base of an object the scan must not enter ([`Heap::stop_at`]).
@@ -1007,15 +1012,21 @@ impl<'t> Heap<'t> {
         );
     }
 
-    /// The words of `objects` (disjoint heap objects, base and size) appended to `words`,
-    /// object after object. Objects less than [`OBJECT_GAP`] bytes apart in address order
-    /// are read as one range and the bytes between them dropped: reading a few more bytes of
-    /// a page costs less than an iovec of its own, which the kernel pins the page for.
-    pub(super) fn read_objects(&mut self, objects: &[(u64, u64)], words: &mut Vec<u64>) {
+    /// Reads `objects` (disjoint heap objects, base and size, in address order) into
+    /// `bytes`, and says in `places` where each object's bytes begin there; returns how many
+    /// bytes were read: an object that ends past them was cut by the read budget. Objects
+    /// less than [`OBJECT_GAP`] bytes apart are read as one range, the bytes between them
+    /// read too: reading a few more bytes of a page costs less than an iovec of its own,
+    /// which the kernel pins the page for. `bytes` is only grown, never cleared.
+    pub(super) fn read_objects(
+        &mut self,
+        objects: &[(u64, u64)],
+        places: &mut Vec<u64>,
+        bytes: &mut Vec<u8>,
+    ) -> usize {
         let mut ranges: Vec<(u64, usize)> = Vec::new();
-        // Where each object's bytes begin in the bytes of `ranges`.
-        let mut places = Vec::with_capacity(objects.len());
-        let mut end = 0usize;
+        places.clear();
+        let mut end = 0u64;
         for &(base, size) in objects {
             if let Some((start, len)) = ranges.last_mut() {
                 let last_end = *start + *len as u64;
@@ -1023,9 +1034,9 @@ impl<'t> Heap<'t> {
                     && base - last_end <= OBJECT_GAP
                     && base + size - *start <= READ_CHUNK as u64
                 {
-                    let grow = (base + size - last_end) as usize;
-                    *len += grow;
-                    places.push(end + (base - last_end) as usize);
+                    let grow = base + size - last_end;
+                    *len += grow as usize;
+                    places.push(end + (base - last_end));
                     end += grow;
                     continue;
                 }
@@ -1037,22 +1048,9 @@ impl<'t> Heap<'t> {
                 ranges.push((base + off, n as usize));
                 off += n;
             }
-            end += size as usize;
+            end += size;
         }
-        let mut bytes = std::mem::take(&mut self.scratch);
-        let read = self.read_ranges_into(&ranges, &mut bytes);
-        words.reserve(end / 8);
-        for (&(_, size), &at) in objects.iter().zip(&places) {
-            let size = size as usize;
-            match bytes.get(at..at + size).filter(|_| at + size <= read) {
-                Some(b) => {
-                    words.extend(b.as_chunks::<8>().0.iter().map(|c| u64::from_le_bytes(*c)))
-                }
-                // Cut by the read budget (and the pass bounded): zeros, as unread.
-                None => words.resize(words.len() + size / 8, 0),
-            }
-        }
-        self.scratch = bytes;
+        self.read_ranges_into(&ranges, bytes)
     }
 
     /// The bytes of `ranges`, concatenated, in batched reads; a range that cannot be read
