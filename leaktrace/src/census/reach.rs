@@ -84,6 +84,8 @@ const G_DEAD: u32 = 6;
 const G_LEAKED: u32 = 10;
 /// Addresses below this are never heap pointers (`runtime.minLegalPointer`).
 const MIN_POINTER: u64 = 4096;
+/// Bytes of a level's objects [`Marker::mark`] reads at a time ([`Heap::read_objects`]).
+const LEVEL_PART: u64 = 4 << 20;
 /// A select has at most 65536 cases; stop following a wait list well before.
 const MAX_SUDOGS: usize = 1 << 16;
 
@@ -317,21 +319,31 @@ impl Marker<'_> {
             // merges in linear time.
             level.to_scan.sort_by_key(|o: &(u64, u64)| o.0);
             std::mem::swap(&mut objects, &mut level.to_scan);
-            let read = self.heap.read_objects(&objects, &mut places, &mut bytes);
-            if std::mem::take(&mut level.special) {
-                self.drop_untraced_bytes(&objects, &places, &mut bytes);
-            }
-            if self.is_bounded() {
-                break;
-            }
-            for (&(_, size), &at) in objects.iter().zip(&places) {
-                let (at, end) = (at as usize, (at + size) as usize);
-                // Cut by the read budget (and the pass bounded): not read, nothing to follow.
-                let Some(b) = bytes.get(at..end).filter(|_| end <= read) else {
-                    continue;
-                };
-                for w in b.as_chunks::<8>().0 {
-                    self.visit(u64::from_le_bytes(*w), &mut level);
+            let special = std::mem::take(&mut level.special);
+            // Read and scanned a part at a time: what is held in memory is a part's bytes,
+            // not the level's.
+            let mut rest = &objects[..];
+            while !rest.is_empty() {
+                let (n, read) = self
+                    .heap
+                    .read_objects(rest, LEVEL_PART, &mut places, &mut bytes);
+                let (part, next) = rest.split_at(n);
+                rest = next;
+                if special {
+                    self.drop_untraced_bytes(part, &places, &mut bytes);
+                }
+                if self.is_bounded() {
+                    return;
+                }
+                for (&(_, size), &at) in part.iter().zip(&places) {
+                    let (at, end) = (at as usize, (at + size) as usize);
+                    // Cut by the read budget (the pass is bounded): nothing to follow.
+                    let Some(b) = bytes.get(at..end).filter(|_| end <= read) else {
+                        continue;
+                    };
+                    for w in b.as_chunks::<8>().0 {
+                        self.visit(u64::from_le_bytes(*w), &mut level);
+                    }
                 }
             }
             objects.clear();

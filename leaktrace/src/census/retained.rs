@@ -1012,29 +1012,34 @@ impl<'t> Heap<'t> {
         );
     }
 
-    /// Reads `objects` (disjoint heap objects, base and size, in address order) into
-    /// `bytes`, and says in `places` where each object's bytes begin there; returns how many
-    /// bytes were read: an object that ends past them was cut by the read budget. Objects
-    /// less than [`OBJECT_GAP`] bytes apart are read as one range, the bytes between them
-    /// read too: reading a few more bytes of a page costs less than an iovec of its own,
-    /// which the kernel pins the page for. `bytes` is only grown, never cleared.
+    /// Reads the first of `objects` (disjoint heap objects, base and size, in address
+    /// order) into `bytes`, as many as fit in `max` bytes (at least one), and says in
+    /// `places` where each object's bytes begin there; returns how many objects it read
+    /// and how many bytes: an object that ends past them was cut by the read budget.
+    /// Objects less than [`OBJECT_GAP`] bytes apart are read as one range, the bytes
+    /// between them read too: reading a few more bytes of a page costs less than an iovec
+    /// of its own, which the kernel pins the page for. `bytes` is only grown, never cleared.
     pub(super) fn read_objects(
         &mut self,
         objects: &[(u64, u64)],
+        max: u64,
         places: &mut Vec<u64>,
         bytes: &mut Vec<u8>,
-    ) -> usize {
+    ) -> (usize, usize) {
         let mut ranges: Vec<(u64, usize)> = Vec::new();
         places.clear();
         let mut end = 0u64;
         for &(base, size) in objects {
             if let Some((start, len)) = ranges.last_mut() {
                 let last_end = *start + *len as u64;
-                if base >= last_end
+                let merge = base >= last_end
                     && base - last_end <= OBJECT_GAP
-                    && base + size - *start <= READ_CHUNK as u64
-                {
-                    let grow = base + size - last_end;
+                    && base + size - *start <= READ_CHUNK as u64;
+                let grow = if merge { base + size - last_end } else { size };
+                if end + grow > max {
+                    break;
+                }
+                if merge {
                     *len += grow as usize;
                     places.push(end + (base - last_end));
                     end += grow;
@@ -1050,7 +1055,7 @@ impl<'t> Heap<'t> {
             }
             end += size;
         }
-        self.read_ranges_into(&ranges, bytes)
+        (places.len(), self.read_ranges_into(&ranges, bytes))
     }
 
     /// The bytes of `ranges`, concatenated, in batched reads; a range that cannot be read
