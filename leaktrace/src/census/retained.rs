@@ -464,6 +464,10 @@ pub(super) struct Heap<'t> {
     page_shift: u32,
     /// Arena indexes are below this (`1 << (arenaL1Bits + arenaL2Bits)`).
     arena_count: u64,
+    /// `arenaBaseOffset`, and `pagesPerArena - 1`: kept here, next to the tables, for the
+    /// lookup of every word.
+    base_offset: u64,
+    page_mask: u64,
     /// L1 index -> the L2 array (0: none).
     l2: AddrMap<u64>,
     /// Arena index -> [`ARENA_UNKNOWN`], [`ARENA_NOT_HEAP`] or 2 + its index in
@@ -500,6 +504,8 @@ impl<'t> Heap<'t> {
             arena_shift: a.heap_arena_bytes.trailing_zeros(),
             page_shift: a.page_size.trailing_zeros(),
             arena_count,
+            base_offset: a.base_offset,
+            page_mask: a.pages_per_arena - 1,
             l2: AddrMap::default(),
             arena_dir: vec![None; arena_count.div_ceil(DIR_BLOCK) as usize],
             heap_arenas: Vec::new(),
@@ -652,7 +658,7 @@ impl<'t> Heap<'t> {
     /// Where `p`'s page stands in the caches.
     #[inline]
     fn page_span(&self, p: u64) -> PageSpan {
-        let ai = p.wrapping_sub(self.target.layout.arena.base_offset) >> self.arena_shift;
+        let ai = p.wrapping_sub(self.base_offset) >> self.arena_shift;
         if ai >= self.arena_count {
             return PageSpan::NotHeap;
         }
@@ -683,7 +689,7 @@ impl<'t> Heap<'t> {
     /// `p`'s page among its arena's (`pagesPerArena`, a power of two).
     #[inline]
     fn page_in_arena(&self, p: u64) -> usize {
-        ((p >> self.page_shift) & (self.target.layout.arena.pages_per_arena - 1)) as usize
+        ((p >> self.page_shift) & self.page_mask) as usize
     }
 
     /// The allocated slot holding `p` in the span at `index`.
