@@ -386,7 +386,8 @@ impl Span {
     fn new(start: u64, limit: u64, elemsize: u64, large: bool) -> Self {
         let exact = (limit - start)
             .checked_mul(elemsize)
-            .is_some_and(|n| n <= 1 << 32);
+            .is_some_and(|n| n <= 1 << 32)
+            && elemsize <= u64::from(u32::MAX);
         Self {
             start,
             limit,
@@ -436,6 +437,9 @@ impl Span {
     }
 }
 
+/// Object slots of a span at most: a span of a size class holds at most 1024 (one page of
+/// 8-byte objects); one of more is a header read half-written.
+const MAX_SLOTS: u64 = 1 << 16;
 /// A page whose span is not looked up yet ([`Heap::heap_arenas`]).
 const PAGE_UNKNOWN: u32 = u32::MAX - 1;
 /// Arenas per block of [`Heap::arena_dir`].
@@ -954,12 +958,15 @@ impl<'t> Heap<'t> {
             2 => u64::from(u16_at(b, m.free_index_for_scan)),
             _ => u64_at(b, m.free_index_for_scan),
         };
-        Some(Span {
+        let span = Span {
             noscan: spanclass & 1 == 1,
             free_index,
             alloc_bits_addr: u64_at(b, m.alloc_bits),
             ..Span::new(start, limit, elemsize, spanclass >> 1 == 0)
-        })
+        };
+        // A header read while the runtime rewrote it: no size class has more slots, and
+        // its bitmaps would be as large as it says.
+        (span.objects() <= MAX_SLOTS).then_some(span)
     }
 
     /// Reads 8-byte pointers at `addrs`, 0 for any that cannot be read.
@@ -1192,8 +1199,13 @@ mod tests {
             }
         }
         assert!(multiplied > 30_000, "{multiplied}");
-        // Too large a span for the product: divided.
+        // Too large a span for the product, or too large an object: divided.
         assert_eq!(Span::new(0, 1 << 30, 8, false).div_mul, 0);
+        let odd = Span::new(0x1000, 0x1001, 1 << 32, false);
+        assert_eq!(
+            (odd.div_mul, odd.object(&Bits::default(), 0x1000)),
+            (0, None)
+        );
     }
 
     #[test]
