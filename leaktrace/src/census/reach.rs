@@ -71,7 +71,7 @@ use serde::Serialize;
 use super::{
     data_roots::{self, GlobalScan},
     goroutines::{MAX_PS, RawG, all_gs, pointer_slice, read_gs, u64_at},
-    retained::{self, AddrSet, Chunked, Heap, Lookup, Slot, runtime_vars},
+    retained::{self, AddrSet, Heap, Marked, Slot, runtime_vars},
     specials,
     stackmaps::{StackMode, StackScan, Stacks},
     unwind::{self, StackMemory},
@@ -87,6 +87,8 @@ const G_DEAD: u32 = 6;
 const G_LEAKED: u32 = 10;
 /// Addresses below this are never heap pointers (`runtime.minLegalPointer`).
 const MIN_POINTER: u64 = 4096;
+/// Bytes of a level's objects [`Marker::mark`] reads at a time ([`Heap::read_objects`]).
+const LEVEL_PART: u64 = 4 << 20;
 /// A select has at most 65536 cases; stop following a wait list well before.
 const MAX_SUDOGS: usize = 1 << 16;
 
@@ -268,8 +270,6 @@ struct Candidate {
 /// The marking state of one pass.
 struct Marker<'t> {
     heap: Heap<'t>,
-    /// Span index ([`Slot::span`]) -> one bit per object slot.
-    marks: Chunked<Box<[u64]>>,
     limits: PassLimits,
     started: Instant,
     objects: u64,
@@ -285,8 +285,10 @@ struct Marker<'t> {
     /// trace: `p.wbBuf`, the write barrier's buffer, stale pointers to whatever the program
     /// wrote last (through it a leaked goroutine's channel or buffers would be live), and
     /// `p.pcache`, whose `base` is the address of a page, so of the object at its start.
-    p_structs: HashSet<u64>,
-    untraced: [(u64, u64); 2],
+    /// The spans of g and p structs are flagged ([`Heap::flag_spans`]): a level of the
+    /// mark that reaches none of those spans has none of these objects to look for.
+    p_structs: AddrSet,
+    p_untraced: [(u64, u64); 2],
 }
 
 impl Marker<'_> {
@@ -303,101 +305,167 @@ impl Marker<'_> {
         self.bounded.is_some()
     }
 
-    /// Marks what `words` point at, transitively. A word whose page the heap caches is
-    /// looked up at once; the others are resolved together, a level at a time.
-    fn mark(&mut self, mut words: Vec<u64>) {
-        while !words.is_empty() && !self.is_bounded() {
-            let mut to_scan = Vec::new();
-            let mut unknown = Vec::new();
-            for &p in &words {
-                if p < MIN_POINTER {
-                    continue;
+    /// Marks what `words` point at, transitively, a level at a time: the objects a level
+    /// reaches are read in address order (neighbours in one range) and their words looked
+    /// up where they were read. A word whose page the heap caches is looked up at once; the
+    /// others are resolved together, by page, at the end of their level.
+    fn mark(&mut self, words: Vec<u64>) {
+        if self.is_bounded() {
+            return;
+        }
+        let mut level = Level::default();
+        for &p in &words {
+            self.visit(p, &mut level);
+        }
+        drop(words);
+        let (mut objects, mut places, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            self.resolve_unknown(&mut level);
+            if level.to_scan.is_empty() {
+                break;
+            }
+            // In address order, for reads of neighbours together. A stable sort: a level
+            // often comes in a few ascending runs (the order of the level before), which it
+            // merges in linear time.
+            level.to_scan.sort_by_key(|o: &(u64, u64)| o.0);
+            std::mem::swap(&mut objects, &mut level.to_scan);
+            let special = std::mem::take(&mut level.special);
+            // Read and scanned a part at a time: what is held in memory is a part's bytes,
+            // not the level's.
+            let mut rest = &objects[..];
+            while !rest.is_empty() {
+                let (n, read) = self
+                    .heap
+                    .read_objects(rest, LEVEL_PART, &mut places, &mut bytes);
+                let (part, next) = rest.split_at(n);
+                rest = next;
+                if special {
+                    self.drop_untraced_bytes(part, &places, &mut bytes);
                 }
-                match self.heap.lookup(p) {
-                    Lookup::Object(s) => self.mark_slot(s, &mut to_scan),
-                    Lookup::NotObject => {}
-                    Lookup::Unknown => unknown.push(p),
+                if self.is_bounded() {
+                    return;
+                }
+                for (&(_, size), &at) in part.iter().zip(&places) {
+                    let (at, end) = (at as usize, (at + size) as usize);
+                    // Cut by the read budget (the pass is bounded): nothing to follow.
+                    let Some(b) = bytes.get(at..end).filter(|_| end <= read) else {
+                        continue;
+                    };
+                    for w in b.as_chunks::<8>().0 {
+                        self.visit(u64::from_le_bytes(*w), &mut level);
+                    }
                 }
             }
-            unknown.sort_unstable();
-            unknown.dedup();
-            self.heap.resolve_spans(&unknown);
-            for &p in &unknown {
-                if let Some(s) = self.heap.slot(p) {
-                    self.mark_slot(s, &mut to_scan);
-                }
-            }
-            // In address order, for reads of neighbours together.
-            to_scan.sort_unstable_by_key(|o| o.0);
-            words.clear();
-            self.heap.read_objects(&to_scan, &mut words);
-            self.drop_stack_words(&to_scan, &mut words);
-            self.drop_untraced_words(&to_scan, &mut words);
+            objects.clear();
         }
     }
 
-    /// Zeroes the words of `p.wbBuf` and `p.pcache` in the p structs among `objects`, whose
-    /// words are `words`.
-    fn drop_untraced_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
+    /// Marks what `p` points at if its page is known, and adds it to `level` to scan;
+    /// otherwise keeps `p` and its page for [`Marker::resolve_unknown`].
+    #[inline]
+    fn visit(&mut self, p: u64, level: &mut Level) {
+        if p < MIN_POINTER {
+            return;
+        }
+        match self.heap.mark_at(p) {
+            Marked::New(s) => self.marked(s, level),
+            Marked::Not => {}
+            Marked::Unknown => {
+                level.unknown.push(p);
+                let page = self.heap.page_base(p);
+                if level.pages.last() != Some(&page) {
+                    level.pages.push(page);
+                }
+            }
+        }
+    }
+
+    /// Looks up the pages of the level's unknown words, and marks what they point at.
+    fn resolve_unknown(&mut self, level: &mut Level) {
+        if level.unknown.is_empty() {
+            return;
+        }
+        level.pages.sort_unstable();
+        level.pages.dedup();
+        self.heap.resolve_spans(&level.pages);
+        level.pages.clear();
+        let unknown = std::mem::take(&mut level.unknown);
+        for &p in &unknown {
+            if let Marked::New(s) = self.heap.mark_at(p) {
+                self.marked(s, level);
+            }
+        }
+        level.unknown = unknown;
+        level.unknown.clear();
+    }
+
+    /// Counts the object just marked at `s` and adds it to the level's objects to scan if
+    /// it holds pointers.
+    #[inline]
+    fn marked(&mut self, s: Slot, level: &mut Level) {
+        self.objects += 1;
+        self.bytes += s.size;
+        if s.scan {
+            level.to_scan.push((s.base, s.size));
+        }
+        level.special |= s.special;
+    }
+
+    /// The byte ranges (offset, length) of the object at `base` that Go does not trace and
+    /// the pass must not follow: the stack addresses of a g struct, `p.wbBuf` and `p.pcache` of a p, wherever
+    /// in the object the struct starts ([`struct_in`]).
+    fn untraced(&self, base: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if let Some(g) = struct_in(base, |a| self.g_structs.contains(&a)) {
+            out.extend(self.stack_words.iter().map(|&off| (g - base + off, 8)));
+        }
+        if let Some(p) = struct_in(base, |a| self.p_structs.contains(&a)) {
+            out.extend(
+                self.p_untraced
+                    .iter()
+                    .map(|&(off, len)| (p - base + off, len)),
+            );
+        }
+        out
+    }
+
+    /// Zeroes the bytes of `objects` that [`Marker::untraced`] names, where `bytes` holds
+    /// them at `places` ([`Heap::read_objects`]).
+    fn drop_untraced_bytes(&self, objects: &[(u64, u64)], places: &[u64], bytes: &mut [u8]) {
+        for (&(base, size), &at) in objects.iter().zip(places) {
+            for (off, len) in self.untraced(base) {
+                let lo = (at + off.min(size)) as usize;
+                let hi = (at + (off + len).min(size)) as usize;
+                if let Some(b) = bytes.get_mut(lo..hi) {
+                    b.fill(0);
+                }
+            }
+        }
+    }
+
+    /// Zeroes the words of `objects` that [`Marker::untraced`] names, where `words` are
+    /// their words, object after object.
+    fn drop_untraced(&self, objects: &[(u64, u64)], words: &mut [u64]) {
         let mut at = 0;
         for &(base, size) in objects {
-            if let Some(p) = struct_in(base, |a| self.p_structs.contains(&a)) {
-                for (off, len) in self.untraced {
-                    let lo = (at + ((p - base + off) / 8) as usize).min(words.len());
-                    let hi = (lo + (len / 8) as usize).min(words.len());
-                    words[lo..hi].fill(0);
-                }
+            for (off, len) in self.untraced(base) {
+                let lo = (at + (off / 8) as usize).min(words.len());
+                let hi = (lo + (len / 8) as usize).min(words.len());
+                words[lo..hi].fill(0);
             }
             at += (size / 8) as usize;
-        }
-    }
-
-    /// Marks the object at `s`, if not yet, and adds it to `to_scan` if it holds pointers.
-    fn mark_slot(&mut self, s: Slot, to_scan: &mut Vec<(u64, u64)>) {
-        if self.set_mark(s) && s.scan {
-            to_scan.push((s.base, s.size));
         }
     }
 
     /// Sets the mark bit of the object at `s` and counts it; false when it was marked
     /// already or is a stop.
     fn set_mark(&mut self, s: Slot) -> bool {
-        if self.heap.is_stop(s.base) {
+        if !self.heap.set_mark(&s) {
             return false;
         }
-        let span = s.span as usize;
-        while span >= self.marks.len() {
-            self.marks.push(Box::default());
-        }
-        let Some(bits) = self.marks.get_mut(span) else {
-            return false;
-        };
-        if bits.is_empty() {
-            *bits = vec![0; s.slots.div_ceil(64) as usize].into();
-        }
-        let (w, b) = ((s.index / 64) as usize, s.index % 64);
-        if w >= bits.len() || bits[w] & (1 << b) != 0 {
-            return false;
-        }
-        bits[w] |= 1 << b;
         self.objects += 1;
         self.bytes += s.size;
         true
-    }
-
-    /// Zeroes the stack addresses of the g structs among `objects`, whose words are `words`.
-    fn drop_stack_words(&self, objects: &[(u64, u64)], words: &mut [u64]) {
-        let mut at = 0;
-        for &(base, size) in objects {
-            if let Some(g) = struct_in(base, |a| self.g_structs.contains(&a)) {
-                for off in self.stack_words {
-                    if let Some(w) = words.get_mut(at + ((g - base + off) / 8) as usize) {
-                        *w = 0;
-                    }
-                }
-            }
-            at += (size / 8) as usize;
-        }
     }
 
     /// Marks the object at `p` if it is an allocated heap object not marked yet and not a
@@ -431,8 +499,7 @@ impl Marker<'_> {
             }
             let mut flat = Vec::new();
             self.heap.read_words(&to_scan, &mut flat);
-            self.drop_stack_words(&to_scan, &mut flat);
-            self.drop_untraced_words(&to_scan, &mut flat);
+            self.drop_untraced(&to_scan, &mut flat);
             words = tag_words(&to_scan, &owners, flat);
         }
     }
@@ -443,14 +510,20 @@ impl Marker<'_> {
         if p < MIN_POINTER {
             return true;
         }
-        let Some(s) = self.heap.slot(p) else {
-            return true;
-        };
-        self.marks
-            .get(s.span as usize)
-            .and_then(|bits| bits.get((s.index / 64) as usize))
-            .is_some_and(|w| w & (1 << (s.index % 64)) != 0)
+        self.heap.slot(p).is_none_or(|s| self.heap.is_marked(&s))
     }
+}
+
+/// What one level of [`Marker::mark`] gathers.
+#[derive(Default)]
+struct Level {
+    /// The objects newly marked that hold pointers: base, size.
+    to_scan: Vec<(u64, u64)>,
+    /// Words whose page is not looked up yet, and those pages.
+    unknown: Vec<u64>,
+    pages: Vec<u64>,
+    /// An object of a flagged span is among `to_scan`: it may be a g or p struct.
+    special: bool,
 }
 
 /// Where the runtime struct in the heap object at `base` starts, if `known` says one does:
@@ -770,20 +843,28 @@ pub fn pass_scanning(
     stops.extend(hidden.stops);
     heap.stop_at(stops);
     let gl = &target.layout.g;
+    let g_structs: AddrSet = retained::g_structs(target, &vars)?.into_iter().collect();
+    let p_structs: AddrSet = pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?
+        .into_iter()
+        .collect();
+    heap.flag_spans(
+        &g_structs
+            .iter()
+            .chain(&p_structs)
+            .copied()
+            .collect::<Vec<_>>(),
+    );
     let mut m = Marker {
         heap,
-        marks: Chunked::default(),
         limits,
         started,
         objects: 0,
         bytes: 0,
         bounded: None,
-        g_structs: retained::g_structs(target, &vars)?.into_iter().collect(),
+        g_structs,
         stack_words: [gl.stack_lo, gl.stack_hi, gl.sched_sp, gl.sched_bp],
-        p_structs: pointer_slice(target, vars.allp, "runtime.allp", MAX_PS)?
-            .into_iter()
-            .collect(),
-        untraced: {
+        p_structs,
+        p_untraced: {
             let p = &target.layout.p;
             [(p.wb_buf, p.wb_buf_size), (p.pcache, p.pcache_size)]
         },

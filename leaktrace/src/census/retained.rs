@@ -76,6 +76,8 @@ const READ_CHUNK: usize = 4 << 20;
 const NO_SPAN: u32 = u32::MAX;
 /// Heap objects at most this far apart are read in one range ([`Heap::read_objects`]).
 const OBJECT_GAP: u64 = 512;
+/// Heap metadata at most this far apart is read in one range ([`Heap::read_meta`]).
+const META_GAP: u64 = 1024;
 
 /// A hasher for addresses and page numbers (FxHash's multiply): the scan looks up a span
 /// for every word it follows, and SipHash was a third of its CPU.
@@ -255,12 +257,13 @@ fn gs_and_ms(target: &Target, vars: &HeapGlobals) -> anyhow::Result<(HashSet<u64
     Ok((gs, ms))
 }
 
-/// What the caches say of an address ([`Heap::lookup`]).
-pub(super) enum Lookup {
-    Object(Slot),
-    /// Not in an allocated heap object.
-    NotObject,
-    /// Its page is not looked up yet: [`Heap::resolve_spans`], then [`Heap::slot`].
+/// What [`Heap::mark_at`] did.
+pub(super) enum Marked {
+    /// Marked the object at this slot, which was not marked.
+    New(Slot),
+    /// Nothing: not an allocated heap object, marked already, or a stop.
+    Not,
+    /// Its page is not looked up yet: [`Heap::resolve_spans`], then again.
     Unknown,
 }
 
@@ -270,12 +273,86 @@ pub(super) struct Slot {
     /// The span's index among those the heap read: the key of its mark bitmap.
     pub span: u64,
     pub index: u64,
-    /// Object slots in the span.
-    pub slots: u64,
     pub base: u64,
     pub size: u64,
     /// The object may hold pointers (its span is not noscan).
     pub scan: bool,
+    /// Its span holds a stop or an object flagged by [`Heap::flag_spans`]: the caller looks
+    /// closer; objects of other spans are none of those.
+    pub special: bool,
+}
+
+/// Where a span's bits are in [`Bits`].
+#[derive(Debug, Clone, Copy, Default)]
+struct BitsAt {
+    chunk: u32,
+    at: u32,
+    words: u32,
+}
+
+/// The bit arrays of many spans (allocBits, mark bits) packed in chunks: one allocation per
+/// chunk rather than one per span, and none moved as more are added.
+#[derive(Default)]
+struct Bits {
+    chunks: Vec<Vec<u64>>,
+}
+
+/// Words per chunk of [`Bits`] (a span of 8-byte objects needs 16).
+const BITS_CHUNK: usize = 8192;
+
+impl Bits {
+    /// A zeroed array of `words` words.
+    fn alloc(&mut self, words: usize) -> BitsAt {
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|c| c.capacity() - c.len() >= words);
+        if !fits {
+            self.chunks.push(Vec::with_capacity(words.max(BITS_CHUNK)));
+        }
+        let chunk = self.chunks.len() - 1;
+        let c = &mut self.chunks[chunk];
+        let at = c.len();
+        c.resize(at + words, 0);
+        BitsAt {
+            chunk: chunk as u32,
+            at: at as u32,
+            words: words as u32,
+        }
+    }
+
+    fn words(&self, b: BitsAt) -> &[u64] {
+        let (at, words) = (b.at as usize, b.words as usize);
+        self.chunks
+            .get(b.chunk as usize)
+            .and_then(|c| c.get(at..at + words))
+            .unwrap_or_default()
+    }
+
+    fn words_mut(&mut self, b: BitsAt) -> &mut [u64] {
+        let (at, words) = (b.at as usize, b.words as usize);
+        self.chunks
+            .get_mut(b.chunk as usize)
+            .and_then(|c| c.get_mut(at..at + words))
+            .unwrap_or_default()
+    }
+
+    fn get(&self, b: BitsAt, i: u64) -> bool {
+        self.words(b)
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Sets bit `i`; false when it was set already (or is out of the array).
+    fn set(&mut self, b: BitsAt, i: u64) -> bool {
+        match self.words_mut(b).get_mut((i / 64) as usize) {
+            Some(w) if *w & (1 << (i % 64)) == 0 => {
+                *w |= 1 << (i % 64);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What the scan needs of one span.
@@ -284,40 +361,100 @@ struct Span {
     start: u64,
     limit: u64,
     elemsize: u64,
+    /// The runtime's `divMul`, `ceil(2^32 / elemsize)`: `(offset * div_mul) >> 32` is
+    /// `offset / elemsize` for every offset in the span when `(limit - start) * elemsize
+    /// <= 2^32` (the error, `offset * (div_mul * elemsize - 2^32) / 2^32`, stays under one
+    /// object); 0 where that does not hold, and the slot is found by dividing.
+    div_mul: u64,
     /// `spanclass & 1`: the objects hold no pointers.
     noscan: bool,
     /// Size class 0: one large object.
     large: bool,
+    /// It holds a stop or a flagged object ([`Slot::special`]).
+    special: bool,
     /// Object slots below this are allocated.
     free_index: u64,
     /// Where `allocBits` is in the target.
     alloc_bits_addr: u64,
-    /// `allocBits`, one bit per object slot (small spans only).
-    alloc_bits: Box<[u8]>,
+    /// `allocBits`, one bit per object slot (small spans only), in [`Heap::bits`].
+    alloc: BitsAt,
+    /// The mark bits of the pass, one per object slot, in [`Heap::bits`].
+    marks: BitsAt,
 }
 
 impl Span {
-    /// Object slots in the span.
-    fn objects(&self) -> u64 {
-        (self.limit - self.start) / self.elemsize
+    fn new(start: u64, limit: u64, elemsize: u64, large: bool) -> Self {
+        let exact = (limit - start)
+            .checked_mul(elemsize)
+            .is_some_and(|n| n <= 1 << 32)
+            && elemsize <= u64::from(u32::MAX);
+        Self {
+            start,
+            limit,
+            elemsize,
+            div_mul: if exact && !large {
+                u64::from(u32::MAX / elemsize as u32) + 1
+            } else {
+                0
+            },
+            noscan: false,
+            large,
+            special: false,
+            free_index: 0,
+            alloc_bits_addr: 0,
+            alloc: BitsAt::default(),
+            marks: BitsAt::default(),
+        }
     }
 
-    /// The base of the allocated object holding `p`, if any.
-    fn object(&self, p: u64) -> Option<u64> {
+    /// Object slots in the span.
+    fn objects(&self) -> u64 {
+        if self.large {
+            1
+        } else {
+            (self.limit - self.start) / self.elemsize
+        }
+    }
+
+    /// The slot index and base of the allocated object holding `p`, if any; `bits` holds
+    /// its allocBits.
+    #[inline]
+    fn object(&self, bits: &Bits, p: u64) -> Option<(u64, u64)> {
         if p < self.start || p >= self.limit || self.elemsize == 0 {
             return None;
         }
         if self.large {
-            return Some(self.start);
+            return Some((0, self.start));
         }
-        let index = (p - self.start) / self.elemsize;
-        let allocated = index < self.free_index
-            || self
-                .alloc_bits
-                .get((index / 8) as usize)
-                .is_some_and(|b| b & (1 << (index % 8)) != 0);
-        allocated.then_some(self.start + index * self.elemsize)
+        let off = p - self.start;
+        let index = if self.div_mul != 0 {
+            (off * self.div_mul) >> 32
+        } else {
+            off / self.elemsize
+        };
+        let allocated = index < self.free_index || bits.get(self.alloc, index);
+        allocated.then_some((index, self.start + index * self.elemsize))
     }
+}
+
+/// Object slots of a span at most: a span of a size class holds at most 1024 (one page of
+/// 8-byte objects); one of more is a header read half-written.
+const MAX_SLOTS: u64 = 1 << 16;
+/// A page whose span is not looked up yet ([`Heap::heap_arenas`]).
+const PAGE_UNKNOWN: u32 = u32::MAX - 1;
+/// Arenas per block of [`Heap::arena_dir`].
+const DIR_BLOCK: u64 = 1024;
+/// [`Heap::arena_dir`]: an arena not looked up yet, and one that is not heap; other values
+/// are 2 + the arena's index in [`Heap::heap_arenas`].
+const ARENA_UNKNOWN: u32 = 0;
+const ARENA_NOT_HEAP: u32 = 1;
+
+/// Where the page of an address stands in the caches ([`Heap::page_span`]).
+enum PageSpan {
+    /// The index of its span in [`Heap::spans`], or [`NO_SPAN`].
+    Span(u32),
+    NotHeap,
+    Unknown,
 }
 
 /// The target's heap as the scan sees it, with every lookup cached.
@@ -329,18 +466,29 @@ pub(super) struct Heap<'t> {
     /// log2(heapArenaBytes) and log2(pageSize).
     arena_shift: u32,
     page_shift: u32,
+    /// Arena indexes are below this (`1 << (arenaL1Bits + arenaL2Bits)`).
+    arena_count: u64,
+    /// `arenaBaseOffset`, and `pagesPerArena - 1`: kept here, next to the tables, for the
+    /// lookup of every word.
+    base_offset: u64,
+    page_mask: u64,
     /// L1 index -> the L2 array (0: none).
     l2: AddrMap<u64>,
-    /// Arena index -> its heapArena (0: not heap).
-    arena: AddrMap<u64>,
-    /// Page number -> the index of its span in `spans` ([`NO_SPAN`]: none).
-    page: AddrMap<u32>,
+    /// Arena index -> [`ARENA_UNKNOWN`], [`ARENA_NOT_HEAP`] or 2 + its index in
+    /// `heap_arenas`: one lookup per word, no hashing. In blocks of [`DIR_BLOCK`] made as
+    /// they are needed, a few KiB in all.
+    arena_dir: Vec<Option<Box<[u32]>>>,
+    /// The heap arenas looked up: the address of their heapArena, and for each of their
+    /// pages the index of its span in `spans` ([`NO_SPAN`]: none; [`PAGE_UNKNOWN`]).
+    heap_arenas: Vec<(u64, Box<[u32]>)>,
     /// Span address -> its index in `spans`.
     span_index: AddrMap<u32>,
     /// The spans read, None where one is not an in-use heap span. Held in a vector, and
     /// the pages map to their index: one lookup per word, and a few words per span (a 1 GiB
     /// heap has 131072 spans of 8 KiB).
     spans: Chunked<Option<Span>>,
+    /// The spans' allocBits and mark bits.
+    bits: Bits,
     /// The bases of the scheduler's objects: never counted or entered.
     stops: AddrSet,
     visited: AddrSet,
@@ -352,17 +500,22 @@ pub(super) struct Heap<'t> {
 impl<'t> Heap<'t> {
     pub(super) fn new(target: &'t Target, mheap: u64, limits: Limits) -> Self {
         let a = &target.layout.arena;
+        let arena_count = 1u64 << (a.l1_bits + a.l2_bits);
         Self {
             target,
             limits,
             arenas: mheap + target.layout.mheap.arenas,
             arena_shift: a.heap_arena_bytes.trailing_zeros(),
             page_shift: a.page_size.trailing_zeros(),
+            arena_count,
+            base_offset: a.base_offset,
+            page_mask: a.pages_per_arena - 1,
             l2: AddrMap::default(),
-            arena: AddrMap::default(),
-            page: AddrMap::default(),
+            arena_dir: vec![None; arena_count.div_ceil(DIR_BLOCK) as usize],
+            heap_arenas: Vec::new(),
             span_index: AddrMap::default(),
             spans: Chunked::default(),
+            bits: Bits::default(),
             stops: AddrSet::default(),
             visited: AddrSet::default(),
             heap_bytes: 0,
@@ -382,6 +535,22 @@ impl<'t> Heap<'t> {
             .iter()
             .filter_map(|&a| self.object_of(a).map(|(base, _, _)| base))
             .collect();
+        self.flag_spans(&addrs);
+    }
+
+    /// Flags the spans of `addrs` ([`Slot::special`]), looking them up first.
+    pub(super) fn flag_spans(&mut self, addrs: &[u64]) {
+        let mut addrs = addrs.to_vec();
+        addrs.sort_unstable();
+        addrs.dedup();
+        self.resolve_spans(&addrs);
+        for &a in &addrs {
+            if let PageSpan::Span(i) = self.page_span(a)
+                && let Some(Some(span)) = self.spans.get_mut(i as usize)
+            {
+                span.special = true;
+            }
+        }
     }
 
     /// Counts the goroutines' stacks into `out` and returns the words of their live parts.
@@ -490,40 +659,126 @@ impl<'t> Heap<'t> {
         }
     }
 
-    /// The allocated slot holding `p`, from the caches that [`Heap::resolve_spans`] filled:
-    /// its span's address, slot index and slot count, for a mark bitmap per span.
-    pub(super) fn slot(&self, p: u64) -> Option<Slot> {
-        let index = *self.page.get(&(p >> self.page_shift))?;
+    /// Where `p`'s page stands in the caches.
+    #[inline]
+    fn page_span(&self, p: u64) -> PageSpan {
+        let ai = p.wrapping_sub(self.base_offset) >> self.arena_shift;
+        if ai >= self.arena_count {
+            return PageSpan::NotHeap;
+        }
+        match self.arena_entry(ai) {
+            ARENA_UNKNOWN => PageSpan::Unknown,
+            ARENA_NOT_HEAP => PageSpan::NotHeap,
+            e => match self.heap_arenas[(e - 2) as usize].1[self.page_in_arena(p)] {
+                PAGE_UNKNOWN => PageSpan::Unknown,
+                index => PageSpan::Span(index),
+            },
+        }
+    }
+
+    #[inline]
+    fn arena_entry(&self, ai: u64) -> u32 {
+        match &self.arena_dir[(ai / DIR_BLOCK) as usize] {
+            Some(block) => block[(ai % DIR_BLOCK) as usize],
+            None => ARENA_UNKNOWN,
+        }
+    }
+
+    fn set_arena_entry(&mut self, ai: u64, entry: u32) {
+        let block = self.arena_dir[(ai / DIR_BLOCK) as usize]
+            .get_or_insert_with(|| vec![ARENA_UNKNOWN; DIR_BLOCK as usize].into());
+        block[(ai % DIR_BLOCK) as usize] = entry;
+    }
+
+    /// `p`'s page among its arena's (`pagesPerArena`, a power of two).
+    #[inline]
+    fn page_in_arena(&self, p: u64) -> usize {
+        ((p >> self.page_shift) & self.page_mask) as usize
+    }
+
+    /// The allocated slot holding `p` in the span at `index`.
+    #[inline]
+    fn slot_in(&self, index: u32, p: u64) -> Option<Slot> {
         let span = self.spans.get(index as usize)?.as_ref()?;
-        let base = span.object(p)?;
+        let (slot, base) = span.object(&self.bits, p)?;
         Some(Slot {
             span: u64::from(index),
-            index: if span.large {
-                0
-            } else {
-                (base - span.start) / span.elemsize
-            },
-            slots: if span.large { 1 } else { span.objects() },
+            index: slot,
             base,
             size: span.elemsize,
             scan: !span.noscan,
+            special: span.special,
         })
     }
 
-    /// [`Heap::slot`] from the caches alone, saying when they do not know `p`'s page yet.
-    pub(super) fn lookup(&self, p: u64) -> Lookup {
-        if self.page.contains_key(&(p >> self.page_shift)) {
-            return self.slot(p).map_or(Lookup::NotObject, Lookup::Object);
+    /// The allocated slot holding `p`, from the caches that [`Heap::resolve_spans`] filled:
+    /// its span's address, slot index and slot count, for a mark bitmap per span.
+    pub(super) fn slot(&self, p: u64) -> Option<Slot> {
+        match self.page_span(p) {
+            PageSpan::Span(index) => self.slot_in(index, p),
+            PageSpan::NotHeap | PageSpan::Unknown => None,
         }
-        let a = &self.target.layout.arena;
-        let ai = p.wrapping_sub(a.base_offset) >> self.arena_shift;
-        if ai >= 1u64 << (a.l1_bits + a.l2_bits) {
-            return Lookup::NotObject;
+    }
+
+    /// Sets the mark bit of the object at `s` (a slot of this heap); false when it was
+    /// marked already or is a stop.
+    #[inline]
+    pub(super) fn set_mark(&mut self, s: &Slot) -> bool {
+        if s.special && self.is_stop(s.base) {
+            return false;
         }
-        match self.arena.get(&ai) {
-            Some(0) => Lookup::NotObject,
-            _ => Lookup::Unknown,
+        let Some(Some(span)) = self.spans.get(s.span as usize) else {
+            return false;
+        };
+        let marks = span.marks;
+        self.bits.set(marks, s.index)
+    }
+
+    /// Whether the object at `s` (a slot of this heap) is marked.
+    pub(super) fn is_marked(&self, s: &Slot) -> bool {
+        self.spans
+            .get(s.span as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|span| self.bits.get(span.marks, s.index))
+    }
+
+    /// [`Heap::slot`] and [`Heap::set_mark`] in one: marks the allocated object holding
+    /// `p` unless it is marked or a stop.
+    #[inline]
+    pub(super) fn mark_at(&mut self, p: u64) -> Marked {
+        let index = match self.page_span(p) {
+            PageSpan::Span(index) => index,
+            PageSpan::NotHeap => return Marked::Not,
+            PageSpan::Unknown => return Marked::Unknown,
+        };
+        let Some(Some(span)) = self.spans.get(index as usize) else {
+            return Marked::Not;
+        };
+        let Some((slot, base)) = span.object(&self.bits, p) else {
+            return Marked::Not;
+        };
+        if span.special && self.stops.contains(&base) {
+            return Marked::Not;
         }
+        let s = Slot {
+            span: u64::from(index),
+            index: slot,
+            base,
+            size: span.elemsize,
+            scan: !span.noscan,
+            special: span.special,
+        };
+        let marks = span.marks;
+        if self.bits.set(marks, slot) {
+            Marked::New(s)
+        } else {
+            Marked::Not
+        }
+    }
+
+    /// The first address of `p`'s page.
+    pub(super) fn page_base(&self, p: u64) -> u64 {
+        p & !(self.target.layout.arena.page_size - 1)
     }
 
     /// True for the base of an object the scan must not enter ([`Heap::stop_at`]).
@@ -537,110 +792,149 @@ impl<'t> Heap<'t> {
         self.slot(p).map(|s| (s.base, s.size, s.scan))
     }
 
-    /// Fills the caches from arena to span for every page of `pointers` not yet looked up,
-    /// a level at a time so that each level is a few batched reads.
+    /// Fills the caches from arena to span for every page of `pointers` (in address order)
+    /// not yet looked up, a level at a time so that each level is a few batched reads.
     pub(super) fn resolve_spans(&mut self, pointers: &[u64]) {
         let target = self.target;
         let a = &target.layout.arena;
-        let arena_count = 1u64 << (a.l1_bits + a.l2_bits);
         let l2_mask = (1u64 << a.l2_bits) - 1;
-        let arena_shift = self.arena_shift;
+        let base_offset = a.base_offset;
+        let (arena_shift, arena_count) = (self.arena_shift, self.arena_count);
         let arena_index = |p: u64| {
-            let ai = p.wrapping_sub(a.base_offset) >> arena_shift;
+            let ai = p.wrapping_sub(base_offset) >> arena_shift;
             (ai < arena_count).then_some(ai)
         };
 
-        // L1: mheap_.arenas[l1], the L2 arrays.
-        let mut l1s: Vec<u64> = pointers
-            .iter()
-            .filter_map(|&p| arena_index(p))
-            .map(|ai| ai >> a.l2_bits)
-            .filter(|l1| !self.l2.contains_key(l1))
-            .collect();
-        l1s.dedup();
-        let arenas = self.arenas;
-        let values = self.read_pointers(l1s.iter().map(|l1| arenas + l1 * 8));
-        self.l2.extend(l1s.into_iter().zip(values));
-
-        // L2: the heapArena of each arena index.
+        // The arenas not looked up yet.
         let mut ais: Vec<u64> = pointers
             .iter()
             .filter_map(|&p| arena_index(p))
-            .filter(|ai| !self.arena.contains_key(ai))
+            .filter(|&ai| self.arena_entry(ai) == ARENA_UNKNOWN)
             .collect();
         ais.dedup();
-        // An arena whose L2 array is nil (or could not be read) is no heap.
-        let (no_l2, with_l2): (Vec<u64>, Vec<u64>) = ais
-            .into_iter()
-            .partition(|ai| self.l2.get(&(ai >> a.l2_bits)).is_none_or(|&l2| l2 == 0));
-        self.arena.extend(no_l2.into_iter().map(|ai| (ai, 0)));
-        let addrs: Vec<u64> = with_l2
-            .iter()
-            .map(|ai| self.l2[&(ai >> a.l2_bits)] + (ai & l2_mask) * 8)
-            .collect();
-        let values = self.read_pointers(addrs.into_iter());
-        self.arena.extend(with_l2.into_iter().zip(values));
+        if !ais.is_empty() {
+            // L1: mheap_.arenas[l1], the L2 arrays.
+            let mut l1s: Vec<u64> = ais
+                .iter()
+                .map(|ai| ai >> a.l2_bits)
+                .filter(|l1| !self.l2.contains_key(l1))
+                .collect();
+            l1s.dedup();
+            let arenas = self.arenas;
+            let values = self.read_pointers(l1s.iter().map(|l1| arenas + l1 * 8));
+            self.l2.extend(l1s.into_iter().zip(values));
+            // L2: the heapArena of each arena index. An arena whose L2 array is nil (or
+            // could not be read) is no heap.
+            let (no_l2, with_l2): (Vec<u64>, Vec<u64>) = ais
+                .into_iter()
+                .partition(|ai| self.l2.get(&(ai >> a.l2_bits)).is_none_or(|&l2| l2 == 0));
+            for ai in no_l2 {
+                self.set_arena_entry(ai, ARENA_NOT_HEAP);
+            }
+            let addrs: Vec<u64> = with_l2
+                .iter()
+                .map(|ai| self.l2[&(ai >> a.l2_bits)] + (ai & l2_mask) * 8)
+                .collect();
+            let values = self.read_pointers(addrs.into_iter());
+            // An arena cut by the read budget stays unknown.
+            for (ai, ha) in with_l2
+                .into_iter()
+                .zip(values.into_iter().map(Some).chain(std::iter::repeat(None)))
+            {
+                match ha {
+                    Some(0) => self.set_arena_entry(ai, ARENA_NOT_HEAP),
+                    Some(ha) => {
+                        let pages = vec![PAGE_UNKNOWN; a.pages_per_arena as usize].into();
+                        self.heap_arenas.push((ha, pages));
+                        let entry = self.heap_arenas.len() as u32 + 1;
+                        self.set_arena_entry(ai, entry);
+                    }
+                    None => {}
+                }
+            }
+        }
 
-        // heapArena.spans[page % pagesPerArena].
-        let mut pages: Vec<(u64, u64)> = pointers
+        // heapArena.spans[page % pagesPerArena]: (heap arena, page in it).
+        let mut pages: Vec<(u32, usize)> = pointers
             .iter()
             .filter_map(|&p| {
-                let ha = *self.arena.get(&arena_index(p)?)?;
-                let page = p >> self.page_shift;
-                (ha != 0 && !self.page.contains_key(&page)).then_some((page, ha))
+                let e = self.arena_entry(arena_index(p)?);
+                let page = self.page_in_arena(p);
+                (e >= 2 && self.heap_arenas[(e - 2) as usize].1[page] == PAGE_UNKNOWN)
+                    .then(|| (e - 2, page))
             })
             .collect();
         pages.dedup();
         let spans_off = target.layout.heap_arena.spans;
-        let values = self.read_pointers(
-            pages
-                .iter()
-                .map(|&(page, ha)| ha + spans_off + (page % a.pages_per_arena) * 8),
-        );
-        // The mspans themselves, then the allocBits of the small ones.
-        let mut spans: Vec<u64> = values
+        let ranges: Vec<(u64, usize)> = pages
+            .iter()
+            .map(|&(h, page)| {
+                (
+                    self.heap_arenas[h as usize].0 + spans_off + page as u64 * 8,
+                    8,
+                )
+            })
+            .collect();
+        let values = words_of(&self.read_meta(&ranges));
+        self.read_spans(&values);
+        // A page whose span was not read (the read budget) stays unknown.
+        for ((h, page), s) in pages.into_iter().zip(values) {
+            let index = match s {
+                0 => Some(NO_SPAN),
+                s => self.span_index.get(&s).copied(),
+            };
+            if let Some(index) = index {
+                self.heap_arenas[h as usize].1[page] = index;
+            }
+        }
+    }
+
+    /// Reads the mspans at `addrs` not read yet, then the allocBits of the small ones, and
+    /// adds them to the span table.
+    fn read_spans(&mut self, addrs: &[u64]) {
+        let mut spans: Vec<u64> = addrs
             .iter()
             .copied()
             .filter(|&s| s != 0 && !self.span_index.contains_key(&s))
             .collect();
         spans.sort_unstable();
         spans.dedup();
-        let m = &target.layout.mspan;
-        let ranges: Vec<(u64, usize)> = spans.iter().map(|&s| (s, m.size as usize)).collect();
-        let headers = self.read_ranges(&ranges);
+        let size = self.target.layout.mspan.size as usize;
+        let ranges: Vec<(u64, usize)> = spans.iter().map(|&s| (s, size)).collect();
+        let headers = self.read_meta(&ranges);
         let mut parsed: Vec<(u64, Option<Span>)> = spans
             .iter()
-            .zip(headers.chunks_exact(m.size as usize))
+            .zip(headers.chunks_exact(size))
             .map(|(&addr, b)| (addr, self.parse_span(b)))
             .collect();
-        let small: Vec<&mut Span> = parsed
-            .iter_mut()
-            .filter_map(|(_, s)| s.as_mut())
-            .filter(|s| !s.large)
-            .collect();
-        let ranges: Vec<(u64, usize)> = small
+        let ranges: Vec<(u64, usize)> = parsed
             .iter()
+            .filter_map(|(_, s)| s.as_ref())
+            .filter(|s| !s.large)
             .map(|s| (s.alloc_bits_addr, s.objects().div_ceil(8) as usize))
             .collect();
-        let bits = self.read_ranges(&ranges);
+        let alloc_bits = self.read_meta(&ranges);
         let mut off = 0;
-        for (span, &(_, len)) in small.into_iter().zip(&ranges) {
-            span.alloc_bits = bits.get(off..off + len).unwrap_or_default().into();
+        for span in parsed.iter_mut().filter_map(|(_, s)| s.as_mut()) {
+            span.marks = self.bits.alloc(span.objects().div_ceil(64) as usize);
+            if span.large {
+                continue;
+            }
+            let len = span.objects().div_ceil(8) as usize;
+            span.alloc = self.bits.alloc(len.div_ceil(8));
+            // Cut by the read budget: no allocBits, every slot past free_index is free.
+            let bytes = alloc_bits.get(off..off + len).unwrap_or_default();
+            let words = self.bits.words_mut(span.alloc);
+            for (w, c) in words.iter_mut().zip(bytes.chunks(8)) {
+                let mut b = [0u8; 8];
+                b[..c.len()].copy_from_slice(c);
+                *w = u64::from_le_bytes(b);
+            }
             off += len;
         }
         for (addr, span) in parsed {
             self.span_index.insert(addr, self.spans.len() as u32);
             self.spans.push(span);
-        }
-        // A page whose span was not read (the read budget) stays unknown.
-        for ((page, _), s) in pages.into_iter().zip(values) {
-            let index = match s {
-                0 => Some(NO_SPAN),
-                s => self.span_index.get(&s).copied(),
-            };
-            if let Some(index) = index {
-                self.page.insert(page, index);
-            }
         }
     }
 
@@ -664,28 +958,50 @@ impl<'t> Heap<'t> {
             2 => u64::from(u16_at(b, m.free_index_for_scan)),
             _ => u64_at(b, m.free_index_for_scan),
         };
-        Some(Span {
-            start,
-            limit,
-            elemsize,
+        let span = Span {
             noscan: spanclass & 1 == 1,
-            large: spanclass >> 1 == 0,
             free_index,
             alloc_bits_addr: u64_at(b, m.alloc_bits),
-            alloc_bits: Box::default(),
-        })
+            ..Span::new(start, limit, elemsize, spanclass >> 1 == 0)
+        };
+        // A header read while the runtime rewrote it: no size class has more slots, and
+        // its bitmaps would be as large as it says.
+        (span.objects() <= MAX_SLOTS).then_some(span)
     }
 
     /// Reads 8-byte pointers at `addrs`, 0 for any that cannot be read.
     fn read_pointers(&mut self, addrs: impl Iterator<Item = u64>) -> Vec<u64> {
         let ranges: Vec<(u64, usize)> = addrs.map(|a| (a, 8)).collect();
-        let bytes = self.read_ranges(&ranges);
-        bytes
-            .as_chunks::<8>()
-            .0
-            .iter()
-            .map(|c| u64::from_le_bytes(*c))
-            .collect()
+        words_of(&self.read_ranges(&ranges))
+    }
+
+    /// Like [`Heap::read_ranges`], for heap metadata (span pointers, mspans, allocBits):
+    /// ranges that lie close in the target are read as one, since the runtime allocates
+    /// them next to each other (a heapArena's span pointers by page, mspans from a fixalloc
+    /// chunk, allocBits from a gcBits arena).
+    fn read_meta(&mut self, ranges: &[(u64, usize)]) -> Vec<u8> {
+        let n = self.within_budget(ranges);
+        let ranges = &ranges[..n];
+        let mut out = vec![0u8; ranges.iter().map(|r| r.1).sum()];
+        // A range that cannot be read reads as zeros, and so does all when the target has
+        // gone.
+        if batch::read_coalesced(&self.target.process, ranges, &mut out, META_GAP).is_err() {
+            out.fill(0);
+        }
+        out
+    }
+
+    /// How many of `ranges` fit the read budget; counts them read, and sets `truncated`
+    /// when some do not fit.
+    fn within_budget(&mut self, ranges: &[(u64, usize)]) -> usize {
+        for (i, &(_, len)) in ranges.iter().enumerate() {
+            if self.bytes_read + len as u64 > self.limits.max_bytes_read {
+                self.truncated = true;
+                return i;
+            }
+            self.bytes_read += len as u64;
+        }
+        ranges.len()
     }
 
     /// The aligned words of `ranges` appended to `words`, within the read budget.
@@ -709,83 +1025,87 @@ impl<'t> Heap<'t> {
         );
     }
 
-    /// The words of `objects` (disjoint heap objects, base and size) appended to `words`,
-    /// object after object. Objects less than [`OBJECT_GAP`] bytes apart in address order
-    /// are read as one range and the bytes between them dropped: reading a few more bytes of
-    /// a page costs less than an iovec of its own, which the kernel pins the page for.
-    pub(super) fn read_objects(&mut self, objects: &[(u64, u64)], words: &mut Vec<u64>) {
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        // Each object's first word in the words of `ranges`.
-        let mut places = Vec::with_capacity(objects.len());
-        // Words of `ranges` before the last one.
-        let mut before_last = 0u64;
+    /// Reads the first of `objects` (disjoint heap objects, base and size, in address
+    /// order) into `bytes`, as many as fit in `max` bytes (at least one), and says in
+    /// `places` where each object's bytes begin there; returns how many objects it read
+    /// and how many bytes: an object that ends past them was cut by the read budget.
+    /// Objects less than [`OBJECT_GAP`] bytes apart are read as one range, the bytes
+    /// between them read too: reading a few more bytes of a page costs less than an iovec
+    /// of its own, which the kernel pins the page for. `bytes` is only grown, never cleared.
+    pub(super) fn read_objects(
+        &mut self,
+        objects: &[(u64, u64)],
+        max: u64,
+        places: &mut Vec<u64>,
+        bytes: &mut Vec<u8>,
+    ) -> (usize, usize) {
+        let mut ranges: Vec<(u64, usize)> = Vec::new();
+        places.clear();
+        let mut end = 0u64;
         for &(base, size) in objects {
-            match ranges.last_mut() {
-                Some((start, len))
-                    if base >= *start + *len
-                        && base - (*start + *len) <= OBJECT_GAP
-                        && base + size - *start <= READ_CHUNK as u64 =>
-                {
-                    *len = base + size - *start;
-                    places.push(before_last + (base - *start) / 8);
+            if let Some((start, len)) = ranges.last_mut() {
+                let last_end = *start + *len as u64;
+                let merge = base >= last_end
+                    && base - last_end <= OBJECT_GAP
+                    && base + size - *start <= READ_CHUNK as u64;
+                let grow = if merge { base + size - last_end } else { size };
+                if end + grow > max {
+                    break;
                 }
-                last => {
-                    if let Some((_, len)) = last {
-                        before_last += *len / 8;
-                    }
-                    ranges.push((base, size));
-                    places.push(before_last);
+                if merge {
+                    *len += grow as usize;
+                    places.push(end + (base - last_end));
+                    end += grow;
+                    continue;
                 }
             }
-        }
-        let mut all = Vec::new();
-        self.read_words(&ranges, &mut all);
-        for (&(_, size), &at) in objects.iter().zip(&places) {
-            let (at, n) = (at as usize, (size / 8) as usize);
-            match all.get(at..at + n) {
-                Some(w) => words.extend_from_slice(w),
-                // Cut by the read budget (and the pass bounded): zeros, as unread.
-                None => words.resize(words.len() + n, 0),
+            places.push(end);
+            let mut off = 0;
+            while off < size {
+                let n = (size - off).min(READ_CHUNK as u64);
+                ranges.push((base + off, n as usize));
+                off += n;
             }
+            end += size;
         }
+        (places.len(), self.read_ranges_into(&ranges, bytes))
     }
 
     /// The bytes of `ranges`, concatenated, in batched reads; a range that cannot be read
     /// reads as zeros, and ranges past the byte budget are left out (and set `truncated`).
     fn read_ranges(&mut self, ranges: &[(u64, usize)]) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut batch: Vec<(u64, usize)> = Vec::new();
-        let mut batch_bytes = 0;
-        for &(addr, len) in ranges {
-            if self.bytes_read + len as u64 > self.limits.max_bytes_read {
-                self.truncated = true;
-                break;
-            }
-            self.bytes_read += len as u64;
-            if batch.len() == IOV_BATCH || batch_bytes + len > READ_CHUNK {
-                self.flush(&batch, batch_bytes, &mut out);
-                batch.clear();
-                batch_bytes = 0;
-            }
-            batch.push((addr, len));
-            batch_bytes += len;
-        }
-        self.flush(&batch, batch_bytes, &mut out);
+        let n = self.read_ranges_into(ranges, &mut out);
+        out.truncate(n);
         out
     }
 
-    fn flush(&self, batch: &[(u64, usize)], bytes: usize, out: &mut Vec<u8>) {
-        if batch.is_empty() {
-            return;
+    /// [`Heap::read_ranges`] into the first bytes of `out`, grown as needed but not
+    /// cleared (every byte read is written); returns how many bytes were read.
+    fn read_ranges_into(&mut self, ranges: &[(u64, usize)], out: &mut Vec<u8>) -> usize {
+        let n = self.within_budget(ranges);
+        let ranges = &ranges[..n];
+        let total: usize = ranges.iter().map(|r| r.1).sum();
+        if out.len() < total {
+            out.resize(total, 0);
         }
-        let start = out.len();
-        out.resize(start + bytes, 0);
         // A range that cannot be read (freed and unmapped meanwhile, or garbage) reads as
-        // zeros, and so does the batch when the target has gone.
-        if batch::read_ranges(&self.target.process, batch, &mut out[start..]).is_err() {
-            out[start..].fill(0);
+        // zeros, and so does all when the target has gone.
+        if batch::read_ranges(&self.target.process, ranges, &mut out[..total]).is_err() {
+            out[..total].fill(0);
         }
+        total
     }
+}
+
+/// Little-endian 8-byte words of `bytes`.
+fn words_of(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .map(|c| u64::from_le_bytes(*c))
+        .collect()
 }
 
 fn u16_at(b: &[u8], off: u64) -> u16 {
@@ -798,51 +1118,108 @@ fn u16_at(b: &[u8], off: u64) -> u16 {
 mod tests {
     use super::*;
 
-    fn small(free_index: u64, alloc_bits: Vec<u8>) -> Span {
-        // One 8 KiB page of 64-byte objects: 128 slots.
-        Span {
-            start: 0xc000_010000,
-            limit: 0xc000_012000,
-            elemsize: 64,
-            noscan: false,
-            large: false,
-            free_index,
-            alloc_bits_addr: 0,
-            alloc_bits: alloc_bits.into(),
+    /// One 8 KiB page of 64-byte objects (128 slots), with `alloc_bits` in `bits`.
+    fn small(bits: &mut Bits, free_index: u64, alloc_bits: &[u8]) -> Span {
+        let mut span = Span::new(0xc000_010000, 0xc000_012000, 64, false);
+        span.free_index = free_index;
+        span.alloc = bits.alloc(2);
+        for (i, b) in alloc_bits.iter().enumerate() {
+            bits.words_mut(span.alloc)[i / 8] |= u64::from(*b) << (8 * (i % 8));
         }
+        span
     }
 
     #[test]
     fn a_pointer_anywhere_in_an_allocated_slot_is_its_object() {
-        let span = small(2, vec![0, 0b0000_0010]);
+        let mut bits = Bits::default();
+        let span = small(&mut bits, 2, &[0, 0b0000_0010]);
         assert_eq!(span.objects(), 128);
+        let base = |p| span.object(&bits, p).map(|o| o.1);
         // Below freeIndexForScan: allocated whatever allocBits says.
-        assert_eq!(span.object(0xc000_010000), Some(0xc000_010000));
-        assert_eq!(span.object(0xc000_010047), Some(0xc000_010040));
+        assert_eq!(span.object(&bits, 0xc000_010000), Some((0, 0xc000_010000)));
+        assert_eq!(span.object(&bits, 0xc000_010047), Some((1, 0xc000_010040)));
         // Slot 2 is past the free index and its bit is clear: free.
-        assert_eq!(span.object(0xc000_010080), None);
+        assert_eq!(base(0xc000_010080), None);
         // Slot 9 (byte 1, bit 1) is set in allocBits.
-        assert_eq!(span.object(0xc000_010248), Some(0xc000_010240));
+        assert_eq!(span.object(&bits, 0xc000_010248), Some((9, 0xc000_010240)));
         // Outside [start, limit).
-        assert_eq!(span.object(0xc000_00fff8), None);
-        assert_eq!(span.object(0xc000_012000), None);
+        assert_eq!(base(0xc000_00fff8), None);
+        assert_eq!(base(0xc000_012000), None);
         // allocBits that could not be read count as free.
-        assert_eq!(small(0, Vec::new()).object(0xc000_010000), None);
+        let mut bits = Bits::default();
+        let unread = small(&mut bits, 0, &[]);
+        assert_eq!(unread.object(&bits, 0xc000_010000), None);
     }
 
     #[test]
     fn a_large_span_is_one_object() {
-        let span = Span {
-            start: 0xc000_400000,
-            limit: 0xc000_440000,
-            elemsize: 256 << 10,
-            noscan: true,
-            large: true,
-            free_index: 0,
-            alloc_bits_addr: 0,
-            alloc_bits: Box::default(),
-        };
-        assert_eq!(span.object(0xc000_43ffff), Some(0xc000_400000));
-        assert_eq!(span.object(0xc000_440000), None);
+        let span = Span::new(0xc000_400000, 0xc000_440000, 256 << 10, true);
+        let bits = Bits::default();
+        assert_eq!(span.objects(), 1);
+        assert_eq!(span.object(&bits, 0xc000_43ffff), Some((0, 0xc000_400000)));
+        assert_eq!(span.object(&bits, 0xc000_440000), None);
+    }
+
+    #[test]
+    fn slots_found_by_multiplying_are_those_found_by_dividing() {
+        // Every object size in 8-byte steps up to 32 KiB, in spans of 1 to 10 pages: where
+        // the span takes the runtime's divMul, the slot of the last byte before each
+        // object and of each object's first byte is the quotient (the product is monotonic
+        // in the offset, so then every offset's is).
+        let mut multiplied = 0;
+        for elemsize in (8..=32768u64).step_by(8) {
+            for pages in 1..=10u64 {
+                let start = 0xc000_000000;
+                let limit = start + pages * 8192 / elemsize * elemsize;
+                if limit == start {
+                    continue;
+                }
+                let mut span = Span::new(start, limit, elemsize, false);
+                if span.div_mul == 0 {
+                    continue;
+                }
+                multiplied += 1;
+                span.free_index = u64::MAX;
+                let bits = Bits::default();
+                for k in 0..span.objects() {
+                    for off in [k * elemsize, (k * elemsize).max(1) - 1] {
+                        let want = (off / elemsize, start + off / elemsize * elemsize);
+                        assert_eq!(
+                            span.object(&bits, start + off),
+                            Some(want),
+                            "{elemsize} {pages}"
+                        );
+                    }
+                }
+                let last = limit - 1;
+                assert_eq!(
+                    span.object(&bits, last).map(|o| o.0),
+                    Some(span.objects() - 1)
+                );
+            }
+        }
+        assert!(multiplied > 30_000, "{multiplied}");
+        // Too large a span for the product, or too large an object: divided.
+        assert_eq!(Span::new(0, 1 << 30, 8, false).div_mul, 0);
+        let odd = Span::new(0x1000, 0x1001, 1 << 32, false);
+        assert_eq!(
+            (odd.div_mul, odd.object(&Bits::default(), 0x1000)),
+            (0, None)
+        );
+    }
+
+    #[test]
+    fn bits_of_many_spans_share_chunks_and_keep_apart() {
+        let mut bits = Bits::default();
+        let a = bits.alloc(3);
+        let b = bits.alloc(BITS_CHUNK);
+        let c = bits.alloc(2);
+        assert!(bits.set(a, 191));
+        assert!(!bits.set(a, 191));
+        assert!(!bits.set(a, 192), "past the array");
+        assert!(bits.set(c, 0));
+        assert!(bits.get(a, 191) && bits.get(c, 0));
+        assert!(!bits.get(b, 0) && !bits.get(b, 191));
+        assert_eq!((a.chunk, b.chunk), (0, 1));
     }
 }
