@@ -7,6 +7,12 @@
 //! and line), and a stack is symbolized once per distinct list of PCs and shared by every
 //! goroutine stopped at them.
 //!
+//! What a snapshot costs is mostly the kernel's: on this project's VMs `process_vm_readv`
+//! takes ~330 ns per range even on memory in the caches and ~600 ns per cold page, against
+//! ~0.12 ns per byte copied. So neighbouring g structs, and stacks whose live parts lie
+//! within [`STACK_GAP`], are read as one range; and a stack whose walk would read the same
+//! words as one of the same shape seen before is not walked (see [`Shape`]).
+//!
 //! A goroutine that provably did not run since the previous snapshot keeps the stack it had
 //! then, unread; see [`Kept`]. The target runs on meanwhile, so a goroutine that changes
 //! state during the walk may be seen half-way; such a stack is cut where it stops making
