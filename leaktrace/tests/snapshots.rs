@@ -191,3 +191,41 @@ fn channels_read_for_all_goroutines_at_once_match_those_read_one_by_one() {
         "one channel each, and the shared one"
     );
 }
+
+/// Goroutines created at one `go` statement that park at one PC with stacks of one length
+/// and different frames (five functions with frames of one size call each other in turn,
+/// each goroutine entering the cycle at another): a full snapshot, which takes a stack for
+/// one of the same shape seen before when the words its walk read match, sees them as a
+/// census that unwinds every stack does.
+#[test]
+fn stacks_of_one_shape_with_different_frames_are_told_apart() {
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("parkedstacks", &version, &[]);
+    let mut fixture = Fixture::start(&bin, &["-n", "600", "-no-worker", "-one-site"]);
+    fixture.stderr.wait_for("ready", Duration::from_secs(60));
+    let target = Target::inspect(fixture.pid()).unwrap();
+    let mut census = Census::full();
+    census.snapshot(&target).unwrap(); // learns the shapes
+    let shared = view(&census.snapshot(&target).unwrap());
+    let walked = view(&Census::unwinding_every_stack().snapshot(&target).unwrap());
+    assert_eq!(shared.len(), walked.len());
+    for (goid, w) in &walked {
+        assert_eq!(shared.get(goid), Some(w), "goroutine {goid}");
+    }
+    // 5 entry functions x 3 depths, from one creation site.
+    let sites: std::collections::BTreeSet<_> = walked
+        .values()
+        .filter_map(|v| v.3.as_ref().map(|c| c.pc))
+        .collect();
+    let stacks: std::collections::BTreeSet<_> = walked
+        .values()
+        .filter(|v| v.2.len() >= 10)
+        .map(|v| v.2.iter().map(|f| f.pc).collect::<Vec<_>>())
+        .collect();
+    assert!(
+        stacks.len() >= 15,
+        "{} distinct stacks, {} creation sites",
+        stacks.len(),
+        sites.len()
+    );
+}

@@ -187,8 +187,16 @@ pub(crate) fn u32_at(b: &[u8], off: u64) -> u32 {
 
 /// The addresses of every g in `runtime.allgs`.
 pub(crate) fn all_gs(target: &Target) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    all_gs_into(target, &mut out)?;
+    Ok(out)
+}
+
+/// [`all_gs`] into `out`, whose buffer a caller that walks the goroutines again and again
+/// reuses: for a million goroutines a fresh one is 2,000 page faults.
+pub(crate) fn all_gs_into(target: &Target, out: &mut Vec<u64>) -> anyhow::Result<()> {
     let allgs = target.globals()?.allgs + target.load_bias;
-    pointer_slice(target, allgs, "runtime.allgs", 50_000_000)
+    pointer_slice_into(target, allgs, "runtime.allgs", 50_000_000, out)
 }
 
 /// At most this many Ps are read from `runtime.allp` (one per GOMAXPROCS).
@@ -202,6 +210,19 @@ pub(crate) fn pointer_slice(
     name: &str,
     max_len: u64,
 ) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    pointer_slice_into(target, addr, name, max_len, &mut out)?;
+    Ok(out)
+}
+
+/// [`pointer_slice`] into `out` (cleared first).
+fn pointer_slice_into(
+    target: &Target,
+    addr: u64,
+    name: &str,
+    max_len: u64,
+    out: &mut Vec<u64>,
+) -> anyhow::Result<()> {
     let mut hdr = [0u8; 16];
     target
         .process
@@ -213,18 +234,21 @@ pub(crate) fn pointer_slice(
             "{name} has an implausible length {len}: the runtime layout does not match this binary"
         );
     }
-    let mut buf = vec![0u8; len as usize * 8];
+    out.clear();
+    out.resize(len as usize, 0);
+    // SAFETY: the bytes of `out`'s `len` initialized words, which it owns; any bytes are a
+    // valid u64.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 8) };
     target
         .process
-        .read(ptr, &mut buf)
+        .read(ptr, bytes)
         .with_context(|| format!("reading the array of {name}"))?;
-    Ok(buf
-        .as_chunks::<8>()
-        .0
-        .iter()
-        .map(|c| u64::from_le_bytes(*c))
-        .filter(|&p| p != 0)
-        .collect())
+    out.retain_mut(|p| {
+        *p = u64::from_le(*p);
+        *p != 0
+    });
+    Ok(())
 }
 
 /// The part of a g that [`RawG`] holds: from the lowest field it reads to the end of the
@@ -258,10 +282,24 @@ fn g_span(l: &GOffsets) -> (u64, usize) {
 /// The g structs at `addrs`, read in batches; a g that cannot be read (garbage in allgs)
 /// reads as zeros, which is a dead g.
 pub(crate) fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG>> {
+    let mut out = Vec::new();
+    read_gs_into(target, addrs, &mut out, &mut Vec::new())?;
+    Ok(out)
+}
+
+/// [`read_gs`] into `out` (cleared first), through `scratch`: a caller that reads them
+/// again and again passes the same two, whose pages (100 MiB for a million goroutines) are
+/// then faulted in once.
+pub(crate) fn read_gs_into(
+    target: &Target,
+    addrs: &[u64],
+    out: &mut Vec<RawG>,
+    scratch: &mut Vec<u8>,
+) -> anyhow::Result<()> {
     let l = &target.layout.g;
     let (lo, len) = g_span(l);
-    let mut out: Vec<RawG> = addrs.iter().map(|&a| RawG::decode(l, a, lo, &[])).collect();
-    let mut scratch = Vec::new();
+    out.clear();
+    out.extend(addrs.iter().map(|&a| RawG::decode(l, a, lo, &[])));
     let mut ranges = Vec::with_capacity(BATCH);
     for (c, chunk) in addrs.chunks(BATCH).enumerate() {
         ranges.clear();
@@ -270,14 +308,14 @@ pub(crate) fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG
         // g structs are allocated packed in their spans: read as few stretches as that
         // allows (the kernel pins pages once per range, which costs more than copying the
         // unused tail of each g), and decode them where they landed.
-        batch::visit_coalesced(&target.process, &ranges, l.size, &mut scratch, |i, g| {
+        batch::visit_coalesced(&target.process, &ranges, l.size, scratch, |i, g| {
             if let Some(g) = g {
                 out[i] = RawG::decode(l, chunk[i], lo, g);
             }
         })
         .context("reading goroutine structs")?;
     }
-    Ok(out)
+    Ok(())
 }
 
 impl RawG {

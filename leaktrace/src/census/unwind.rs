@@ -166,6 +166,43 @@ impl Unwinder {
         bias: u64,
         frames: &mut Vec<PhysFrame>,
     ) {
+        self.walk(binary, stack, sp, pc, bias, frames, |_, _| {});
+    }
+
+    /// [`Unwinder::unwind_into`], which also lists in `reads` (cleared first) every word of
+    /// the stack the walk read, as (offset from `stack.base`, value). The walk depends on
+    /// nothing else of the stack: another stack of the same length from the same `pc`, `sp`
+    /// at its base, with the same words at those offsets, unwinds to the same PCs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn unwind_recording(
+        &mut self,
+        binary: &GoBinary,
+        stack: &StackMemory,
+        sp: u64,
+        pc: u64,
+        bias: u64,
+        frames: &mut Vec<PhysFrame>,
+        reads: &mut Vec<(u64, u64)>,
+    ) {
+        reads.clear();
+        let base = stack.base;
+        self.walk(binary, stack, sp, pc, bias, frames, |addr, word| {
+            reads.push((addr - base, word));
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn walk(
+        &mut self,
+        binary: &GoBinary,
+        stack: &StackMemory,
+        sp: u64,
+        pc: u64,
+        bias: u64,
+        frames: &mut Vec<PhysFrame>,
+        mut read: impl FnMut(u64, u64),
+    ) {
         frames.clear();
         let (mut sp, mut pc) = (sp, pc);
         let mut trap = false;
@@ -197,6 +234,7 @@ impl Unwinder {
                 break;
             };
             let Some(ret) = stack.word(fp - 8) else { break };
+            read(fp - 8, ret);
             if ret == 0 {
                 break;
             }

@@ -136,7 +136,8 @@ pub fn visit_coalesced(
     mut visit: impl FnMut(usize, Option<&[u8]>),
 ) -> io::Result<()> {
     let mut order: Vec<usize> = (0..ranges.len()).collect();
-    order.sort_unstable_by_key(|&i| ranges[i].0);
+    // Stable: it merges the ascending runs that ranges listed in allocation order mostly are.
+    order.sort_by_key(|&i| ranges[i].0);
     // (start, end) of each stretch, and where its ranges begin in `order`.
     let mut spans: Vec<(u64, u64, usize)> = Vec::new();
     for (k, &i) in order.iter().enumerate() {

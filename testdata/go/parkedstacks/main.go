@@ -165,16 +165,24 @@ func waitParked(want int64, n int) {
 func main() {
 	n := flag.Int("n", 100000, "goroutines to park")
 	noWorker := flag.Bool("no-worker", false, "do not run the hashing worker")
+	oneSite := flag.Bool("one-site", false, "create every goroutine at one go statement, "+
+		"its entry function round robin: goroutines of one depth then park at one PC, "+
+		"stacks of one length, with different frames")
 	flag.Parse()
 
 	sites := []func(*sleeper, *sync.WaitGroup){serveA, serveB, serveC, serveD, serveE}
+	entries := []func(*sleeper, int) int{decode, validate, route, handle, store}
 	sleepers := make([]*sleeper, *n)
 	var started sync.WaitGroup
 	started.Add(*n)
 	for i := range sleepers {
 		s := &sleeper{wake: make(chan struct{}), depth: 8 + (i*7)%21, sel: i%3 == 0}
 		sleepers[i] = s
-		sites[i%len(sites)](s, &started)
+		if *oneSite {
+			go loop(s, &started, entries[i%len(entries)])
+		} else {
+			sites[i%len(sites)](s, &started)
+		}
 	}
 	started.Wait()
 	waitParked(int64(*n), *n)
