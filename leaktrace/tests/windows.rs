@@ -364,9 +364,15 @@ fn the_other_side_of_a_leak_groups_channels_is_named_from_windows() {
 fn a_busy_http_service_gets_park_durations_and_allocations_from_windows() {
     // wrk and the service take both CPUs: the other tests' windows would all be skipped.
     let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
-    let (fx, mut wrk) = busy_http_service(7);
+    // 10 s: at the default budget a window that saturates the target may hold its
+    // breakpoints about 1% of the time, and the runtime counts one park in 8, so a 5 s
+    // trace's windows hold 20-60 of its samples: scaled counts were 0.9-3x its count.
+    let (fx, mut wrk) = busy_http_service(12);
     let pid = fx.pid().to_string();
-    let (r, _) = record("windows-http", &["-p", &pid, "-d", "5s", "--min-age", "2s"]);
+    let (r, _) = record(
+        "windows-http",
+        &["-p", &pid, "-d", "10s", "--min-age", "2s"],
+    );
     let _ = wrk.wait();
     let p = &r["probes"];
     for f in ["runtime.gopark", "runtime.(*mcache).refill"] {
