@@ -421,9 +421,10 @@ impl Session {
             Duration::from_secs_f64((fits / per_second - w.overrun.as_secs_f64()).max(0.0))
         };
         w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
-        // Once the sample is in, a window that saturates the target is as long as the
-        // scaling needs (shorter ones undercount the runtime's parks) and comes seldom.
-        if pace < SATURATED {
+        // A window that saturates the target is as long as the scaling needs, the sample's
+        // windows too (shorter ones undercount the runtime's parks: 5-7 ms windows scaled
+        // parks to 1.4-3x its count), and once the sample is in it comes seldom.
+        if w.pace.is_some_and(|p| p < SATURATED) {
             w.length = SATURATED_WINDOW;
         }
         // The first window, at a rate not yet measured, has no plan to exceed.
