@@ -537,7 +537,7 @@ fn a_windows_cost_counts_its_breakpoints_until_the_kernel_removes_them() {
 
 /// The benchmark's HTTP service leaks two backends at every 50th request, blocked on the same
 /// send as every request's backends in flight. The leak is shown proven as the goroutines
-/// the proof proved; the others in the same wait (in flight, or come since the proof) are
+/// the proof proved and those that came since; those it found reachable (in flight) are
 /// named in its evidence, not counted. Before, the group never had every goroutine proven,
 /// and a growing proven leak was never shown as proven on a busy service.
 #[test]
@@ -564,7 +564,7 @@ fn a_busy_services_leak_is_proven_beside_its_goroutines_in_flight() {
     );
     let first = backends["evidence"][0].as_str().unwrap();
     assert!(
-        first.starts_with(&format!("all {count} unreachable: proof:")),
+        first.contains(" unreachable") && first.contains(": proof:"),
         "{first}"
     );
 }

@@ -896,16 +896,40 @@ impl Tracker {
     /// --min-age: the group's confidence, with the proof's line first in its evidence.
     fn weigh_proof(&self, h: &History, left_out: Option<LeftOut>, j: &mut Judgement) -> Confidence {
         let count = h.latest.len();
-        if !h.latest.iter().all(|g| self.proven.contains(&g.goid)) {
+        let proven = h
+            .latest
+            .iter()
+            .filter(|g| self.proven.contains(&g.goid))
+            .count();
+        // Newcomers the proof could not examine (a leak that goes on growing between
+        // proofs) do not count against it; any it examined and did not prove do.
+        let newer = h
+            .latest
+            .iter()
+            .filter(|g| !self.proven.contains(&g.goid) && !self.examined.contains(&g.goid))
+            .count();
+        if proven == 0 || proven + newer < count {
+            if proven > 0 {
+                j.evidence.insert(
+                    0,
+                    format!("{proven} of {count} unreachable: {}", self.proof_evidence),
+                );
+            }
             return confidence(j.score);
         }
         j.score = j.score.max(REPORT_SCORE);
-        let mut line = format!("all {count} unreachable: {}", self.proof_evidence);
+        let mut line = match newer {
+            0 => format!("all {count} unreachable: {}", self.proof_evidence),
+            _ => format!(
+                "{proven} of {count} unreachable, the other {newer} came since the proof \
+                 (examined at the next): {}",
+                self.proof_evidence
+            ),
+        };
         if let Some(o) = left_out {
             line += &format!(
-                "; not counted here, in the same wait: {} that came since the proof \
-                 (examined at the next), {} it found reachable",
-                o.newer, o.reachable
+                "; not counted here: {} in the same wait it found reachable",
+                o.reachable
             );
         }
         j.evidence.insert(0, line);
@@ -917,24 +941,23 @@ impl Tracker {
         self.examined.contains(&goid) && !self.proven.contains(&goid)
     }
 
-    /// A group some of whose goroutines the last proof proved leaked, as those alone: the
-    /// others in the same wait came since (a leak that goes on growing) or are reachable (a
-    /// busy service's goroutines passing the same line), and are no part of the proof.
+    /// A group some of whose goroutines the last proof proved leaked and some it found
+    /// reachable (a busy service's goroutines passing the same line), as the proven ones
+    /// and those that came since the proof (a leak that goes on growing) alone.
     fn proven_part(&self, h: &History) -> Option<(History, LeftOut)> {
+        if !h.latest.iter().any(|g| self.proven.contains(&g.goid)) {
+            return None;
+        }
         let latest: Vec<Observed> = h
             .latest
             .iter()
-            .filter(|g| self.proven.contains(&g.goid))
+            .filter(|g| !self.reachable(g.goid))
             .cloned()
             .collect();
-        if latest.is_empty() || latest.len() == h.latest.len() {
+        let reachable = h.latest.len() - latest.len();
+        if reachable == 0 {
             return None;
         }
-        let reachable = h.latest.iter().filter(|g| self.reachable(g.goid)).count();
-        let left_out = LeftOut {
-            newer: h.latest.len() - latest.len() - reachable,
-            reachable,
-        };
         let members = latest
             .iter()
             .filter_map(|g| Some((g.goid, h.members.get(&g.goid)?.clone())))
@@ -945,15 +968,13 @@ impl Tracker {
             left: h.left,
             latest,
         };
-        Some((part, left_out))
+        Some((part, LeftOut { reachable }))
     }
 }
 
 /// The goroutines of a group a proof left out of its proven part.
 #[derive(Clone, Copy)]
 struct LeftOut {
-    /// Not examined: they came after the proof's first pass.
-    newer: usize,
     /// Examined and found reachable.
     reachable: usize,
 }
@@ -1381,11 +1402,11 @@ mod tests {
     }
 
     /// A busy service's goroutines pass the leak's line too, and a growing leak has
-    /// newcomers between proofs: the proven part of the group is reported as proven, alone,
-    /// and the others are named, not counted; a group none of whose goroutines is proven is
-    /// judged on the evidence.
+    /// newcomers between proofs: the group is reported proven as its proven goroutines and
+    /// those that came since, and those the proof found reachable are named, not counted; a
+    /// group none of whose goroutines is proven is judged on the evidence.
     #[test]
-    fn a_group_is_proven_as_its_proven_goroutines_alone() {
+    fn a_group_is_proven_without_the_goroutines_the_proof_found_reachable() {
         let mut t = Tracker::default();
         // 10-13 leaked, 20 in flight (reachable), one channel each.
         let gs = |extra: &[u64]| -> Vec<Observed> {
@@ -1401,11 +1422,11 @@ mod tests {
         let v = t.verdicts(&opts());
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].confidence, Confidence::Proven, "{v:?}");
-        assert_eq!(v[0].goids, [10, 11, 12, 13]);
-        assert_eq!(v[0].count, 4);
+        assert_eq!(v[0].goids, [10, 11, 12, 13, 14]);
+        assert_eq!(v[0].count, 5);
         assert!(
-            v[0].evidence[0].contains("1 that came since the proof")
-                && v[0].evidence[0].contains("1 it found reachable"),
+            v[0].evidence[0].starts_with("4 of 5 unreachable, the other 1 came since the proof")
+                && v[0].evidence[0].contains("1 in the same wait it found reachable"),
             "{:?}",
             v[0].evidence
         );
