@@ -928,7 +928,8 @@ impl Tracker {
         };
         if let Some(o) = left_out {
             line += &format!(
-                "; not counted here: {} in the same wait it found reachable",
+                "; not counted here: {} in the same wait it examined and did not prove \
+                 (reachable, or seen moving)",
                 o.reachable
             );
         }
@@ -975,7 +976,7 @@ impl Tracker {
 /// The goroutines of a group a proof left out of its proven part.
 #[derive(Clone, Copy)]
 struct LeftOut {
-    /// Examined and found reachable.
+    /// Examined and not proven: reachable, or seen moving between its passes.
     reachable: usize,
 }
 
@@ -1426,7 +1427,7 @@ mod tests {
         assert_eq!(v[0].count, 5);
         assert!(
             v[0].evidence[0].starts_with("4 of 5 unreachable, the other 1 came since the proof")
-                && v[0].evidence[0].contains("1 in the same wait it found reachable"),
+                && v[0].evidence[0].contains("1 in the same wait it examined and did not prove"),
             "{:?}",
             v[0].evidence
         );
