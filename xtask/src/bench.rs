@@ -1149,10 +1149,14 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
     }
     throughput_section(&mut md, &steps);
     scale_section(&mut md, &scale);
+    let reach = reach_run(&root)?;
     let path = root.join("BENCHMARKS.md");
     let old = fs::read_to_string(&path).unwrap_or_default();
     md.push_str(&kept_section(&old, SNAPSHOT_SECTION));
-    md.push_str(&kept_section(&old, REACH_SECTION));
+    md.push_str(&with_latest_reach(
+        &kept_section(&old, REACH_SECTION),
+        &reach,
+    ));
     md.push_str(&kept_section(&old, AGENT_SECTION));
     print!("\n{md}");
     fs::write(path, md)?;
@@ -1170,6 +1174,73 @@ const SNAPSHOT_SECTION: &str = "## Goroutine snapshots (bench_dump)";
 /// The heading of the section that `cargo run --release --example bench_reach` figures go
 /// under, by hand: a run of this benchmark keeps it as it was.
 const REACH_SECTION: &str = "## Reachability pass (bench_reach)";
+
+/// The reachability pass over heaps of 100 MiB and 1 GiB (`bench_reach 100,1024 3`): its
+/// header line and table, as the example prints them.
+fn reach_run(root: &Path) -> anyhow::Result<String> {
+    println!("==> the reachability pass: cargo run --release --example bench_reach -- 100,1024 3");
+    let out = Command::new("cargo")
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "leaktrace",
+            "--example",
+            "bench_reach",
+            "--",
+        ])
+        .args(["100,1024", "3"])
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the bench_reach example")?;
+    if !out.status.success() {
+        bail!("bench_reach failed: {}", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('|') || l.starts_with("Go "))
+        .collect();
+    Ok(kept.join("\n"))
+}
+
+/// Marks the latest `./x bench` run of the reachability pass in its section, so that the
+/// next run replaces it and the hand-kept history below stays.
+const REACH_LATEST: (&str, &str) = (
+    "<!-- ./x bench: latest bench_reach run -->",
+    "<!-- end of the latest bench_reach run -->",
+);
+
+/// The reachability section with `run` as its latest `./x bench` run, right under its
+/// heading (replacing the one an earlier run put there).
+fn with_latest_reach(kept: &str, run: &str) -> String {
+    let block = format!(
+        "{}\nLatest `./x bench` run ({}, load average {}):\n\n{run}\n{}\n",
+        REACH_LATEST.0,
+        machine(),
+        load_average(),
+        REACH_LATEST.1
+    );
+    let kept = match (kept.find(REACH_LATEST.0), kept.find(REACH_LATEST.1)) {
+        (Some(a), Some(b)) if a < b => {
+            format!(
+                "{}{}",
+                &kept[..a],
+                kept[b + REACH_LATEST.1.len()..].trim_start()
+            )
+        }
+        _ => kept.to_string(),
+    };
+    match kept.find(REACH_SECTION) {
+        Some(i) => {
+            let after = i + REACH_SECTION.len();
+            format!("{}\n\n{block}{}", &kept[..after], &kept[after..])
+        }
+        None => format!("\n{REACH_SECTION}\n\n{block}"),
+    }
+}
 
 /// A section of the BENCHMARKS.md being replaced that another command writes (the snapshot
 /// figures, the agent's), up to the next section.
@@ -1358,4 +1429,25 @@ pub fn bench_agent(
     fs::write(&path, out)?;
     println!("==> wrote the agent section of BENCHMARKS.md");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second `./x bench` run replaces the first's reachability figures and keeps the
+    /// hand-kept history under them.
+    #[test]
+    fn the_latest_reach_run_replaces_the_last_and_keeps_the_history() {
+        let kept = format!("\n{REACH_SECTION}\n\nIntro.\n\nHistory.\n");
+        let once = with_latest_reach(&kept, "| run 1 |");
+        let twice = with_latest_reach(&once, "| run 2 |");
+        assert!(
+            twice.contains("| run 2 |") && !twice.contains("| run 1 |"),
+            "{twice}"
+        );
+        assert_eq!(twice.matches(REACH_LATEST.0).count(), 1, "{twice}");
+        assert!(twice.ends_with("Intro.\n\nHistory.\n"), "{twice}");
+        assert!(twice.starts_with(&format!("\n{REACH_SECTION}\n\n{}", REACH_LATEST.0)));
+    }
 }
