@@ -79,8 +79,23 @@ fn a_hundred_thousand_parked_and_a_million_churned() {
         .find(|l| l["site"]["function"] == "main.leak")
         .unwrap_or_else(|| panic!("no leak group at main.leak: {:#}", r["leaks"]));
     assert_eq!(leak["wait_reason"], "chan send");
-    assert_eq!(leak["count"], 100000, "{leak:#}");
-    assert_eq!(leak["goids"].as_array().unwrap().len(), 100000);
+    // All 100,000, or, once proven, all but the few the proof examined and did not prove
+    // (the spawner's frame may still hold the last one's channel): those are named in the
+    // evidence, not counted.
+    let count = leak["count"].as_u64().unwrap();
+    let left_out = leak["confidence"] == "proven" && count < 100000;
+    assert!(count == 100000 || (left_out && count >= 99990), "{leak:#}");
+    if left_out {
+        let first = leak["evidence"][0].as_str().unwrap();
+        assert!(
+            first.contains(&format!(
+                "not counted here: {} in the same wait",
+                100000 - count
+            )),
+            "{first}"
+        );
+    }
+    assert_eq!(leak["goids"].as_array().unwrap().len() as u64, count);
     eprintln!(
         "leaktrace: peak RSS {:.1} MiB; created/exited seen by the probes {}/{}; records lost {}; shed {}",
         peak_kib as f64 / 1024.0,
