@@ -700,12 +700,7 @@ fn records_wake_the_collector_tens_of_times_a_second_not_at_each_one() {
         "the collector woke {woken:.0} times/s for {records_per_second:.0} records/s"
     );
     assert_eq!(p["lost_records"], 0, "{p:#}");
-    let parks: u64 = r["parks"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|n| n.as_u64().unwrap())
-        .sum();
+    let parks = total_parks(&r);
     // All but those sent between the last drain and the detach (they count as hits).
     let park_hits = p["hits"]["runtime.gopark"].as_u64().unwrap();
     assert!(

@@ -31,12 +31,7 @@ fn newest() -> String {
 /// it (calibration, loading, the pre-attach estimate) takes longer on a slower or busier
 /// machine.
 fn parks_per_second(r: &Value, seconds: f64) -> f64 {
-    let parks: u64 = r["parks"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|n| n.as_u64().unwrap())
-        .sum();
+    let parks = total_parks(r);
     parks as f64 / seconds
 }
 
@@ -161,12 +156,7 @@ fn a_park_heavy_pipeline_gets_sampled_park_durations() {
                 .ok()
         })
         .sum();
-    let total: u64 = r["parks"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|n| n.as_u64().unwrap())
-        .sum();
+    let total: u64 = total_parks(&r);
     eprintln!("parks: {live} on the live lines, {total} in the report");
     assert!(
         (live as f64 / total as f64 - 1.0).abs() <= 0.5,

@@ -605,7 +605,6 @@ impl Tracker {
         if kind == Blocking::Not {
             return None;
         }
-        let whole = h;
         let part = self.proven_part(h);
         let (h, left_out) = match &part {
             Some((part, left_out)) => (part, Some(*left_out)),
@@ -628,21 +627,7 @@ impl Tracker {
         if kind == Blocking::Channel {
             j.weigh_channels(key, &chans, channel.as_ref(), count, growth);
         }
-        // The other side of their channels, from those the proof did not find reachable:
-        // the ones it proved, and those that came since (a leak's newcomers, whose
-        // channels a probe window may have seen the other side of).
-        let unreachable_or_newer = whole
-            .latest
-            .iter()
-            .filter(|g| left_out.is_none() || !self.reachable(g.goid));
-        self.weigh_other_side(
-            key,
-            unreachable_or_newer,
-            whole,
-            opts,
-            channel.as_mut(),
-            &mut j,
-        );
+        self.weigh_other_side(key, h, opts, channel.as_mut(), &mut j);
         self.weigh_sites(h, opts, &mut j);
         if h.latest.iter().all(|g| g.goid == 1) {
             j.against_leak(
@@ -764,10 +749,9 @@ impl Tracker {
     /// an operation after they blocked counts against a leak; silence counts for one only
     /// over time the probes were on continuously (a window's absence of touches says
     /// nothing of the time between windows).
-    fn weigh_other_side<'a>(
+    fn weigh_other_side(
         &self,
         key: &GroupKey,
-        gs: impl Iterator<Item = &'a Observed>,
         h: &History,
         opts: &DetectOptions,
         channel: Option<&mut ChannelSummary>,
@@ -789,7 +773,7 @@ impl Tracker {
         };
         let mut touched_after = 0;
         let mut last: Option<(Duration, Touch)> = None;
-        for g in gs {
+        for g in &h.latest {
             let seen = first_seen(h, g.goid);
             for c in &g.channels {
                 if let Some((at, t)) = self.touches.get(&c.addr).and_then(other) {

@@ -21,7 +21,6 @@ use super::{
 };
 use crate::{
     census::{self, activity::ActivityEstimate},
-    collector,
     probes::{Counts, Probe, over_budget, thread_cpu_time},
     tracee::Target,
 };
@@ -244,7 +243,10 @@ impl Session {
 /// Probe windows (`windows`): opening and closing them, each planned from the last.
 impl Session {
     /// Opens or closes the window that is due.
-    pub(super) fn window_tick(&mut self) -> anyhow::Result<()> {
+    pub(super) fn window_tick(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        // A window's records are in before it closes or the next opens (which drops what
+        // came before it): records wake the collector only in bulk.
+        self.drain(records);
         let now = Instant::now();
         if let Some(open) = self.windows.open.take() {
             let ts = census::goroutines::monotonic_ns() as u64;
@@ -461,7 +463,7 @@ impl Session {
     /// their records are taken from `records`.
     pub(super) fn close_windows(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         if self.windows.open.is_some() {
-            self.window_tick()?;
+            self.window_tick(records)?;
         }
         // The counts are scaled to the trace, not to the time the report then takes.
         if self.windows.until.is_none() {
@@ -472,8 +474,7 @@ impl Session {
             if let Ok(d) = c.detach.join() {
                 self.windows.in_place += d.ended.saturating_duration_since(c.placing);
             }
-            let (target, findings) = (&self.target, &mut self.findings);
-            collector::drain(records, |rec| findings.apply(target, rec));
+            self.drain(records);
             self.windows.on += c.length;
         }
         self.windows.next = None;

@@ -22,7 +22,6 @@ use super::{
 use crate::{
     alloc::{self, AllocPlan, Allocated, HeapProfile, sites::AllocationOutcome},
     census::{Census, activity::ActivityEstimate},
-    collector,
     detect::{DetectOptions, LeakGroup, pinned::PinnedEstimates, verdict},
     model::{MemoryPoint, Tally},
     probes::{Counts, Probe, Samples},
@@ -94,8 +93,7 @@ impl Session {
         self.close_sites();
         self.close_windows(io.records.get_mut())?;
         // What the programs sent before we stopped is still in the ring buffer.
-        let (target, findings) = (&self.target, &mut self.findings);
-        collector::drain(io.records.get_mut(), |rec| findings.apply(target, rec));
+        self.drain(io.records.get_mut());
         let totals = self.probe_totals()?;
         if stop.by_leaktrace() {
             self.timeline.extend(memory_point(

@@ -106,11 +106,7 @@ pub(super) async fn follow(
             }
             _ = drain.tick() => s.drain(io.records.get_mut()),
             _ = budget.tick() => s.check_budget()?,
-            _ = async { sleep_until(s.windows.next.unwrap().into()).await }, if s.windows.next.is_some() => {
-                // A window's records are in before it is opened or closed.
-                s.drain(io.records.get_mut());
-                s.window_tick()?;
-            }
+            _ = async { sleep_until(s.windows.next.unwrap().into()).await }, if s.windows.next.is_some() => s.window_tick(io.records.get_mut())?,
             _ = tick.tick() => {
                 s.live_line(observer.as_mut().map(|o| &mut **o as _))?;
                 if s.target.process.has_execed() {
@@ -140,7 +136,7 @@ const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Session {
     /// Applies every record waiting in the ring buffer.
-    fn drain(&mut self, records: &mut RingBuf<MapData>) {
+    pub(super) fn drain(&mut self, records: &mut RingBuf<MapData>) {
         let (target, findings) = (&self.target, &mut self.findings);
         collector::drain(records, |rec| findings.apply(target, rec));
     }

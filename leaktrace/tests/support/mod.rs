@@ -345,6 +345,16 @@ pub fn symbol_address(bin: &Path, name: &str) -> u64 {
 /// Runs `leaktrace record -o <fresh directory named after NAME> ARGS` to completion and
 /// panics with its output if it fails. Returns report.json and leaktrace's stdout (which
 /// holds a spawned target's output too).
+/// Parks of every wait reason, as report.json counts them (scaled when sampled).
+pub fn total_parks(r: &serde_json::Value) -> u64 {
+    r["parks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum()
+}
+
 pub fn record(name: &str, args: &[&str]) -> (serde_json::Value, String) {
     let dir = std::env::temp_dir().join(format!("leaktrace-record-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
