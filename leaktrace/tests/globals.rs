@@ -159,7 +159,12 @@ fn stripped_binaries_locate_the_heap_globals() {
             };
             check("unstripped", globals::locate_heap(&full));
             check("unstripped, from code", globals::locate_heap_in_code(&full));
-            let tag = format!("{version}-{}", if base.is_empty() { "exe" } else { "pie" });
+            // Its own copy: the other test strips the same build at the same time, and two
+            // objcopy runs onto one path can leave neither (seen once in CI).
+            let tag = format!(
+                "heap-{version}-{}",
+                if base.is_empty() { "exe" } else { "pie" }
+            );
             let stripped = open(&strip_copy(&full_path, &tag));
             check("objcopy --strip-all", globals::locate_heap(&stripped));
 
