@@ -2,13 +2,14 @@
 //!
 //! 1. Overhead. Three workloads, each run untraced, traced with default settings, traced
 //!    with no probe (snapshots only: leaktrace's own work) and traced with exact allocation
-//!    tracing, in rotating order within each repetition: the
+//!    tracing, each traced window between two untraced ones (the traced modes' order rotating
+//!    between repetitions): the
 //!    fan-out HTTP service (testdata/go/fanout) under closed-loop load from wrk on 127.0.0.1
 //!    (req/s, p99), a channel-heavy worker pipeline (testdata/go/pipeline, items/s: nearly
 //!    every hand-off parks one goroutine and wakes another) and an allocation loop
 //!    (testdata/go/allocloop, allocations/s). leaktrace attaches half a second into each
 //!    measured window, as it would to a busy program in production. Ratios are traced over
-//!    untraced of the same repetition.
+//!    the mean of the untraced windows either side.
 //! 2. Collector throughput: goroutines ping-ponging at a controlled rate
 //!    (testdata/go/parkrate) traced with the park and wake probes and the budget at its
 //!    maximum; records offered, received and lost at each rate.
@@ -44,7 +45,6 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Untraced, Mode::Default, Mode::Snapshots, Mode::Exact];
     const TRACED: [Mode; 3] = [Mode::Default, Mode::Snapshots, Mode::Exact];
 
     fn name(self) -> &'static str {
@@ -508,10 +508,60 @@ fn holds(ok: bool) -> &'static str {
     if ok { "holds" } else { "does not hold" }
 }
 
-/// Every repetition of one workload: a sample per mode.
+/// One repetition of a workload: an untraced window before each traced mode and one after
+/// the last, so that every traced window is compared with the untraced windows on either
+/// side of it. The machine drifts by more than leaktrace costs between windows a minute
+/// apart (untraced throughput alone moved by a quarter between the repetitions of one run).
+struct Rep {
+    /// The untraced windows, in the order they ran.
+    untraced: Vec<Sample>,
+    /// Each traced mode's window and the index in `untraced` of the window just before it.
+    traced: BTreeMap<Mode, (Sample, usize)>,
+}
+
+impl Rep {
+    fn get(&self, mode: Mode) -> Option<&Sample> {
+        self.traced.get(&mode).map(|(s, _)| s)
+    }
+
+    /// The untraced windows either side of `mode`'s.
+    fn neighbours(&self, mode: Mode) -> Option<[&Sample; 2]> {
+        let (_, i) = self.traced.get(&mode)?;
+        Some([self.untraced.get(*i)?, self.untraced.get(*i + 1)?])
+    }
+
+    /// `mode`'s throughput over the mean of its two untraced neighbours'.
+    fn ratio(&self, mode: Mode) -> Option<f64> {
+        let [a, b] = self.neighbours(mode)?;
+        Some(self.get(mode)?.rate / ((a.rate + b.rate) / 2.0))
+    }
+
+    /// `mode`'s p99 over the mean of its two untraced neighbours'.
+    fn p99_ratio(&self, mode: Mode) -> Option<f64> {
+        let [a, b] = self.neighbours(mode)?;
+        Some(self.get(mode)?.p99_ms? / ((a.p99_ms? + b.p99_ms?) / 2.0))
+    }
+
+    /// Mean, lowest and highest untraced throughput of the repetition.
+    fn untraced_rates(&self) -> (f64, f64, f64) {
+        let rates: Vec<f64> = self.untraced.iter().map(|s| s.rate).collect();
+        let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+        let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = rates.iter().copied().fold(0.0, f64::max);
+        (mean, min, max)
+    }
+
+    /// Mean untraced p99 of the repetition.
+    fn untraced_p99(&self) -> Option<f64> {
+        let p: Vec<f64> = self.untraced.iter().filter_map(|s| s.p99_ms).collect();
+        (!p.is_empty()).then(|| p.iter().sum::<f64>() / p.len() as f64)
+    }
+}
+
+/// Every repetition of one workload.
 struct Results {
     workload: Workload,
-    reps: Vec<BTreeMap<Mode, Sample>>,
+    reps: Vec<Rep>,
 }
 
 impl Results {
@@ -519,11 +569,10 @@ impl Results {
         self.reps
             .iter()
             .filter_map(|r| {
-                let (u, t) = (r.get(&Mode::Untraced)?, r.get(&mode)?);
                 if p99 {
-                    Some(t.p99_ms? / u.p99_ms?)
+                    r.p99_ratio(mode)
                 } else {
-                    Some(t.rate / u.rate)
+                    r.ratio(mode)
                 }
             })
             .collect()
@@ -537,7 +586,7 @@ impl Results {
     fn tracers(&self, mode: Mode) -> impl Iterator<Item = &Tracer> {
         self.reps
             .iter()
-            .filter_map(move |r| r.get(&mode)?.tracer.as_ref())
+            .filter_map(move |r| r.get(mode)?.tracer.as_ref())
     }
 }
 
@@ -551,13 +600,19 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
     let http = w == Workload::Http;
     let _ = writeln!(
         md,
-        "| rep | untraced {u} |{}{}",
+        "Each traced window's ratio is over the mean of the untraced windows just before and \
+         just after it (each repetition runs untraced, a traced mode, untraced, the next traced \
+         mode, ..., untraced; the traced modes' order rotates between repetitions).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| rep | untraced {u}: mean (min-max) |{}{}",
         Mode::TRACED
             .iter()
             .map(|m| format!(" {} {} | ratio |", m.name(), w.unit()))
             .collect::<String>(),
         if http {
-            " p99 ms: untraced / default / snapshots only / exact alloc |"
+            " p99 ms: untraced (mean) / default / snapshots only / exact alloc |"
         } else {
             ""
         },
@@ -569,32 +624,30 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
         "---|---|".repeat(Mode::TRACED.len()),
         if http { "---|" } else { "" }
     );
+    let ms = |p: Option<f64>| p.map_or("-".into(), |p| format!("{p:.2}"));
     for (i, r) in res.reps.iter().enumerate() {
-        let u = &r[&Mode::Untraced];
-        let cell = |m: Mode| {
-            r.get(&m).map_or("-".to_string(), |s| {
-                format!("{:.0} | {:.3}", s.rate, s.rate / u.rate)
-            })
+        let cell = |m: Mode| match (r.get(m), r.ratio(m)) {
+            (Some(s), Some(ratio)) => format!("{:.0} | {ratio:.3}", s.rate),
+            _ => "- | -".to_string(),
         };
         let p99 = if http {
+            let traced = Mode::TRACED
+                .iter()
+                .map(|m| ms(r.get(*m).and_then(|s| s.p99_ms)));
             format!(
                 " {} |",
-                Mode::ALL
-                    .iter()
-                    .map(|m| r
-                        .get(m)
-                        .and_then(|s| s.p99_ms)
-                        .map_or("-".into(), |p| format!("{p:.2}")))
+                std::iter::once(ms(r.untraced_p99()))
+                    .chain(traced)
                     .collect::<Vec<_>>()
                     .join(" / ")
             )
         } else {
             String::new()
         };
+        let (mean, min, max) = r.untraced_rates();
         let _ = writeln!(
             md,
-            "| {i} | {:.0} |{}{p99}",
-            u.rate,
+            "| {i} | {mean:.0} ({min:.0}-{max:.0}) |{}{p99}",
             Mode::TRACED
                 .iter()
                 .map(|m| format!(" {} |", cell(*m)))
@@ -988,6 +1041,35 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// One repetition: untraced, then each traced mode followed by another untraced window, the
+/// traced modes rotated by `rep` so that no mode always runs first.
+fn run_rep(
+    workload: Workload,
+    bin: &Path,
+    leaktrace: &Path,
+    seconds: u64,
+    rep: usize,
+) -> anyhow::Result<Rep> {
+    let mut r = Rep {
+        untraced: Vec::new(),
+        traced: BTreeMap::new(),
+    };
+    let window = |mode: Mode, k: usize| {
+        let tag = format!("{workload:?}-{rep}-{mode:?}-{k}");
+        let s = run(workload, bin, mode, leaktrace, seconds, &tag);
+        std::thread::sleep(Duration::from_millis(300));
+        s
+    };
+    r.untraced.push(window(Mode::Untraced, 0)?);
+    for k in 0..Mode::TRACED.len() {
+        let mode = Mode::TRACED[(k + rep) % Mode::TRACED.len()];
+        let s = window(mode, k)?;
+        r.traced.insert(mode, (s, r.untraced.len() - 1));
+        r.untraced.push(window(Mode::Untraced, k + 1)?);
+    }
+    Ok(r)
+}
+
 pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()> {
     let root = go::repo_root();
     let started = Instant::now();
@@ -1016,30 +1098,25 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
             reps: Vec::new(),
         };
         for rep in 0..reps {
-            // Rotate the order, so that drift of the machine hits every mode alike.
-            let mut samples = BTreeMap::new();
-            for k in 0..Mode::ALL.len() {
-                let mode = Mode::ALL[(k + rep) % Mode::ALL.len()];
-                let tag = format!("{workload:?}-{rep}-{mode:?}");
-                samples.insert(mode, run(workload, bin, mode, &leaktrace, seconds, &tag)?);
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            let u = samples[&Mode::Untraced].rate;
+            let r = run_rep(workload, bin, &leaktrace, seconds, rep)?;
+            let (mean, _, _) = r.untraced_rates();
             println!(
-                "{workload:?} rep {rep}: {}",
-                Mode::ALL
+                "{workload:?} rep {rep}: untraced {mean:.0} {} (mean of {}) | {}",
+                workload.unit(),
+                r.untraced.len(),
+                Mode::TRACED
                     .iter()
-                    .map(|m| format!(
+                    .filter_map(|m| Some(format!(
                         "{} {:.0} {} (x{:.3})",
                         m.name(),
-                        samples[m].rate,
+                        r.get(*m)?.rate,
                         workload.unit(),
-                        samples[m].rate / u
-                    ))
+                        r.ratio(*m)?
+                    )))
                     .collect::<Vec<_>>()
                     .join(" | ")
             );
-            res.reps.push(samples);
+            res.reps.push(r);
         }
         results.push(res);
     }
@@ -1070,7 +1147,7 @@ pub fn bench(seconds: u64, reps: usize, note: Option<&str>) -> anyhow::Result<()
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Benchmarks\n\nWritten by `cargo xtask bench` (`./x bench`): every figure from one run, traced and untraced side by side, the modes rotating within each repetition. Ratios are traced/untraced of the same repetition: median (min-max).\n"
+        "# Benchmarks\n\nWritten by `cargo xtask bench` (`./x bench`): every figure from one run, traced and untraced side by side: each traced window runs between two untraced ones, the traced modes' order rotating between repetitions. Ratios are a traced window over the mean of the untraced windows either side of it: median (min-max) over the repetitions.\n"
     );
     let _ = writeln!(
         md,
@@ -1449,5 +1526,32 @@ mod tests {
         assert_eq!(twice.matches(REACH_LATEST.0).count(), 1, "{twice}");
         assert!(twice.ends_with("Intro.\n\nHistory.\n"), "{twice}");
         assert!(twice.starts_with(&format!("\n{REACH_SECTION}\n\n{}", REACH_LATEST.0)));
+    }
+
+    fn window(rate: f64, p99_ms: f64) -> Sample {
+        Sample {
+            rate,
+            p99_ms: Some(p99_ms),
+            tracer: None,
+        }
+    }
+
+    /// A traced window is measured against the untraced windows either side of it, not
+    /// against one taken minutes earlier while the machine ran faster.
+    #[test]
+    fn a_traced_window_is_measured_against_its_two_neighbours() {
+        let r = Rep {
+            untraced: vec![window(200.0, 4.0), window(100.0, 2.0), window(120.0, 2.4)],
+            traced: BTreeMap::from([
+                (Mode::Default, (window(75.0, 3.0), 0)),
+                (Mode::Snapshots, (window(110.0, 2.2), 1)),
+            ]),
+        };
+        assert_eq!(r.ratio(Mode::Default), Some(0.5));
+        assert_eq!(r.ratio(Mode::Snapshots), Some(1.0));
+        assert_eq!(r.p99_ratio(Mode::Default), Some(1.0));
+        assert_eq!(r.p99_ratio(Mode::Snapshots), Some(1.0));
+        assert_eq!(r.ratio(Mode::Exact), None);
+        assert_eq!(r.untraced_rates(), (140.0, 100.0, 200.0));
     }
 }
