@@ -12,8 +12,9 @@ use serde::Serialize;
 pub use super::snapshots::Census;
 
 /// g structs read per batch: their buffer (~480 KiB, a g is 456 bytes in a 480-byte slot)
-/// stays in the CPU's L2 cache (1 MiB on this project's VMs) until they are decoded.
-const BATCH: usize = 1024;
+/// stays in the CPU's L2 cache (1 MiB on this project's VMs) until they are decoded, and so
+/// do the decoded ones until a snapshot has listed them.
+pub(crate) const G_BATCH: usize = 1024;
 use super::unwind::{PcMap, PhysFrame};
 use crate::tracee::{Target, batch, layout::GOffsets, pclntab::Frame};
 
@@ -288,10 +289,25 @@ pub(crate) fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG
     Ok(out)
 }
 
-/// [`read_gs`] into `out` (cleared first), through `scratch`: a caller that reads them
-/// again and again passes the same two, whose pages (100 MiB for a million goroutines) are
-/// then faulted in once.
-pub(crate) fn read_gs_into(
+/// [`read_gs`] into `out` (cleared first), through `scratch`, [`G_BATCH`] at a time.
+fn read_gs_into(
+    target: &Target,
+    addrs: &[u64],
+    out: &mut Vec<RawG>,
+    scratch: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    out.clear();
+    for chunk in addrs.chunks(G_BATCH) {
+        read_g_batch(target, chunk, out, scratch)?;
+    }
+    Ok(())
+}
+
+/// Appends the g structs at `addrs` (at most [`G_BATCH`] of them, for their buffer to stay
+/// in the caches) to `out`, through `scratch`: a caller that reads them again and again
+/// passes the same ones. A g that cannot be read (garbage in allgs) reads as zeros, which
+/// is a dead g.
+pub(crate) fn read_g_batch(
     target: &Target,
     addrs: &[u64],
     out: &mut Vec<RawG>,
@@ -299,24 +315,19 @@ pub(crate) fn read_gs_into(
 ) -> anyhow::Result<()> {
     let l = &target.layout.g;
     let (lo, len) = g_span(l);
-    out.clear();
+    let first = out.len();
     out.extend(addrs.iter().map(|&addr| RawG::unread(addr)));
-    let mut ranges = Vec::with_capacity(BATCH);
-    for (c, chunk) in addrs.chunks(BATCH).enumerate() {
-        ranges.clear();
-        ranges.extend(chunk.iter().map(|&a| (a + lo, len)));
-        let out = &mut out[c * BATCH..c * BATCH + chunk.len()];
-        // g structs are allocated packed in their spans: read as few stretches as that
-        // allows (the kernel pins pages once per range, which costs more than copying the
-        // unused tail of each g), and decode them where they landed.
-        batch::visit_coalesced(&target.process, &ranges, l.size, scratch, |i, g| {
-            if let Some(g) = g {
-                out[i] = RawG::decode(l, chunk[i], lo, g);
-            }
-        })
-        .context("reading goroutine structs")?;
-    }
-    Ok(())
+    let out = &mut out[first..];
+    let ranges: Vec<(u64, usize)> = addrs.iter().map(|&a| (a + lo, len)).collect();
+    // g structs are allocated packed in their spans: read as few stretches as that allows
+    // (the kernel pins pages once per range, which costs more than copying the unused tail
+    // of each g), and decode them where they landed.
+    batch::visit_coalesced(&target.process, &ranges, l.size, scratch, |i, g| {
+        if let Some(g) = g {
+            out[i] = RawG::decode(l, addrs[i], lo, g);
+        }
+    })
+    .context("reading goroutine structs")
 }
 
 impl RawG {

@@ -1,11 +1,11 @@
 //! Snapshots of every goroutine at memory speed, one after another.
 //!
-//! A snapshot reads `runtime.allgs` (a `[]*g`), then the g structs in batches of IOV_MAX
-//! ranges per `process_vm_readv`, then the live part of every stopped goroutine's stack
-//! (saved SP to `stack.hi`), again IOV_MAX stacks per call, and unwinds them locally. PCs are
-//! resolved once for the life of the [`Census`] (frame sizes, functions, inlined calls, file
-//! and line), and a stack is symbolized once per distinct list of PCs and shared by every
-//! goroutine stopped at them.
+//! A snapshot reads `runtime.allgs` (a `[]*g`), then, 1024 goroutines at a time, their g
+//! structs (many ranges per `process_vm_readv`) and the live part of every stopped one's
+//! stack (saved SP to `stack.hi`), up to IOV_MAX stacks per call, and unwinds them locally.
+//! PCs are resolved once for the life of the [`Census`] (frame sizes, functions, inlined
+//! calls, file and line), and a stack is symbolized once per distinct list of PCs and
+//! shared by every goroutine stopped at them.
 //!
 //! What a snapshot costs is mostly the kernel's: on this project's VMs `process_vm_readv`
 //! takes ~330 ns per range even on memory in the caches and ~600 ns per cold page, against
@@ -25,8 +25,8 @@ use anyhow::Context as _;
 use super::{
     channels::{self, ChannelState},
     goroutines::{
-        GoroutineSnapshot, RawG, StackFrame, Symbolizer, all_gs_into, monotonic_ns, read_gs_into,
-        u64_at,
+        G_BATCH, GoroutineSnapshot, RawG, StackFrame, Symbolizer, all_gs_into, monotonic_ns,
+        read_g_batch, u64_at,
     },
     unwind::{PcMap, PhysFrame, StackMemory, Unwinder},
 };
@@ -159,8 +159,8 @@ pub struct Census {
     stacks_read: usize,
     chains_read: usize,
     empty: Arc<[StackFrame]>,
-    /// Reused from one snapshot to the next: for a million goroutines these are ~170 MB,
-    /// which fresh would cost ~40,000 page faults per snapshot.
+    /// Reused from one snapshot to the next: fresh, their pages would be faulted in again
+    /// each time.
     buf: Vec<u8>,
     frames: Vec<PhysFrame>,
     key: Vec<u64>,
@@ -231,9 +231,9 @@ impl Census {
     /// [`GoroutineSnapshot::system`]), in allgs order.
     pub fn snapshot(&mut self, target: &Target) -> anyhow::Result<Vec<GoroutineSnapshot>> {
         all_gs_into(target, &mut self.addrs)?;
-        read_gs_into(target, &self.addrs, &mut self.raw, &mut self.g_scratch)?;
         // Taken while the symbolizer and the stacks are borrowed, put back at the end.
-        let raw = std::mem::take(&mut self.raw);
+        let addrs = std::mem::take(&mut self.addrs);
+        let mut raw = std::mem::take(&mut self.raw);
         let mut pending = std::mem::take(&mut self.pending);
         let mut listed = std::mem::take(&mut self.listed);
         pending.clear();
@@ -244,26 +244,30 @@ impl Census {
         // Taken: a snapshot that fails leaves none kept.
         let mut kept = std::mem::take(&mut self.kept);
         if self.incremental {
-            kept.resize_with(raw.len(), || None);
+            kept.resize_with(addrs.len(), || None);
         }
         let mut out = std::mem::take(&mut self.spare);
         out.clear();
-        out.reserve(raw.len());
+        out.reserve(addrs.len());
         self.stacks_read = 0;
-        // The goroutines are taken a stretch at a time, one with up to IOV_MAX stacks to
-        // read: what each one has is decided, those stacks read, then its entries written,
-        // while that stretch of `raw` and `kept` is still in the CPU's caches. A stack read
-        // is moved into its entry, not put in place of a placeholder: the atomic updates of
-        // the placeholder's count cost more than the rest of the entry.
-        for (i, g) in raw.iter().enumerate() {
-            self.decide(g, i, reuse, &mut kept, &mut listed, &mut pending);
-            if pending.len() >= batch::IOV_MAX || i + 1 == raw.len() {
-                self.read_stacks(target, &pending, &mut listed, &mut kept)?;
-                self.stacks_read += pending.len();
-                pending.clear();
-                self.list(target, &raw, now, &mut listed, &mut out);
+        // The goroutines are taken G_BATCH (at most IOV_MAX) at a time: their g structs
+        // read, what each one has decided, the stacks to read read, then their entries
+        // written, while the batch's `raw` and stretch of `kept` are in the CPU's caches. A
+        // stack read is moved into its entry, not put in place of a placeholder: the atomic
+        // updates of the placeholder's count cost more than the rest of the entry.
+        for (c, chunk) in addrs.chunks(G_BATCH).enumerate() {
+            raw.clear();
+            read_g_batch(target, chunk, &mut raw, &mut self.g_scratch)?;
+            let base = c * G_BATCH;
+            for (j, g) in raw.iter().enumerate() {
+                self.decide(g, base + j, reuse, &mut kept, &mut listed, &mut pending);
             }
+            self.read_stacks(target, &pending, &mut listed, &mut kept)?;
+            self.stacks_read += pending.len();
+            pending.clear();
+            self.list(target, &raw, base, now, &mut listed, &mut out);
         }
+        self.addrs = addrs;
         self.kept = kept;
         self.raw = raw;
         self.pending = pending;
@@ -331,18 +335,19 @@ impl Census {
         listed.push(Listed { g_index: i, stack });
     }
 
-    /// Writes the entries of the `listed` goroutines of `raw` (allgs, read), whose stacks
-    /// were read, into `out`.
+    /// Writes the entries of the `listed` goroutines of `raw` (the g structs of allgs from
+    /// `base` on), whose stacks were read, into `out`.
     fn list(
         &mut self,
         target: &Target,
         raw: &[RawG],
+        base: usize,
         now: i64,
         listed: &mut Vec<Listed>,
         out: &mut Vec<GoroutineSnapshot>,
     ) {
         for l in listed.drain(..) {
-            let g = &raw[l.g_index];
+            let g = &raw[l.g_index - base];
             let status = g.status & !G_SCAN;
             let waiting_status = status == G_WAITING;
             let waiting = (g.waitsince != 0 && (waiting_status || status == 3))
