@@ -12,6 +12,9 @@
 //!   trace paces them (a walk at most 1/20 of the time);
 //! - leaktrace's RSS while it holds the census and one snapshot, per 100k goroutines.
 //!
+//! Each snapshot is given back to its census once read (`Census::recycle`), as the live
+//! trace does, and the CPU per snapshot counts that.
+//!
 //! ```text
 //! cargo run --release --example bench_dump [-- SIZES [ROUNDS]]   # e.g. -- 10000,100000 3
 //! ```
@@ -246,11 +249,12 @@ fn bench(bin: &Path, n: usize, rounds: usize, baseline_rss: u64) -> anyhow::Resu
     let mut full = Census::full();
     let first = full.snapshot(&target)?;
     let parked = first.iter().filter(|g| g.stack.len() >= 10).count();
-    drop(first);
+    full.recycle(first);
     let mut full_cpu = Vec::new();
     for _ in 0..SAMPLES {
         let t = thread_cpu();
-        std::hint::black_box(full.snapshot(&target)?);
+        let gs = std::hint::black_box(full.snapshot(&target)?);
+        full.recycle(gs);
         full_cpu.push(thread_cpu() - t);
     }
 
@@ -261,6 +265,7 @@ fn bench(bin: &Path, n: usize, rounds: usize, baseline_rss: u64) -> anyhow::Resu
     for _ in 0..SAMPLES {
         fixture.move_goroutines(one_percent)?;
         let t = thread_cpu();
+        census.recycle(std::mem::take(&mut held));
         held = census.snapshot(&target)?;
         incr_cpu.push(thread_cpu() - t);
     }
@@ -276,13 +281,15 @@ fn bench(bin: &Path, n: usize, rounds: usize, baseline_rss: u64) -> anyhow::Resu
             Ok(())
         })?;
         let traced = Window::measure(&fixture, TRACED, || {
-            std::hint::black_box(full.snapshot(&target)?);
+            let gs = std::hint::black_box(full.snapshot(&target)?);
+            full.recycle(gs);
             snapshots += 1;
             Ok(())
         })?;
         let slow = Window::measure(&fixture, TRACED, || {
             let t = Instant::now();
-            std::hint::black_box(full.snapshot(&target)?);
+            let gs = std::hint::black_box(full.snapshot(&target)?);
+            full.recycle(gs);
             thread::sleep(t.elapsed() * (PACE - 1));
             Ok(())
         })?;

@@ -89,9 +89,17 @@ fn incremental_equals_full(version: &str) {
         "Go {version}: the first snapshot reads every stack"
     );
     assert_eq!(check_channels(&target, &mut census, &gs), GOROUTINES);
+    let mut last = gs;
     for round in 1..=3 {
         move_goroutines(&mut fixture, MOVED);
+        // The last snapshot, given back, holds the next one (unless allgs outgrew it).
+        let (recycled, capacity) = (last.as_ptr(), last.capacity());
+        census.recycle(last);
         let gs = census.snapshot(&target).unwrap();
+        assert!(
+            gs.as_ptr() == recycled || gs.capacity() > capacity,
+            "Go {version} round {round}: the snapshot given back was not reused"
+        );
         let incremental = view(&gs);
         let read = census.stacks_read();
         // Only the moved goroutines' sudogs are read again.
@@ -128,6 +136,7 @@ fn incremental_equals_full(version: &str) {
             "Go {version} round {round}: the incremental snapshot read {read} stacks"
         );
         before = full;
+        last = gs;
     }
 }
 

@@ -11,8 +11,10 @@ use serde::Serialize;
 
 pub use super::snapshots::Census;
 
-/// g structs read per batch: their buffer stays in the CPU's caches.
-const BATCH: usize = 4096;
+/// g structs read per batch: their buffer (~480 KiB, a g is 456 bytes in a 480-byte slot)
+/// stays in the CPU's L2 cache (1 MiB on this project's VMs) until they are decoded, and so
+/// do the decoded ones until a snapshot has listed them.
+pub(crate) const G_BATCH: usize = 1024;
 use super::unwind::{PcMap, PhysFrame};
 use crate::tracee::{Target, batch, layout::GOffsets, pclntab::Frame};
 
@@ -287,10 +289,25 @@ pub(crate) fn read_gs(target: &Target, addrs: &[u64]) -> anyhow::Result<Vec<RawG
     Ok(out)
 }
 
-/// [`read_gs`] into `out` (cleared first), through `scratch`: a caller that reads them
-/// again and again passes the same two, whose pages (100 MiB for a million goroutines) are
-/// then faulted in once.
-pub(crate) fn read_gs_into(
+/// [`read_gs`] into `out` (cleared first), through `scratch`, [`G_BATCH`] at a time.
+fn read_gs_into(
+    target: &Target,
+    addrs: &[u64],
+    out: &mut Vec<RawG>,
+    scratch: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    out.clear();
+    for chunk in addrs.chunks(G_BATCH) {
+        read_g_batch(target, chunk, out, scratch)?;
+    }
+    Ok(())
+}
+
+/// Appends the g structs at `addrs` (at most [`G_BATCH`] of them, for their buffer to stay
+/// in the caches) to `out`, through `scratch`: a caller that reads them again and again
+/// passes the same ones. A g that cannot be read (garbage in allgs) reads as zeros, which
+/// is a dead g.
+pub(crate) fn read_g_batch(
     target: &Target,
     addrs: &[u64],
     out: &mut Vec<RawG>,
@@ -298,27 +315,42 @@ pub(crate) fn read_gs_into(
 ) -> anyhow::Result<()> {
     let l = &target.layout.g;
     let (lo, len) = g_span(l);
-    out.clear();
-    out.extend(addrs.iter().map(|&a| RawG::decode(l, a, lo, &[])));
-    let mut ranges = Vec::with_capacity(BATCH);
-    for (c, chunk) in addrs.chunks(BATCH).enumerate() {
-        ranges.clear();
-        ranges.extend(chunk.iter().map(|&a| (a + lo, len)));
-        let out = &mut out[c * BATCH..c * BATCH + chunk.len()];
-        // g structs are allocated packed in their spans: read as few stretches as that
-        // allows (the kernel pins pages once per range, which costs more than copying the
-        // unused tail of each g), and decode them where they landed.
-        batch::visit_coalesced(&target.process, &ranges, l.size, scratch, |i, g| {
-            if let Some(g) = g {
-                out[i] = RawG::decode(l, chunk[i], lo, g);
-            }
-        })
-        .context("reading goroutine structs")?;
-    }
-    Ok(())
+    let first = out.len();
+    out.extend(addrs.iter().map(|&addr| RawG::unread(addr)));
+    let out = &mut out[first..];
+    let ranges: Vec<(u64, usize)> = addrs.iter().map(|&a| (a + lo, len)).collect();
+    // g structs are allocated packed in their spans: read as few stretches as that allows
+    // (the kernel pins pages once per range, which costs more than copying the unused tail
+    // of each g), and decode them where they landed.
+    batch::visit_coalesced(&target.process, &ranges, l.size, scratch, |i, g| {
+        if let Some(g) = g {
+            out[i] = RawG::decode(l, addrs[i], lo, g);
+        }
+    })
+    .context("reading goroutine structs")
 }
 
 impl RawG {
+    /// The g at `addr`, not (yet) read: all zeros, a dead g.
+    fn unread(addr: u64) -> Self {
+        Self {
+            addr,
+            status: 0,
+            goid: 0,
+            waitsince: 0,
+            waitreason: 0,
+            tracking_seq: 0,
+            waiting: 0,
+            parent_goid: 0,
+            gopc: 0,
+            startpc: 0,
+            stack_lo: 0,
+            stack_hi: 0,
+            sched_sp: 0,
+            sched_pc: 0,
+        }
+    }
+
     /// The g at `addr` from `g`, its bytes from offset `lo` on; fields past the end of `g`
     /// read as zeros.
     fn decode(l: &GOffsets, addr: u64, lo: u64, g: &[u8]) -> Self {
@@ -426,15 +458,45 @@ struct PcInfo {
 /// A `go` statement's function, file and line.
 type GoStatement = (Arc<str>, Arc<str>, u32);
 
+/// What every goroutine created at one `go` statement (`g.gopc`) to start one function
+/// (`g.startpc`) shares, looked up once: one lookup per goroutine instead of one for its
+/// creation site and one for its start function.
+pub(crate) struct Site {
+    /// The `go` statement, when `g.gopc` is in a function.
+    statement: Option<GoStatement>,
+    /// `g.gopc` as a link-time address.
+    pc: u64,
+    pub(crate) start_function: Option<Arc<str>>,
+    /// Started in the runtime (see [`is_system`]).
+    pub(crate) system: bool,
+}
+
+impl Site {
+    /// Where `g` (one of this site's goroutines) was created; none for the main goroutine
+    /// and for one the runtime started without a `go` statement.
+    pub(crate) fn created_by(&self, g: &RawG) -> Option<CreatedBy> {
+        if g.gopc == 0 || g.goid == 1 {
+            return None;
+        }
+        let (function, file, line) = self.statement.clone()?;
+        Some(CreatedBy {
+            function,
+            file,
+            line,
+            goid: g.parent_goid,
+            pc: self.pc,
+        })
+    }
+}
+
 /// Symbolizes stacks and creation sites of one target's goroutines, caching by PC (the
 /// function, its inlined calls, file and line) for as long as it lives: a program's
 /// goroutines stop at, and were created at, a few hundred distinct PCs.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
     pcs: PcMap<u64, PcInfo>,
-    /// The `go` statement at each `g.gopc`, when it is in a function.
-    created: PcMap<u64, Option<GoStatement>>,
-    starts: PcMap<u64, Option<Arc<str>>>,
+    /// By (`g.gopc`, `g.startpc`).
+    sites: PcMap<(u64, u64), Site>,
     /// The header's state by (status, wait reason).
     states: PcMap<u64, Arc<str>>,
 }
@@ -507,45 +569,33 @@ impl Symbolizer {
         out
     }
 
-    pub(crate) fn created_by(&mut self, target: &Target, g: &RawG) -> Option<CreatedBy> {
-        if g.gopc == 0 || g.goid == 1 {
-            return None;
-        }
-        let (function, file, line) = self
-            .created
-            .entry(g.gopc)
-            .or_insert_with(|| {
-                let pc = target.link_addr(g.gopc);
-                let table = target.binary.pclntab();
-                let f = table.find_func(pc)?;
-                // Go names the physical function and gives the position of the call
-                // (pc - 1), which for an inlined `go` statement is in the inlined callee
-                // (traceback.go printcreatedby1).
-                let at = if pc > f.entry { pc - 1 } else { pc };
-                let (file, line) = table.file_line(&f, at)?;
-                Some((print_name(&f.name).into(), file.into(), line))
-            })
-            .clone()?;
-        Some(CreatedBy {
-            function,
-            file,
-            line,
-            goid: g.parent_goid,
-            pc: target.link_addr(g.gopc),
+    /// The creation site and start function of goroutines created at `gopc` to run
+    /// `startpc`.
+    pub(crate) fn site(&mut self, target: &Target, gopc: u64, startpc: u64) -> &Site {
+        self.sites.entry((gopc, startpc)).or_insert_with(|| {
+            let pc = target.link_addr(gopc);
+            let table = target.binary.pclntab();
+            let statement = (gopc != 0)
+                .then(|| {
+                    let f = table.find_func(pc)?;
+                    // Go names the physical function and gives the position of the call
+                    // (pc - 1), which for an inlined `go` statement is in the inlined callee
+                    // (traceback.go printcreatedby1).
+                    let at = if pc > f.entry { pc - 1 } else { pc };
+                    let (file, line) = table.file_line(&f, at)?;
+                    Some((print_name(&f.name).into(), file.into(), line))
+                })
+                .flatten();
+            let start_function: Option<Arc<str>> = table
+                .find_func(target.link_addr(startpc))
+                .map(|f| f.name.into());
+            Site {
+                statement,
+                pc,
+                system: is_system(start_function.as_deref()),
+                start_function,
+            }
         })
-    }
-
-    pub(crate) fn start_function(&mut self, target: &Target, startpc: u64) -> Option<Arc<str>> {
-        self.starts
-            .entry(startpc)
-            .or_insert_with(|| {
-                target
-                    .binary
-                    .pclntab()
-                    .find_func(target.link_addr(startpc))
-                    .map(|f| f.name.into())
-            })
-            .clone()
     }
 }
 

@@ -1,11 +1,11 @@
 //! Snapshots of every goroutine at memory speed, one after another.
 //!
-//! A snapshot reads `runtime.allgs` (a `[]*g`), then the g structs in batches of IOV_MAX
-//! ranges per `process_vm_readv`, then the live part of every stopped goroutine's stack
-//! (saved SP to `stack.hi`), again IOV_MAX stacks per call, and unwinds them locally. PCs are
-//! resolved once for the life of the [`Census`] (frame sizes, functions, inlined calls, file
-//! and line), and a stack is symbolized once per distinct list of PCs and shared by every
-//! goroutine stopped at them.
+//! A snapshot reads `runtime.allgs` (a `[]*g`), then, 1024 goroutines at a time, their g
+//! structs (many ranges per `process_vm_readv`) and the live part of every stopped one's
+//! stack (saved SP to `stack.hi`), up to IOV_MAX stacks per call, and unwinds them locally.
+//! PCs are resolved once for the life of the [`Census`] (frame sizes, functions, inlined
+//! calls, file and line), and a stack is symbolized once per distinct list of PCs and
+//! shared by every goroutine stopped at them.
 //!
 //! What a snapshot costs is mostly the kernel's: on this project's VMs `process_vm_readv`
 //! takes ~330 ns per range even on memory in the caches and ~600 ns per cold page, against
@@ -25,8 +25,8 @@ use anyhow::Context as _;
 use super::{
     channels::{self, ChannelState},
     goroutines::{
-        GoroutineSnapshot, RawG, StackFrame, Symbolizer, all_gs_into, is_system, monotonic_ns,
-        read_gs_into, u64_at,
+        G_BATCH, GoroutineSnapshot, RawG, StackFrame, Symbolizer, all_gs_into, monotonic_ns,
+        read_g_batch, u64_at,
     },
     unwind::{PcMap, PhysFrame, StackMemory, Unwinder},
 };
@@ -120,8 +120,8 @@ struct Kept {
     channels: Option<Arc<[u64]>>,
 }
 
-/// A stack waiting to be read: the goroutine's index in the snapshot and in allgs, its saved
-/// SP and PC.
+/// A stack waiting to be read: the goroutine's index in the stretch listed and in allgs,
+/// its saved SP and PC.
 struct Pending {
     index: usize,
     g_index: usize,
@@ -129,6 +129,13 @@ struct Pending {
     pc: u64,
     len: usize,
     gopc: u64,
+}
+
+/// A live goroutine of the stretch being listed: its index in allgs, and its stack once
+/// known (none: not read, or could not be).
+struct Listed {
+    g_index: usize,
+    stack: Option<Arc<[StackFrame]>>,
 }
 
 /// Takes snapshots of one target's goroutines, keeping what it learnt (symbols, frame sizes,
@@ -152,8 +159,8 @@ pub struct Census {
     stacks_read: usize,
     chains_read: usize,
     empty: Arc<[StackFrame]>,
-    /// Reused from one snapshot to the next: for a million goroutines these are ~170 MB,
-    /// which fresh would cost ~40,000 page faults per snapshot.
+    /// Reused from one snapshot to the next: fresh, their pages would be faulted in again
+    /// each time.
     buf: Vec<u8>,
     frames: Vec<PhysFrame>,
     key: Vec<u64>,
@@ -162,6 +169,10 @@ pub struct Census {
     raw: Vec<RawG>,
     g_scratch: Vec<u8>,
     pending: Vec<Pending>,
+    listed: Vec<Listed>,
+    /// A snapshot given back by [`Census::recycle`], emptied: the next one is written into
+    /// its memory.
+    spare: Vec<GoroutineSnapshot>,
 }
 
 impl Default for Census {
@@ -194,6 +205,8 @@ impl Census {
             raw: Vec::new(),
             g_scratch: Vec::new(),
             pending: Vec::new(),
+            listed: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -218,95 +231,47 @@ impl Census {
     /// [`GoroutineSnapshot::system`]), in allgs order.
     pub fn snapshot(&mut self, target: &Target) -> anyhow::Result<Vec<GoroutineSnapshot>> {
         all_gs_into(target, &mut self.addrs)?;
-        read_gs_into(target, &self.addrs, &mut self.raw, &mut self.g_scratch)?;
         // Taken while the symbolizer and the stacks are borrowed, put back at the end.
-        let raw = std::mem::take(&mut self.raw);
+        let addrs = std::mem::take(&mut self.addrs);
+        let mut raw = std::mem::take(&mut self.raw);
         let mut pending = std::mem::take(&mut self.pending);
+        let mut listed = std::mem::take(&mut self.listed);
         pending.clear();
+        listed.clear();
         let now = monotonic_ns();
         let reuse = self.incremental && !self.snapshots.is_multiple_of(FULL_EVERY);
         self.snapshots = self.snapshots.wrapping_add(1);
         // Taken: a snapshot that fails leaves none kept.
         let mut kept = std::mem::take(&mut self.kept);
         if self.incremental {
-            kept.resize_with(raw.len(), || None);
+            kept.resize_with(addrs.len(), || None);
         }
-        let mut out = Vec::with_capacity(raw.len());
-        // Stacks are read a batch at a time as the goroutines are listed, while their
-        // entries in `out` and `kept` are still in the CPU's caches.
-        let mut flushed = 0;
-        for (i, g) in raw.iter().enumerate() {
-            let status = g.status & !G_SCAN;
-            let slot = kept.get_mut(i);
-            if status == G_DEAD || (status == 0 && g.goid == 0) {
-                if let Some(slot) = slot {
-                    *slot = None;
-                }
-                continue; // _Gdead (free g kept for reuse) or _Gidle (just allocated)
+        let mut out = std::mem::take(&mut self.spare);
+        out.clear();
+        out.reserve(addrs.len());
+        self.stacks_read = 0;
+        // The goroutines are taken G_BATCH (at most IOV_MAX) at a time: their g structs
+        // read, what each one has decided, the stacks to read read, then their entries
+        // written, while the batch's `raw` and stretch of `kept` are in the CPU's caches. A
+        // stack read is moved into its entry, not put in place of a placeholder: the atomic
+        // updates of the placeholder's count cost more than the rest of the entry.
+        for (c, chunk) in addrs.chunks(G_BATCH).enumerate() {
+            raw.clear();
+            read_g_batch(target, chunk, &mut raw, &mut self.g_scratch)?;
+            let base = c * G_BATCH;
+            for (j, g) in raw.iter().enumerate() {
+                self.decide(g, base + j, reuse, &mut kept, &mut listed, &mut pending);
             }
-            let waiting_status = status == G_WAITING;
-            let waiting = (g.waitsince != 0 && (waiting_status || status == 3))
-                .then(|| Duration::from_nanos(now.saturating_sub(g.waitsince).max(0) as u64));
-            let start_function = self.symbolizer.start_function(target, g.startpc);
-            let proof = Proof::of(g, status);
-            let hit = match (&proof, &slot) {
-                (Some(p), Some(Some(k))) if reuse && k.proof == *p => Some(Arc::clone(&k.stack)),
-                _ => None,
-            };
-            let stack = match hit {
-                Some(stack) => stack,
-                None => {
-                    // Kept next time with the stack read below (or none).
-                    if let Some(slot) = slot {
-                        *slot = proof.map(|proof| Kept {
-                            proof,
-                            stack: Arc::clone(&self.empty),
-                            channels: None,
-                        });
-                    }
-                    // A running goroutine's registers are on a CPU, not in g.sched: no
-                    // stack, as in Go.
-                    if status != G_RUNNING
-                        && g.sched_pc != 0
-                        && g.sched_sp >= g.stack_lo
-                        && g.sched_sp < g.stack_hi
-                    {
-                        pending.push(Pending {
-                            index: out.len(),
-                            g_index: i,
-                            sp: g.sched_sp,
-                            pc: g.sched_pc,
-                            len: (g.stack_hi - g.sched_sp).min(MAX_STACK_READ) as usize,
-                            gopc: g.gopc,
-                        });
-                    }
-                    Arc::clone(&self.empty)
-                }
-            };
-            out.push(GoroutineSnapshot {
-                goid: g.goid,
-                status,
-                state: self.symbolizer.state(target, status, g.waitreason),
-                wait_reason_value: waiting_status.then_some(g.waitreason),
-                waiting,
-                stack,
-                created_by: self.symbolizer.created_by(target, g),
-                system: is_system(start_function.as_deref()),
-                start_function,
-                g_addr: g.addr,
-                tracking_seq: g.tracking_seq,
-                allgs_index: i,
-            });
-            if pending.len() - flushed >= batch::IOV_MAX {
-                self.read_stacks(target, &pending[flushed..], &mut out, &mut kept)?;
-                flushed = pending.len();
-            }
+            self.read_stacks(target, &pending, &mut listed, &mut kept)?;
+            self.stacks_read += pending.len();
+            pending.clear();
+            self.list(target, &raw, base, now, &mut listed, &mut out);
         }
-        self.read_stacks(target, &pending[flushed..], &mut out, &mut kept)?;
-        self.stacks_read = pending.len();
+        self.addrs = addrs;
         self.kept = kept;
         self.raw = raw;
         self.pending = pending;
+        self.listed = listed;
         // Drop stacks no goroutine holds any more.
         let this = self.snapshots;
         self.shapes.retain(|_, known| {
@@ -315,6 +280,107 @@ impl Census {
         });
         self.stacks.retain(|_, s| Arc::strong_count(s) > 1);
         Ok(out)
+    }
+
+    /// Decides what the g at `i` in allgs has: nothing (dead), the stack kept from the last
+    /// snapshot, or one to read (into `pending`); a live one goes into `listed`.
+    fn decide(
+        &mut self,
+        g: &RawG,
+        i: usize,
+        reuse: bool,
+        kept: &mut [Option<Kept>],
+        listed: &mut Vec<Listed>,
+        pending: &mut Vec<Pending>,
+    ) {
+        let status = g.status & !G_SCAN;
+        let slot = kept.get_mut(i);
+        if status == G_DEAD || (status == 0 && g.goid == 0) {
+            if let Some(slot) = slot {
+                *slot = None;
+            }
+            return; // _Gdead (free g kept for reuse) or _Gidle (just allocated)
+        }
+        let proof = Proof::of(g, status);
+        let stack = match (&proof, &slot) {
+            (Some(p), Some(Some(k))) if reuse && k.proof == *p => Some(Arc::clone(&k.stack)),
+            _ => {
+                // Kept next time with the stack read below (or none).
+                if let Some(slot) = slot {
+                    *slot = proof.map(|proof| Kept {
+                        proof,
+                        stack: Arc::clone(&self.empty),
+                        channels: None,
+                    });
+                }
+                // A running goroutine's registers are on a CPU, not in g.sched: no stack, as
+                // in Go.
+                if status != G_RUNNING
+                    && g.sched_pc != 0
+                    && g.sched_sp >= g.stack_lo
+                    && g.sched_sp < g.stack_hi
+                {
+                    pending.push(Pending {
+                        index: listed.len(),
+                        g_index: i,
+                        sp: g.sched_sp,
+                        pc: g.sched_pc,
+                        len: (g.stack_hi - g.sched_sp).min(MAX_STACK_READ) as usize,
+                        gopc: g.gopc,
+                    });
+                }
+                None
+            }
+        };
+        listed.push(Listed { g_index: i, stack });
+    }
+
+    /// Writes the entries of the `listed` goroutines of `raw` (the g structs of allgs from
+    /// `base` on), whose stacks were read, into `out`.
+    fn list(
+        &mut self,
+        target: &Target,
+        raw: &[RawG],
+        base: usize,
+        now: i64,
+        listed: &mut Vec<Listed>,
+        out: &mut Vec<GoroutineSnapshot>,
+    ) {
+        for l in listed.drain(..) {
+            let g = &raw[l.g_index - base];
+            let status = g.status & !G_SCAN;
+            let waiting_status = status == G_WAITING;
+            let waiting = (g.waitsince != 0 && (waiting_status || status == 3))
+                .then(|| Duration::from_nanos(now.saturating_sub(g.waitsince).max(0) as u64));
+            let state = self.symbolizer.state(target, status, g.waitreason);
+            let site = self.symbolizer.site(target, g.gopc, g.startpc);
+            out.push(GoroutineSnapshot {
+                goid: g.goid,
+                status,
+                state,
+                wait_reason_value: waiting_status.then_some(g.waitreason),
+                waiting,
+                stack: l.stack.unwrap_or_else(|| Arc::clone(&self.empty)),
+                created_by: site.created_by(g),
+                system: site.system,
+                start_function: site.start_function.clone(),
+                g_addr: g.addr,
+                tracking_seq: g.tracking_seq,
+                allgs_index: l.g_index,
+            });
+        }
+    }
+
+    /// Gives back a snapshot this census took, once its reader is done with it: the next
+    /// snapshot is written into its memory. A fresh one is ~160 bytes a goroutine that the
+    /// allocator takes from the kernel and gives back each time (glibc and musl map
+    /// allocations this large afresh): for a million goroutines ~40,000 page faults, 15% of
+    /// a full snapshot's CPU. The census then holds that memory between snapshots.
+    pub fn recycle(&mut self, mut gs: Vec<GoroutineSnapshot>) {
+        gs.clear();
+        if gs.capacity() >= self.spare.capacity() {
+            self.spare = gs;
+        }
     }
 
     /// How many stacks the last snapshot read; the others it kept from the one before.
@@ -361,13 +427,13 @@ impl Census {
         self.chains_read
     }
 
-    /// Reads, unwinds and symbolizes the `pending` stacks into `out`, a batch at a time, and
-    /// keeps them in `kept` with what proves them next time.
+    /// Reads, unwinds and symbolizes the `pending` stacks into `listed`, a batch at a time,
+    /// and keeps them in `kept` with what proves them next time.
     fn read_stacks(
         &mut self,
         target: &Target,
         pending: &[Pending],
-        out: &mut [GoroutineSnapshot],
+        listed: &mut [Listed],
         kept: &mut [Option<Kept>],
     ) -> anyhow::Result<()> {
         let mut ranges = Vec::with_capacity(batch::IOV_MAX);
@@ -401,7 +467,7 @@ impl Census {
                         if let Some(Some(k)) = kept.get_mut(p.g_index) {
                             k.stack = Arc::clone(&stack);
                         }
-                        out[p.index].stack = stack;
+                        listed[p.index].stack = Some(stack);
                     }
                 },
             );

@@ -66,13 +66,13 @@ pub(super) fn take(census: &mut Census, target: &Target) -> anyhow::Result<Snaps
 /// The goroutines of a snapshot as the detector sees them: runtime goroutines left out, and
 /// the channels each one blocked in a channel operation waits on, read for all of them at
 /// once (`gs` is `census`'s last snapshot, which knows the channels of goroutines that did
-/// not run since the one before).
+/// not run since the one before). `gs` goes back to `census` for its next snapshot.
 pub(crate) fn observed(
     target: &Target,
     census: &mut Census,
-    gs: Vec<GoroutineSnapshot>,
+    mut gs: Vec<GoroutineSnapshot>,
 ) -> Vec<Observed> {
-    let gs: Vec<GoroutineSnapshot> = gs.into_iter().filter(|g| !g.system).collect();
+    gs.retain(|g| !g.system);
     let blocked: Vec<&GoroutineSnapshot> = gs.iter().filter(|g| in_channel_op(g)).collect();
     let mut chans = match census.channels(target, &blocked) {
         Ok(c) => c,
@@ -85,7 +85,8 @@ pub(crate) fn observed(
     // The frames Go shows, once per distinct stack: the census shares a stack between the
     // goroutines stopped at the same PCs.
     let mut shown: HashMap<*const StackFrame, Arc<[StackFrame]>> = HashMap::new();
-    gs.into_iter()
+    let observed = gs
+        .drain(..)
         .map(|g| {
             let channels = if in_channel_op(&g) {
                 chans.next().unwrap_or_default()
@@ -100,12 +101,14 @@ pub(crate) fn observed(
                         .entry(g.stack.as_ptr())
                         .or_insert_with(|| g.shown_frames().cloned().collect()),
                 ),
-                created_by: g.created_by.clone(),
+                created_by: g.created_by,
                 state: g.state,
                 channels,
             }
         })
-        .collect()
+        .collect();
+    census.recycle(gs);
+    observed
 }
 
 /// Blocked in a channel operation: waits on the channels of its sudogs.
