@@ -185,9 +185,13 @@ impl Session {
         let (target, findings, census) = (&self.target, &mut self.findings, &mut self.census);
         let taken = collector::while_draining(
             records,
-            || take(census, target),
+            || timed(|| take(census, target)),
             |rec| findings.apply(target, rec),
         );
+        let (taken, walk_cpu) = match taken {
+            Ok((s, cpu)) => (Ok(s), cpu),
+            Err(e) => (Err(e), Duration::ZERO),
+        };
         let taken_ns = census::goroutines::monotonic_ns() as u64;
         self.next_snapshot = tokio::time::Instant::now()
             + self
@@ -208,6 +212,8 @@ impl Session {
         self.publish_metrics()?;
         match taken {
             Ok(s) => {
+                let c0 = thread_cpu_time();
+                let goroutines = s.observed.len();
                 self.g_addrs = s.g_addrs;
                 let g_addrs = &self.g_addrs;
                 // Parks that outlasted their window and are over now, the goroutines
@@ -228,8 +234,20 @@ impl Session {
                 self.findings
                     .tracker
                     .observe(self.start.elapsed(), s.observed);
+                let c1 = thread_cpu_time();
                 self.advance_proof(records);
-                self.estimate_pinned(records);
+                let c2 = thread_cpu_time();
+                let pinned_cpu = self.estimate_pinned(records);
+                let c3 = thread_cpu_time();
+                let placed = self.place_sites();
+                log::debug!(
+                    "snapshot of {goroutines} goroutines, CPU: walk {walk_cpu:.1?}, detector {:.1?}, \
+                     proof {:.1?} (besides its passes), pinned {pinned_cpu:.1?}, sites {:.1?}",
+                    c1 - c0,
+                    c2 - c1,
+                    thread_cpu_time() - c3,
+                );
+                return placed;
             }
             Err(e) if !self.target.process.is_alive() => {
                 log::debug!("snapshot after exit: {e:#}")
@@ -309,10 +327,11 @@ impl Session {
         );
     }
 
-    /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time.
-    fn estimate_pinned(&mut self, records: &mut RingBuf<MapData>) {
+    /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time;
+    /// the CPU the estimates used.
+    fn estimate_pinned(&mut self, records: &mut RingBuf<MapData>) -> Duration {
         if Instant::now() < self.pinned_next {
-            return;
+            return Duration::ZERO;
         }
         let t0 = Instant::now();
         let leaks = self.findings.tracker.leaks(&self.detect);
@@ -322,12 +341,17 @@ impl Session {
             &mut self.pinned,
             &self.g_addrs,
         );
-        collector::while_draining(
+        let cpu = collector::while_draining(
             records,
-            || pinned.update(target, &leaks, g_addrs, false),
+            || {
+                let c0 = thread_cpu_time();
+                pinned.update(target, &leaks, g_addrs, false);
+                thread_cpu_time().saturating_sub(c0)
+            },
             |rec| findings.apply(target, rec),
         );
         self.pinned_next = Instant::now() + t0.elapsed() * SNAPSHOT_PACE;
+        cpu
     }
 
     /// Refreshes what the Prometheus endpoint serves, when it is on.
