@@ -118,10 +118,13 @@ fn in_channel_op(g: &GoroutineSnapshot) -> bool {
 /// may, not at the next snapshot, which on a busy machine can be seconds away.
 const PROOF_WATCH: Duration = Duration::from_millis(250);
 /// A proof cycle (one or two passes) is followed by at least PROOF_PACE times the CPU its
-/// passes used before the next begins, so that proofs take at most 0.5% of a CPU: a pass
+/// passes used before the next begins, so that proofs take at most 0.25% of a CPU: a pass
 /// over a busy service's heap and stacks costs leaktrace 20-300 ms, and the target needs its
-/// CPUs (leaktrace as a whole aims at 1.5% of the target's).
-const PROOF_PACE: u32 = 200;
+/// CPUs (leaktrace as a whole aims at 1.5% of the target's, which on the benchmark's HTTP
+/// service is about one CPU). A cycle of 150 ms (a leak of 20,000 goroutines on that
+/// service) is followed by 60 s without one; the goroutines that leak meanwhile join the
+/// proven group as having come since the proof.
+const PROOF_PACE: u32 = 400;
 /// A cycle that proved nothing new doubles the wait before the next one (from 2 s), up to
 /// this, until more goroutines settle in a channel or sync wait: a leak that begins then is
 /// proven a cycle later; one that begins while nothing new settles (a consumer that exits and
