@@ -412,6 +412,7 @@ impl Session {
             profile_last: None,
             pinned: PinnedEstimates::default(),
             pinned_next: Instant::now(),
+            pinned_shown: false,
             metrics,
             shed: not_placed,
             estimated,

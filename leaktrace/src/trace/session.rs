@@ -50,6 +50,8 @@ pub(super) struct Session {
     pub profile_last: Option<HeapProfile>,
     pub pinned: PinnedEstimates,
     pub pinned_next: Instant,
+    /// The pinned estimates are shown while tracing (`top`, the Prometheus endpoint).
+    pub pinned_shown: bool,
     /// The Prometheus endpoint's feed and server.
     pub metrics: Option<(
         tokio::sync::watch::Sender<String>,

@@ -19,6 +19,7 @@ use crate::{
     collector,
     detect::{
         Observed,
+        pinned::PINNED_EVERY,
         proof::{ProofOptions, Prover},
     },
     model::histograms,
@@ -331,13 +332,26 @@ impl Session {
     }
 
     /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time;
-    /// the CPU the estimates used.
+    /// the CPU the estimates used. Unless they are shown while tracing, only groups seen for
+    /// [`PINNED_EVERY`] are estimated: the report estimates every group afresh at the end,
+    /// and these estimates stand in for it only when the target exits before.
     fn estimate_pinned(&mut self, records: &mut RingBuf<MapData>) -> Duration {
         if Instant::now() < self.pinned_next {
             return Duration::ZERO;
         }
         let t0 = Instant::now();
-        let leaks = self.findings.tracker.leaks(&self.detect);
+        let mut leaks = self.findings.tracker.leaks(&self.detect);
+        if !self.pinned_shown {
+            let now = self.start.elapsed().as_secs_f64();
+            leaks.retain(|l| {
+                l.growth
+                    .first()
+                    .is_some_and(|(seen, _)| now - seen >= PINNED_EVERY.as_secs_f64())
+            });
+            if leaks.is_empty() {
+                return Duration::ZERO;
+            }
+        }
         let (target, findings, pinned, g_addrs) = (
             &self.target,
             &mut self.findings,
