@@ -16,6 +16,7 @@ pub mod verdict;
 use std::{
     cell::RefCell,
     collections::{BTreeMap, BTreeSet, HashMap},
+    hash::BuildHasherDefault,
     sync::Arc,
     time::Duration,
 };
@@ -27,7 +28,7 @@ use crate::{
     census::{
         CreatedBy, Seconds, StackFrame,
         channels::ChannelState,
-        retained::{AddrMap, AddrSet},
+        retained::{AddrHasher, AddrMap, AddrSet},
     },
     detect::proof::Proof,
 };
@@ -971,7 +972,8 @@ struct LeftOut {
 /// looks for the blocking site through the frames, is made once per stack, state and
 /// creation site, not once per goroutine.
 fn by_group(goroutines: Vec<Observed>) -> BTreeMap<GroupKey, Vec<Observed>> {
-    let mut seen: HashMap<(usize, usize, Option<(usize, u32)>), usize> = HashMap::new();
+    type Seen = (usize, usize, Option<(usize, u32)>);
+    let mut seen: HashMap<Seen, usize, BuildHasherDefault<AddrHasher>> = HashMap::default();
     let mut slots: HashMap<GroupKey, usize> = HashMap::new();
     let mut groups: Vec<(GroupKey, Vec<Observed>)> = Vec::new();
     for g in goroutines {

@@ -12,7 +12,10 @@ use std::{
 };
 
 use super::{Confidence, GroupKey, LeakGroup, Pinned, proof::Proof};
-use crate::census::{reach::Holds, retained};
+use crate::census::{
+    reach::Holds,
+    retained::{self, AddrMap},
+};
 use crate::{probes::thread_cpu_time, tracee::Target};
 
 /// How often, at most, one leak group's pinned memory is estimated again while tracing.
@@ -90,11 +93,11 @@ impl PinnedEstimates {
     /// same size is at hand (or `fresh` says to redo them all) or the proof measured it.
     /// `g_addrs` gives each live goroutine's g address by goid. A target that has exited
     /// keeps its last estimates.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         target: &Target,
         leaks: &[LeakGroup],
-        g_addrs: &HashMap<u64, u64>,
+        g_addrs: &AddrMap<u64>,
         fresh: bool,
     ) {
         for l in leaks {

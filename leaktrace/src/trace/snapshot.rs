@@ -15,7 +15,7 @@ use aya::maps::{MapData, RingBuf};
 use super::session::{Session, memory_point};
 use crate::{
     alloc,
-    census::{self, Census, GoroutineSnapshot, StackFrame},
+    census::{self, Census, GoroutineSnapshot, StackFrame, retained::AddrMap},
     collector,
     detect::{
         Observed,
@@ -39,9 +39,9 @@ pub(super) struct Snapshot {
     /// As the detector sees them (runtime goroutines left out).
     pub observed: Vec<Observed>,
     /// The g address of every goroutine alive, runtime ones included, by goid.
-    pub g_addrs: HashMap<u64, u64>,
+    pub g_addrs: AddrMap<u64>,
     /// The `trackingSeq` of every waiting goroutine, by goid.
-    pub parked: HashMap<u64, u8>,
+    pub parked: AddrMap<u8>,
     pub taken: Instant,
 }
 
