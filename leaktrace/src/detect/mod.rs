@@ -16,6 +16,7 @@ pub mod verdict;
 use std::{
     cell::RefCell,
     collections::{BTreeMap, BTreeSet, HashMap},
+    hash::BuildHasherDefault,
     sync::Arc,
     time::Duration,
 };
@@ -27,7 +28,7 @@ use crate::{
     census::{
         CreatedBy, Seconds, StackFrame,
         channels::ChannelState,
-        retained::{AddrMap, AddrSet},
+        retained::{AddrHasher, AddrMap, AddrSet},
     },
     detect::proof::Proof,
 };
@@ -313,8 +314,8 @@ const SETTLED_WAIT: Duration = Duration::from_secs(1);
 const MAX_PASSED: usize = 100_000;
 
 /// The physical PC of the group's blocking site: the return address of the blocking call.
-fn first_site_pc(h: &History) -> Option<u64> {
-    h.latest.first()?.site().map(|f| f.pc)
+fn first_site_pc(p: &Part) -> Option<u64> {
+    p.latest.first()?.site().map(|f| f.pc)
 }
 
 /// Follows groups across snapshots; a plain data structure.
@@ -399,10 +400,7 @@ impl Tracker {
         self.first_at.get_or_insert(at);
         self.last_at = at;
         self.forget_the_past(at, &goroutines);
-        let mut now: BTreeMap<GroupKey, Vec<Observed>> = BTreeMap::new();
-        for g in goroutines {
-            now.entry(g.key()).or_default().push(g);
-        }
+        let now = by_group(goroutines);
         for (key, h) in &mut self.groups {
             let present: AddrSet = now
                 .get(key)
@@ -431,6 +429,9 @@ impl Tracker {
     /// last operations on a channel someone waits on, or made in the last [`TOUCHES_KEPT`];
     /// exits of the goroutines those operations name.
     fn forget_the_past(&mut self, at: Duration, now: &[Observed]) {
+        if self.wakes.is_empty() && self.touches.is_empty() && self.exited.is_empty() {
+            return;
+        }
         let live: AddrSet = now.iter().map(|g| g.goid).collect();
         let waited: AddrSet = now
             .iter()
@@ -605,41 +606,38 @@ impl Tracker {
         if kind == Blocking::Not {
             return None;
         }
-        let part = self.proven_part(h);
-        let (h, left_out) = match &part {
-            Some((part, left_out)) => (part, Some(*left_out)),
-            None => (h, None),
-        };
-        let ages = self.ages(h);
+        let (p, left_out) = self.proven_part(h);
+        let p = &p;
+        let ages = self.ages(p);
         let (min_age, max_age) = (ages.iter().min().copied()?, ages.iter().max().copied()?);
-        let count = h.latest.len();
+        let count = p.latest.len();
         let mut j = Judgement::default();
 
         j.weigh_age(&ages, max_age, opts);
         if kind == Blocking::Never {
             j.for_leak(3, format!("{}: nothing can ever wake it", key.state));
         }
-        self.weigh_movement(h, opts, &mut j);
-        let growth = j.weigh_growth(h);
-        self.weigh_wakes(h, opts, &mut j);
-        let chans = waited_channels(h);
+        self.weigh_movement(p, opts, &mut j);
+        let growth = j.weigh_growth(p);
+        self.weigh_wakes(p, opts, &mut j);
+        let chans = waited_channels(p);
         let mut channel = channel_summary(key, &chans);
         if kind == Blocking::Channel {
             j.weigh_channels(key, &chans, channel.as_ref(), count, growth);
         }
-        self.weigh_other_side(key, h, opts, channel.as_mut(), &mut j);
-        self.weigh_sites(h, opts, &mut j);
-        if h.latest.iter().all(|g| g.goid == 1) {
+        self.weigh_other_side(key, p, opts, channel.as_mut(), &mut j);
+        self.weigh_sites(p, opts, &mut j);
+        if p.latest.iter().all(|g| g.goid == 1) {
             j.against_leak(
                 2,
                 "it is the main goroutine, which programs often block on purpose".into(),
             );
         }
-        let confidence = self.weigh_proof(h, left_out, &mut j);
+        let confidence = self.weigh_proof(p, left_out, &mut j);
 
-        let mut goids: Vec<u64> = h.latest.iter().map(|g| g.goid).collect();
+        let mut goids: Vec<u64> = p.latest.iter().map(|g| g.goid).collect();
         goids.sort_unstable();
-        let first_g = &h.latest[0];
+        let first_g = p.latest[0];
         Some(LeakGroup {
             wait_reason: key.state.to_string(),
             site: first_g.site().cloned(),
@@ -669,11 +667,11 @@ impl Tracker {
 
     /// How long each goroutine of the group has been blocked: since it was first seen here or
     /// since the runtime says it began waiting, whichever is longer.
-    fn ages(&self, h: &History) -> Vec<Duration> {
-        h.latest
+    fn ages(&self, p: &Part) -> Vec<Duration> {
+        p.latest
             .iter()
             .map(|g| {
-                let seen = h.members.get(&g.goid).map_or(Duration::ZERO, |m| {
+                let seen = p.h.members.get(&g.goid).map_or(Duration::ZERO, |m| {
                     self.last_at.saturating_sub(m.first_seen)
                 });
                 seen.max(g.waiting.unwrap_or_default())
@@ -682,12 +680,12 @@ impl Tracker {
     }
 
     /// Goroutines leaving the site mean it is serviced.
-    fn weigh_movement(&self, h: &History, opts: &DetectOptions, j: &mut Judgement) {
+    fn weigh_movement(&self, p: &Part, opts: &DetectOptions, j: &mut Judgement) {
         let observed_for = self
             .last_at
             .saturating_sub(self.first_at.unwrap_or_default());
-        let count = h.latest.len();
-        if h.left == 0 && observed_for >= opts.min_age {
+        let count = p.latest.len();
+        if p.h.left == 0 && observed_for >= opts.min_age {
             j.for_leak(
                 1,
                 format!(
@@ -696,19 +694,19 @@ impl Tracker {
                     self.snapshots
                 ),
             );
-        } else if h.left > 0 {
+        } else if p.h.left > 0 {
             j.against_leak(
-                if h.left >= count { 3 } else { 1 },
+                if p.h.left >= count { 3 } else { 1 },
                 format!(
                     "{} goroutines left this site while observed: it is serviced",
-                    h.left
+                    p.h.left
                 ),
             );
         }
     }
 
     /// Wake-ups, when the park/wake probes watched these goroutines.
-    fn weigh_wakes(&self, h: &History, opts: &DetectOptions, j: &mut Judgement) {
+    fn weigh_wakes(&self, p: &Part, opts: &DetectOptions, j: &mut Judgement) {
         let Some(since) = self.probes_since else {
             return;
         };
@@ -718,11 +716,11 @@ impl Tracker {
         }
         // Only a wake-up after the goroutine was seen blocked here counts: before that it
         // was on its way (a sleep, a lock) to this site.
-        let woken = h
+        let woken = p
             .latest
             .iter()
             .filter(|g| {
-                let seen = first_seen(h, g.goid);
+                let seen = first_seen(p.h, g.goid);
                 self.wakes.get(&g.goid).is_some_and(|w| *w > seen)
             })
             .count();
@@ -752,7 +750,7 @@ impl Tracker {
     fn weigh_other_side(
         &self,
         key: &GroupKey,
-        h: &History,
+        p: &Part,
         opts: &DetectOptions,
         channel: Option<&mut ChannelSummary>,
         j: &mut Judgement,
@@ -773,8 +771,8 @@ impl Tracker {
         };
         let mut touched_after = 0;
         let mut last: Option<(Duration, Touch)> = None;
-        for g in &h.latest {
-            let seen = first_seen(h, g.goid);
+        for g in &p.latest {
+            let seen = first_seen(p.h, g.goid);
             for c in &g.channels {
                 if let Some((at, t)) = self.touches.get(&c.addr).and_then(other) {
                     if at > seen {
@@ -830,12 +828,12 @@ impl Tracker {
     /// Targeted probes: after the blocking call (only the group's own goroutines passing it
     /// count: others run through the same line when the site works), and on the `go`
     /// statement.
-    fn weigh_sites(&self, h: &History, opts: &DetectOptions, j: &mut Judgement) {
-        if let Some(p) = first_site_pc(h).and_then(|pc| self.sites.get(&pc))
+    fn weigh_sites(&self, part: &Part, opts: &DetectOptions, j: &mut Judgement) {
+        if let Some(p) = first_site_pc(part).and_then(|pc| self.sites.get(&pc))
             && p.active
         {
             let watched = self.last_at.saturating_sub(p.since);
-            let moved = h
+            let moved = part
                 .latest
                 .iter()
                 .filter(|g| p.passed.contains(&g.goid))
@@ -858,7 +856,7 @@ impl Tracker {
                 );
             }
         }
-        if let Some(p) = h.latest[0]
+        if let Some(p) = part.latest[0]
             .created_by
             .as_ref()
             .and_then(|c| self.sites.get(&c.pc))
@@ -878,16 +876,16 @@ impl Tracker {
 
     /// A proof by reachability outranks the evidence gathered over time, and needs no
     /// --min-age: the group's confidence, with the proof's line first in its evidence.
-    fn weigh_proof(&self, h: &History, left_out: Option<LeftOut>, j: &mut Judgement) -> Confidence {
-        let count = h.latest.len();
-        let proven = h
+    fn weigh_proof(&self, p: &Part, left_out: Option<LeftOut>, j: &mut Judgement) -> Confidence {
+        let count = p.latest.len();
+        let proven = p
             .latest
             .iter()
             .filter(|g| self.proven.contains(&g.goid))
             .count();
         // Newcomers the proof could not examine (a leak that goes on growing between
         // proofs) do not count against it; any it examined and did not prove do.
-        let newer = h
+        let newer = p
             .latest
             .iter()
             .filter(|g| !self.proven.contains(&g.goid) && !self.examined.contains(&g.goid))
@@ -928,32 +926,37 @@ impl Tracker {
 
     /// A group some of whose goroutines the last proof proved leaked and some it found
     /// reachable (a busy service's goroutines passing the same line), as the proven ones
-    /// and those that came since the proof (a leak that goes on growing) alone.
-    fn proven_part(&self, h: &History) -> Option<(History, LeftOut)> {
+    /// and those that came since the proof (a leak that goes on growing) alone, and how many
+    /// it left out; any other group whole. The goroutines are borrowed: judging a group of
+    /// tens of thousands copies none of them.
+    fn proven_part<'a>(&self, h: &'a History) -> (Part<'a>, Option<LeftOut>) {
         if !h.latest.iter().any(|g| self.proven.contains(&g.goid)) {
-            return None;
+            return (Part::whole(h), None);
         }
-        let latest: Vec<Observed> = h
+        let latest: Vec<&Observed> = h
             .latest
             .iter()
             .filter(|g| !self.reachable(g.goid))
-            .cloned()
             .collect();
         let reachable = h.latest.len() - latest.len();
-        if reachable == 0 {
-            return None;
+        let left_out = (reachable > 0).then_some(LeftOut { reachable });
+        (Part { h, latest }, left_out)
+    }
+}
+
+/// The goroutines of a group that a verdict is about: all of its latest snapshot's, or the
+/// proven part of them ([`Tracker::proven_part`]); what they were seen doing is the group's.
+struct Part<'a> {
+    h: &'a History,
+    latest: Vec<&'a Observed>,
+}
+
+impl<'a> Part<'a> {
+    fn whole(h: &'a History) -> Self {
+        Self {
+            h,
+            latest: h.latest.iter().collect(),
         }
-        let members = latest
-            .iter()
-            .filter_map(|g| Some((g.goid, h.members.get(&g.goid)?.clone())))
-            .collect();
-        let part = History {
-            counts: h.counts.clone(),
-            members,
-            left: h.left,
-            latest,
-        };
-        Some((part, LeftOut { reachable }))
     }
 }
 
@@ -964,6 +967,34 @@ struct LeftOut {
     reachable: usize,
 }
 
+/// The goroutines of a snapshot by group. Goroutines stopped at the same PCs share their
+/// stack (and the census interns wait states and creation sites), so a group's key, which
+/// looks for the blocking site through the frames, is made once per stack, state and
+/// creation site, not once per goroutine.
+fn by_group(goroutines: Vec<Observed>) -> BTreeMap<GroupKey, Vec<Observed>> {
+    type Seen = (usize, usize, Option<(usize, u32)>);
+    let mut seen: HashMap<Seen, usize, BuildHasherDefault<AddrHasher>> = HashMap::default();
+    let mut slots: HashMap<GroupKey, usize> = HashMap::new();
+    let mut groups: Vec<(GroupKey, Vec<Observed>)> = Vec::new();
+    for g in goroutines {
+        let id = (
+            g.stack.as_ptr() as usize,
+            Arc::as_ptr(&g.state) as *const u8 as usize,
+            g.created_by
+                .as_ref()
+                .map(|c| (Arc::as_ptr(&c.function) as *const u8 as usize, c.line)),
+        );
+        let slot = *seen.entry(id).or_insert_with(|| {
+            *slots.entry(g.key()).or_insert_with_key(|key| {
+                groups.push((key.clone(), Vec::new()));
+                groups.len() - 1
+            })
+        });
+        groups[slot].1.push(g);
+    }
+    groups.into_iter().collect()
+}
+
 /// When goroutine `goid` was first seen in the group.
 fn first_seen(h: &History, goid: u64) -> Duration {
     h.members
@@ -972,15 +1003,15 @@ fn first_seen(h: &History, goid: u64) -> Duration {
 }
 
 /// The channels a group's goroutines wait on, by address.
-fn waited_channels(h: &History) -> BTreeMap<u64, &ChannelState> {
-    h.latest
+fn waited_channels<'a>(p: &Part<'a>) -> AddrMap<&'a ChannelState> {
+    p.latest
         .iter()
         .flat_map(|g| g.channels.iter())
         .map(|c| (c.addr, c))
         .collect()
 }
 
-fn channel_summary(key: &GroupKey, chans: &BTreeMap<u64, &ChannelState>) -> Option<ChannelSummary> {
+fn channel_summary(key: &GroupKey, chans: &AddrMap<&ChannelState>) -> Option<ChannelSummary> {
     if chans.is_empty() {
         return None;
     }
@@ -1051,8 +1082,8 @@ impl Judgement {
     }
 
     /// Growth and shrinkage, from the counts at each snapshot.
-    fn weigh_growth(&mut self, h: &History) -> Growth {
-        let counts: Vec<usize> = h.counts.iter().map(|c| c.1).collect();
+    fn weigh_growth(&mut self, p: &Part) -> Growth {
+        let counts: Vec<usize> = p.h.counts.iter().map(|c| c.1).collect();
         let shrank = counts.windows(2).any(|w| w[1] < w[0]);
         let growth = Growth {
             first: counts.first().copied().unwrap_or(0),
@@ -1081,7 +1112,7 @@ impl Judgement {
     fn weigh_channels(
         &mut self,
         key: &GroupKey,
-        chans: &BTreeMap<u64, &ChannelState>,
+        chans: &AddrMap<&ChannelState>,
         channel: Option<&ChannelSummary>,
         count: usize,
         growth: Growth,

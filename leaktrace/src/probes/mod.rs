@@ -621,6 +621,12 @@ impl Probes {
         })
     }
 
+    /// Whether any uprobe is in place (continuous, in a window, or at a site): the ones that
+    /// fill the ring buffer fast.
+    pub fn any_attached(&self) -> bool {
+        !self.links.is_empty()
+    }
+
     pub fn attached(&self) -> Vec<Probe> {
         Probe::ALL
             .into_iter()

@@ -6,7 +6,6 @@
 //! Ctrl-C at any point places no further probe.
 
 use std::{
-    collections::HashMap,
     fs::File,
     io::{BufWriter, Write},
     path::Path,
@@ -27,7 +26,7 @@ use super::{
 };
 use crate::{
     alloc::{self, AllocPlan},
-    census::{self, Census, activity::ActivityEstimate},
+    census::{self, Census, activity::ActivityEstimate, retained::AddrMap},
     detect::{DetectOptions, Tracker, pinned::PinnedEstimates},
     probes::{Probe, Probes},
     report::prometheus,
@@ -341,7 +340,8 @@ impl Session {
             eprintln!("leaktrace: madvise not traced: {e}");
         }
         let mut tracker = Tracker::default();
-        let (mut g_addrs, mut snapshot_error, mut goroutines_now) = (HashMap::new(), None, None);
+        let (mut g_addrs, mut snapshot_error, mut goroutines_now) =
+            (AddrMap::default(), None, None);
         match first {
             Some(Ok(s)) => {
                 goroutines_now = Some(s.observed.len());
@@ -412,6 +412,7 @@ impl Session {
             profile_last: None,
             pinned: PinnedEstimates::default(),
             pinned_next: Instant::now(),
+            pinned_shown: false,
             metrics,
             shed: not_placed,
             estimated,

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     alloc::{self, AllocPlan, Allocated, HeapProfile, sites::AllocationOutcome},
-    census::{Census, activity::ActivityEstimate},
+    census::{Census, activity::ActivityEstimate, retained::AddrMap},
     detect::{DetectOptions, LeakGroup, pinned::PinnedEstimates, verdict},
     model::{MemoryPoint, Tally},
     probes::{Counts, Probe, Samples},
@@ -65,7 +65,7 @@ struct Ending {
     spawned: Option<u32>,
     findings: Findings,
     detect: DetectOptions,
-    g_addrs: HashMap<u64, u64>,
+    g_addrs: AddrMap<u64>,
     /// The trace's census, for the last look.
     census: Census,
     timeline: Vec<MemoryPoint>,

@@ -4,17 +4,14 @@
 //! (`Session::start`, in `attach`); the other stages (`follow`, `snapshot`, `budget`,
 //! `finish`) are its methods, and `apply` is its findings'.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use leaktrace_common::MADVISE_NAMES;
 
 use super::{TraceOptions, apply::Findings, windows::Windows};
 use crate::{
     alloc::{AllocPlan, HeapProfile},
-    census::{self, Census, activity::ActivityEstimate},
+    census::{self, Census, activity::ActivityEstimate, retained::AddrMap},
     detect::{DetectOptions, pinned::PinnedEstimates, proof::Prover},
     model::MemoryPoint,
     probes::{Counts, Probes},
@@ -36,7 +33,7 @@ pub(super) struct Session {
     pub findings: Findings,
     pub detect: DetectOptions,
     /// The g address of every goroutine of the last snapshot, by goid.
-    pub g_addrs: HashMap<u64, u64>,
+    pub g_addrs: AddrMap<u64>,
     /// Takes every snapshot: a goroutine that did not run since the last one keeps its
     /// stack unread.
     pub census: Census,
@@ -50,6 +47,8 @@ pub(super) struct Session {
     pub profile_last: Option<HeapProfile>,
     pub pinned: PinnedEstimates,
     pub pinned_next: Instant,
+    /// The pinned estimates are shown while tracing (`top`, the Prometheus endpoint).
+    pub pinned_shown: bool,
     /// The Prometheus endpoint's feed and server.
     pub metrics: Option<(
         tokio::sync::watch::Sender<String>,

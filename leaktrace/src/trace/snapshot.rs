@@ -15,10 +15,11 @@ use aya::maps::{MapData, RingBuf};
 use super::session::{Session, memory_point};
 use crate::{
     alloc,
-    census::{self, Census, GoroutineSnapshot, StackFrame},
+    census::{self, Census, GoroutineSnapshot, StackFrame, retained::AddrMap},
     collector,
     detect::{
         Observed,
+        pinned::PINNED_EVERY,
         proof::{ProofOptions, Prover},
     },
     model::histograms,
@@ -38,9 +39,9 @@ pub(super) struct Snapshot {
     /// As the detector sees them (runtime goroutines left out).
     pub observed: Vec<Observed>,
     /// The g address of every goroutine alive, runtime ones included, by goid.
-    pub g_addrs: HashMap<u64, u64>,
+    pub g_addrs: AddrMap<u64>,
     /// The `trackingSeq` of every waiting goroutine, by goid.
-    pub parked: HashMap<u64, u8>,
+    pub parked: AddrMap<u8>,
     pub taken: Instant,
 }
 
@@ -121,10 +122,13 @@ fn in_channel_op(g: &GoroutineSnapshot) -> bool {
 /// may, not at the next snapshot, which on a busy machine can be seconds away.
 const PROOF_WATCH: Duration = Duration::from_millis(250);
 /// A proof cycle (one or two passes) is followed by at least PROOF_PACE times the CPU its
-/// passes used before the next begins, so that proofs take at most 0.5% of a CPU: a pass
+/// passes used before the next begins, so that proofs take at most 0.25% of a CPU: a pass
 /// over a busy service's heap and stacks costs leaktrace 20-300 ms, and the target needs its
-/// CPUs (leaktrace as a whole aims at 1.5% of the target's).
-const PROOF_PACE: u32 = 200;
+/// CPUs (leaktrace as a whole aims at 1.5% of the target's, which on the benchmark's HTTP
+/// service is about one CPU). A cycle of 150 ms (a leak of 20,000 goroutines on that
+/// service) is followed by 60 s without one; the goroutines that leak meanwhile join the
+/// proven group as having come since the proof.
+const PROOF_PACE: u32 = 400;
 /// A cycle that proved nothing new doubles the wait before the next one (from 2 s), up to
 /// this, until more goroutines settle in a channel or sync wait: a leak that begins then is
 /// proven a cycle later; one that begins while nothing new settles (a consumer that exits and
@@ -188,9 +192,13 @@ impl Session {
         let (target, findings, census) = (&self.target, &mut self.findings, &mut self.census);
         let taken = collector::while_draining(
             records,
-            || take(census, target),
+            || timed(|| take(census, target)),
             |rec| findings.apply(target, rec),
         );
+        let (taken, walk_cpu) = match taken {
+            Ok((s, cpu)) => (Ok(s), cpu),
+            Err(e) => (Err(e), Duration::ZERO),
+        };
         let taken_ns = census::goroutines::monotonic_ns() as u64;
         self.next_snapshot = tokio::time::Instant::now()
             + self
@@ -211,6 +219,8 @@ impl Session {
         self.publish_metrics()?;
         match taken {
             Ok(s) => {
+                let c0 = thread_cpu_time();
+                let goroutines = s.observed.len();
                 self.g_addrs = s.g_addrs;
                 let g_addrs = &self.g_addrs;
                 // Parks that outlasted their window and are over now, the goroutines
@@ -231,8 +241,20 @@ impl Session {
                 self.findings
                     .tracker
                     .observe(self.start.elapsed(), s.observed);
+                let c1 = thread_cpu_time();
                 self.advance_proof(records);
-                self.estimate_pinned(records);
+                let c2 = thread_cpu_time();
+                let pinned_cpu = self.estimate_pinned(records);
+                let c3 = thread_cpu_time();
+                let placed = self.place_sites();
+                log::debug!(
+                    "snapshot of {goroutines} goroutines, CPU: walk {walk_cpu:.1?}, detector {:.1?}, \
+                     proof {:.1?} (besides its passes), pinned {pinned_cpu:.1?}, sites {:.1?}",
+                    c1 - c0,
+                    c2 - c1,
+                    thread_cpu_time() - c3,
+                );
+                return placed;
             }
             Err(e) if !self.target.process.is_alive() => {
                 log::debug!("snapshot after exit: {e:#}")
@@ -312,25 +334,44 @@ impl Session {
         );
     }
 
-    /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time.
-    fn estimate_pinned(&mut self, records: &mut RingBuf<MapData>) {
+    /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time;
+    /// the CPU the estimates used. Unless they are shown while tracing, only groups seen for
+    /// [`PINNED_EVERY`] are estimated: the report estimates every group afresh at the end,
+    /// and these estimates stand in for it only when the target exits before.
+    fn estimate_pinned(&mut self, records: &mut RingBuf<MapData>) -> Duration {
         if Instant::now() < self.pinned_next {
-            return;
+            return Duration::ZERO;
         }
         let t0 = Instant::now();
-        let leaks = self.findings.tracker.leaks(&self.detect);
+        let mut leaks = self.findings.tracker.leaks(&self.detect);
+        if !self.pinned_shown {
+            let now = self.start.elapsed().as_secs_f64();
+            leaks.retain(|l| {
+                l.growth
+                    .first()
+                    .is_some_and(|(seen, _)| now - seen >= PINNED_EVERY.as_secs_f64())
+            });
+            if leaks.is_empty() {
+                return Duration::ZERO;
+            }
+        }
         let (target, findings, pinned, g_addrs) = (
             &self.target,
             &mut self.findings,
             &mut self.pinned,
             &self.g_addrs,
         );
-        collector::while_draining(
+        let cpu = collector::while_draining(
             records,
-            || pinned.update(target, &leaks, g_addrs, false),
+            || {
+                let c0 = thread_cpu_time();
+                pinned.update(target, &leaks, g_addrs, false);
+                thread_cpu_time().saturating_sub(c0)
+            },
             |rec| findings.apply(target, rec),
         );
         self.pinned_next = Instant::now() + t0.elapsed() * SNAPSHOT_PACE;
+        cpu
     }
 
     /// Refreshes what the Prometheus endpoint serves, when it is on.
