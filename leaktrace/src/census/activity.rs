@@ -70,7 +70,7 @@ const GOIDGEN_OFFSET: u64 = 0;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedCounters {
     /// Goroutine stops (parks, yields, preemptions) and first runs of new goroutines: the
-    /// samples in `sched.timeToRun` times [`G_TRACKING_PERIOD`].
+    /// samples in `sched.timeToRun` times `G_TRACKING_PERIOD`.
     pub stops: u64,
     /// `sched.goidgen`: goroutines created (to within a P's cache of ids).
     pub goids: u64,

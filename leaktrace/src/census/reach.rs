@@ -25,7 +25,7 @@
 //! - Roots: the program's data and bss (`moduledata.data..edata`, `bss..ebss`), the words
 //!   the GC's pointer bitmaps mark, or every word where they cannot be read
 //!   ([`super::data_roots`]); the finalizers, weak handles and cleanups the GC scans
-//!   from mspan specials ([`super::specials`]); and the stack of each root goroutine, runtime
+//!   from mspan specials (`census::specials`); and the stack of each root goroutine, runtime
 //!   frames included: frame by frame by the compiler's stack maps, the live pointer slots
 //!   only, as Go's GC scans a stopped goroutine, or every word where a frame cannot be
 //!   decoded (the whole of `g.stack` for a running one; [`super::stackmaps`]).

@@ -371,7 +371,7 @@ impl Tracker {
 
     /// Goroutines settled in a wait a proof may find unreachable (a channel or sync
     /// primitive) that the last proof did not judge already: what a new proof could be
-    /// about. Settled: the runtime says it has waited [`SETTLED_WAIT`], or, before a GC of
+    /// about. Settled: the runtime says it has waited `SETTLED_WAIT`, or, before a GC of
     /// the target stamped its wait, it was in it at the snapshot before the last too. A busy
     /// service's goroutines that pass through such waits (a connection's goroutine back at
     /// the same receive at the next snapshot) are not counted, nor are those the last proof

@@ -1,7 +1,7 @@
 //! The memory each leak group pins. A proven group's comes from the proof's own mark
 //! ([`crate::census::reach`]): the heap objects reachable from its goroutines' stacks and from
 //! no root or live goroutine, what the heap would lose if they were gone. Any other group's
-//! is estimated from a read of the target ([`census::retained`]), which also counts what
+//! is estimated from a read of the target ([`crate::census::retained`]), which also counts what
 //! live code still holds, and kept per group: a group's estimate is made again only when it
 //! changed size and its last one is [`PINNED_EVERY`] old and [`PINNED_PACE`] times the CPU it
 //! used, because a scan reads the target's heap.

@@ -1,6 +1,6 @@
 //! The live trace (`leaktrace -p PID`, `leaktrace record`), as stages that read as the
 //! README's flow. `attach` identifies the target (or spawns it), takes the first snapshot
-//! and places the probes that fit the budget; a [`Session`](session::Session) then
+//! and places the probes that fit the budget; a `Session` (`trace::session`) then
 //! `follow`s it: records into the model and the detector (`apply`), a snapshot each
 //! `--snapshot-interval` (`snapshot`), the budget checked and suspects' sites probed
 //! (`budget`), probes that do not fit placed in short windows (`windows`), a line per
