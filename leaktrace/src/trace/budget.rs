@@ -15,8 +15,9 @@ use aya::maps::{MapData, RingBuf};
 use super::{
     session::Session,
     windows::{
-        Closing, FIRST_WINDOW, LATENCY_SHARE, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SAMPLE_GAP,
-        SAMPLE_POLL, SAMPLE_SHARE, SAMPLE_WINDOW, SATURATED, SATURATED_WINDOW, SETTLE, SchedRead,
+        Closing, FIRST_WINDOW, LATENCY_SHARE, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SAMPLE_FILL,
+        SAMPLE_GAP, SAMPLE_POLL, SAMPLE_SHARE, SAMPLE_WINDOW, SATURATED, SATURATED_WINDOW, SETTLE,
+        SchedRead,
     },
 };
 use crate::{
@@ -539,14 +540,14 @@ impl Session {
         // The sample is taken in one window that closes once it is in: a few windows of
         // 40 ms a second or two apart slowed more requests, and fixed costs and boundaries
         // come once. It is taken when the last window saturated the target and its park
-        // probe fired fast enough for one window to fill it (not on the allocation loop,
-        // whose stops the runtime counts are mostly preemptions: 50 parks in a window).
+        // probe fired fast enough (not on the allocation loop, whose stops the runtime
+        // counts are mostly preemptions: 50 parks in a window).
         let missing = w
             .missing_parks()
             .filter(|m| *m > 0 && w.windowed(Probe::Gopark));
         w.sampling = match (missing, w.pace, w.parks_inside) {
             (Some(m), Some(p), Some(parks)) => {
-                p < SATURATED && parks * SAMPLE_WINDOW.as_secs_f64() >= m as f64
+                p < SATURATED && parks * SAMPLE_WINDOW.as_secs_f64() * SAMPLE_FILL >= m as f64
             }
             _ => false,
         };
