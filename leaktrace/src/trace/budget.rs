@@ -15,8 +15,9 @@ use aya::maps::{MapData, RingBuf};
 use super::{
     session::Session,
     windows::{
-        Closing, FIRST_WINDOW, LATENCY_SHARE, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SATURATED,
-        SATURATED_WINDOW, SchedRead,
+        Closing, FIRST_WINDOW, LATENCY_SHARE, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SAMPLE_FILL,
+        SAMPLE_GAP, SAMPLE_POLL, SAMPLE_SHARE, SAMPLE_WINDOW, SATURATED, SATURATED_WINDOW, SETTLE,
+        SchedRead,
     },
 };
 use crate::{
@@ -242,13 +243,36 @@ impl Session {
 
 /// Probe windows (`windows`): opening and closing them, each planned from the last.
 impl Session {
-    /// Opens or closes the window that is due.
-    pub(super) fn window_tick(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        // A window's records are in before it closes or the next opens (which drops what
-        // came before it): records wake the collector only in bulk.
+    /// When the open window is to close, if not now: at its planned length, or, while it
+    /// takes the sample, as soon as the runtime's count says the sample is in (not before
+    /// [`SATURATED_WINDOW`]: shorter windows scale wrongly).
+    fn window_due(&mut self) -> Option<Instant> {
+        let w = &self.windows;
+        let open = w.open.as_ref()?;
+        let (lasted, end) = (open.at.elapsed(), open.at + w.length);
+        if lasted >= w.length {
+            return None;
+        }
+        if !w.sampling {
+            return Some(end);
+        }
+        if lasted >= SATURATED_WINDOW && w.sample_in(&self.target) {
+            return None;
+        }
+        Some(end.min((Instant::now() + SAMPLE_POLL).max(open.at + SATURATED_WINDOW)))
+    }
+
+    /// Closes the open window: its records are drained and its probes removed on a thread.
+    fn close_window(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        // A window's records are in before it closes: records wake the collector only in
+        // bulk.
         self.drain(records);
         let now = Instant::now();
-        if let Some(open) = self.windows.open.take() {
+        let Some(open) = self.windows.open.take() else {
+            return Ok(());
+        };
+        // A window closed before its sample started (the trace stopped) sampled nothing.
+        if open.settled {
             let ts = census::goroutines::monotonic_ns() as u64;
             let model = &mut self.findings.model;
             if self.windows.windowed(Probe::Gopark) {
@@ -258,47 +282,66 @@ impl Session {
                 model.close_lives_window(ts);
             }
             self.windows.read_sched(&self.target, SchedRead::Close);
-            let probes = self.windows.probes.clone();
-            let bias = self.target.load_bias;
-            let breakpoints = probes
-                .iter()
-                .flat_map(|p| &self.windows.offsets[p])
-                .filter_map(|off| self.target.binary.vaddr_of_offset(*off))
-                .map(|v| v + bias)
-                .collect();
-            let detach = self.probes.detach_later(&probes, breakpoints)?;
-            // The period was planned from the rate expected (at first the pre-attach
-            // estimate, which can be far off); what the window cost is known now, but for
-            // the detach on its way (about what the attach cost): the next comes as soon as
-            // the budget has paid for this one, and never later than planned.
-            let hits = windowed_hits(&probes, &self.probes.counts()?, &open.counts);
-            // The breakpoints outlast the close by about as long as the last window's did.
-            let tail = self.windows.rate.unwrap_or(0.0)
-                * self.windows.overrun.as_secs_f64()
-                * self.hit_cost.as_secs_f64();
-            let cost = hits as f64 * self.hit_cost.as_secs_f64()
-                + tail
-                + self.windows.fixed.max(open.attach * 2).as_secs_f64();
-            let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
-            let w = &mut self.windows;
-            if share > 0.0 {
-                w.period = w.period.min(
-                    PERIOD
-                        .max(Duration::from_secs_f64(cost / share))
-                        .max(w.latency_period),
-                );
+        }
+        let probes = self.windows.probes.clone();
+        let bias = self.target.load_bias;
+        let breakpoints = probes
+            .iter()
+            .flat_map(|p| &self.windows.offsets[p])
+            .filter_map(|off| self.target.binary.vaddr_of_offset(*off))
+            .map(|v| v + bias)
+            .collect();
+        let detach = self.probes.detach_later(&probes, breakpoints)?;
+        // The period was planned from the rate expected (at first the pre-attach
+        // estimate, which can be far off); what the window cost is known now, but for
+        // the detach on its way (about what the attach cost): the next comes as soon as
+        // the budget has paid for this one, and never later than planned.
+        let hits = windowed_hits(&probes, &self.probes.counts()?, &open.counts);
+        // The breakpoints outlast the close by about as long as the last window's did.
+        let tail = self.windows.rate.unwrap_or(0.0)
+            * self.windows.overrun.as_secs_f64()
+            * self.hit_cost.as_secs_f64();
+        let cost = hits as f64 * self.hit_cost.as_secs_f64()
+            + tail
+            + self.windows.fixed.max(open.attach * 2).as_secs_f64();
+        let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
+        let w = &mut self.windows;
+        if share > 0.0 {
+            w.period = w
+                .period
+                .min(PERIOD.max(Duration::from_secs_f64(cost / share)));
+        }
+        w.closing = Some(Closing {
+            detach,
+            length: match open.settled {
+                true => now.duration_since(open.at),
+                false => Duration::ZERO,
+            },
+            placing: open.placing,
+            attach: open.attach,
+            counts_at_open: open.counts,
+        });
+        w.windows += 1;
+        w.next = Some(open.at + w.period);
+        Ok(())
+    }
+
+    /// Opens or closes the window that is due.
+    pub(super) fn window_tick(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        if self.windows.open.as_ref().is_some_and(|o| !o.settled) {
+            return self.start_sample();
+        }
+        if self.windows.open.is_some() {
+            match self.window_due() {
+                Some(later) => self.windows.next = Some(later),
+                None => self.close_window(records)?,
             }
-            w.closing = Some(Closing {
-                detach,
-                length: now.duration_since(open.at),
-                placing: open.placing,
-                attach: open.attach,
-                counts_at_open: open.counts,
-            });
-            w.windows += 1;
-            w.next = Some(open.at + w.period);
             return Ok(());
         }
+        // The last window's records are in before the next opens (which drops what came
+        // before it): records wake the collector only in bulk.
+        self.drain(records);
+        let now = Instant::now();
         let next_period = now + self.windows.period.max(PERIOD);
         if let Some(c) = self.windows.closing.take() {
             if !c.detach.is_finished() {
@@ -308,49 +351,11 @@ impl Session {
                 self.windows.next = Some(next_period);
                 return Ok(());
             }
-            let Ok(detached) = c.detach.join() else {
-                anyhow::bail!("the thread removing the window's probes panicked");
-            };
-            let counts = self.probes.counts()?;
-            let probes = self.windows.probes.clone();
-            let hits = windowed_hits(&probes, &counts, &c.counts_at_open);
-            // Hits while the probes were placed and after the close, before the removal
-            // began, cost the target too: they count in the rate and the cost, not in the
-            // sample. So do the hits after that, until the kernel took the breakpoints out
-            // at the end of its grace period: no record counts them, they are estimated at
-            // the rate of the counted ones.
-            let length = c.length;
-            let counted = detached
-                .began
-                .saturating_duration_since(c.placing)
-                .max(length);
-            let in_place = detached
-                .ended
-                .saturating_duration_since(c.placing)
-                .max(counted);
-            let rate = hits as f64 / counted.as_secs_f64().max(1e-6);
-            let trapped = rate * in_place.as_secs_f64();
-            log::debug!(
-                "window closed: {hits} hits counted in {counted:?} ({length:?} of it sampled), the breakpoints in place {in_place:?}: about {trapped:.0} hits"
-            );
-            let w = &mut self.windows;
-            w.on += length;
-            w.in_place += in_place;
-            w.fixed = c.attach + detached.cpu;
-            w.overrun = in_place - length;
-            w.rate = Some(rate);
-            w.last_cost = trapped * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
-            if w.last_cost > w.planned * 1.1 {
-                log::debug!(
-                    "window cost {:.2} ms of CPU, planned {:.2} ms: the next is skipped",
-                    w.last_cost * 1e3,
-                    w.planned * 1e3
-                );
-                w.skipped += 1;
-                w.planned = f64::INFINITY; // skip one, then plan again
-                w.next = Some(next_period);
-                return Ok(());
-            }
+            self.window_removed(c)?;
+        }
+        if let Some(t) = self.windows.not_before.filter(|t| *t > now) {
+            self.windows.next = Some(t);
+            return Ok(());
         }
         // The share of the budget the continuous probes leave.
         let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
@@ -371,9 +376,48 @@ impl Session {
             "window's probes placed in {:?} ({attach:?} of CPU)",
             placing.elapsed()
         );
-        // The sample starts once every probe of the window is in place. Only the records of
-        // probes in windows are judged by it: park/wake or create/exit may run continuously
-        // beside windowed allocation probes.
+        let w = &mut self.windows;
+        // A window that saturates the target settles before its sample starts.
+        let settle = match w.sampling || w.pace.is_some_and(|p| p < SATURATED) {
+            true => SETTLE,
+            false => Duration::ZERO,
+        };
+        w.open = Some(Open {
+            at: Instant::now() + settle,
+            settled: false,
+            placing,
+            attach,
+            counts,
+        });
+        if settle.is_zero() {
+            return self.start_sample();
+        }
+        w.next = Some(Instant::now() + settle);
+        Ok(())
+    }
+
+    /// Starts the open window's sample, once every probe of the window is in place (and
+    /// the target settled under them).
+    fn start_sample(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let w = &mut self.windows;
+        let Some(open) = w.open.as_mut() else {
+            return Ok(());
+        };
+        if now < open.at {
+            w.next = Some(open.at);
+            return Ok(());
+        }
+        open.at = now;
+        open.settled = true;
+        w.next = Some(
+            now + match w.sampling {
+                true => SATURATED_WINDOW,
+                false => w.length,
+            },
+        );
+        // Only the records of probes in windows are judged by the sample: park/wake or
+        // create/exit may run continuously beside windowed allocation probes.
         let ts = census::goroutines::monotonic_ns() as u64;
         let model = &mut self.findings.model;
         if self.windows.windowed(Probe::Gopark) {
@@ -383,14 +427,76 @@ impl Session {
             model.open_lives_window(ts);
         }
         self.windows.read_sched(&self.target, SchedRead::Open);
+        Ok(())
+    }
+
+    /// The last window's probes are gone: what it cost is known, and when the next may open.
+    fn window_removed(&mut self, c: Closing) -> anyhow::Result<()> {
+        let Ok(detached) = c.detach.join() else {
+            anyhow::bail!("the thread removing the window's probes panicked");
+        };
+        let counts = self.probes.counts()?;
+        let probes = self.windows.probes.clone();
+        let hits = windowed_hits(&probes, &counts, &c.counts_at_open);
+        // Hits while the probes were placed and after the close, before the removal
+        // began, cost the target too: they count in the rate and the cost, not in the
+        // sample. So do the hits after that, until the kernel took the breakpoints out
+        // at the end of its grace period: no record counts them, they are estimated at
+        // the rate of the counted ones.
+        let length = c.length;
+        let counted = detached
+            .began
+            .saturating_duration_since(c.placing)
+            .max(length);
+        let in_place = detached
+            .ended
+            .saturating_duration_since(c.placing)
+            .max(counted);
+        let rate = hits as f64 / counted.as_secs_f64().max(1e-6);
+        let trapped = rate * in_place.as_secs_f64();
+        log::debug!(
+            "window closed: {hits} hits counted in {counted:?} ({length:?} of it sampled), the breakpoints in place {in_place:?}: about {trapped:.0} hits"
+        );
+        let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
+        let parks = counts
+            .hits(Probe::Gopark)
+            .saturating_sub(c.counts_at_open.hits(Probe::Gopark));
         let w = &mut self.windows;
-        w.open = Some(Open {
-            at: Instant::now(),
-            placing,
-            attach,
-            counts,
-        });
-        w.next = Some(Instant::now() + w.length);
+        w.parks_inside = Some(parks as f64 / counted.as_secs_f64().max(1e-6));
+        w.on += length;
+        w.in_place += in_place;
+        w.fixed = c.attach + detached.cpu;
+        w.overrun = in_place - length;
+        w.rate = Some(rate);
+        w.last_cost = trapped * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
+        // The budget is paid back in full before the next window: a window that cost more
+        // than planned (the first, planned from the pre-attach estimate; one the loop held
+        // open) used to skip one period only, and the windows cost 2% of a CPU in the
+        // benchmark's 8 s at the 1% budget.
+        let mut not_before = c.placing;
+        if share > 0.0 {
+            not_before += Duration::from_secs_f64(w.last_cost / share);
+        }
+        // A window that saturated the target slowed every request in flight while its
+        // breakpoints were in place: few requests may meet one.
+        let gap = match (w.pace.is_some_and(|p| p < SATURATED), w.missing_parks()) {
+            (true, Some(0)) => in_place.div_f64(LATENCY_SHARE),
+            (true, Some(_)) if w.windowed(Probe::Gopark) => {
+                in_place.div_f64(SAMPLE_SHARE).min(SAMPLE_GAP)
+            }
+            _ => Duration::ZERO,
+        };
+        not_before = not_before.max(c.placing + gap);
+        if w.last_cost > w.planned * 1.1 {
+            w.skipped += 1;
+        }
+        log::debug!(
+            "window cost {:.2} ms of CPU, planned {:.2} ms; the next not before {:?} from now",
+            w.last_cost * 1e3,
+            w.planned * 1e3,
+            not_before.saturating_duration_since(Instant::now())
+        );
+        w.not_before = Some(not_before);
         Ok(())
     }
 
@@ -423,30 +529,43 @@ impl Session {
             Duration::from_secs_f64((fits / per_second - w.overrun.as_secs_f64()).max(0.0))
         };
         w.length = length.clamp(MIN_WINDOW, MAX_WINDOW);
-        // A window that saturates the target is as long as the scaling needs, the sample's
-        // windows too (shorter ones undercount the runtime's parks: 5-7 ms windows scaled
-        // parks to 1.4-3x its count), and once the sample is in it comes seldom.
+        // A window that saturates the target is as long as the scaling needs (shorter ones
+        // undercount the runtime's parks: 5-7 ms windows scaled parks to 1.4-3x its count).
+        // Whether it does is known from the last window (the pre-attach estimate counts
+        // state changes that are not parks: 2.5 million a second on the allocation loop,
+        // which parks a few hundred times).
         if w.pace.is_some_and(|p| p < SATURATED) {
             w.length = SATURATED_WINDOW;
+        }
+        // The sample is taken in one window that closes once it is in: a few windows of
+        // 40 ms a second or two apart slowed more requests, and fixed costs and boundaries
+        // come once. It is taken when the last window saturated the target and its park
+        // probe fired fast enough (not on the allocation loop, whose stops the runtime
+        // counts are mostly preemptions: 50 parks in a window).
+        let missing = w
+            .missing_parks()
+            .filter(|m| *m > 0 && w.windowed(Probe::Gopark));
+        w.sampling = match (missing, w.pace, w.parks_inside) {
+            (Some(m), Some(p), Some(parks)) => {
+                p < SATURATED && parks * SAMPLE_WINDOW.as_secs_f64() * SAMPLE_FILL >= m as f64
+            }
+            _ => false,
+        };
+        if w.sampling {
+            w.length = SAMPLE_WINDOW;
         }
         // The first window, at a rate not yet measured, has no plan to exceed.
         w.planned = match w.rate {
             Some(_) => per_second * (w.length + w.overrun).as_secs_f64() + w.fixed.as_secs_f64(),
             None => f64::INFINITY,
         };
-        // A window that saturates the target slows every request in flight while its
-        // breakpoints are in place: it comes seldom enough for few requests to meet one.
-        w.latency_period = match pace < SATURATED {
-            true => (w.length + w.overrun).div_f64(LATENCY_SHARE),
-            false => Duration::ZERO,
-        };
         // A window shorter than the shortest worth having comes less often than once a
-        // period: as often as the budget pays for it.
+        // period: as often as the budget pays for it. One that saturates the target comes
+        // seldom (`window_removed`).
         w.period = match w.planned.is_finite() {
             true => PERIOD.max(Duration::from_secs_f64(w.planned / share)),
             false => PERIOD,
-        }
-        .max(w.latency_period);
+        };
         log::debug!(
             "window of {:?} every {:?}: {:.0} hits/s measured at {:.0}% of the target's pace, {:.2} ms of CPU planned, fixed cost {:?}",
             w.length,
@@ -462,9 +581,7 @@ impl Session {
     /// Closes an open window and waits for the last one's probes to go, for the report;
     /// their records are taken from `records`.
     pub(super) fn close_windows(&mut self, records: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        if self.windows.open.is_some() {
-            self.window_tick(records)?;
-        }
+        self.close_window(records)?;
         // The counts are scaled to the trace, not to the time the report then takes.
         if self.windows.until.is_none() {
             self.windows.until = Some(Instant::now());

@@ -116,10 +116,13 @@ pub(super) async fn follow(
                     break Stop::TargetExeced;
                 }
             }
-            _ = sleep_until(s.proof_next.into()), if s.prover.is_some() => {
+            // Nothing long runs while a window is open: its breakpoints would stay in place,
+            // the target slowed, for as long as a snapshot, a proof pass or a site's trial
+            // took (a 40 ms window was seen in place 160 ms).
+            _ = sleep_until(s.proof_next.into()), if s.prover.is_some() && s.windows.open.is_none() => {
                 s.advance_proof(io.records.get_mut());
             }
-            _ = sleep_until(s.next_snapshot), if s.snapshot_error.is_none() => {
+            _ = sleep_until(s.next_snapshot), if s.snapshot_error.is_none() && s.windows.open.is_none() => {
                 if s.snapshot(io.records.get_mut())? {
                     budget.reset_at(Instant::now() + QUICK_CHECK);
                 }

@@ -51,6 +51,10 @@ pub(super) const FIRST_WINDOW: Duration = Duration::from_millis(5);
 /// in flight) waits for the traps. On the benchmark's HTTP service a window keeps 5-10%.
 pub(super) const SATURATED: f64 = 0.5;
 
+/// The fewest parks a window must expect at the target's pace outside the windows for
+/// its pace inside to be judged (the runtime counts one in 8: 25 of its samples).
+pub(super) const PACE_PARKS: f64 = 200.0;
+
 /// A window's length on a target windows saturate, once the sample holds
 /// [`SAMPLE_PARKS`]: the runtime counts a park when its goroutine runs again, which a
 /// saturated target delays past a short window's close (windows of 2-20 ms scaled parks
@@ -64,11 +68,47 @@ pub(super) const SATURATED_WINDOW: Duration = Duration::from_millis(40);
 /// untraced on the HTTP service, where p99 is a few ms and a window 5-20 ms in place).
 pub(super) const LATENCY_SHARE: f64 = 0.001;
 
+/// The same share while the sample is not yet in ([`SAMPLE_PARKS`]): the gap after a
+/// saturating window is 99 times its breakpoints' time in place, about 5 s after one of
+/// 50 ms. Windows every second or two until the sample was in (4-5 of them, 300 ms in
+/// place in an 8 s run of the benchmark's HTTP service, 3.6% of the time) slowed a few
+/// per mille of its requests: p99 1.14x of untraced.
+pub(super) const SAMPLE_SHARE: f64 = 0.01;
+
+/// And that gap is at most this long, so that the sample is in a few seconds into the
+/// trace even on a loaded machine, where placing and removing the probes of the first
+/// 5 ms window kept them in place 70-110 ms (a gap of 10 s, past a 10 s trace).
+pub(super) const SAMPLE_GAP: Duration = Duration::from_secs(3);
+
+/// A saturating window taken while the sample is not yet in lasts until the runtime's
+/// count says the windows hold [`SAMPLE_PARKS`] (read every [`SAMPLE_POLL`], from
+/// [`SATURATED_WINDOW`] on), and at most this long: the whole sample in one window. At the
+/// 15-25,000 parks/s the HTTP service keeps in a window that is 60-100 ms.
+pub(super) const SAMPLE_WINDOW: Duration = Duration::from_millis(120);
+pub(super) const SAMPLE_POLL: Duration = Duration::from_millis(5);
+
+/// A sample window is taken when the park probe's rate in the last window would fill the
+/// sample in this many windows of [`SAMPLE_WINDOW`]: the HTTP service fires it 10-30,000
+/// times a second (measured with the probes' placing and removal, 1,300-3,600 in 120 ms),
+/// the allocation loop, whose stops the runtime counts are mostly preemptions, a few
+/// hundred.
+pub(super) const SAMPLE_FILL: f64 = 4.0;
+
+/// A window that saturates the target starts its sample this long after its probes are in
+/// place. The runtime counts a park when its goroutine runs again: a window's first
+/// milliseconds run the goroutines that parked before it, at the target's own pace, and
+/// the runtime counts them in the window, where no probe saw their parks (a sample window
+/// closed at 1,500 of the runtime's parks 45 ms in scaled parks to 0.64x its count). Once
+/// the target runs at the probes' pace, what the window's first parks leave to run after
+/// its close is about what it ran of those before it.
+pub(super) const SETTLE: Duration = Duration::from_millis(10);
+
 /// The runtime's parks the windows must hold before saturating windows become rare: the
-/// runtime counts one stop in 8, so 1,000 parks are 125 of its samples, and the share of
-/// them the windows saw (what sampled counts are divided by) is good to about 9%. The
-/// benchmark's HTTP service gives that in its first 2-4 windows (2,000 took 5-6).
-pub(super) const SAMPLE_PARKS: u64 = 1000;
+/// runtime counts one stop in 8, so 1,500 parks are about 190 of its samples. Taken in one
+/// window on the benchmark's HTTP service (`SAMPLE_WINDOW`), 1,000 scaled its parks to
+/// 0.81-1.25x the runtime's count over the trace; windows of 40 ms a second apart took
+/// 2-4 windows for 1,000.
+pub(super) const SAMPLE_PARKS: u64 = 1500;
 
 /// A window being closed: its links drop on a thread.
 pub(super) struct Closing {
@@ -82,7 +122,9 @@ pub(super) struct Closing {
 }
 
 pub(super) struct Open {
+    /// When the sample starts (see [`SETTLE`]), and whether it has.
     pub(super) at: Instant,
+    pub(super) settled: bool,
     pub(super) placing: Instant,
     pub(super) attach: Duration,
     pub(super) counts: Counts,
@@ -140,14 +182,19 @@ pub(super) struct Windows {
     sched_outside: Option<(Instant, SchedCounters)>,
     sched_open_at: Option<Instant>,
     parks_outside: Option<f64>,
+    /// The park probe's hits per second in the last window.
+    pub(super) parks_inside: Option<f64>,
     /// The target's pace in the last window against its pace outside, from the runtime's
     /// own parks: 1 when the probes did not slow it, under [`SATURATED`] when every park
     /// trapped. The hits a window counts are then what the target managed under the
     /// probes, not what it would do: they are divided by this to plan the next.
     pub(super) pace: Option<f64>,
-    /// The shortest period that keeps a saturating window's breakpoints in place for at
-    /// most [`LATENCY_SHARE`] of the time; zero when the windows do not saturate.
-    pub(super) latency_period: Duration,
+    /// The open window closes once the sample is in (see [`SAMPLE_WINDOW`]).
+    pub(super) sampling: bool,
+    /// No window opens before this: the budget has paid for the last one's measured cost
+    /// and, when it saturated the target, its breakpoints' time in place is within
+    /// [`SAMPLE_SHARE`] or [`LATENCY_SHARE`] of the time.
+    pub(super) not_before: Option<Instant>,
 }
 
 impl Windows {
@@ -205,11 +252,17 @@ impl Windows {
                     let parks = now.parks_since(&open);
                     self.sched_parks_in_windows += parks;
                     self.sched_created_in_windows += now.created_since(&open);
-                    let inside = self
+                    let lasted = self
                         .sched_open_at
-                        .map(|at| parks as f64 / at.elapsed().as_secs_f64().max(1e-4));
-                    self.pace = match (inside, self.parks_outside) {
-                        (Some(i), Some(o)) if o > 0.0 => Some((i / o).clamp(0.01, 1.0)),
+                        .map(|at| at.elapsed().as_secs_f64().max(1e-4));
+                    // A target that parks too seldom for the window to expect
+                    // [`PACE_PARKS`] of them at its pace outside has no pace to judge by
+                    // (the allocation loop: a few hundred parks a second, and its counted
+                    // stops are mostly preemptions).
+                    self.pace = match (lasted, self.parks_outside) {
+                        (Some(t), Some(o)) if o * t >= PACE_PARKS => {
+                            Some((parks as f64 / t / o).clamp(0.01, 1.0))
+                        }
                         _ => None,
                     };
                 }
@@ -224,6 +277,15 @@ impl Windows {
     pub(super) fn missing_parks(&self) -> Option<u64> {
         self.sched_since?;
         Some(SAMPLE_PARKS.saturating_sub(self.sched_parks_in_windows))
+    }
+
+    /// Whether the open window holds the parks the sample still needed when it opened, by
+    /// the runtime's count now.
+    pub(super) fn sample_in(&self, target: &Target) -> bool {
+        let (Some(missing), Some(open)) = (self.missing_parks(), self.sched_open) else {
+            return false;
+        };
+        SchedCounters::read(target).is_ok_and(|now| now.parks_since(&open) >= missing)
     }
 
     /// The runtime's parks over the windowed time, and the share of them the windows
