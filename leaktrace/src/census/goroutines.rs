@@ -487,6 +487,34 @@ impl Site {
             pc: self.pc,
         })
     }
+
+    /// Makes `slot` what [`Site::created_by`] gives for `g`, touching no reference count
+    /// where it already holds the same strings.
+    pub(crate) fn write_created_by(&self, g: &RawG, slot: &mut Option<CreatedBy>) {
+        let statement = self
+            .statement
+            .as_ref()
+            .filter(|_| g.gopc != 0 && g.goid != 1);
+        match (statement, slot.as_mut()) {
+            (Some((function, file, line)), Some(c)) => {
+                set_arc(&mut c.function, function);
+                set_arc(&mut c.file, file);
+                c.line = *line;
+                c.goid = g.parent_goid;
+                c.pc = self.pc;
+            }
+            (Some(_), None) => *slot = self.created_by(g),
+            (None, _) => *slot = None,
+        }
+    }
+}
+
+/// Makes `slot` point where `new` does, cloning (an atomic update of two counts) only if it
+/// does not already.
+pub(crate) fn set_arc<T: ?Sized>(slot: &mut Arc<T>, new: &Arc<T>) {
+    if !Arc::ptr_eq(slot, new) {
+        *slot = Arc::clone(new);
+    }
 }
 
 /// Symbolizes stacks and creation sites of one target's goroutines, caching by PC (the
@@ -504,18 +532,15 @@ pub(crate) struct Symbolizer {
 impl Symbolizer {
     /// What Go prints between the brackets of the header: the wait reason of a waiting
     /// goroutine ("chan send"), else its status ("running", "runnable", "syscall").
-    pub(crate) fn state(&mut self, target: &Target, status: u32, waitreason: u8) -> Arc<str> {
+    pub(crate) fn state(&mut self, target: &Target, status: u32, waitreason: u8) -> &Arc<str> {
         let key = u64::from(status) << 8 | u64::from(waitreason);
-        self.states
-            .entry(key)
-            .or_insert_with(|| {
-                if status == 4 && waitreason != 0 {
-                    target.reason_name(waitreason).into()
-                } else {
-                    status_string(status).into()
-                }
-            })
-            .clone()
+        self.states.entry(key).or_insert_with(|| {
+            if status == 4 && waitreason != 0 {
+                target.reason_name(waitreason).into()
+            } else {
+                status_string(status).into()
+            }
+        })
     }
 
     /// Expands physical frames into source frames (inlined calls first) and marks those
