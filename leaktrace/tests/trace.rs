@@ -621,7 +621,13 @@ fn per_point_and_multi_uprobe_links_both_trace() {
             std::thread::sleep(Duration::from_millis(20));
         }
         fixture.go_on();
-        assert!(lt.wait().unwrap().success(), "per-point {per_point}");
+        let lt = lt.wait_with_output().unwrap();
+        assert!(
+            lt.status.success(),
+            "per-point {per_point}: leaktrace {}: {}",
+            lt.status,
+            String::from_utf8_lossy(&lt.stderr)
+        );
         let (out, code) = fixture.finish();
         assert_eq!(code, Some(0), "{out}");
         let r: serde_json::Value =
