@@ -410,6 +410,99 @@ fn a_target_that_execs_mid_trace_ends_the_trace_cleanly() {
     );
 }
 
+/// Probes go on the binary leaktrace read its offsets from, through its own descriptor of it,
+/// never through `/proc/PID/exe`: after the target exec'd another program, a probe placed at
+/// the first binary's offsets lands nowhere in the new one. Through `/proc/PID/exe` it does
+/// (the control): an int3 at offsets that mean nothing in that program, mid-instruction at
+/// worst.
+#[test]
+fn probes_placed_after_an_exec_never_land_in_the_new_program() {
+    use leaktrace::{
+        probes::{Probe, Probes},
+        tracee::process::Process,
+    };
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("execs", &version, &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    fx.stderr.wait_for("ready", Duration::from_secs(10));
+    let pid = fx.pid();
+    let process = Process::open(pid).unwrap();
+    fx.go_on();
+    let exe = format!("/proc/{pid}/exe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !fs::read_link(&exe).is_ok_and(|p| p.ends_with("sleep")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the target did not exec"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // sleep's entry point: an instruction boundary in its code, as a file offset and as
+    // the address it is mapped at in the target.
+    let sleep = fs::read_link(&exe).unwrap();
+    let (offset, addr) = entry_point(&sleep, pid);
+    assert_ne!(first_byte_in_target(pid, addr), 0xcc);
+    let config = leaktrace_common::Config {
+        tgid: pid,
+        ..Default::default()
+    };
+    let mut probes = Probes::load(config, 1 << 16).unwrap();
+    probes
+        .attach(Probe::Gopark, &process.probe_path(), &[offset])
+        .unwrap();
+    assert_ne!(
+        first_byte_in_target(pid, addr),
+        0xcc,
+        "a probe at the Go binary's offset landed in {}",
+        sleep.display()
+    );
+    probes
+        .attach(Probe::Ready, &process.exe_path(), &[offset])
+        .unwrap();
+    assert_eq!(
+        first_byte_in_target(pid, addr),
+        0xcc,
+        "the control: through /proc/PID/exe the probe lands in the new program"
+    );
+    drop(probes);
+    let _ = fx.finish();
+}
+
+/// The file offset of an ELF binary's entry point and the address it has in `pid`.
+fn entry_point(path: &std::path::Path, pid: u32) -> (u64, u64) {
+    use object::{Object, ObjectSegment};
+    let data = fs::read(path).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let entry = file.entry();
+    let offset = file
+        .segments()
+        .find_map(|s| {
+            let (start, size) = (s.address(), s.size());
+            (entry >= start && entry < start + size).then(|| entry - start + s.file_range().0)
+        })
+        .expect("the entry point is in a segment");
+    let name = path.to_str().unwrap();
+    let addr = fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 6 || f[5] != name {
+                return None;
+            }
+            let (lo, hi) = f[0].split_once('-')?;
+            let (lo, hi) = (
+                u64::from_str_radix(lo, 16).ok()?,
+                u64::from_str_radix(hi, 16).ok()?,
+            );
+            let map_offset = u64::from_str_radix(f[2], 16).ok()?;
+            (offset >= map_offset && offset < map_offset + (hi - lo))
+                .then(|| lo + offset - map_offset)
+        })
+        .expect("the entry point is mapped");
+    (offset, addr)
+}
+
 /// Two copies of the same binary: only the chosen PID is traced. The other's code gets no
 /// breakpoint and none of its goroutines appears in the records.
 #[test]
@@ -584,7 +677,10 @@ fn output_files_are_not_written_through_a_planted_symlink() {
 
 /// Multi-uprobe links (Linux 6.6+) and per-point ones, as a kernel without the former gets
 /// (`LEAKTRACE_PER_POINT_UPROBES=1`): either way the probes are placed in the target, fire
-/// (the fixture's blocked senders park on gopark) until leaktrace exits.
+/// (the fixture's blocked senders park on gopark) until leaktrace exits. The fixture goes on
+/// once leaktrace says it is attached: it exits at once after its sends, and per-point
+/// probes are placed one after another (a target gone meanwhile ends the placing; see
+/// `probes_placed_after_an_exec_never_land_in_the_new_program` for what is placed where).
 #[test]
 fn per_point_and_multi_uprobe_links_both_trace() {
     let version = go_versions().pop().unwrap();
@@ -612,21 +708,34 @@ fn per_point_and_multi_uprobe_links_both_trace() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while first_byte_in_target(pid, gopark) != 0xcc {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "per-point {per_point}: no uprobe on gopark"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (lines, stderr) = std::sync::mpsc::channel();
+        let reader = std::io::BufReader::new(lt.stderr.take().unwrap());
+        let collect = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut all = String::new();
+            for line in reader.lines().map_while(Result::ok) {
+                let _ = lines.send(line.contains("attached to PID"));
+                all += &line;
+                all.push('\n');
+            }
+            all
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !stderr
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("per-point {per_point}: leaktrace never attached"))
+        {}
+        assert_eq!(
+            first_byte_in_target(pid, gopark),
+            0xcc,
+            "per-point {per_point}: no uprobe on gopark"
+        );
         fixture.go_on();
-        let lt = lt.wait_with_output().unwrap();
+        let status = lt.wait().unwrap();
+        let stderr = collect.join().unwrap();
         assert!(
-            lt.status.success(),
-            "per-point {per_point}: leaktrace {}: {}",
-            lt.status,
-            String::from_utf8_lossy(&lt.stderr)
+            status.success(),
+            "per-point {per_point}: leaktrace {status}: {stderr}"
         );
         let (out, code) = fixture.finish();
         assert_eq!(code, Some(0), "{out}");

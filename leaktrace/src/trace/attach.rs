@@ -128,8 +128,9 @@ fn running(
     place(
         &mut probes,
         &target.binary,
-        &target.process.exe_path(),
+        &target.process.probe_path(),
         &wanted,
+        &|| target.process.is_alive(),
     )?;
     Ok(Attached {
         target,
@@ -174,6 +175,7 @@ fn spawned(
         &binary,
         &held.program,
         &with(&opts.probes, &plan.probes),
+        &|| true, // held before its exec: it cannot have gone
     )?;
     if signals::received() > 0 {
         // Dropping `held` closes its pipe: the child exits without running CMD.
@@ -251,19 +253,26 @@ fn config_for(pid: u32, layout: &layout::RuntimeLayout) -> Config {
     }
 }
 
-/// Places `wanted` on `exe`.
+/// Places `wanted` on `exe`. A target that exits meanwhile (`alive` turns false) ends the
+/// placing, not the trace: the trace then stops as for any target that exits, with its
+/// report.
 fn place(
     probes: &mut Probes,
     binary: &GoBinary,
     exe: &Path,
     wanted: &[Probe],
+    alive: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
     for &probe in wanted {
         if signals::received() > 0 {
             break; // Ctrl-C while attaching: no further probe
         }
         if let Some(offsets) = offsets(binary, probe)? {
-            probes.attach(probe, exe, &offsets)?;
+            match probes.attach(probe, exe, &offsets) {
+                Ok(()) => {}
+                Err(_) if !alive() => break,
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())

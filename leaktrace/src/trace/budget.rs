@@ -365,11 +365,20 @@ impl Session {
             return Ok(());
         }
         let counts = self.probes.counts()?;
-        let exe = self.target.process.exe_path();
+        let exe = self.target.process.probe_path();
         let placing = Instant::now();
         let cpu0 = thread_cpu_time();
         for p in self.windows.probes.clone() {
-            self.probes.attach(p, &exe, &self.windows.offsets[&p])?;
+            match self.probes.attach(p, &exe, &self.windows.offsets[&p]) {
+                Ok(()) => {}
+                // Gone as the window opened: the trace stops at its exit, and its end
+                // takes out what was placed.
+                Err(_) if !self.target.process.is_alive() => {
+                    self.windows.next = None;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
         }
         let attach = thread_cpu_time().saturating_sub(cpu0);
         log::debug!(

@@ -100,7 +100,7 @@ impl Session {
             log::warn!("targeted probe at {pc:#x}: not in a loadable segment");
             return Ok(false);
         };
-        let exe = self.target.process.exe_path();
+        let exe = self.target.process.probe_path();
         let hits_before = self.probes.counts()?.hits(Probe::Site);
         if let Err(e) = self.probes.attach(Probe::Site, &exe, &[off]) {
             log::warn!("targeted probe at {pc:#x}: {e:#}");

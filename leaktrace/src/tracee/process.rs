@@ -37,6 +37,9 @@ pub struct Process {
     pidfd: OwnedFd,
     exe_dev: u64,
     exe_ino: u64,
+    /// The binary it ran when opened, held open: probes are placed through it (see
+    /// [`Process::probe_path`]). None where it could not be opened.
+    exe: Option<fs::File>,
 }
 
 impl Process {
@@ -48,10 +51,13 @@ impl Process {
     /// zombie, not yet reaped, has no /proc/PID/exe): its binary is identified by the file.
     pub fn open_spawned(pid: u32, program: &std::path::Path) -> Result<Self, ProcessError> {
         let meta = fs::metadata(program).map_err(|source| ProcessError::Io { pid, source })?;
-        Self::open_running(pid, Some(meta))
+        Self::open_running(pid, Some((meta, program)))
     }
 
-    fn open_running(pid: u32, exe_meta: Option<fs::Metadata>) -> Result<Self, ProcessError> {
+    fn open_running(
+        pid: u32,
+        exe_meta: Option<(fs::Metadata, &std::path::Path)>,
+    ) -> Result<Self, ProcessError> {
         if pid == 0 || pid > i32::MAX as u32 {
             return Err(ProcessError::NoSuchProcess(pid));
         }
@@ -67,16 +73,24 @@ impl Process {
         }
         // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let meta = match exe_meta {
-            Some(m) => m,
+        let (meta, exe) = match exe_meta {
+            Some((m, program)) => (m, fs::File::open(program).ok()),
             None => {
-                fs::metadata(format!("/proc/{pid}/exe")).map_err(|e| match e.raw_os_error() {
-                    Some(libc::ENOENT) => ProcessError::NoExecutable { pid },
-                    Some(libc::EPERM) | Some(libc::EACCES) => {
-                        ProcessError::Access { pid, source: e }
-                    }
-                    _ => ProcessError::Io { pid, source: e },
-                })?
+                let path = format!("/proc/{pid}/exe");
+                let exe = fs::File::open(&path).ok();
+                // The open file's own metadata where it opened: the binary held is the one
+                // identified, even if the target execs between the two.
+                let meta = match exe.as_ref().map(|f| f.metadata()) {
+                    Some(Ok(m)) => m,
+                    _ => fs::metadata(&path).map_err(|e| match e.raw_os_error() {
+                        Some(libc::ENOENT) => ProcessError::NoExecutable { pid },
+                        Some(libc::EPERM) | Some(libc::EACCES) => {
+                            ProcessError::Access { pid, source: e }
+                        }
+                        _ => ProcessError::Io { pid, source: e },
+                    })?,
+                };
+                (meta, exe)
             }
         };
         Ok(Self {
@@ -84,6 +98,7 @@ impl Process {
             pidfd,
             exe_dev: meta.dev(),
             exe_ino: meta.ino(),
+            exe,
         })
     }
 
@@ -95,6 +110,21 @@ impl Process {
     /// namespace (a container) or was deleted after it started.
     pub fn exe_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/exe", self.pid))
+    }
+
+    /// The path to place uprobes through: leaktrace's own descriptor of the binary the
+    /// target ran when it was opened (`/proc/self/fd/N`), else `/proc/PID/exe`. A uprobe
+    /// goes on a file, at offsets read from that file: placed through `/proc/PID/exe` after
+    /// the target exec'd another program, it would land in the new program at offsets that
+    /// mean nothing there (mid-instruction, a corrupted instruction). Through the held
+    /// file, it lands in the binary the offsets came from, which the target no longer maps:
+    /// no breakpoint anywhere in it.
+    pub fn probe_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        match &self.exe {
+            Some(f) => PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
+            None => self.exe_path(),
+        }
     }
 
     /// The binary's path as the target sees it, for messages.
@@ -109,7 +139,20 @@ impl Process {
         self.pidfd.as_fd()
     }
 
+    /// False once the process has exited, reaped or not: a zombie has no memory to read
+    /// and no code to probe (`/proc/PID/exe` is gone), though it can still be signalled.
     pub fn is_alive(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.pidfd_raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait. The pidfd is readable once the process exits.
+        match unsafe { libc::poll(&mut poll, 1, 0) } {
+            0 => return true,
+            n if n > 0 => return poll.revents & libc::POLLIN == 0,
+            _ => {}
+        }
         // SAFETY: signal 0 only checks that the process can be signalled; nothing is sent.
         let rc = unsafe {
             libc::syscall(
@@ -246,6 +289,29 @@ mod tests {
         let value: u64 = 0x1122_3344_5566_7788;
         assert_eq!(p.read_u64(&value as *const u64 as u64).unwrap(), value);
         assert!(p.read_u64(8).is_err(), "page 0 is never mapped");
+    }
+
+    /// A child that exited and was not reaped yet (a zombie) can still be signalled, but
+    /// has nothing left to read or probe: it is not alive.
+    #[test]
+    fn an_exited_child_not_yet_reaped_is_not_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let p = Process::open(child.id()).unwrap();
+        assert!(p.is_alive());
+        let stat = format!("/proc/{}/stat", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z ")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!p.is_alive(), "a zombie is not alive");
+        child.wait().unwrap();
     }
 
     #[test]
