@@ -62,30 +62,6 @@ fn spawn_is_refused(bin: &Path, wanted: &str) -> String {
     err.trim().to_string()
 }
 
-/// Where the target maps link-time address `addr` of its binary: the address plus the load
-/// bias, read from /proc/PID/maps (PIE binaries are mapped at a random base).
-fn runtime_address(pid: u32, bin: &Path, addr: u64) -> u64 {
-    use object::{Object, ObjectSegment};
-    let data = fs::read(bin).unwrap();
-    let file = object::File::parse(&*data).unwrap();
-    let first = file
-        .segments()
-        .find(|s| s.file_range().0 == 0)
-        .unwrap()
-        .address();
-    let exe = fs::canonicalize(bin).unwrap();
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let start = maps
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 6 && Path::new(f[5]) == exe && u64::from_str_radix(f[2], 16) == Ok(0))
-                .then(|| u64::from_str_radix(f[0].split('-').next().unwrap(), 16).unwrap())
-        })
-        .unwrap_or_else(|| panic!("{} not mapped in {pid}", exe.display()));
-    addr + start - (first & !0xfff)
-}
-
 /// The chansend protocol (N goroutines each block once on an unbuffered send, main receives)
 /// traced live: a breakpoint at runtime.gopark while traced and none after, exactly the N
 /// blocking sends parked on the senders' goroutine ids, each woken once by main, the park's

@@ -481,26 +481,7 @@ fn entry_point(path: &std::path::Path, pid: u32) -> (u64, u64) {
             (entry >= start && entry < start + size).then(|| entry - start + s.file_range().0)
         })
         .expect("the entry point is in a segment");
-    let name = path.to_str().unwrap();
-    let addr = fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 6 || f[5] != name {
-                return None;
-            }
-            let (lo, hi) = f[0].split_once('-')?;
-            let (lo, hi) = (
-                u64::from_str_radix(lo, 16).ok()?,
-                u64::from_str_radix(hi, 16).ok()?,
-            );
-            let map_offset = u64::from_str_radix(f[2], 16).ok()?;
-            (offset >= map_offset && offset < map_offset + (hi - lo))
-                .then(|| lo + offset - map_offset)
-        })
-        .expect("the entry point is mapped");
-    (offset, addr)
+    (offset, runtime_address(pid, path, entry))
 }
 
 /// Two copies of the same binary: only the chosen PID is traced. The other's code gets no

@@ -155,6 +155,7 @@ pub(crate) fn is_system(start_function: Option<&str>) -> bool {
     }
 }
 
+#[derive(Default)]
 pub(crate) struct RawG {
     pub(crate) addr: u64,
     pub(crate) status: u32,
@@ -335,19 +336,7 @@ impl RawG {
     fn unread(addr: u64) -> Self {
         Self {
             addr,
-            status: 0,
-            goid: 0,
-            waitsince: 0,
-            waitreason: 0,
-            tracking_seq: 0,
-            waiting: 0,
-            parent_goid: 0,
-            gopc: 0,
-            startpc: 0,
-            stack_lo: 0,
-            stack_hi: 0,
-            sched_sp: 0,
-            sched_pc: 0,
+            ..Self::default()
         }
     }
 
@@ -475,10 +464,7 @@ impl Site {
     /// Where `g` (one of this site's goroutines) was created; none for the main goroutine
     /// and for one the runtime started without a `go` statement.
     pub(crate) fn created_by(&self, g: &RawG) -> Option<CreatedBy> {
-        if g.gopc == 0 || g.goid == 1 {
-            return None;
-        }
-        let (function, file, line) = self.statement.clone()?;
+        let (function, file, line) = self.statement_of(g)?.clone();
         Some(CreatedBy {
             function,
             file,
@@ -488,14 +474,18 @@ impl Site {
         })
     }
 
+    /// The `go` statement that created `g`: none for the main goroutine and for one the
+    /// runtime started without one.
+    fn statement_of(&self, g: &RawG) -> Option<&GoStatement> {
+        self.statement
+            .as_ref()
+            .filter(|_| g.gopc != 0 && g.goid != 1)
+    }
+
     /// Makes `slot` what [`Site::created_by`] gives for `g`, touching no reference count
     /// where it already holds the same strings.
     pub(crate) fn write_created_by(&self, g: &RawG, slot: &mut Option<CreatedBy>) {
-        let statement = self
-            .statement
-            .as_ref()
-            .filter(|_| g.gopc != 0 && g.goid != 1);
-        match (statement, slot.as_mut()) {
+        match (self.statement_of(g), slot.as_mut()) {
             (Some((function, file, line)), Some(c)) => {
                 set_arc(&mut c.function, function);
                 set_arc(&mut c.file, file);

@@ -424,10 +424,11 @@ impl Census {
     }
 
     /// Gives back a snapshot this census took, once its reader is done with it: the next
-    /// snapshot is written over its entries, in its memory. A fresh one is ~160 bytes a goroutine that the
-    /// allocator takes from the kernel and gives back each time (glibc and musl map
-    /// allocations this large afresh): for a million goroutines ~40,000 page faults, 15% of
-    /// a full snapshot's CPU. The census then holds that memory between snapshots.
+    /// snapshot is written over its entries, in its memory. A fresh one is ~160 bytes a
+    /// goroutine that the allocator takes from the kernel and gives back each time (glibc
+    /// and musl map allocations this large afresh): for a million goroutines ~40,000 page
+    /// faults, 15% of a full snapshot's CPU. The census then holds that memory between
+    /// snapshots.
     pub fn recycle(&mut self, gs: Vec<GoroutineSnapshot>) {
         if gs.capacity() >= self.spare.capacity() {
             self.spare = gs;

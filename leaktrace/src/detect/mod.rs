@@ -883,22 +883,13 @@ impl Tracker {
             .iter()
             .filter(|g| self.proven.contains(&g.goid))
             .count();
-        // Newcomers the proof could not examine (a leak that goes on growing between
-        // proofs) do not count against it; any it examined and did not prove do.
-        let newer = p
-            .latest
-            .iter()
-            .filter(|g| !self.proven.contains(&g.goid) && !self.examined.contains(&g.goid))
-            .count();
-        if proven == 0 || proven + newer < count {
-            if proven > 0 {
-                j.evidence.insert(
-                    0,
-                    format!("{proven} of {count} unreachable: {}", self.proof_evidence),
-                );
-            }
+        if proven == 0 {
             return confidence(j.score);
         }
+        // A part with proven goroutines holds only those and the newcomers the proof could
+        // not examine (a leak that goes on growing between proofs): the ones it examined
+        // and did not prove are left out of it ([`Tracker::proven_part`]).
+        let newer = count - proven;
         j.score = j.score.max(REPORT_SCORE);
         let mut line = match newer {
             0 => format!("all {count} unreachable: {}", self.proof_evidence),

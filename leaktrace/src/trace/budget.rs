@@ -16,8 +16,7 @@ use super::{
     session::Session,
     windows::{
         Closing, FIRST_WINDOW, LATENCY_SHARE, MAX_WINDOW, MIN_WINDOW, Open, PERIOD, SAMPLE_FILL,
-        SAMPLE_GAP, SAMPLE_POLL, SAMPLE_SHARE, SAMPLE_WINDOW, SATURATED, SATURATED_WINDOW, SETTLE,
-        SchedRead,
+        SAMPLE_GAP, SAMPLE_POLL, SAMPLE_SHARE, SAMPLE_WINDOW, SATURATED_WINDOW, SETTLE, SchedRead,
     },
 };
 use crate::{
@@ -387,7 +386,7 @@ impl Session {
         );
         let w = &mut self.windows;
         // A window that saturates the target settles before its sample starts.
-        let settle = match w.sampling || w.pace.is_some_and(|p| p < SATURATED) {
+        let settle = match w.sampling || w.saturated() {
             true => SETTLE,
             false => Duration::ZERO,
         };
@@ -488,7 +487,7 @@ impl Session {
         }
         // A window that saturated the target slowed every request in flight while its
         // breakpoints were in place: few requests may meet one.
-        let gap = match (w.pace.is_some_and(|p| p < SATURATED), w.missing_parks()) {
+        let gap = match (w.saturated(), w.missing_parks()) {
             (true, Some(0)) => in_place.div_f64(LATENCY_SHARE),
             (true, Some(_)) if w.windowed(Probe::Gopark) => {
                 in_place.div_f64(SAMPLE_SHARE).min(SAMPLE_GAP)
@@ -543,7 +542,7 @@ impl Session {
         // Whether it does is known from the last window (the pre-attach estimate counts
         // state changes that are not parks: 2.5 million a second on the allocation loop,
         // which parks a few hundred times).
-        if w.pace.is_some_and(|p| p < SATURATED) {
+        if w.saturated() {
             w.length = SATURATED_WINDOW;
         }
         // The sample is taken in one window that closes once it is in: a few windows of
@@ -554,9 +553,9 @@ impl Session {
         let missing = w
             .missing_parks()
             .filter(|m| *m > 0 && w.windowed(Probe::Gopark));
-        w.sampling = match (missing, w.pace, w.parks_inside) {
-            (Some(m), Some(p), Some(parks)) => {
-                p < SATURATED && parks * SAMPLE_WINDOW.as_secs_f64() * SAMPLE_FILL >= m as f64
+        w.sampling = match (missing, w.parks_inside) {
+            (Some(m), Some(parks)) => {
+                w.saturated() && parks * SAMPLE_WINDOW.as_secs_f64() * SAMPLE_FILL >= m as f64
             }
             _ => false,
         };

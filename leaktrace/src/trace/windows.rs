@@ -288,6 +288,11 @@ impl Windows {
         SchedCounters::read(target).is_ok_and(|now| now.parks_since(&open) >= missing)
     }
 
+    /// Whether the last window slowed the target under [`SATURATED`] of its pace.
+    pub(super) fn saturated(&self) -> bool {
+        self.pace.is_some_and(|p| p < SATURATED)
+    }
+
     /// The runtime's parks over the windowed time, and the share of them the windows
     /// covered, when its counters could be read throughout.
     pub fn runtime_parks(&self) -> Option<(u64, f64)> {

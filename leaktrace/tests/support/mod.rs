@@ -331,6 +331,30 @@ pub fn first_byte_in_target(pid: u32, addr: u64) -> u8 {
     b[0]
 }
 
+/// Where the target maps link-time address `addr` of its binary: the address plus the load
+/// bias, read from /proc/PID/maps (PIE binaries are mapped at a random base).
+pub fn runtime_address(pid: u32, bin: &Path, addr: u64) -> u64 {
+    use object::{Object, ObjectSegment};
+    let data = fs::read(bin).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let first = file
+        .segments()
+        .find(|s| s.file_range().0 == 0)
+        .unwrap()
+        .address();
+    let exe = fs::canonicalize(bin).unwrap();
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let start = maps
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 6 && Path::new(f[5]) == exe && u64::from_str_radix(f[2], 16) == Ok(0))
+                .then(|| u64::from_str_radix(f[0].split('-').next().unwrap(), 16).unwrap())
+        })
+        .unwrap_or_else(|| panic!("{} not mapped in {pid}", exe.display()));
+    addr + start - (first & !0xfff)
+}
+
 /// The address of a function symbol in a non-PIE binary, from its symbol table.
 pub fn symbol_address(bin: &Path, name: &str) -> u64 {
     use object::{Object, ObjectSymbol};
@@ -342,9 +366,6 @@ pub fn symbol_address(bin: &Path, name: &str) -> u64 {
         .address()
 }
 
-/// Runs `leaktrace record -o <fresh directory named after NAME> ARGS` to completion and
-/// panics with its output if it fails. Returns report.json and leaktrace's stdout (which
-/// holds a spawned target's output too).
 /// Parks of every wait reason, as report.json counts them (scaled when sampled).
 pub fn total_parks(r: &serde_json::Value) -> u64 {
     r["parks"]
@@ -355,6 +376,9 @@ pub fn total_parks(r: &serde_json::Value) -> u64 {
         .sum()
 }
 
+/// Runs `leaktrace record -o <fresh directory named after NAME> ARGS` to completion and
+/// panics with its output if it fails. Returns report.json and leaktrace's stdout (which
+/// holds a spawned target's output too).
 pub fn record(name: &str, args: &[&str]) -> (serde_json::Value, String) {
     let dir = std::env::temp_dir().join(format!("leaktrace-record-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
