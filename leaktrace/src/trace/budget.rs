@@ -346,7 +346,6 @@ impl Session {
             if !c.detach.is_finished() {
                 // The kernel has not let go of the last window's probes yet.
                 self.windows.closing = Some(c);
-                self.windows.skipped += 1;
                 self.windows.next = Some(next_period);
                 return Ok(());
             }
@@ -359,7 +358,6 @@ impl Session {
         // The share of the budget the continuous probes leave.
         let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
         if !self.plan_window(share) {
-            self.windows.skipped += 1;
             self.windows.next = Some(next_period);
             return Ok(());
         }
@@ -495,9 +493,6 @@ impl Session {
             _ => Duration::ZERO,
         };
         not_before = not_before.max(c.placing + gap);
-        if w.last_cost > w.planned * 1.1 {
-            w.skipped += 1;
-        }
         log::debug!(
             "window cost {:.2} ms of CPU, planned {:.2} ms; the next not before {:?} from now",
             w.last_cost * 1e3,

@@ -1,7 +1,7 @@
 //! Probe windows: probes that cannot stay on within `--max-overhead` are placed for a short
 //! window each second, as long as their measured hit rate lets the window's cost fit the
 //! budget's share left by the continuous probes. Each window's hits set the next one's
-//! length; a window is skipped when the last one cost more than planned.
+//! length, and the next opens only once the budget has paid for what the last one cost.
 //!
 //! A window is opened by attaching the uprobes and closed by detaching them, not by
 //! disabling their perf events: on this kernel a disabled uprobe event keeps its breakpoint
@@ -152,7 +152,6 @@ pub(super) struct Windows {
     /// The windows' time in place, measured: from the attach to the last record.
     pub on: Duration,
     pub windows: u32,
-    pub skipped: u32,
     /// What the last closed window cost (CPU seconds), hits and fixed cost together.
     pub last_cost: f64,
     /// Its fixed cost alone.
