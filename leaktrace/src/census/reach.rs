@@ -186,10 +186,24 @@ impl BlockedG {
             waiting: g.waiting,
         }
     }
+
+    /// Whether `later`, read after `self`, is the same wait. Every field must be equal but
+    /// the wait start: a GC of the target fills in a waiting g's `waitsince` the first time
+    /// it sees the g blocked (0 becomes the cycle's start), so 0 then a time is one wait; a
+    /// g that runs again has it reset to 0, so a time then 0, or two different times, is not.
+    pub fn same_wait(&self, later: &BlockedG) -> bool {
+        let since = self.wait_since == later.wait_since || self.wait_since == 0;
+        since
+            && Self {
+                wait_since: later.wait_since,
+                ..*self
+            } == *later
+    }
 }
 
-/// The goroutines at `addrs`, re-read: the same wait as `before`, or None where the g is
-/// not in that wait any more (moved, woken, exited, or could not be read).
+/// The goroutines of `before`, re-read: each as read now where it is in the same wait
+/// ([`BlockedG::same_wait`]), or None where it is not any more (moved, woken, exited, or
+/// could not be read).
 pub fn still_blocked(target: &Target, before: &[BlockedG]) -> Vec<Option<BlockedG>> {
     let addrs: Vec<u64> = before.iter().map(|b| b.g_addr).collect();
     let Ok(now) = read_gs(target, &addrs) else {
@@ -200,8 +214,9 @@ pub fn still_blocked(target: &Target, before: &[BlockedG]) -> Vec<Option<Blocked
         .zip(now)
         .map(|(b, g)| {
             let status = g.status & !G_SCAN;
-            let same = (status == G_WAITING || status == G_LEAKED) && BlockedG::of(&g) == *b;
-            same.then_some(*b)
+            let now = BlockedG::of(&g);
+            let same = (status == G_WAITING || status == G_LEAKED) && b.same_wait(&now);
+            same.then_some(now)
         })
         .collect()
 }

@@ -180,7 +180,7 @@ impl Prover {
         let mut proven: Vec<BlockedG> = self
             .watched
             .into_iter()
-            .filter(|b| again.get(&b.goid) == Some(b))
+            .filter_map(|b| again.get(&b.goid).filter(|a| b.same_wait(a)).copied())
             .filter(|b| !(b.goid == 1 && Some(b.wait_reason) == main_select))
             .collect();
         proven.sort_by_key(|b| b.goid);

@@ -5,7 +5,9 @@
 //
 // -mode leaks|controls|all. Stdin: a line "profile" writes Go's own goroutineleak profile
 // (debug=1) to -profile PATH where the runtime has it (Go 1.27; 1.26 with GOEXPERIMENT) and
-// says "profiled" or "no goroutineleak profile" on stderr; end of stdin exits.
+// says "profiled" or "no goroutineleak profile" on stderr; a line "gc" runs a GC cycle and
+// says "collected"; end of stdin exits. -gc-off: one GC cycle before the leaks and none but those
+// asked for after (so that every leak's waitsince stays 0 until one).
 package main
 
 import (
@@ -15,6 +17,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -319,7 +322,14 @@ func settle() {
 func main() {
 	mode := flag.String("mode", "all", "leaks, controls or all")
 	profile := flag.String("profile", "", "where a \"profile\" line writes Go's goroutineleak profile")
+	gcOff := flag.Bool("gc-off", false, "no GC cycle but those a \"gc\" line asks for")
 	flag.Parse()
+	if *gcOff {
+		debug.SetGCPercent(-1)
+		// A cycle sets waitsince to the previous cycle's start, which the first has not:
+		// one now, so that the next sets the leaks' wait start.
+		runtime.GC()
+	}
 	leaks := 0
 	if *mode == "leaks" || *mode == "all" {
 		leaks = startLeaks()
@@ -330,6 +340,11 @@ func main() {
 	go func() {
 		in := bufio.NewScanner(os.Stdin)
 		for in.Scan() {
+			if in.Text() == "gc" {
+				runtime.GC()
+				fmt.Fprintln(os.Stderr, "collected")
+				continue
+			}
 			if in.Text() != "profile" {
 				continue
 			}
