@@ -387,17 +387,12 @@ fn casgstatus_body(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `g.stackguard0` (offset 16 in every Go version, GO-RUNTIME.md §5) holds this when the
-/// runtime asks the goroutine to stop at its next function prologue (runtime/stack.go
-/// `stackPreempt = uintptrMask & -1314`): the prologue's stack check then fails, morestack
-/// runs, and the function starts again from its entry, so an entry probe would fire twice
-/// for one call. A hit seen with this value is left for the repeat.
-const STACK_PREEMPT: u64 = 0xffff_ffff_ffff_fade;
-const G_STACKGUARD0: u64 = 16;
-
 /// Entry of `runtime.mallocgc(size, typ, needzero)` or, in Go 1.27, of each size-specialized
 /// allocation function that compiled code calls directly: the size is in RAX in every one.
-/// Runs on the allocating goroutine (R14). Aggregated per goroutine in `ALLOCS`.
+/// Runs on the allocating goroutine (R14). Aggregated per goroutine in `ALLOCS`. The probe
+/// sits past the function's stack check, on its frame push: a call whose check fails (the
+/// stack must grow, or the runtime asked the goroutine to stop there) runs morestack and
+/// starts again from the entry, and is seen once, when it gets past the check.
 #[inline(always)]
 fn malloc_body(ctx: ProbeContext) -> u32 {
     bump(Counter::AllocHits);
@@ -405,9 +400,6 @@ fn malloc_body(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let r = regs(&ctx);
-    if read_u64(r.r14 + G_STACKGUARD0) == Some(STACK_PREEMPT) {
-        return 0;
-    }
     let size = r.rax;
     add(Counter::AllocBytes, size);
     let Some(goid) = current_goid(r, cfg) else {

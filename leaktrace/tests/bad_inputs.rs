@@ -68,11 +68,12 @@ fn spawn_is_refused(bin: &Path, wanted: &str) -> String {
 /// caller symbolized as runtime.chansend, and the program's own output unchanged.
 fn traced_exactly(bin: &Path, what: &str, expected_sum: u64) {
     const N: usize = 12;
-    let gopark = GoBinary::open(bin)
-        .unwrap()
-        .function("runtime.gopark")
-        .unwrap()
-        .addr;
+    // Where the probe traps: gopark's frame push, after its stack check.
+    let binary = GoBinary::open(bin).unwrap();
+    let gopark = leaktrace::tracee::code::entry_probe_address(
+        &binary,
+        binary.function("runtime.gopark").unwrap().addr,
+    );
     let mut fx = Fixture::start(bin, &["-n", &N.to_string()]);
     fx.stderr.wait_for("ready", Duration::from_secs(10));
     let pid = fx.pid();

@@ -535,3 +535,71 @@ fn exercise(bin: &GoBinary, text: u64) {
         let _ = bin.file_offset(pc);
     }
 }
+
+/// Every runtime probe traps on an instruction the kernel emulates, on every Go version and
+/// build: the entry probes on the frame's `push rbp` after the stack check (past the entry,
+/// so a call that grows its stack is seen once), the create probe on a jump before each of
+/// `newproc1`'s returns, from which nothing but RAX-preserving code leads to the `RET`.
+/// On the single-stepped instructions they sat on before, a hit cost 7-10 times more.
+#[test]
+fn runtime_probes_trap_on_emulated_instructions() {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
+    use leaktrace::{probes::Probe, tracee::code};
+    for version in go_versions() {
+        for variant in VARIANTS {
+            let bin = open(&version, variant);
+            let case = format!("Go {version} {variant:?}");
+            for probe in Probe::ALL {
+                let Some(f) = bin.function(probe.function()) else {
+                    continue; // not linked in: never placed
+                };
+                if probe == Probe::Site {
+                    continue; // placed at suspects' sites
+                }
+                let addrs = probe.addresses(&bin).unwrap();
+                for &a in &addrs {
+                    assert!(code::emulated_at(&bin, a), "{case}: {probe:?} at {a:#x}");
+                    if !matches!(probe, Probe::Create | Probe::Alloc) {
+                        // Past the stack check, or on the entry of a function without one.
+                        assert!(
+                            a >= f.addr && a < f.addr + 24,
+                            "{case}: {probe:?} at {a:#x}"
+                        );
+                        assert_eq!(
+                            bin.read_vaddr(a, 1),
+                            Some(&[0x55u8][..]),
+                            "{case}: {probe:?}"
+                        );
+                    }
+                }
+                if probe == Probe::Create {
+                    // One probe per RET, each before it: walked on from the probe, the
+                    // code reaches a RET with no call and no other return between.
+                    let code = bin.read_vaddr(f.addr, f.size as usize).unwrap();
+                    let instrs: Vec<_> = Decoder::with_ip(64, code, f.addr, DecoderOptions::NONE)
+                        .into_iter()
+                        .collect();
+                    let rets = instrs
+                        .iter()
+                        .filter(|i| i.mnemonic() == Mnemonic::Ret)
+                        .count();
+                    assert_eq!(addrs.len(), rets, "{case}: {addrs:#x?}");
+                    for &a in &addrs {
+                        let from = instrs.iter().position(|i| i.ip() == a).unwrap();
+                        let ret = instrs[from..]
+                            .iter()
+                            .position(|i| i.mnemonic() == Mnemonic::Ret)
+                            .unwrap();
+                        assert!(ret <= 16, "{case}: {a:#x}");
+                        assert!(
+                            instrs[from + 1..from + ret]
+                                .iter()
+                                .all(|i| i.flow_control() != FlowControl::Call),
+                            "{case}: {a:#x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -49,7 +49,7 @@ fn threads_of(pid: u32) -> Vec<u64> {
 fn a_forked_child_is_not_traced_and_runs_unharmed() {
     let version = latest();
     let bin = build_fixture("forks", &version, &[]);
-    let gopark = symbol_address(&bin, "runtime.gopark");
+    let gopark = probe_address(&bin, "runtime.gopark");
     let mut fx = Fixture::start(&bin, &[]);
     fx.stderr.wait_for("ready", Duration::from_secs(10));
     let pid = fx.pid();
@@ -151,7 +151,7 @@ fn a_forked_child_is_not_traced_and_runs_unharmed() {
 /// milliseconds, a window in which to signal it while it attaches or finishes.
 fn big_target() -> (Fixture, PathBuf, u64) {
     let bin = build_fixture("manyparked", &latest(), &[]);
-    let gopark = symbol_address(&bin, "runtime.gopark");
+    let gopark = probe_address(&bin, "runtime.gopark");
     let mut fx = Fixture::start(&bin, &["-n", "50000", "-no-worker"]);
     fx.stderr.wait_for("ready", Duration::from_secs(60));
     assert_ne!(first_byte_in_target(fx.pid(), gopark), 0xcc);

@@ -43,7 +43,7 @@ const PACED_ONLY: &[&str] = &["--max-overhead", "off", "--probes", "park,wake,cr
 fn attach_and_detach_every_two_seconds_under_load() {
     let seconds = soak_seconds();
     let bin = build_fixture("busyservice", &go_versions().pop().unwrap(), &[]);
-    let gopark = symbol_address(&bin, "runtime.gopark");
+    let gopark = probe_address(&bin, "runtime.gopark");
     let mut fx = Fixture::start(&bin, &[]);
     let line = fx.stderr.wait_for("listening on", Duration::from_secs(10));
     let addr = line.rsplit(' ').next().unwrap().to_string();

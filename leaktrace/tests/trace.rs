@@ -37,7 +37,7 @@ fn blocking_sends_are_parked_and_woken_on_the_right_goroutines() {
                 log.to_str().unwrap(),
             ],
         );
-        let gopark = symbol_address(&bin, "runtime.gopark");
+        let gopark = probe_address(&bin, "runtime.gopark");
         assert_eq!(
             first_byte_in_target(fixture.pid(), gopark),
             0xcc,
@@ -166,8 +166,8 @@ fn no_probe_remains_after_exit() {
     fixture.stderr.wait_for("holding", Duration::from_secs(10));
     let pid = fixture.pid();
     let addrs = [
-        symbol_address(&bin, "runtime.gopark"),
-        symbol_address(&bin, "runtime.ready"),
+        probe_address(&bin, "runtime.gopark"),
+        probe_address(&bin, "runtime.ready"),
     ];
     let before: Vec<u8> = addrs
         .iter()
@@ -499,7 +499,7 @@ fn only_the_chosen_copy_of_a_binary_is_traced() {
         chosen.pid(),
         &["--max-overhead", "off", "--events", log.to_str().unwrap()],
     );
-    let gopark = symbol_address(&bin, "runtime.gopark");
+    let gopark = probe_address(&bin, "runtime.gopark");
     assert_eq!(first_byte_in_target(chosen.pid(), gopark), 0xcc);
     assert_ne!(
         first_byte_in_target(other.pid(), gopark),
@@ -534,7 +534,7 @@ fn sigkill_leaves_nothing_behind() {
     let mut fx = Fixture::start(&bin, &["-hold"]);
     fx.stderr.wait_for("holding", Duration::from_secs(10));
     let pid = fx.pid();
-    let gopark = symbol_address(&bin, "runtime.gopark");
+    let gopark = probe_address(&bin, "runtime.gopark");
     let before = first_byte_in_target(pid, gopark);
     let tracer = Tracer::attach(pid, &[]);
     let programs = programs_held_by(tracer.child.id());
@@ -666,7 +666,7 @@ fn output_files_are_not_written_through_a_planted_symlink() {
 fn per_point_and_multi_uprobe_links_both_trace() {
     let version = go_versions().pop().unwrap();
     let bin = build_fixture("chansend", &version, &[]);
-    let gopark = symbol_address(&bin, "runtime.gopark");
+    let gopark = probe_address(&bin, "runtime.gopark");
     for per_point in ["0", "1"] {
         let mut fixture = Fixture::start(&bin, &["-n", "5"]);
         fixture.stderr.wait_for("ready", Duration::from_secs(10));

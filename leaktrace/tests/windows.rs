@@ -39,8 +39,10 @@ fn park_hist<'a>(r: &'a Value, reason: &str) -> &'a Value {
     &r["histograms"][format!("park_ns.{reason}")]
 }
 
-/// Paced hand-offs (testdata/go/parkrate, 3,000 exchanges/s, one per pair each millisecond) cost far more than 1% of a CPU
-/// with park/wake on all the time, and fit with no budget. Traced continuously
+/// Paced hand-offs (testdata/go/parkrate, 12,000 exchanges/s, one per pair each
+/// millisecond: 48,000 park and wake hits a second) cost several times 1% of a CPU with
+/// park/wake on all the time (1-1.5 us a hit on these VMs, on the functions' frame push),
+/// and fit with no budget. Traced continuously
 /// (`--max-overhead off`) and, within the same seconds, with the default options:
 /// the sampled trace's scaled parks are within 40% of the continuous trace's, its p50 and
 /// p99 park durations within 2x, and every output says it sampled.
@@ -50,7 +52,7 @@ fn park_and_wake_in_windows_agree_with_a_continuous_trace() {
     let bin = build_fixture("parkrate", &newest(), &[]);
     // One exchange per pair every millisecond: batches every 10 ms would make what a
     // window of a few milliseconds sees depend on whether a batch fell into it.
-    let mut fx = Fixture::start(&bin, &["-pairs", "3", "-rate", "3000", "-tick", "1ms"]);
+    let mut fx = Fixture::start(&bin, &["-pairs", "12", "-rate", "12000", "-tick", "1ms"]);
     fx.stderr.wait_for("ready", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     let pid = fx.pid().to_string();
@@ -106,7 +108,7 @@ fn park_and_wake_in_windows_agree_with_a_continuous_trace() {
 
     let (c, w) = (parks_per_second(&cont, 18.0), parks_per_second(&win, 12.0));
     eprintln!("parks/s: {w:.0} in windows, {c:.0} continuously");
-    assert!(c > 1000.0, "the continuous trace counted {c:.0} parks/s");
+    assert!(c > 4000.0, "the continuous trace counted {c:.0} parks/s");
     // About ten windows of a few tens of ms sample 1% of the time. On an idle machine they
     // agree within 15%; with every CPU saturated the target runs in bursts as long as a
     // window (and slows in the windows, where both traces' probes are hit), and the sample
@@ -483,7 +485,7 @@ fn a_windows_cost_counts_its_breakpoints_until_the_kernel_removes_them() {
     let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
     let (fx, mut wrk) = busy_http_service(12);
     let pid = fx.pid();
-    let gopark = symbol_address(&build_fixture("fanout", &newest(), &[]), "runtime.gopark");
+    let gopark = probe_address(&build_fixture("fanout", &newest(), &[]), "runtime.gopark");
     let before = first_byte_in_target(pid, gopark);
     assert_ne!(before, 0xcc, "a breakpoint before leaktrace started");
     let watching = std::thread::spawn(move || {
@@ -627,31 +629,35 @@ fn a_hot_site_is_tried_and_removed_within_the_budget() {
     );
 }
 
-/// Windows that saturate the target (the benchmark's HTTP service: in a window it keeps
-/// 7-16% of its pace, by the runtime's own count of its parks) slow every request in
-/// flight, so once the sample holds enough of the runtime's parks for the scaling, they
-/// come seldom: their breakpoints in place at most 0.1% of the time, one window of 40 ms
-/// a minute or so instead of one of 20-100 ms every second. Read off the target's own code
-/// (the first byte of runtime.gopark, every millisecond), the last seconds of a 14 s trace
-/// have no window; the scaled parks still agree with the runtime's count.
+/// Windows on the benchmark's HTTP service. Read off the target's own code (the byte of
+/// runtime.gopark's probe, every millisecond), its breakpoints are in place about as much
+/// as the budget pays for, and no more than 2% of the trace. Windows that saturate the
+/// target (where a hit costs 10 us or more, it kept 7-16% of its pace in a window, by the
+/// runtime's own count of its parks) slow every request in flight, so once the sample holds
+/// enough of the runtime's parks for the scaling, they come seldom: at most 0.1% of the
+/// time, one window of 40 ms a minute or so instead of one of 20-100 ms every second. When
+/// every window saturated, the last seconds of the 20 s trace have none. The scaled parks
+/// agree with the runtime's count either way.
 #[test]
-fn saturating_windows_come_seldom_once_the_sample_is_in() {
+fn a_busy_services_windows_keep_to_the_budget_and_saturating_ones_come_seldom() {
     let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
     let (fx, mut wrk) = busy_http_service(26);
     let pid = fx.pid();
-    let gopark = symbol_address(&build_fixture("fanout", &newest(), &[]), "runtime.gopark");
+    let gopark = probe_address(&build_fixture("fanout", &newest(), &[]), "runtime.gopark");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watching = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut last = None;
+            let (mut last, mut polls, mut placed) = (None, 0u32, 0u32);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                polls += 1;
                 if first_byte_in_target(pid, gopark) == 0xcc {
                     last = Some(Instant::now());
+                    placed += 1;
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
-            last
+            (last, f64::from(placed) / f64::from(polls.max(1)))
         })
     };
     // 20 s: the sample's windows come as the budget pays for them, 1-4 s apart, and the
@@ -659,21 +665,27 @@ fn saturating_windows_come_seldom_once_the_sample_is_in() {
     let (r, _) = record("windows-seldom", &["-p", &pid.to_string(), "-d", "20s"]);
     let ended = Instant::now();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let last = watching.join().unwrap();
+    let (last, in_place) = watching.join().unwrap();
     let _ = wrk.kill();
     let _ = wrk.wait();
     let p = &r["probes"];
     let s = &p["sampling"]["runtime.gopark"];
     assert_eq!(s["mode"], "windows", "{p:#}");
     let last = last.unwrap_or_else(|| panic!("no window placed gopark's breakpoint: {p:#}"));
+    let quiet = ended.duration_since(last);
+    eprintln!(
+        "breakpoints in place {:.2}% of the polls, none in the last {quiet:?} of the trace and its report: {s:#}",
+        in_place * 100.0
+    );
+    assert!(in_place <= 0.02, "in place {:.2}%: {p:#}", in_place * 100.0);
     // The sample takes 1-3 windows 1-4 s apart: the last is at most 10-12 s into the
     // trace. Every second, one would be in its last second or two (and the report takes
     // about one).
-    let quiet = ended.duration_since(last);
-    eprintln!("no window in the last {quiet:?} of the trace and its report: {s:#}");
-    assert!(
-        quiet >= Duration::from_secs(4),
-        "a window {quiet:?} before the end: {p:#}"
-    );
+    if s["saturated"] == s["windows"] {
+        assert!(
+            quiet >= Duration::from_secs(4),
+            "a window {quiet:?} before the end: {p:#}"
+        );
+    }
     agrees_with_the_runtime(&p["park_scaling"], "parks");
 }

@@ -146,7 +146,11 @@ struct Tracer {
     hits: BTreeMap<String, u64>,
     lost: u64,
     shed: Vec<String>,
+    /// What a hit cost on a single-stepped instruction and on an emulated one.
     hit_cost_us: f64,
+    hit_cost_push_us: f64,
+    /// The probes' hits at what each cost, over the trace: a fraction of a CPU.
+    hit_cpu: f64,
     report: serde_json::Value,
     /// leaktrace's CPU over the target's CPU, both from the moment leaktrace attached to the
     /// end of the measured window (None where the window could not be read).
@@ -268,6 +272,19 @@ fn finish_leaktrace(mut lt: Child, stop_at: Option<Instant>, dir: &Path) -> anyh
         lost: p["lost_records"].as_u64().unwrap_or(0),
         shed: strings(&p["shed"]),
         hit_cost_us: p["hit_cost_us"].as_f64().unwrap_or(0.0),
+        hit_cost_push_us: p["hit_cost_push_us"].as_f64().unwrap_or(0.0),
+        hit_cpu: p["hits"].as_object().map_or(0.0, |hits| {
+            hits.iter()
+                .map(|(f, n)| {
+                    let us = p["hit_cost_us_by_function"][f]
+                        .as_f64()
+                        .or(p["hit_cost_us"].as_f64())
+                        .unwrap_or(0.0);
+                    n.as_u64().unwrap_or(0) as f64 * us * 1e-6
+                })
+                .sum::<f64>()
+                / report["observed_seconds"].as_f64().unwrap_or(1.0).max(1e-3)
+        }),
         report,
         cpu_share: None,
     })
@@ -679,19 +696,26 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
         }
         let hits = Spread::of(&ts.iter().map(|t| t.hits_per_second()).collect::<Vec<_>>());
         let cost = Spread::of(&ts.iter().map(|t| t.hit_cost_us).collect::<Vec<_>>());
+        let push = Spread::of(&ts.iter().map(|t| t.hit_cost_push_us).collect::<Vec<_>>());
+        let hit_cpu = Spread::of(&ts.iter().map(|t| t.hit_cpu).collect::<Vec<_>>());
         let cpu = ts.iter().map(|t| t.cpu_seconds).fold(0.0, f64::max);
         let rss = ts.iter().map(|t| t.peak_rss_kib).max().unwrap_or(0);
-        if let (Some(h), Some(c)) = (hits, cost) {
+        if let (Some(h), Some(c), Some(e), Some(x)) = (hits, cost, push, hit_cpu) {
             let _ = writeln!(
                 md,
-                "  - probe hits {:.0}/s (median of runs; {:.0}-{:.0}) at a measured {:.1} us per hit ({:.1}-{:.1}): an estimated {:.2}% of a CPU",
+                "  - probe hits {:.0}/s (median of runs; {:.0}-{:.0}) at a measured {:.1} us per hit on a function's entry ({:.1}-{:.1}), {:.1} us on a return or a site ({:.1}-{:.1}): an estimated {:.2}% of a CPU ({:.2}-{:.2}%)",
                 h.median,
                 h.min,
                 h.max,
+                e.median,
+                e.min,
+                e.max,
                 c.median,
                 c.min,
                 c.max,
-                h.median * c.median * 1e-4
+                x.median * 100.0,
+                x.min * 100.0,
+                x.max * 100.0,
             );
         }
         let _ = writeln!(

@@ -1,13 +1,20 @@
 //! What one uprobe hit costs on this machine, measured at start-up.
 //!
 //! The overhead budget multiplies probe hits by the cost of one hit, and that cost varies
-//! twenty-fold between machines (5-10 us on this project's 2-vCPU VMs with kernel 6.18,
-//! 0.3-0.9 us on bare metal). So leaktrace places its own `site` program (a trap, a few
-//! reads, one ring-buffer record: what a park or wake probe does) on a function of its own
-//! binary whose first instruction, like a Go function's stack check, is single-stepped out
-//! of line, calls it a thousand times with and without the probe, timing each call, and
-//! takes the difference of the median calls. It takes 20-60 ms; the probe is removed on a
-//! thread, so that the kernel's grace period on removal does not delay the trace.
+//! twenty-fold between machines (1-12 us on this project's 2-vCPU VMs with kernel 6.18,
+//! 0.3-0.9 us on bare metal), and seven-fold with the instruction trapped on. The kernel
+//! emulates a few instructions (`push`, the branches), and single-steps the others out of
+//! line, a second trap. leaktrace places its entry probes on a Go function's `push rbp`
+//! ([`crate::tracee::code::entry_probe_address`]): 1.5 us a hit here, against 10-12 us on
+//! the function's first instruction, its stack check's `cmp`. Return and site probes sit
+//! on whatever instruction is there (a `RET`, a `mov`), mostly single-stepped.
+//!
+//! So leaktrace places its own `site` program (a trap, a few reads, one ring-buffer
+//! record: what a park or wake probe does) on a function of its own binary that begins with
+//! `push rbp; mov rbp, rsp`, calls it a thousand times with no probe, with a probe on the
+//! `push`, and with a second probe on the `mov` too, timing each call, and takes the
+//! differences of the median calls. It takes 30-90 ms; the probes are removed on a thread,
+//! so that the kernel's grace period on removal does not delay the trace.
 
 use std::{
     hint::black_box,
@@ -39,32 +46,74 @@ const PLAUSIBLE: (Duration, Duration) = (Duration::from_nanos(500), Duration::fr
 /// and at most a few calls in a thousand are.
 const CALLS: usize = 1000;
 
-/// The function the calibration probe is placed on: exported under a fixed name, never
-/// inlined, so that every call is a call to this one instruction address.
+/// The function the calibration probes are placed on: exported under a fixed name, written
+/// out instruction by instruction, so that its first instruction is a `push rbp` (which the
+/// kernel may emulate, as at a Go function's frame push) and its second a `mov rbp, rsp`
+/// (which it single-steps, as it does a Go function's first instruction).
+#[unsafe(naked)]
 #[unsafe(no_mangle)]
-#[inline(never)]
 pub extern "C" fn leaktrace_calibration_target(x: u64) -> u64 {
-    black_box(x)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        .rotate_left(17)
+    core::arch::naked_asm!(
+        "push rbp",
+        "mov rbp, rsp",
+        "mov rax, rdi",
+        "movabs rcx, 0x9e3779b97f4a7c15",
+        "imul rax, rcx",
+        "rol rax, 17",
+        "pop rbp",
+        "ret",
+    )
 }
 
-/// The cost of one probe hit: measured, clamped to a plausible range, or
-/// [`FALLBACK_HIT_COST`] with a warning on stderr when it cannot be measured.
-pub fn hit_cost() -> Duration {
-    match measure() {
-        Ok(d) if d < PLAUSIBLE.0 || d > PLAUSIBLE.1 => {
-            let c = d.clamp(PLAUSIBLE.0, PLAUSIBLE.1);
-            log::warn!("measured a probe hit at {d:?}: implausible, using {c:?}");
-            c
+/// The offsets in [`leaktrace_calibration_target`] of its `push rbp` (1 byte) and of the
+/// `mov rbp, rsp` after it.
+const PUSH_AT: u64 = 0;
+const MOV_AT: u64 = 1;
+
+/// What one probe hit costs on this machine, by the instruction it traps on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HitCost {
+    /// On a `push`, which the kernel emulates (Linux 6.12+; otherwise as `stepped`).
+    pub emulated: Duration,
+    /// On an instruction the kernel single-steps out of line.
+    pub stepped: Duration,
+}
+
+impl HitCost {
+    /// Both figures the same: assumed, or for tests.
+    pub const fn uniform(d: Duration) -> Self {
+        Self {
+            emulated: d,
+            stepped: d,
         }
-        Ok(d) => d,
+    }
+}
+
+/// The cost of one probe hit: measured, each figure clamped to a plausible range, or
+/// [`FALLBACK_HIT_COST`] for both with a warning on stderr when it cannot be measured.
+pub fn hit_cost() -> HitCost {
+    let plausible = |d: Duration, what: &str| {
+        let c = d.clamp(PLAUSIBLE.0, PLAUSIBLE.1);
+        if c != d {
+            log::warn!("measured a probe hit {what} at {d:?}: implausible, using {c:?}");
+        }
+        c
+    };
+    match measure() {
+        Ok(h) => {
+            let stepped = plausible(h.stepped, "on a single-stepped instruction");
+            HitCost {
+                // An emulated hit costs no more than a single-stepped one.
+                emulated: plausible(h.emulated, "on a push").min(stepped),
+                stepped,
+            }
+        }
         Err(e) => {
             eprintln!(
                 "leaktrace: could not measure what a probe hit costs on this machine ({e:#}); assuming {} us",
                 FALLBACK_HIT_COST.as_secs_f64() * 1e6
             );
-            FALLBACK_HIT_COST
+            HitCost::uniform(FALLBACK_HIT_COST)
         }
     }
 }
@@ -112,15 +161,21 @@ fn own_location() -> anyhow::Result<(PathBuf, u64)> {
     bail!("the calibration function at {addr:#x} is in no file mapping of leaktrace")
 }
 
-/// Places the `site` program on [`leaktrace_calibration_target`] in this process and
-/// returns the added time per call.
-fn measure() -> anyhow::Result<Duration> {
+/// Places the `site` program on [`leaktrace_calibration_target`] in this process, on its
+/// `push` and then on its `mov` too, and returns the time each probe adds per call.
+fn measure() -> anyhow::Result<HitCost> {
     let started = Instant::now();
     black_box(leaktrace_calibration_target(0));
     let bare = per_call_ns(CALLS);
     let (path, offset) = own_location()?;
     let pid = std::process::id();
-    let mut ebpf = EbpfLoader::new()
+    // The maps only the allocation probes fill are made as small as they may be: creating
+    // them full size (tens of MiB, zeroed) would be most of the calibration's CPU.
+    let mut loader = EbpfLoader::new();
+    for map in ["ALLOCS", "SAMPLED", "STACKS", "SAMPLES"] {
+        loader.map_max_entries(map, 64);
+    }
+    let mut ebpf = loader
         .load(BPF_OBJECT)
         .context("loading leaktrace's BPF programs")?;
     let mut cfg: Array<_, Config> = ebpf
@@ -140,26 +195,46 @@ fn measure() -> anyhow::Result<Duration> {
         .ok_or_else(|| anyhow!("BPF object has no site program"))?
         .try_into()?;
     program.load()?;
-    program
-        .attach(
-            [offset],
-            &path,
-            UProbeScope::OneProcess(NonZeroU32::new(pid).unwrap()),
-        )
-        .with_context(|| format!("placing a uprobe on {}", path.display()))?;
-    // The first hits set up the probe's out-of-line slot and wake an idle vCPU up: a round
-    // to warm up, not counted.
-    let attached = started.elapsed();
-    per_call_ns(CALLS / 10);
-    let probed = per_call_ns(CALLS);
-    // Removing the uprobe waits for a kernel grace period; nothing here needs to wait.
-    std::thread::spawn(move || drop(ebpf));
+    let mut links = Vec::new();
+    let mut probed = |at: u64| -> anyhow::Result<f64> {
+        links.push(
+            program
+                .attach(
+                    [offset + at],
+                    &path,
+                    UProbeScope::OneProcess(NonZeroU32::new(pid).unwrap()),
+                )
+                .with_context(|| format!("placing a uprobe on {}", path.display()))?,
+        );
+        // The first hits set up the probe (and its out-of-line slot) and wake an idle vCPU
+        // up: a round to warm up, not counted.
+        per_call_ns(CALLS / 10);
+        Ok(per_call_ns(CALLS))
+    };
+    let push = probed(PUSH_AT)?;
+    let both = probed(MOV_AT)?;
+    // Removing a uprobe waits for a kernel grace period (about 100 ms each); nothing here
+    // needs to wait. The programs' descriptors are closed now (the links keep them loaded
+    // until they go), the links on threads, at once.
+    let links = links
+        .into_iter()
+        .map(|id| program.take_link(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(ebpf);
+    for link in links {
+        std::thread::spawn(move || drop(link));
+    }
     log::debug!(
-        "calibration: {bare:.0} ns per call bare, {probed:.0} ns probed, in {:?} ({attached:?} to place the probe)",
+        "calibration: {bare:.0} ns per call bare, {push:.0} ns with a probe on a push, {both:.0} ns with one on the next instruction too, in {:?}",
         started.elapsed()
     );
-    if probed <= bare {
-        bail!("the probe added nothing measurable ({probed:.0} ns vs {bare:.0} ns per call)");
+    if push <= bare || both <= push {
+        bail!(
+            "a probe added nothing measurable ({bare:.0} ns per call bare, {push:.0} ns probed, {both:.0} ns probed twice)"
+        );
     }
-    Ok(Duration::from_nanos((probed - bare) as u64))
+    Ok(HitCost {
+        emulated: Duration::from_nanos((push - bare) as u64),
+        stepped: Duration::from_nanos((both - push) as u64),
+    })
 }

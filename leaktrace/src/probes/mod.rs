@@ -23,6 +23,7 @@ use aya::{
 use leaktrace_common::{AllocStat, Config, Counter, MADVISE_ADVICES, SPAN_CLASSES, SampleKey};
 
 use crate::tracee::{binary::GoBinary, code};
+use calibrate::HitCost;
 
 pub mod calibrate;
 
@@ -231,7 +232,7 @@ impl Probe {
             return alloc_entries(binary);
         }
         if self == Probe::Create {
-            let rets = code::ret_addresses(binary, self.function()).ok_or_else(missing)?;
+            let rets = code::return_probe_addresses(binary, self.function()).ok_or_else(missing)?;
             if rets.is_empty() {
                 bail!(
                     "found no RET instruction in {} of {}",
@@ -241,9 +242,8 @@ impl Probe {
             }
             return Ok(rets);
         }
-        Ok(vec![
-            binary.function(self.function()).ok_or_else(missing)?.addr,
-        ])
+        let entry = binary.function(self.function()).ok_or_else(missing)?.addr;
+        Ok(vec![code::entry_probe_address(binary, entry)])
     }
 }
 
@@ -268,7 +268,7 @@ fn alloc_entries(binary: &GoBinary) -> anyhow::Result<Vec<u64>> {
         let f = binary
             .function("runtime.mallocgc")
             .ok_or_else(|| anyhow!("no runtime.mallocgc in {}", binary.path()))?;
-        return Ok(vec![f.addr]);
+        return Ok(vec![code::entry_probe_address(binary, f.addr)]);
     }
     let mut addrs: Vec<u64> = binary
         .pclntab()
@@ -278,7 +278,7 @@ fn alloc_entries(binary: &GoBinary) -> anyhow::Result<Vec<u64>> {
                 && f.name != "runtime.mallocgc"
                 && !f.name.contains("SlowPath")
         })
-        .map(|f| f.entry)
+        .map(|f| code::entry_probe_address(binary, f.entry))
         .collect();
     addrs.sort_unstable();
     addrs.dedup();
@@ -366,6 +366,64 @@ pub struct Detached {
     /// was detached, the target trapping on every hit unrecorded; multi-uprobe links take it
     /// out first, then wait.
     pub ended: Instant,
+}
+
+/// What a hit of each probe costs the target: the measured cost of a hit on an instruction
+/// the kernel emulates for the probes placed only on such (the entry probes, on a Go
+/// function's frame push; the create probe, on the jumps before `newproc1`'s returns), of a
+/// hit on a single-stepped instruction for the others.
+#[derive(Clone, Debug)]
+pub struct HitCosts {
+    pub measured: HitCost,
+    by_probe: HashMap<Probe, Duration>,
+}
+
+impl HitCosts {
+    /// Each probe's cost where [`Probe::addresses`] places it in `binary`.
+    pub fn for_binary(measured: HitCost, binary: &GoBinary) -> Self {
+        let by_probe = Probe::ALL
+            .into_iter()
+            .filter_map(|p| {
+                let addrs = p.addresses(binary).ok()?;
+                let push = !addrs.is_empty() && addrs.iter().all(|a| code::emulated_at(binary, *a));
+                push.then_some((p, measured.emulated))
+            })
+            .collect();
+        Self { measured, by_probe }
+    }
+
+    /// The same cost for every probe.
+    pub fn uniform(d: Duration) -> Self {
+        Self {
+            measured: HitCost::uniform(d),
+            by_probe: HashMap::new(),
+        }
+    }
+
+    /// What one hit of `probe` costs (a site probe's, [`HitCosts::at`]).
+    pub fn of(&self, probe: Probe) -> Duration {
+        self.by_probe
+            .get(&probe)
+            .copied()
+            .unwrap_or(self.measured.stepped)
+    }
+
+    /// What one hit of a probe at `addr` (a link-time address of `binary`) costs.
+    pub fn at(&self, binary: &GoBinary, addr: u64) -> Duration {
+        if code::emulated_at(binary, addr) {
+            self.measured.emulated
+        } else {
+            self.measured.stepped
+        }
+    }
+
+    /// The CPU (a fraction of one) that `probes` firing at `rates` a second cost.
+    pub fn cpu(&self, rates: &HashMap<Probe, f64>, probes: &[Probe]) -> f64 {
+        probes
+            .iter()
+            .map(|p| rates.get(p).copied().unwrap_or(0.0) * self.of(*p).as_secs_f64())
+            .sum()
+    }
 }
 
 /// The loaded BPF object, configured for one target process.
@@ -741,9 +799,9 @@ pub fn over_budget(
     rates: &HashMap<Probe, f64>,
     attached: &[Probe],
     budget: f64,
-    hit_cost: Duration,
+    costs: &HitCosts,
 ) -> Vec<Probe> {
-    let cost = |p: &Probe| rates.get(p).copied().unwrap_or(0.0) * hit_cost.as_secs_f64();
+    let cost = |p: &Probe| costs.cpu(rates, std::slice::from_ref(p));
     let mut total: f64 = attached.iter().map(cost).sum();
     let mut shed = Vec::new();
     for p in Probe::SHED_ORDER {
@@ -778,7 +836,7 @@ mod tests {
             (Probe::Create, 10.0),
         ]);
         let attached = [Probe::Gopark, Probe::Ready, Probe::Create, Probe::ChanSend];
-        let hit = Duration::from_micros(5);
+        let hit = &HitCosts::uniform(Duration::from_micros(5));
         // 4010 hits/s x 5 us = 2.0%; without the sends 1.5%; without wake, and so park,
         // 0.05%.
         assert_eq!(
@@ -803,8 +861,34 @@ mod tests {
         );
         // On a machine where a hit costs 1 us, all of them fit in 1%.
         assert_eq!(
-            over_budget(&rates, &attached, 0.01, Duration::from_micros(1)),
+            over_budget(
+                &rates,
+                &attached,
+                0.01,
+                &HitCosts::uniform(Duration::from_micros(1))
+            ),
             Vec::<Probe>::new()
+        );
+        // Where park and wake trap on a push (1 us) and the rest are single-stepped (5 us),
+        // 1000 x 5 us + 3000 x 1 us + 10 x 5 us = 0.8%: within 1%, and over 0.6% by the
+        // sends alone (at 5 us a hit for all, park and wake would go too).
+        let mixed = HitCosts {
+            measured: HitCost {
+                emulated: Duration::from_micros(1),
+                stepped: Duration::from_micros(5),
+            },
+            by_probe: HashMap::from([
+                (Probe::Gopark, Duration::from_micros(1)),
+                (Probe::Ready, Duration::from_micros(1)),
+            ]),
+        };
+        assert_eq!(
+            over_budget(&rates, &attached, 0.01, &mixed),
+            Vec::<Probe>::new()
+        );
+        assert_eq!(
+            over_budget(&rates, &attached, 0.006, &mixed),
+            vec![Probe::ChanSend]
         );
         assert_eq!(Probe::from_name("recv"), Some(Probe::ChanRecv));
     }

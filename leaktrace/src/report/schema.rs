@@ -23,9 +23,16 @@ pub struct ProbeSummary {
     pub lost_records: u64,
     /// Each time probes were shed to stay under --max-overhead, and why.
     pub shed: Vec<String>,
-    /// What one probe hit costs on this machine, measured at start-up: the budget
-    /// multiplies hits by it.
+    /// What one probe hit costs on this machine, measured at start-up, on an instruction
+    /// the kernel single-steps out of line (a return, most targeted sites): the budget
+    /// multiplies such hits by it.
     pub hit_cost_us: f64,
+    /// And on a `push`, which the kernel emulates (Linux 6.12+): where the probes on a
+    /// function's entry trap (its frame push, after the stack check).
+    pub hit_cost_push_us: f64,
+    /// What one hit of each probe that fired cost, by probed function (one of the two
+    /// above; the targeted sites at the single-stepped figure, the most they cost).
+    pub hit_cost_us_by_function: BTreeMap<String, f64>,
     /// The target's activity, read just before any probe was placed on a running target:
     /// what judged which probes fit the budget.
     pub estimated_before_attach: Option<ActivityEstimate>,
@@ -119,6 +126,10 @@ pub struct Sampling {
     /// The fraction of the traced time the probe was in place.
     pub duty: f64,
     pub windows: u32,
+    /// Of those, the windows in which the target ran at under half its own pace (by the
+    /// runtime's count of its parks): every hit trapped, and what it was doing waited.
+    /// Such windows come seldom once the park sample is in.
+    pub saturated: u32,
     /// The mean window's length.
     pub window_ms: f64,
     /// How long, in all, the windows' breakpoints were in the target's code: from the first

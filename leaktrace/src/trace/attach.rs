@@ -28,7 +28,7 @@ use crate::{
     alloc::{self, AllocPlan},
     census::{self, Census, activity::ActivityEstimate, retained::AddrMap},
     detect::{DetectOptions, Tracker, pinned::PinnedEstimates},
-    probes::{Probe, Probes},
+    probes::{HitCosts, Probe, Probes, calibrate::HitCost},
     report::prometheus,
     signals::{self, Interrupted},
     tracee::{Target, binary::GoBinary, layout, process::Process, spawn},
@@ -38,6 +38,8 @@ use crate::{
 pub(super) struct Attached {
     pub target: Target,
     pub probes: Probes,
+    /// What a hit of each probe costs the target.
+    pub costs: HitCosts,
     pub plan: AllocPlan,
     /// The spawned command's PID (reaped at the end, for its exit status).
     pub spawned: Option<u32>,
@@ -59,12 +61,12 @@ pub(super) struct Attached {
     pub interrupted: bool,
 }
 
-pub(super) fn attach(opts: &TraceOptions, hit_cost: Duration) -> anyhow::Result<Attached> {
+pub(super) fn attach(opts: &TraceOptions, measured: HitCost) -> anyhow::Result<Attached> {
     let start = Instant::now();
     let start_mono_ns = census::goroutines::monotonic_ns() as u64;
     let mut a = match &opts.target {
-        TargetSpec::Pid(pid) => running(*pid, opts, hit_cost, start)?,
-        TargetSpec::Spawn(argv) => spawned(argv, opts, hit_cost, start)?,
+        TargetSpec::Pid(pid) => running(*pid, opts, measured, start)?,
+        TargetSpec::Spawn(argv) => spawned(argv, opts, measured, start)?,
     };
     a.start_mono_ns = start_mono_ns;
     a.interrupted = signals::received() > 0;
@@ -82,10 +84,11 @@ pub(super) fn attach(opts: &TraceOptions, hit_cost: Duration) -> anyhow::Result<
 fn running(
     pid: u32,
     opts: &TraceOptions,
-    hit_cost: Duration,
+    measured: HitCost,
     start: Instant,
 ) -> anyhow::Result<Attached> {
     let target = Target::inspect(pid)?;
+    let costs = HitCosts::for_binary(measured, &target.binary);
     let (mut probes, plan) = load(pid, &target.binary, &target.layout, opts)?;
     eprintln!(
         "leaktrace: attaching to PID {pid} ({}, {}): reading its goroutines, then placing probes",
@@ -105,11 +108,11 @@ fn running(
             &with(&opts.probes, &plan.probes),
             &plan.exempt,
             opts.max_overhead,
-            hit_cost,
+            &costs,
         );
         if plan.exempt.contains(&Probe::Alloc) {
             announce_exact(
-                hit_cost,
+                costs.of(Probe::Alloc),
                 fit.estimated.and_then(|e| e.allocations_per_second),
             );
         }
@@ -135,6 +138,7 @@ fn running(
     Ok(Attached {
         target,
         probes,
+        costs,
         plan,
         spawned: None,
         start,
@@ -154,7 +158,7 @@ fn running(
 fn spawned(
     argv: &[std::ffi::OsString],
     opts: &TraceOptions,
-    hit_cost: Duration,
+    measured: HitCost,
     start: Instant,
 ) -> anyhow::Result<Attached> {
     let program = spawn::resolve(Path::new(
@@ -164,11 +168,12 @@ fn spawned(
     let binary = GoBinary::open(&program).map_err(|e| anyhow!("{e}"))?;
     let v = binary.version();
     let layout = layout::for_binary(binary.data(), v.major, v.minor)?;
+    let costs = HitCosts::for_binary(measured, &binary);
     let held = spawn::hold(argv, opts.stdout_taken())?;
     let pid = held.pid;
     let (mut probes, plan) = load(pid, &binary, &layout, opts)?;
     if plan.exempt.contains(&Probe::Alloc) {
-        announce_exact(hit_cost, None);
+        announce_exact(costs.of(Probe::Alloc), None);
     }
     place(
         &mut probes,
@@ -193,6 +198,7 @@ fn spawned(
     Ok(Attached {
         target,
         probes,
+        costs,
         plan,
         spawned: Some(pid),
         start,
@@ -324,11 +330,11 @@ impl Session {
     pub async fn start(
         opts: TraceOptions,
         a: Attached,
-        hit_cost: Duration,
     ) -> anyhow::Result<(Self, RingBuf<MapData>)> {
         let Attached {
             target,
             mut probes,
+            costs,
             plan,
             spawned,
             start,
@@ -342,7 +348,7 @@ impl Session {
             interrupted,
         } = a;
         let mut windows = Windows::default();
-        windows.add(windowed, windowed_rate);
+        windows.add(windowed, windowed_rate, &costs);
         windows.read_sched(&target, SchedRead::Start);
         let records = probes.take_records()?;
         if let Some(e) = &probes.madvise_error {
@@ -388,7 +394,7 @@ impl Session {
         if let Some(e) = &snapshot_error {
             eprintln!("leaktrace: goroutine snapshots unavailable, following probes only: {e:#}");
         }
-        say_attached(&target, &probes, &windows, hit_cost, &opts);
+        say_attached(&target, &probes, &windows, &costs, &opts);
         let events: Option<BufWriter<Box<dyn Write>>> = match &opts.events {
             Some(_) if opts.events_to_stdout() => Some(BufWriter::new(Box::new(std::io::stdout()))),
             Some(path) => Some(BufWriter::new(Box::new(
@@ -409,7 +415,7 @@ impl Session {
             target,
             probes,
             plan,
-            hit_cost,
+            costs,
             start,
             spawned,
             interrupted_attaching: interrupted,
@@ -443,7 +449,7 @@ fn say_attached(
     target: &Target,
     probes: &Probes,
     windows: &Windows,
-    hit_cost: Duration,
+    costs: &HitCosts,
     opts: &TraceOptions,
 ) {
     let names = |ps: &[Probe], f: fn(Probe) -> &'static str| {
@@ -464,11 +470,12 @@ fn say_attached(
         ),
     };
     eprintln!(
-        "leaktrace: attached to PID {} ({}, {}): {what} (a hit costs {:.1} us here{}); snapshot every {:.1} s; Ctrl-C to stop",
+        "leaktrace: attached to PID {} ({}, {}): {what} (a hit costs {:.1} us here on a function's entry, {:.1} us on a return or a site{}); snapshot every {:.1} s; Ctrl-C to stop",
         target.process.pid(),
         target.process.exe_name(),
         target.binary.build().version_string,
-        hit_cost.as_secs_f64() * 1e6,
+        costs.measured.emulated.as_secs_f64() * 1e6,
+        costs.measured.stepped.as_secs_f64() * 1e6,
         if opts.max_overhead.is_finite() {
             ""
         } else {

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     census::{self, activity::ActivityEstimate},
-    probes::{Counts, Probe, over_budget, thread_cpu_time},
+    probes::{HitCosts, Probe, over_budget, thread_cpu_time},
     tracee::Target,
 };
 
@@ -54,7 +54,7 @@ pub(super) fn fitting(
     wanted: &[Probe],
     exempt: &[Probe],
     budget: f64,
-    hit_cost: Duration,
+    costs: &HitCosts,
 ) -> Fit {
     let heap_before = census::memory::read(target)
         .ok()
@@ -107,7 +107,7 @@ pub(super) fn fitting(
         .copied()
         .filter(|p| !exempt.contains(p))
         .collect();
-    let drop = over_budget(&per_probe, &judged, budget, hit_cost);
+    let drop = over_budget(&per_probe, &judged, budget, costs);
     let mut not_placed = Vec::new();
     let (windowed, off): (Vec<Probe>, Vec<Probe>) = drop.iter().partition(|p| p.windowable());
     let names = |ps: &[Probe]| ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ");
@@ -176,9 +176,8 @@ impl Session {
             .filter(|p| !self.plan.exempt.contains(p) && !self.windows.windowed(*p))
             .collect();
         let budget = self.opts.max_overhead;
-        let shed_now = over_budget(&rates, &attached, budget, self.hit_cost);
-        let cost =
-            |ps: &[Probe]| ps.iter().map(|p| rates[p]).sum::<f64>() * self.hit_cost.as_secs_f64();
+        let shed_now = over_budget(&rates, &attached, budget, &self.costs);
+        let cost = |ps: &[Probe]| self.costs.cpu(&rates, ps);
         let kept: Vec<Probe> = attached
             .iter()
             .copied()
@@ -190,7 +189,7 @@ impl Session {
             let msg = format!(
                 "the probes fired {:.0} times/s, an estimated {:.1}% of a CPU, over --max-overhead {:.1}%: detached {}{}",
                 total,
-                total * self.hit_cost.as_secs_f64() * 100.0,
+                cost(&attached) * 100.0,
                 budget * 100.0,
                 shed_now
                     .iter()
@@ -228,8 +227,8 @@ impl Session {
                 .copied()
                 .filter(|p| p.windowable())
                 .collect();
-            let windowed_rate = cost(&windowable) / self.hit_cost.as_secs_f64().max(1e-9);
-            self.windows.add(windowed, Some(windowed_rate));
+            let windowed_rate = windowable.iter().map(|p| rates[p]).sum();
+            self.windows.add(windowed, Some(windowed_rate), &self.costs);
             self.windows.read_sched(&self.target, SchedRead::Start);
             eprintln!("leaktrace: {msg}; goroutine snapshots carry on");
             self.shed.push(msg);
@@ -295,14 +294,12 @@ impl Session {
         // estimate, which can be far off); what the window cost is known now, but for
         // the detach on its way (about what the attach cost): the next comes as soon as
         // the budget has paid for this one, and never later than planned.
-        let hits = windowed_hits(&probes, &self.probes.counts()?, &open.counts);
+        let (_, hits_cpu) = self.windows.hits(&self.probes.counts()?, &open.counts);
         // The breakpoints outlast the close by about as long as the last window's did.
         let tail = self.windows.rate.unwrap_or(0.0)
             * self.windows.overrun.as_secs_f64()
-            * self.hit_cost.as_secs_f64();
-        let cost = hits as f64 * self.hit_cost.as_secs_f64()
-            + tail
-            + self.windows.fixed.max(open.attach * 2).as_secs_f64();
+            * self.windows.per_hit.as_secs_f64();
+        let cost = hits_cpu + tail + self.windows.fixed.max(open.attach * 2).as_secs_f64();
         let share = (self.opts.max_overhead - self.continuous_cost).max(0.0);
         let w = &mut self.windows;
         if share > 0.0 {
@@ -442,8 +439,7 @@ impl Session {
             anyhow::bail!("the thread removing the window's probes panicked");
         };
         let counts = self.probes.counts()?;
-        let probes = self.windows.probes.clone();
-        let hits = windowed_hits(&probes, &counts, &c.counts_at_open);
+        let (hits, hits_cpu) = self.windows.hits(&counts, &c.counts_at_open);
         // Hits while the probes were placed and after the close, before the removal
         // began, cost the target too: they count in the rate and the cost, not in the
         // sample. So do the hits after that, until the kernel took the breakpoints out
@@ -474,7 +470,10 @@ impl Session {
         w.fixed = c.attach + detached.cpu;
         w.overrun = in_place - length;
         w.rate = Some(rate);
-        w.last_cost = trapped * self.hit_cost.as_secs_f64() + w.fixed.as_secs_f64();
+        if hits > 0 {
+            w.per_hit = Duration::from_secs_f64(hits_cpu / hits as f64);
+        }
+        w.last_cost = trapped * w.per_hit.as_secs_f64() + w.fixed.as_secs_f64();
         // The budget is paid back in full before the next window: a window that cost more
         // than planned (the first, planned from the pre-attach estimate; one the loop held
         // open) used to skip one period only, and the windows cost 2% of a CPU in the
@@ -522,7 +521,7 @@ impl Session {
             Some(0) => w.pace.unwrap_or(1.0),
             _ => 1.0,
         };
-        let per_second = (w.rate.unwrap_or(0.0) / pace * self.hit_cost.as_secs_f64()).min(cpus);
+        let per_second = (w.rate.unwrap_or(0.0) / pace * w.per_hit.as_secs_f64()).min(cpus);
         let length = if w.rate.is_none() {
             FIRST_WINDOW
         } else if per_second <= 0.0 {
@@ -600,11 +599,4 @@ impl Session {
         self.windows.next = None;
         Ok(())
     }
-}
-
-fn windowed_hits(probes: &[Probe], now: &Counts, then: &Counts) -> u64 {
-    probes
-        .iter()
-        .map(|p| now.hits(*p).saturating_sub(then.hits(*p)))
-        .sum()
 }

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write as _,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Context as _;
@@ -24,7 +24,7 @@ use crate::{
     census::{Census, activity::ActivityEstimate, retained::AddrMap},
     detect::{DetectOptions, LeakGroup, pinned::PinnedEstimates, verdict},
     model::{MemoryPoint, Tally},
-    probes::{Counts, Probe, Samples},
+    probes::{Counts, HitCosts, Probe, Samples},
     report::{
         exports, live, pprof,
         schema::{CountScaling, ParkDurations, ProbeSummary, Report, Sampling, TargetedProbe},
@@ -60,7 +60,7 @@ struct Ending {
     opts: TraceOptions,
     target: Target,
     plan: AllocPlan,
-    hit_cost: Duration,
+    costs: HitCosts,
     start: Instant,
     spawned: Option<u32>,
     findings: Findings,
@@ -212,7 +212,7 @@ impl Session {
             target,
             probes,
             plan,
-            hit_cost,
+            costs,
             start,
             spawned,
             interrupted_attaching,
@@ -239,7 +239,7 @@ impl Session {
             opts,
             target,
             plan,
-            hit_cost,
+            costs,
             start,
             spawned,
             findings,
@@ -447,7 +447,18 @@ impl Ending {
                     .collect(),
                 lost_records: counts.lost,
                 shed: std::mem::take(&mut self.shed),
-                hit_cost_us: self.hit_cost.as_secs_f64() * 1e6,
+                hit_cost_us: self.costs.measured.stepped.as_secs_f64() * 1e6,
+                hit_cost_push_us: self.costs.measured.emulated.as_secs_f64() * 1e6,
+                hit_cost_us_by_function: Probe::ALL
+                    .into_iter()
+                    .filter(|p| counts.hits(*p) > 0)
+                    .map(|p| {
+                        (
+                            p.function().to_string(),
+                            self.costs.of(p).as_secs_f64() * 1e6,
+                        )
+                    })
+                    .collect(),
                 estimated_before_attach: self.estimated,
                 sampling: totals.sampling.clone(),
                 park_durations: totals.park_durations.clone(),

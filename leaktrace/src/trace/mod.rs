@@ -62,9 +62,9 @@ pub async fn run(
     if let Some(dir) = &opts.output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let hit_cost = calibrate::hit_cost();
-    let attached = attach::attach(&opts, hit_cost)?;
-    let (mut session, records) = session::Session::start(opts, attached, hit_cost).await?;
+    let measured = calibrate::hit_cost();
+    let attached = attach::attach(&opts, measured)?;
+    let (mut session, records) = session::Session::start(opts, attached).await?;
     let mut io = follow::Io::new(records, &session, signals)?;
     let stop = follow::follow(
         &mut session,

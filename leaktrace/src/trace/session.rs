@@ -4,7 +4,7 @@
 //! (`Session::start`, in `attach`); the other stages (`follow`, `snapshot`, `budget`,
 //! `finish`) are its methods, and `apply` is its findings'.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use leaktrace_common::MADVISE_NAMES;
 
@@ -14,7 +14,7 @@ use crate::{
     census::{self, Census, activity::ActivityEstimate, retained::AddrMap},
     detect::{DetectOptions, pinned::PinnedEstimates, proof::Prover},
     model::MemoryPoint,
-    probes::{Counts, Probes},
+    probes::{Counts, HitCosts, Probes},
     tracee::Target,
 };
 
@@ -24,7 +24,8 @@ pub(super) struct Session {
     pub probes: Probes,
     pub plan: AllocPlan,
     /// What one probe hit costs here, measured at start-up.
-    pub hit_cost: Duration,
+    /// What a hit of each probe costs the target.
+    pub costs: HitCosts,
     pub start: Instant,
     /// The spawned command's PID.
     pub spawned: Option<u32>,

@@ -111,6 +111,7 @@ impl Session {
         self.sites.tried += 1;
         self.sites.unjudged = true;
         let allowed = (self.opts.max_overhead - self.continuous_cost).max(0.0) * SITE_SHARE;
+        let per_hit = self.costs.at(&self.target.binary, pc).as_secs_f64();
         // The continuous sites' hits count too: they are rare, or a budget check sheds them.
         let (hits, lasted, rate) = loop {
             std::thread::sleep(TRIAL_POLL.min(TRIAL.saturating_sub(placed.elapsed())));
@@ -121,12 +122,12 @@ impl Session {
                 .saturating_sub(hits_before);
             let lasted = placed.elapsed();
             let rate = hits as f64 / lasted.as_secs_f64().max(1e-4);
-            let clear = hits >= TRIAL_HITS && rate * self.hit_cost.as_secs_f64() > 2.0 * allowed;
+            let clear = hits >= TRIAL_HITS && rate * per_hit > 2.0 * allowed;
             if clear || lasted >= TRIAL {
                 break (hits, lasted, rate);
             }
         };
-        let cost = rate * self.hit_cost.as_secs_f64();
+        let cost = rate * per_hit;
         let fits = cost <= allowed;
         let (function, file, line) = self.target.site_at_return(pc + self.target.load_bias);
         log::debug!(

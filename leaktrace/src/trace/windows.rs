@@ -20,7 +20,7 @@ use std::{
 
 use crate::{
     census::activity::SchedCounters,
-    probes::{Counts, Detached, Probe},
+    probes::{Counts, Detached, HitCosts, Probe},
     report::schema::Sampling,
     tracee::Target,
 };
@@ -140,6 +140,10 @@ pub(super) struct Windows {
     pub(super) planned: f64,
     /// Hits per second of the windowed probes together, as last measured.
     pub(super) rate: Option<f64>,
+    /// What one hit of each windowed probe costs, and one of them on average over the
+    /// last window's hits (at first, over the probes).
+    cost_of: HashMap<Probe, Duration>,
+    pub(super) per_hit: Duration,
     pub(super) open: Option<Open>,
     pub(super) closing: Option<Closing>,
     /// From one window's opening to the next's.
@@ -152,6 +156,8 @@ pub(super) struct Windows {
     /// The windows' time in place, measured: from the attach to the last record.
     pub on: Duration,
     pub windows: u32,
+    /// Of those, the windows that slowed the target under [`SATURATED`] of its pace.
+    pub(super) saturated_windows: u32,
     /// What the last closed window cost (CPU seconds), hits and fixed cost together.
     pub last_cost: f64,
     /// Its fixed cost alone.
@@ -199,7 +205,7 @@ pub(super) struct Windows {
 impl Windows {
     /// Adds `probes` (with the file offsets to place them at) to the windowed set;
     /// `rate` is what they are expected to fire per second together, when known.
-    pub fn add(&mut self, probes: Vec<(Probe, Vec<u64>)>, rate: Option<f64>) {
+    pub fn add(&mut self, probes: Vec<(Probe, Vec<u64>)>, rate: Option<f64>, costs: &HitCosts) {
         if probes.is_empty() {
             return;
         }
@@ -207,7 +213,11 @@ impl Windows {
             if !self.probes.contains(&p) {
                 self.probes.push(p);
                 self.offsets.insert(p, offs);
+                self.cost_of.insert(p, costs.of(p));
             }
+        }
+        if self.windows == 0 {
+            self.per_hit = self.cost_of.values().sum::<Duration>() / self.cost_of.len() as u32;
         }
         self.rate = match (self.rate, rate) {
             (Some(a), Some(b)) => Some(a + b),
@@ -218,6 +228,14 @@ impl Windows {
         if self.next.is_none() {
             self.next = Some(now + QUICK_FIRST);
         }
+    }
+
+    /// The windowed probes' hits from `then` to `now`, and the CPU (seconds) they cost.
+    pub(super) fn hits(&self, now: &Counts, then: &Counts) -> (u64, f64) {
+        self.probes.iter().fold((0, 0.0), |(n, cpu), p| {
+            let hits = now.hits(*p).saturating_sub(then.hits(*p));
+            (n + hits, cpu + hits as f64 * self.cost_of[p].as_secs_f64())
+        })
     }
 
     /// Reads the runtime's counters when windowing begins (`at_start`), a window opens or
@@ -264,6 +282,7 @@ impl Windows {
                         }
                         _ => None,
                     };
+                    self.saturated_windows += u32::from(self.saturated());
                 }
                 self.sched_outside = now.map(|c| (Instant::now(), c));
             }
@@ -352,6 +371,7 @@ impl Windows {
                     mode: "continuous",
                     duty: 1.0,
                     windows: 0,
+                    saturated: 0,
                     window_ms: 0.0,
                     breakpoints_in_place_ms: 0.0,
                 },
@@ -365,6 +385,7 @@ impl Windows {
                     mode: "windows",
                     duty,
                     windows: self.windows,
+                    saturated: self.saturated_windows,
                     window_ms: self.on.as_secs_f64() * 1e3 / f64::from(self.windows.max(1)),
                     breakpoints_in_place_ms: self.in_place.as_secs_f64() * 1e3,
                 },

@@ -366,6 +366,22 @@ pub fn symbol_address(bin: &Path, name: &str) -> u64 {
         .address()
 }
 
+/// Where leaktrace's probe on the entry of `name` traps: the frame's `push rbp` after Go's
+/// stack check ([`leaktrace::tracee::code::entry_probe_address`]), which the kernel
+/// emulates. Checked here to hold a `push rbp` (0x55) in the file, past the entry.
+pub fn probe_address(bin: &Path, name: &str) -> u64 {
+    let binary = leaktrace::tracee::binary::GoBinary::open(bin).unwrap();
+    let entry = symbol_address(bin, name);
+    let at = leaktrace::tracee::code::entry_probe_address(&binary, entry);
+    assert!(at > entry, "{name}: the probe stays on the entry");
+    assert_eq!(
+        binary.read_vaddr(at, 1),
+        Some(&[0x55u8][..]),
+        "{name}: the probe is not on a push rbp"
+    );
+    at
+}
+
 /// Parks of every wait reason, as report.json counts them (scaled when sampled).
 pub fn total_parks(r: &serde_json::Value) -> u64 {
     r["parks"]
