@@ -587,9 +587,11 @@ fn a_hot_site_is_tried_and_removed_within_the_budget() {
         .iter()
         .filter(|s| s["function"] == "main.backend" || s["function"] == "main.search")
         .collect();
-    assert_eq!(
-        hot.len(),
-        2,
+    // The send (line 26) and the go statement (line 34) at least; on a loaded machine the
+    // handlers' receive (line 38) may have waited past --min-age and been tried too.
+    let tried = |line: u64| hot.iter().any(|s| s["line"].as_u64() == Some(line));
+    assert!(
+        tried(26) && tried(34),
         "the send and the go statement not both tried: {p:#}"
     );
     // A trial ends once its hits say the site is over its share: a hot site's lasts
