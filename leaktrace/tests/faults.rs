@@ -360,8 +360,8 @@ fn a_full_disk_leaves_no_half_written_report() {
 
 /// A ring buffer of one page (--ring-buffer 4096) flooded by a program that parks and wakes
 /// two goroutines 30,000 times each way, traced from its first instruction with no budget
-/// (`--max-overhead off`: at 10-18 us a hit, 55,000 hits/s are 55-100% of a CPU, so any
-/// number would be crossed on some machine): records are lost and counted (report.json, the live lines, the summary), the
+/// (`--max-overhead off`: any budget would be crossed on some machine): records are lost and
+/// counted (report.json, the live lines, the summary), the
 /// target finishes with its right output, and the counts that remain add up: the kernel's
 /// hit counters see at least the 60,000 parks and 60,000 wake-ups the program must make,
 /// and the records received and lost account for the hits.
@@ -428,9 +428,12 @@ fn a_flooded_ring_buffer_counts_its_losses() {
             .sum()
     };
     let (parks, wakes) = (sum("parks"), sum("wakes"));
+    // How many arrive depends on how fast the target floods the page: at 10-18 us a hit
+    // more than half did; at 1-1.5 us a hit (the probes on the functions' frame push) the
+    // target runs several times faster against the same collector, and 40% did on CI.
     assert!(
-        parks >= N && wakes >= N,
-        "most records still arrive: {parks} parks, {wakes} wakes"
+        parks >= N / 4 && wakes >= N / 4,
+        "a good part of the records still arrive: {parks} parks, {wakes} wakes"
     );
     let accounted = parks + wakes + lost;
     let all = park_hits + ready_hits;
