@@ -5,7 +5,7 @@
 //! killed outright, the kernel does the same when it closes our descriptors. Nothing is pinned.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     num::NonZeroU32,
     path::Path,
     time::{Duration, Instant},
@@ -375,37 +375,38 @@ pub struct Detached {
 #[derive(Clone, Debug)]
 pub struct HitCosts {
     pub measured: HitCost,
-    by_probe: HashMap<Probe, Duration>,
+    /// The probes placed only on instructions the kernel emulates.
+    emulated: HashSet<Probe>,
 }
 
 impl HitCosts {
     /// Each probe's cost where [`Probe::addresses`] places it in `binary`.
     pub fn for_binary(measured: HitCost, binary: &GoBinary) -> Self {
-        let by_probe = Probe::ALL
+        let emulated = Probe::ALL
             .into_iter()
-            .filter_map(|p| {
-                let addrs = p.addresses(binary).ok()?;
-                let push = !addrs.is_empty() && addrs.iter().all(|a| code::emulated_at(binary, *a));
-                push.then_some((p, measured.emulated))
+            .filter(|p| {
+                p.addresses(binary).is_ok_and(|addrs| {
+                    !addrs.is_empty() && addrs.iter().all(|a| code::emulated_at(binary, *a))
+                })
             })
             .collect();
-        Self { measured, by_probe }
+        Self { measured, emulated }
     }
 
     /// The same cost for every probe.
     pub fn uniform(d: Duration) -> Self {
         Self {
             measured: HitCost::uniform(d),
-            by_probe: HashMap::new(),
+            emulated: HashSet::new(),
         }
     }
 
     /// What one hit of `probe` costs (a site probe's, [`HitCosts::at`]).
     pub fn of(&self, probe: Probe) -> Duration {
-        self.by_probe
-            .get(&probe)
-            .copied()
-            .unwrap_or(self.measured.stepped)
+        match self.emulated.contains(&probe) {
+            true => self.measured.emulated,
+            false => self.measured.stepped,
+        }
     }
 
     /// What one hit of a probe at `addr` (a link-time address of `binary`) costs.
@@ -877,10 +878,7 @@ mod tests {
                 emulated: Duration::from_micros(1),
                 stepped: Duration::from_micros(5),
             },
-            by_probe: HashMap::from([
-                (Probe::Gopark, Duration::from_micros(1)),
-                (Probe::Ready, Duration::from_micros(1)),
-            ]),
+            emulated: HashSet::from([Probe::Gopark, Probe::Ready]),
         };
         assert_eq!(
             over_budget(&rates, &attached, 0.01, &mixed),

@@ -48,12 +48,7 @@ fn push_after_stack_check(code: &[u8], ip: u64) -> Option<u64> {
             return None;
         }
         match instr.mnemonic() {
-            Mnemonic::Push
-                if instr.op0_kind() == OpKind::Register
-                    && instr.op0_register() == Register::RBP =>
-            {
-                return Some(instr.ip());
-            }
+            Mnemonic::Push if instr.op0_register() == Register::RBP => return Some(instr.ip()),
             // Go's large-frame check computes SP - framesize into R12 first.
             Mnemonic::Lea if !checked && instr.op0_register() == Register::R12 => {}
             // CMP SP or R12 with g.stackguard0 (R14 is g in Go's register ABI).
@@ -118,14 +113,9 @@ pub fn return_probe_addresses(binary: &GoBinary, name: &str) -> Option<Vec<u64>>
     let instrs: Vec<Instruction> = Decoder::with_ip(64, code, f.addr, DecoderOptions::NONE)
         .into_iter()
         .collect();
-    let indirect = instrs.iter().any(|i| {
-        matches!(
-            i.flow_control(),
-            FlowControl::IndirectBranch
-                | FlowControl::UnconditionalBranch
-                | FlowControl::ConditionalBranch
-        ) && !direct_branch(i)
-    });
+    let indirect = instrs
+        .iter()
+        .any(|i| i.flow_control() == FlowControl::IndirectBranch);
     let rets = instrs
         .iter()
         .enumerate()
