@@ -761,9 +761,22 @@ fn dwarf_section<'data>(
     file: &ElfFile64<'data, Endianness>,
     id: SectionId,
 ) -> Result<Cow<'data, [u8]>, LayoutError> {
+    // Location and range lists are a third of a Go binary's compressed DWARF, and the
+    // layouts need neither: only the types' DIEs (and the units' line-program headers, which
+    // gimli parses with each unit). Not inflated, they are not paid for at attach.
+    let unused = matches!(
+        id,
+        SectionId::DebugLoc
+            | SectionId::DebugLocLists
+            | SectionId::DebugRanges
+            | SectionId::DebugRngLists
+            | SectionId::DebugAranges
+            | SectionId::DebugMacinfo
+            | SectionId::DebugMacro
+    );
     match debug_section(file, id.name()) {
-        Some(section) => decompress(id.name(), section.compressed_data()?),
-        None => Ok(Cow::Borrowed(&[])),
+        Some(section) if !unused => decompress(id.name(), section.compressed_data()?),
+        _ => Ok(Cow::Borrowed(&[])),
     }
 }
 
