@@ -7,9 +7,12 @@
 //!    fan-out HTTP service (testdata/go/fanout) under closed-loop load from wrk on 127.0.0.1
 //!    (req/s, p99), a channel-heavy worker pipeline (testdata/go/pipeline, items/s: nearly
 //!    every hand-off parks one goroutine and wakes another) and an allocation loop
-//!    (testdata/go/allocloop, allocations/s). leaktrace attaches half a second into each
-//!    measured window, as it would to a busy program in production. Ratios are traced over
-//!    the mean of the untraced windows either side.
+//!    (testdata/go/allocloop, allocations/s). Each window begins with a 2 s lead-in under
+//!    the same load: leaktrace starts 0.2 s into it and attaches to the busy program, as it
+//!    would in production, and the measured window begins once it has attached and the
+//!    lead-in is over: a trace in progress, as on a service traced for hours. The lead-in's
+//!    own ratio says what attaching costs. Ratios are traced over the mean of the untraced
+//!    windows either side, and leaktrace's CPU share is over the measured window.
 //! 2. Collector throughput: goroutines ping-ponging at a controlled rate
 //!    (testdata/go/parkrate) traced with the park and wake probes and the budget at its
 //!    maximum; records offered, received and lost at each rate.
@@ -134,6 +137,8 @@ const GOAL_CPU_SHARE: f64 = 0.015;
 struct Sample {
     rate: f64,
     p99_ms: Option<f64>,
+    /// The rate over the lead-in, in which leaktrace started and attached.
+    attach_rate: f64,
     tracer: Option<Tracer>,
 }
 
@@ -152,9 +157,12 @@ struct Tracer {
     /// The probes' hits at what each cost, over the trace: a fraction of a CPU.
     hit_cpu: f64,
     report: serde_json::Value,
-    /// leaktrace's CPU over the target's CPU, both from the moment leaktrace attached to the
-    /// end of the measured window (None where the window could not be read).
+    /// leaktrace's CPU over the target's CPU, both over the measured window (None where the
+    /// window could not be read).
     cpu_share: Option<f64>,
+    /// leaktrace's CPU from its start to the measured window's: attaching and its first
+    /// snapshots.
+    attach_cpu_seconds: Option<f64>,
 }
 
 impl Tracer {
@@ -287,6 +295,7 @@ fn finish_leaktrace(mut lt: Child, stop_at: Option<Instant>, dir: &Path) -> anyh
         }),
         report,
         cpu_share: None,
+        attach_cpu_seconds: None,
     })
 }
 
@@ -297,18 +306,6 @@ struct CpuWindow {
 }
 
 impl CpuWindow {
-    /// Waits (up to 10 s) for leaktrace to say it attached, then reads both CPU clocks.
-    fn at_attach(lt: &Child, target: u32, dir: &Path) -> Option<Self> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !fs::read_to_string(dir.join("stderr")).is_ok_and(|e| e.contains("attached to PID")) {
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self::now(lt.id(), target)
-    }
-
     fn now(leaktrace: u32, target: u32) -> Option<Self> {
         Some(Self {
             leaktrace: proc_cpu_and_rss(leaktrace)?.0,
@@ -433,8 +430,15 @@ fn parse_latency(s: &str) -> anyhow::Result<f64> {
     Ok(num.parse::<f64>()? * scale)
 }
 
-/// One measured window of `workload` in `mode`: warmed up for a second, then measured for
-/// `seconds`, leaktrace attaching half a second in.
+/// How long the load runs before the measured window: leaktrace starts [`ATTACH_AFTER`]
+/// into it and attaches under load, as it would to a busy service in production.
+const LEAD_IN: Duration = Duration::from_secs(2);
+const ATTACH_AFTER: Duration = Duration::from_millis(200);
+
+/// One measured window of `workload` in `mode`: warmed up for a second, then a lead-in of
+/// [`LEAD_IN`] under load in which leaktrace starts and attaches, then `seconds` measured
+/// from the moment both are over: a trace in progress, as on a service traced for hours.
+/// The lead-in's own rate is kept too: what attaching costs.
 fn run(
     workload: Workload,
     bin: &Path,
@@ -444,42 +448,51 @@ fn run(
     tag: &str,
 ) -> anyhow::Result<Sample> {
     let fx = start_fixture(bin, &[])?;
-    if workload == Workload::Http {
+    let http = workload == Workload::Http;
+    if http {
         wrk(&fx.addr, 1)?;
     } else {
         std::thread::sleep(Duration::from_secs(1));
     }
-    let t0 = Instant::now();
-    let window = Duration::from_secs(seconds);
-    let load = (workload == Workload::Http).then(|| {
-        let addr = fx.addr.clone();
-        std::thread::spawn(move || wrk(&addr, seconds))
-    });
+    let load = |d: Duration| {
+        http.then(|| {
+            let addr = fx.addr.clone();
+            std::thread::spawn(move || wrk(&addr, d.as_secs()))
+        })
+    };
+    // The lead-in: the load runs while leaktrace starts.
+    let lead_t0 = Instant::now();
+    let lead = load(LEAD_IN);
     let tracer = if mode == Mode::Untraced {
         None
     } else {
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(ATTACH_AFTER);
         let dir = out_dir(tag);
         let args = [&["-d", "1h", "--min-age", "2s"][..], mode_args(mode)].concat();
         let lt = start_leaktrace(leaktrace, fx.child.id(), &args, &dir)?;
-        let window = CpuWindow::at_attach(&lt, fx.child.id(), &dir);
-        Some((lt, dir, window))
-    };
-    let (rate, p99_ms) = match load {
-        Some(load) => {
-            let (rps, p99) = load.join().map_err(|_| anyhow!("wrk thread panicked"))??;
-            (rps, Some(p99))
+        if !attached(&dir, Duration::from_secs(30)) {
+            bail!(
+                "leaktrace did not attach within 30 s: {:?}",
+                fs::read_to_string(dir.join("stderr"))
+            );
         }
-        None => {
-            std::thread::sleep(window.saturating_sub(t0.elapsed()));
-            (progress_rate(&fx.progress, t0, Instant::now())?, None)
-        }
+        Some((lt, dir))
     };
+    let attach = finish_load(lead, &fx, lead_t0, LEAD_IN)?;
+    // The measured window, leaktrace's CPU and the target's over exactly its span.
+    let t0 = Instant::now();
+    let window = Duration::from_secs(seconds);
+    let cpu = tracer
+        .as_ref()
+        .and_then(|(lt, _)| CpuWindow::now(lt.id(), fx.child.id()));
+    let (rate, p99_ms) = finish_load(load(window), &fx, t0, window)?;
     let tracer = match tracer {
-        Some((lt, dir, window)) => {
-            let share = window.and_then(|w| w.share(&lt, fx.child.id()));
+        Some((lt, dir)) => {
+            let share = cpu.as_ref().and_then(|w| w.share(&lt, fx.child.id()));
+            let attach_cpu = cpu.map(|w| w.leaktrace);
             let mut t = finish_leaktrace(lt, Some(Instant::now()), &dir)?;
             t.cpu_share = share;
+            t.attach_cpu_seconds = attach_cpu;
             Some(t)
         }
         None => None,
@@ -488,8 +501,41 @@ fn run(
     Ok(Sample {
         rate,
         p99_ms,
+        attach_rate: attach.0,
         tracer,
     })
+}
+
+/// Waits (up to `limit`) for leaktrace to say it attached.
+fn attached(dir: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !fs::read_to_string(dir.join("stderr")).is_ok_and(|e| e.contains("attached to PID")) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// The rate (and, under wrk, the p99) of a load window begun at `t0`: wrk's own figures, or
+/// the fixture's progress over `length`.
+fn finish_load(
+    wrk: Option<std::thread::JoinHandle<anyhow::Result<(f64, f64)>>>,
+    fx: &Running,
+    t0: Instant,
+    length: Duration,
+) -> anyhow::Result<(f64, Option<f64>)> {
+    match wrk {
+        Some(load) => {
+            let (rps, p99) = load.join().map_err(|_| anyhow!("wrk thread panicked"))??;
+            Ok((rps, Some(p99)))
+        }
+        None => {
+            std::thread::sleep(length.saturating_sub(t0.elapsed()));
+            Ok((progress_rate(&fx.progress, t0, Instant::now())?, None))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -553,6 +599,13 @@ impl Rep {
         Some(self.get(mode)?.rate / ((a.rate + b.rate) / 2.0))
     }
 
+    /// `mode`'s rate over the lead-in in which leaktrace started and attached, over the mean
+    /// of its two untraced neighbours' lead-ins.
+    fn attach_ratio(&self, mode: Mode) -> Option<f64> {
+        let [a, b] = self.neighbours(mode)?;
+        Some(self.get(mode)?.attach_rate / ((a.attach_rate + b.attach_rate) / 2.0))
+    }
+
     /// `mode`'s p99 over the mean of its two untraced neighbours'.
     fn p99_ratio(&self, mode: Mode) -> Option<f64> {
         let [a, b] = self.neighbours(mode)?;
@@ -592,6 +645,13 @@ impl Results {
                     r.ratio(mode)
                 }
             })
+            .collect()
+    }
+
+    fn attach_ratios(&self, mode: Mode) -> Vec<f64> {
+        self.reps
+            .iter()
+            .filter_map(|r| r.attach_ratio(mode))
             .collect()
     }
 
@@ -682,6 +742,14 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
             String::new()
         };
         let _ = writeln!(md, "- **{}**: throughput ratio {r}{goal}", mode.name());
+        if let Some(a) = Spread::of(&res.attach_ratios(mode)) {
+            let _ = writeln!(
+                md,
+                "  - while attaching (the {} s lead-in leaktrace starts {} ms into): throughput ratio {a}",
+                LEAD_IN.as_secs(),
+                ATTACH_AFTER.as_millis()
+            );
+        }
         if http && let Some(p) = Spread::of(&res.ratios(mode, true)) {
             let goal = if mode == Mode::Default {
                 format!("; goal <= {GOAL_P99:.2}: {}", holds(p.median <= GOAL_P99))
@@ -699,6 +767,11 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
         let push = Spread::of(&ts.iter().map(|t| t.hit_cost_push_us).collect::<Vec<_>>());
         let hit_cpu = Spread::of(&ts.iter().map(|t| t.hit_cpu).collect::<Vec<_>>());
         let cpu = ts.iter().map(|t| t.cpu_seconds).fold(0.0, f64::max);
+        let attach_cpu = Spread::of(
+            &ts.iter()
+                .filter_map(|t| t.attach_cpu_seconds)
+                .collect::<Vec<_>>(),
+        );
         let rss = ts.iter().map(|t| t.peak_rss_kib).max().unwrap_or(0);
         if let (Some(h), Some(c), Some(e), Some(x)) = (hits, cost, push, hit_cpu) {
             let _ = writeln!(
@@ -720,10 +793,18 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
         }
         let _ = writeln!(
             md,
-            "  - leaktrace itself: at most {cpu:.2} s of CPU per {seconds} s run ({:.1}% of a CPU), peak RSS {:.1} MiB",
-            cpu / seconds as f64 * 100.0,
+            "  - leaktrace itself: at most {cpu:.2} s of CPU per run (the lead-in and the {seconds} s window), peak RSS {:.1} MiB",
             mib(rss)
         );
+        if let Some(a) = attach_cpu {
+            let _ = writeln!(
+                md,
+                "  - of which attaching, up to the measured window: {:.0} ms ({:.0}-{:.0})",
+                a.median * 1e3,
+                a.min * 1e3,
+                a.max * 1e3
+            );
+        }
         if let Some(s) = Spread::of(&res.cpu_shares(mode)) {
             let goal = if mode == Mode::Default {
                 format!(
@@ -736,7 +817,7 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
             };
             let _ = writeln!(
                 md,
-                "  - leaktrace's CPU as a share of the target's, from attach to the end of the window: {:.2}% ({:.2}-{:.2}%){goal}",
+                "  - leaktrace's CPU as a share of the target's over the measured window: {:.2}% ({:.2}-{:.2}%){goal}",
                 s.median * 100.0,
                 s.min * 100.0,
                 s.max * 100.0
@@ -1556,6 +1637,7 @@ mod tests {
         Sample {
             rate,
             p99_ms: Some(p99_ms),
+            attach_rate: rate,
             tracer: None,
         }
     }
