@@ -122,6 +122,7 @@ struct TraceArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     interval: Duration,
     /// How often to read every goroutine of the target (read-only; costs the target nothing).
+    /// Stretched where a snapshot's CPU would take more than 0.5% of a CPU at this pace.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     snapshot_interval: Duration,
     /// A goroutine must have been blocked at least this long to be suspected of leaking.

@@ -1,16 +1,20 @@
 //! Scale: 100,000 goroutines blocked at once, each on a channel of its own, and 1,000,000
 //! more created and exiting while leaktrace watches (testdata/go/manyparked). Its report
 //! must still hold the one leak group with every goroutine in it, and its memory must
-//! depend on the goroutines alive, not on how many were ever created. About 40 s; the
-//! newest Go only.
+//! depend on the goroutines alive, not on how many were ever created; and snapshots of that
+//! many goroutines are paced by their CPU. About 60 s; the newest Go only.
 
 mod support;
 
 use std::{
     fs,
     process::{Command, Stdio},
+    sync::Mutex,
     time::Duration,
 };
+
+/// The tests here each park many goroutines: one at a time.
+static ALONE: Mutex<()> = Mutex::new(());
 
 use support::*;
 
@@ -26,6 +30,7 @@ fn wait_with_peak_rss(pid: u32) -> (i32, u64) {
 
 #[test]
 fn a_hundred_thousand_parked_and_a_million_churned() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let version = go_versions().pop().unwrap();
     let bin = build_fixture("manyparked", &version, &[]);
     let mut fx = Fixture::start(
@@ -111,5 +116,96 @@ fn a_hundred_thousand_parked_and_a_million_churned() {
         peak_kib < 512 * 1024,
         "leaktrace peaked at {:.1} MiB",
         peak_kib as f64 / 1024.0
+    );
+}
+
+/// A duration as `{:?}` prints it: `811.7µs`, `23.4ms`, `1.2s`, `0ns`.
+fn parse_debug_duration(s: &str) -> Option<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?);
+    let v: f64 = num.parse().ok()?;
+    let scale = match unit {
+        "ns" => 1e-9,
+        "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(v * scale))
+}
+
+/// Asked for a snapshot of 20,000 parked goroutines every 200 ms, the live trace stretches
+/// the interval so that snapshots (each walk and the detector after it) take at most 0.5%
+/// of a CPU, and says so: each snapshot's CPU, from leaktrace's own debug log, summed over
+/// all but the last (which the time after it pays for), is within 0.5% of the time
+/// between the first and the last. At the asked pace, ~15 ms a snapshot would be 7% of a
+/// CPU here; on a machine five times faster it would still be 1.5%.
+#[test]
+fn snapshots_of_many_goroutines_are_paced_by_their_cpu() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let version = go_versions().pop().unwrap();
+    let bin = build_fixture("manyparked", &version, &[]);
+    let mut fx = Fixture::start(&bin, &["-n", "20000", "-own-channel", "-no-worker"]);
+    fx.stderr.wait_for("ready", Duration::from_secs(60));
+    let dir = std::env::temp_dir().join(format!("leaktrace-paced-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let out = Command::new(leaktrace_bin())
+        .args(["record", "-p", &fx.pid().to_string(), "-d", "12s"])
+        .args([
+            "--probes",
+            "none",
+            "--alloc",
+            "off",
+            "--snapshot-interval",
+            "200ms",
+        ])
+        .arg("-o")
+        .arg(&dir)
+        .env("RUST_LOG", "leaktrace::trace::snapshot=debug")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "leaktrace failed:\n{stderr}");
+    let notice = stderr
+        .lines()
+        .find(|l| l.contains("leaktrace: snapshots now every "))
+        .unwrap_or_else(|| panic!("no line says the snapshots were paced:\n{stderr}"));
+    assert!(
+        notice.contains("not every 0.2 s (--snapshot-interval)"),
+        "{notice}"
+    );
+    // "[TIME DEBUG leaktrace::trace::snapshot] snapshot of N goroutines, CPU: walk X, detector Y, ..."
+    let cpus: Vec<Duration> = stderr
+        .lines()
+        .filter_map(|l| {
+            l.split_once("] snapshot of ")?
+                .1
+                .split_once("CPU: walk ")?
+                .1
+                .split_once(", ")
+        })
+        .map(|(walk, rest)| {
+            let detector = rest
+                .strip_prefix("detector ")
+                .and_then(|r| r.split(',').next())
+                .and_then(parse_debug_duration);
+            parse_debug_duration(walk).unwrap() + detector.unwrap()
+        })
+        .collect();
+    let r: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let observed = r["observed_seconds"].as_f64().unwrap();
+    eprintln!(
+        "{notice}\n{} snapshots in {observed:.1} s, CPU {cpus:.1?}",
+        r["snapshots"]
+    );
+    assert!(
+        cpus.len() >= 2,
+        "fewer than two snapshots' CPU in the debug log:\n{stderr}"
+    );
+    let paid: Duration = cpus[..cpus.len() - 1].iter().sum();
+    assert!(
+        paid.as_secs_f64() <= observed * 0.005 + 0.005,
+        "snapshots used {paid:?} of CPU (besides the last) in {observed:.1} s: more than 0.5%"
     );
 }

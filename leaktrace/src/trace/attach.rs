@@ -408,6 +408,7 @@ impl Session {
             },
             sites: super::sites::Sites::new(opts.probes.contains(&Probe::Site)),
             next_snapshot: tokio::time::Instant::now() + opts.snapshot_interval,
+            snapshots_paced: false,
             last_counts: probes.counts()?,
             last_check: Instant::now(),
             findings: Findings::new(tracker, events, start_mono_ns),

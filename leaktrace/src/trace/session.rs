@@ -23,7 +23,6 @@ pub(super) struct Session {
     pub target: Target,
     pub probes: Probes,
     pub plan: AllocPlan,
-    /// What one probe hit costs here, measured at start-up.
     /// What a hit of each probe costs the target.
     pub costs: HitCosts,
     pub start: Instant,
@@ -41,6 +40,8 @@ pub(super) struct Session {
     /// Why goroutine snapshots cannot be taken, when they cannot.
     pub snapshot_error: Option<anyhow::Error>,
     pub next_snapshot: tokio::time::Instant,
+    /// Snapshots came less often than `--interval` because of their CPU, and it was said.
+    pub snapshots_paced: bool,
     pub timeline: Vec<MemoryPoint>,
     /// The runtime's heap profile at the start and at the last snapshot (a target that
     /// exits can no longer be read at the end).

@@ -34,6 +34,17 @@ use crate::{
 /// a CPU.
 pub(super) const SNAPSHOT_PACE: u32 = 20;
 
+/// A snapshot's CPU (the walk and the detector after it) may be at most 1/SNAPSHOT_CPU_PACE
+/// of the time between snapshots: 0.5% of a CPU. On a small program a snapshot takes 1-5 ms
+/// and they come every `--interval`; on the benchmark's HTTP service with a leak of 20,000
+/// goroutines one takes ~20 ms, and every 2 s that was 1% of a CPU, most of what leaktrace
+/// cost the service (its goal is 1.5% of the target's CPU, probes and proofs included).
+pub(super) const SNAPSHOT_CPU_PACE: u32 = 200;
+/// ... but snapshots come at least this often (or each `--snapshot-interval`, if longer): a
+/// million goroutines take ~0.8 s to walk in full, which would otherwise put the next
+/// snapshot minutes away.
+const SNAPSHOT_PACED_MAX: Duration = Duration::from_secs(30);
+
 /// The goroutines of one snapshot.
 pub(super) struct Snapshot {
     /// As the detector sees them (runtime goroutines left out).
@@ -150,14 +161,29 @@ pub(super) struct ProofPace {
     idle: u32,
     /// Goroutines settled in a wait a proof may find unreachable when the last cycle began.
     settled: usize,
+    /// Goroutines alive when the last cycle began.
+    goroutines: usize,
     /// When the last cycle ended, and the least wait after it its CPU allows.
     ended: Option<(Instant, Duration)>,
 }
 
 impl ProofPace {
-    fn begin(&mut self, settled: usize) {
+    fn begin(&mut self, settled: usize, goroutines: usize) {
         self.cpu = Duration::ZERO;
         self.settled = settled;
+        self.goroutines = goroutines;
+    }
+
+    /// When a cycle may begin, paid for in advance: a cycle reads every stack and what they
+    /// hold, so its CPU grows with the goroutines, and the wait after the last one is
+    /// stretched by as much as they grew since it began. Otherwise a growing leak makes each
+    /// cycle cost many times the one that set the wait: on the benchmark's HTTP service a
+    /// cycle over 1,200 leaked goroutines took 15 ms and set a 6 s wait, after which one over
+    /// 19,000 took 120 ms. None before the first cycle, or when they did not grow.
+    fn grown(&self, goroutines: usize) -> Option<Instant> {
+        let (ended, least) = self.ended?;
+        let growth = goroutines as f64 / self.goroutines.max(1) as f64;
+        (growth > 1.0).then(|| ended + least.mul_f64(growth))
     }
 
     /// Ends a cycle; when the next may begin.
@@ -242,6 +268,7 @@ impl Session {
                     .tracker
                     .observe(self.start.elapsed(), s.observed);
                 let c1 = thread_cpu_time();
+                self.pace_snapshots(walk, walk_cpu + (c1 - c0), goroutines);
                 self.advance_proof(records);
                 let c2 = thread_cpu_time();
                 let pinned_cpu = self.estimate_pinned(records);
@@ -276,10 +303,12 @@ impl Session {
                 log::debug!("proof back-off ended: {settled} goroutines settled");
                 self.proof_next = self.proof_next.min(at);
             }
-            if Instant::now() < self.proof_next {
+            let goroutines = self.g_addrs.len();
+            let grown = self.proof_pace.grown(goroutines);
+            if Instant::now() < self.proof_next.max(grown.unwrap_or(self.proof_next)) {
                 return;
             }
-            self.proof_pace.begin(settled);
+            self.proof_pace.begin(settled, goroutines);
         }
         let (target, findings) = (&self.target, &mut self.findings);
         let Some(mut p) = self.prover.take() else {
@@ -332,6 +361,31 @@ impl Session {
             self.proof_pace.cpu,
             self.proof_next.saturating_duration_since(Instant::now())
         );
+    }
+
+    /// Puts the next snapshot off until the last one's CPU is 1/[`SNAPSHOT_CPU_PACE`] of the
+    /// time since it began (up to [`SNAPSHOT_PACED_MAX`]), and says so the first time that
+    /// stretches `--snapshot-interval` by more than a quarter.
+    fn pace_snapshots(&mut self, began: Instant, cpu: Duration, goroutines: usize) {
+        let every =
+            (cpu * SNAPSHOT_CPU_PACE).min(SNAPSHOT_PACED_MAX.max(self.opts.snapshot_interval));
+        let paced = tokio::time::Instant::from_std(began) + every;
+        if paced <= self.next_snapshot {
+            return;
+        }
+        self.next_snapshot = paced;
+        if !self.snapshots_paced && every > self.opts.snapshot_interval.mul_f64(1.25) {
+            self.snapshots_paced = true;
+            eprintln!(
+                "leaktrace: snapshots now every {:.1} s, not every {:.1} s \
+                 (--snapshot-interval): one of {goroutines} goroutines takes {:.0} ms of CPU, \
+                 and snapshots are kept to {:.1}% of a CPU",
+                every.as_secs_f64(),
+                self.opts.snapshot_interval.as_secs_f64(),
+                cpu.as_secs_f64() * 1e3,
+                100.0 / f64::from(SNAPSHOT_CPU_PACE),
+            );
+        }
     }
 
     /// Estimates what the leak groups pin, like walks at most 1/SNAPSHOT_PACE of the time;
@@ -418,7 +472,7 @@ mod tests {
         let mut pace = ProofPace::default();
         let cpu = Duration::from_millis(30);
         let gap = |p: &mut ProofPace, proved: bool| {
-            p.begin(10);
+            p.begin(10, 1000);
             p.cpu = cpu;
             p.end(proved).saturating_duration_since(Instant::now())
         };
@@ -439,5 +493,30 @@ mod tests {
         let at = pace.sooner(11).expect("more settled: sooner");
         assert!(at.saturating_duration_since(Instant::now()) <= cpu * PROOF_PACE);
         assert_eq!(pace.sooner(12), None, "the back-off already ended");
+    }
+
+    #[test]
+    fn a_cycle_waits_longer_when_the_goroutines_grew_since_the_last() {
+        let mut pace = ProofPace::default();
+        assert_eq!(
+            pace.grown(5000),
+            None,
+            "nothing to pay for before the first cycle"
+        );
+        pace.begin(10, 1000);
+        pace.cpu = Duration::from_millis(10);
+        let next = pace.end(true);
+        let least = Duration::from_millis(10) * PROOF_PACE;
+        // As many goroutines or fewer: the last cycle's CPU alone sets the wait.
+        assert_eq!(pace.grown(1000), None);
+        assert_eq!(pace.grown(500), None);
+        // Sixteen times as many: sixteen times the wait.
+        let at = pace.grown(16_000).expect("they grew");
+        let wait = at.saturating_duration_since(Instant::now());
+        assert!(
+            wait + Duration::from_millis(50) >= least * 16 && wait <= least * 16,
+            "{wait:?}"
+        );
+        assert!(at > next);
     }
 }
