@@ -236,10 +236,7 @@ fn finish_leaktrace(mut lt: Child, stop_at: Option<Instant>, dir: &Path) -> anyh
             (cpu, rss) = (c, r);
         }
         // Interrupted only once attached: before that, Ctrl-C would kill it.
-        if !interrupted
-            && stop_at.is_some_and(|t| Instant::now() >= t)
-            && fs::read_to_string(dir.join("stderr")).is_ok_and(|e| e.contains("attached to PID"))
-        {
+        if !interrupted && stop_at.is_some_and(|t| Instant::now() >= t) && says_attached(dir) {
             interrupt(&lt);
             interrupted = true;
         }
@@ -506,10 +503,15 @@ fn run(
     })
 }
 
+/// leaktrace said (in DIR/stderr) that it attached.
+fn says_attached(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("stderr")).is_ok_and(|e| e.contains("attached to PID"))
+}
+
 /// Waits (up to `limit`) for leaktrace to say it attached.
 fn attached(dir: &Path, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    while !fs::read_to_string(dir.join("stderr")).is_ok_and(|e| e.contains("attached to PID")) {
+    while !says_attached(dir) {
         if Instant::now() >= deadline {
             return false;
         }

@@ -40,7 +40,8 @@ pub(super) struct Session {
     /// Why goroutine snapshots cannot be taken, when they cannot.
     pub snapshot_error: Option<anyhow::Error>,
     pub next_snapshot: tokio::time::Instant,
-    /// Snapshots came less often than `--interval` because of their CPU, and it was said.
+    /// Snapshots came less often than `--snapshot-interval` because of their CPU, and it was
+    /// said.
     pub snapshots_paced: bool,
     pub timeline: Vec<MemoryPoint>,
     /// The runtime's heap profile at the start and at the last snapshot (a target that

@@ -36,7 +36,7 @@ pub(super) const SNAPSHOT_PACE: u32 = 20;
 
 /// A snapshot's CPU (the walk and the detector after it) may be at most 1/SNAPSHOT_CPU_PACE
 /// of the time between snapshots: 0.5% of a CPU. On a small program a snapshot takes 1-5 ms
-/// and they come every `--interval`; on the benchmark's HTTP service with a leak of 20,000
+/// and they come every `--snapshot-interval`; on the benchmark's HTTP service with a leak of 20,000
 /// goroutines one takes ~20 ms, and every 2 s that was 1% of a CPU, most of what leaktrace
 /// cost the service (its goal is 1.5% of the target's CPU, probes and proofs included).
 pub(super) const SNAPSHOT_CPU_PACE: u32 = 200;
@@ -304,8 +304,11 @@ impl Session {
                 self.proof_next = self.proof_next.min(at);
             }
             let goroutines = self.g_addrs.len();
-            let grown = self.proof_pace.grown(goroutines);
-            if Instant::now() < self.proof_next.max(grown.unwrap_or(self.proof_next)) {
+            let next = match self.proof_pace.grown(goroutines) {
+                Some(grown) => self.proof_next.max(grown),
+                None => self.proof_next,
+            };
+            if Instant::now() < next {
                 return;
             }
             self.proof_pace.begin(settled, goroutines);
