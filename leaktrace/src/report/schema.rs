@@ -94,6 +94,11 @@ pub struct CountScaling {
     /// created, from `sched.goidgen`); yields and preemptions are in it too. Of goroutines
     /// created: `sched.goidgen`.
     pub runtime_per_second: Option<f64>,
+    /// Windows whose runtime count was left out of `share`: the runtime's count of parks in
+    /// the window and the probes' differed more than threefold (the runtime's count jumps
+    /// by tens of thousands within milliseconds now and then). Their parks stand in the
+    /// share at the other windows' ratio of the two. Always 0 for goroutines created.
+    pub windows_set_aside: u32,
     /// The scaled count per second over the same time.
     pub per_second: f64,
     /// How long windowing lasted.

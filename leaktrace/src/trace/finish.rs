@@ -17,7 +17,7 @@ use super::{
     follow::Io,
     session::{Session, memory_point},
     snapshot,
-    windows::Windows,
+    windows::{COUNTS_DISAGREE, Windows},
 };
 use crate::{
     alloc::{self, AllocPlan, Allocated, HeapProfile, sites::AllocationOutcome},
@@ -167,14 +167,21 @@ impl Session {
         });
         let model = &self.findings.model;
         let park_duty = duty(Probe::Gopark);
-        let park_scaling =
-            park_duty.map(|d| count_scaling(w, d, model.total.total_parks(), w.runtime_parks()));
+        let park_scaling = park_duty.map(|d| {
+            count_scaling(
+                w,
+                d,
+                model.total.total_parks(),
+                w.runtime_parks(),
+                w.windows_set_aside,
+            )
+        });
         Ok(ProbeTotals {
             sites: self.sites.report.clone(),
             sampling: w.sampling(&self.probes.attached()),
             alloc_duty,
             lives_scaling: duty(Probe::Create)
-                .map(|d| count_scaling(w, d, model.created, w.runtime_created())),
+                .map(|d| count_scaling(w, d, model.created, w.runtime_created(), 0)),
             park_scaling,
             park_durations: park_duty.map(|_| ParkDurations {
                 exact: self
@@ -312,8 +319,14 @@ impl Ending {
                 s.duty * 100.0,
                 match s.runtime_per_second {
                     Some(_) => format!(
-                        " by the runtime's own count of parks ({}% of them in the windows: the target slows under the probes)",
-                        percent(s.share)
+                        " by the runtime's own count of parks ({}% of them in the windows: the target slows under the probes){}",
+                        percent(s.share),
+                        match s.windows_set_aside {
+                            0 => String::new(),
+                            n => format!(
+                                "; {n} window(s) set aside, where that count and the probes' differed more than {COUNTS_DISAGREE}x"
+                            ),
+                        }
                     ),
                     None => " by the share of the time".into(),
                 }
@@ -488,7 +501,13 @@ impl Ending {
 /// How `n` (counted in windows open `duty` of the time) is scaled: by the share of the
 /// runtime's own count (`runtime`: its total and share) the windows covered, when its
 /// counters were read, else by `duty`.
-fn count_scaling(w: &Windows, duty: f64, n: u64, runtime: Option<(u64, f64)>) -> CountScaling {
+fn count_scaling(
+    w: &Windows,
+    duty: f64,
+    n: u64,
+    runtime: Option<(u64, f64)>,
+    windows_set_aside: u32,
+) -> CountScaling {
     let seconds = w.lasted().as_secs_f64().max(1e-3);
     let share = runtime.map_or(duty, |(_, share)| share);
     CountScaling {
@@ -500,6 +519,7 @@ fn count_scaling(w: &Windows, duty: f64, n: u64, runtime: Option<(u64, f64)>) ->
         share,
         duty,
         runtime_per_second: runtime.map(|(n, _)| n as f64 / seconds),
+        windows_set_aside,
         per_second: n as f64 / share.max(1e-6) / seconds,
         seconds,
     }

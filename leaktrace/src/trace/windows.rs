@@ -29,10 +29,23 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SchedRead {
     Start,
-    Open,
-    Close,
+    /// A window's sample starts or ends; the parks the probes have recorded so far.
+    Open {
+        probed_parks: u64,
+    },
+    Close {
+        probed_parks: u64,
+    },
     End,
 }
+
+/// A window's parks by the runtime's count and by the probes' differ by more than this
+/// factor either way: its runtime count is set aside. The two agree within 0.56-1.44x in
+/// windows of 1,000-2,000 parks on the benchmark's HTTP service, but the runtime's count
+/// jumps by 20,000-35,000 stops within 5 ms a few times a minute there, traced or not (its
+/// `timeToRun` read every 0.5 ms, 9 s untraced): a window that met such a jump held 29x
+/// the parks its probes saw, and scaled the trace's parks to 0.21x the runtime's count.
+pub(super) const COUNTS_DISAGREE: f64 = 3.0;
 
 /// A window opens once a period.
 pub(super) const PERIOD: Duration = Duration::from_secs(1);
@@ -82,8 +95,9 @@ pub(super) const SAMPLE_GAP: Duration = Duration::from_secs(3);
 
 /// A saturating window taken while the sample is not yet in lasts until the runtime's
 /// count says the windows hold [`SAMPLE_PARKS`] (read every [`SAMPLE_POLL`], from
-/// [`SATURATED_WINDOW`] on), and at most this long: the whole sample in one window. At the
-/// 15-25,000 parks/s the HTTP service keeps in a window that is 60-100 ms.
+/// [`SATURATED_WINDOW`] on), and at most this long: the whole sample in one window. The
+/// HTTP service keeps 110,000-150,000 parks/s in a window (a hit on a push costs ~1 us),
+/// so its sample windows close at 40-110 ms holding 6,000-12,000.
 pub(super) const SAMPLE_WINDOW: Duration = Duration::from_millis(120);
 pub(super) const SAMPLE_POLL: Duration = Duration::from_millis(5);
 
@@ -103,12 +117,15 @@ pub(super) const SAMPLE_FILL: f64 = 4.0;
 /// its close is about what it ran of those before it.
 pub(super) const SETTLE: Duration = Duration::from_millis(10);
 
-/// The runtime's parks the windows must hold before saturating windows become rare: the
-/// runtime counts one stop in 8, so 1,500 parks are about 190 of its samples. Taken in one
-/// window on the benchmark's HTTP service (`SAMPLE_WINDOW`), 1,000 scaled its parks to
-/// 0.81-1.25x the runtime's count over the trace; windows of 40 ms a second apart took
-/// 2-4 windows for 1,000.
-pub(super) const SAMPLE_PARKS: u64 = 1500;
+/// The runtime's parks the windows must hold before saturating windows become rare. The
+/// runtime counts one stop in 8 per goroutine, and its count of a window's parks is its
+/// stops less the first runs of the goroutines created in it (`parks_since`): on the
+/// benchmark's HTTP service, which creates two goroutines for every three parks, a window
+/// of 1,000-2,000 parks is off by 20-60% either way (edges, rounding to eights). With
+/// 1,500 parks, two windows of 10 ms scaled parks to 0.28-0.68x the runtime's count over
+/// the trace in 2 of 18 runs; with 4,000 (about 500 of its samples, 40-110 ms in place
+/// once), 0.86-1.06x in 16 runs.
+pub(super) const SAMPLE_PARKS: u64 = 4000;
 
 /// A window being closed: its links drop on a thread.
 pub(super) struct Closing {
@@ -175,8 +192,18 @@ pub(super) struct Windows {
     pub(super) sched_until: Option<SchedCounters>,
     pub(super) sched_open: Option<SchedCounters>,
     pub(super) sched_parks_in_windows: u64,
+    /// The same in every window, those set aside for the scaling too: what the sample
+    /// holds ([`SAMPLE_PARKS`]; on the allocation loop the runtime's count is mostly
+    /// preemptions, which the park probe does not see, and every window is set aside).
+    sched_parks_sampled: u64,
     /// And the goroutines they counted created inside the windows.
     pub(super) sched_created_in_windows: u64,
+    /// The parks the probes recorded by the open window's opening; over the windows whose
+    /// runtime count is kept, and over those set aside ([`COUNTS_DISAGREE`]).
+    probed_at_open: u64,
+    probed_parks_kept: u64,
+    probed_parks_set_aside: u64,
+    pub(super) windows_set_aside: u32,
     /// The runtime's counters at the last live line.
     pub(super) sched_line: Option<SchedCounters>,
     /// The breakpoints' time in the target's code, over the windows closed.
@@ -254,7 +281,8 @@ impl Windows {
                     self.sched_outside = now.map(|c| (Instant::now(), c));
                 }
             }
-            SchedRead::Open => {
+            SchedRead::Open { probed_parks } => {
+                self.probed_at_open = probed_parks;
                 self.sched_open = now;
                 self.sched_open_at = Some(Instant::now());
                 self.parks_outside = match (self.sched_outside, now) {
@@ -264,10 +292,9 @@ impl Windows {
                     _ => None,
                 };
             }
-            SchedRead::Close => {
+            SchedRead::Close { probed_parks } => {
                 if let (Some(open), Some(now)) = (self.sched_open.take(), now) {
                     let parks = now.parks_since(&open);
-                    self.sched_parks_in_windows += parks;
                     self.sched_created_in_windows += now.created_since(&open);
                     let lasted = self
                         .sched_open_at
@@ -283,6 +310,24 @@ impl Windows {
                         _ => None,
                     };
                     self.saturated_windows += u32::from(self.saturated());
+                    let probed = probed_parks.saturating_sub(self.probed_at_open);
+                    self.sched_parks_sampled += parks;
+                    log::debug!(
+                        "window sample: the runtime counted {} stops, {} created, {parks} parks in {lasted:?} s (pace {:?}); the probes {probed} parks",
+                        now.stops.wrapping_sub(open.stops),
+                        now.created_since(&open),
+                        self.pace
+                    );
+                    // The pace is judged by the runtime's count in and out of the windows
+                    // alike, whatever it counts; the share of the parks is not.
+                    if self.windowed(Probe::Gopark) && disagree(parks, probed) {
+                        log::debug!("window sample set aside for the scaling");
+                        self.windows_set_aside += 1;
+                        self.probed_parks_set_aside += probed;
+                    } else {
+                        self.probed_parks_kept += probed;
+                        self.sched_parks_in_windows += parks;
+                    }
                 }
                 self.sched_outside = now.map(|c| (Instant::now(), c));
             }
@@ -294,7 +339,7 @@ impl Windows {
     /// counters cannot be read.
     pub(super) fn missing_parks(&self) -> Option<u64> {
         self.sched_since?;
-        Some(SAMPLE_PARKS.saturating_sub(self.sched_parks_in_windows))
+        Some(SAMPLE_PARKS.saturating_sub(self.sched_parks_sampled))
     }
 
     /// Whether the open window holds the parks the sample still needed when it opened, by
@@ -306,16 +351,34 @@ impl Windows {
         SchedCounters::read(target).is_ok_and(|now| now.parks_since(&open) >= missing)
     }
 
+    /// Whether the park probe fired fast enough in the last window for sample windows to
+    /// fill the `missing` parks of the sample ([`SAMPLE_FILL`]).
+    pub(super) fn can_fill(&self, missing: u64) -> bool {
+        self.parks_inside
+            .is_some_and(|p| p * SAMPLE_WINDOW.as_secs_f64() * SAMPLE_FILL >= missing as f64)
+    }
+
     /// Whether the last window slowed the target under [`SATURATED`] of its pace.
     pub(super) fn saturated(&self) -> bool {
         self.pace.is_some_and(|p| p < SATURATED)
     }
 
     /// The runtime's parks over the windowed time, and the share of them the windows
-    /// covered, when its counters could be read throughout.
+    /// covered, when its counters could be read throughout. Windows whose runtime count
+    /// was set aside stand in the share for what the probes saw in them, at the kept
+    /// windows' ratio of the two: a scaled count is the kept windows' parks over their
+    /// share of the runtime's.
     pub fn runtime_parks(&self) -> Option<(u64, f64)> {
         let total = self.sched_until?.parks_since(&self.sched_since?);
-        share(total, self.sched_parks_in_windows)
+        let (total, kept) = share(total, self.sched_parks_in_windows)?;
+        if self.probed_parks_set_aside == 0 {
+            return Some((total, kept));
+        }
+        (self.probed_parks_kept > 0).then(|| {
+            let all = self.probed_parks_kept + self.probed_parks_set_aside;
+            let share = kept * all as f64 / self.probed_parks_kept as f64;
+            (total, share.min(1.0))
+        })
     }
 
     /// The runtime's parks since the last call (the first time: since windowing began),
@@ -396,9 +459,50 @@ impl Windows {
 }
 
 /// `total`, with the share of it `inside` is, when both are counted.
+/// Whether a window's parks by the runtime's count and by the probes' differ by more than
+/// [`COUNTS_DISAGREE`]; windows of fewer than [`PACE_PARKS`] are too small to judge.
+fn disagree(runtime: u64, probed: u64) -> bool {
+    let (r, p) = (runtime.max(1) as f64, probed.max(1) as f64);
+    r.max(p) >= PACE_PARKS && (r / p > COUNTS_DISAGREE || p / r > COUNTS_DISAGREE)
+}
+
 fn share(total: u64, inside: u64) -> Option<(u64, f64)> {
     (total > 0 && inside > 0).then(|| (total, (inside as f64 / total as f64).min(1.0)))
 }
 
 /// The first window opens soon after the probes are windowed.
 pub(super) const QUICK_FIRST: Duration = Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_whose_counts_disagree_is_set_aside_and_scaled_at_the_others_ratio() {
+        assert!(!disagree(1_516, 1_000));
+        assert!(!disagree(449, 1_300));
+        assert!(disagree(44_900, 1_525));
+        assert!(disagree(200, 1_000));
+        assert!(!disagree(10, 150), "too few to judge");
+        let mut w = Windows {
+            sched_since: Some(SchedCounters { stops: 0, goids: 0 }),
+            sched_until: Some(SchedCounters {
+                stops: 1_000_000,
+                goids: 0,
+            }),
+            sched_parks_in_windows: 10_000,
+            probed_parks_kept: 9_000,
+            ..Windows::default()
+        };
+        assert_eq!(w.runtime_parks(), Some((1_000_000, 0.01)));
+        // A window the probes saw 1,500 parks in counts as 1,500 * 10,000 / 9,000 of the
+        // runtime's: all the probes' parks over the share are the kept ones' 9,000 / 0.01.
+        w.probed_parks_set_aside = 1_500;
+        w.windows_set_aside = 1;
+        let (_, share) = w.runtime_parks().unwrap();
+        assert!((10_500.0 / share - 900_000.0).abs() < 1.0, "{share}");
+        // With every window set aside there is nothing to scale by.
+        w.probed_parks_kept = 0;
+        assert_eq!(w.runtime_parks(), None);
+    }
+}

@@ -411,6 +411,9 @@ pub fn record(name: &str, args: &[&str]) -> (serde_json::Value, String) {
         "leaktrace record {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Beside the report, for a test that fails on what it says (with RUST_LOG set, the
+    // windows' and snapshots' debug lines).
+    fs::write(dir.join("stderr.txt"), &out.stderr).unwrap();
     let report = fs::read_to_string(dir.join("report.json")).unwrap();
     (serde_json::from_str(&report).unwrap(), stdout)
 }
