@@ -8,13 +8,14 @@
 //! apart from one to the next.
 
 use std::{
-    path::Path,
+    fs,
+    path::{Path, PathBuf},
     process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Instant, SystemTime},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::bail;
@@ -24,13 +25,19 @@ use crate::go;
 /// Seconds of fuzzing per target in the test run (`cargo xtask fuzz` runs longer).
 const FUZZ_SECONDS: u64 = 10;
 
-fn run(what: &str, args: &[&str]) -> anyhow::Result<bool> {
+/// How many runs' test outputs are kept (see [`scratch`]).
+const RUNS_KEPT: usize = 3;
+
+/// `cargo ARGS`, said and timed; the tests' temporary directory is `tmp` when given.
+fn run_in(what: &str, args: &[&str], tmp: Option<&Path>) -> anyhow::Result<bool> {
     println!("\n==> {what}: cargo {}", args.join(" "));
     let start = Instant::now();
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(go::repo_root())
-        .status()?;
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(args).current_dir(go::repo_root());
+    if let Some(t) = tmp {
+        cargo.env("TMPDIR", t);
+    }
+    let status = cargo.status()?;
     println!(
         "==> {what}: {} in {:.0} s",
         if status.success() { "ok" } else { "FAILED" },
@@ -40,7 +47,7 @@ fn run(what: &str, args: &[&str]) -> anyhow::Result<bool> {
 }
 
 fn must(what: &str, args: &[&str]) -> anyhow::Result<()> {
-    if !run(what, args)? {
+    if !run_in(what, args, None)? {
         bail!("{what} failed");
     }
     Ok(())
@@ -67,6 +74,7 @@ pub fn test(plan: &TestPlan) -> anyhow::Result<()> {
         "clippy",
         &["clippy", "--all-targets", "--", "-D", "warnings"],
     )?;
+    let tmp = scratch()?;
     let hog = plan.stress.then(Hog::start);
     let runs = plan.repeat.max(1);
     let groups = test_groups(plan);
@@ -79,11 +87,15 @@ pub fn test(plan: &TestPlan) -> anyhow::Result<()> {
                 (true, true) => format!("{} (run {i} of {runs})", group.name),
             };
             let args: Vec<&str> = group.args.iter().map(String::as_str).collect();
-            *passes += usize::from(run(&what, &args)?);
+            *passes += usize::from(run_in(&what, &args, Some(&tmp))?);
         }
     }
     drop(hog);
-    report_hit_costs(since);
+    report_hit_costs(&tmp, since);
+    println!(
+        "==> the tests' outputs (each trace's reports and leaktrace's stderr) are in {}",
+        tmp.display()
+    );
     if runs > 1 {
         let load = if plan.stress {
             ", every CPU loaded"
@@ -191,11 +203,40 @@ impl Drop for Hog {
     }
 }
 
+/// A new directory for this run's test outputs, the tests' temporary directory: each trace
+/// a test runs writes its reports there (under /tmp they piled up: 4,900 directories, 790
+/// MiB after some days of runs). Under the cache, named by the time and xtask's PID; the
+/// oldest beyond [`RUNS_KEPT`] are removed, unless their run is still going.
+fn scratch() -> anyhow::Result<PathBuf> {
+    let root = go::cache_dir().join("test-runs");
+    fs::create_dir_all(&root)?;
+    let mut old: Vec<PathBuf> = fs::read_dir(&root)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    old.sort();
+    let running = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.rsplit('-').next())
+            .is_some_and(|pid| Path::new("/proc").join(pid).exists())
+    };
+    let excess = (old.len() + 1).saturating_sub(RUNS_KEPT);
+    for p in old.iter().take(excess).filter(|p| !running(p)) {
+        fs::remove_dir_all(p)?;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let dir = root.join(format!("{now:012}-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// Prints the probe hit costs leaktrace measured at start-up in the reports the tests wrote
-/// (report.json under the temporary directory since `since`): how fast this machine was.
-fn report_hit_costs(since: SystemTime) {
+/// (report.json under `tmp` since `since`): how fast this machine was.
+fn report_hit_costs(tmp: &Path, since: SystemTime) {
     let mut costs: Vec<f64> = Vec::new();
-    collect_hit_costs(&std::env::temp_dir(), since, 3, &mut costs);
+    collect_hit_costs(tmp, since, 3, &mut costs);
     if costs.is_empty() {
         return;
     }
