@@ -224,7 +224,12 @@ fn scratch() -> anyhow::Result<PathBuf> {
     };
     let excess = (old.len() + 1).saturating_sub(RUNS_KEPT);
     for p in old.iter().take(excess).filter(|p| !running(p)) {
-        fs::remove_dir_all(p)?;
+        if let Err(e) = fs::remove_dir_all(p) {
+            println!(
+                "==> could not remove an old run's test outputs, {}: {e}",
+                p.display()
+            );
+        }
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let dir = root.join(format!("{now:012}-{}", std::process::id()));
