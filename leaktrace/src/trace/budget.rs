@@ -275,10 +275,6 @@ impl Session {
             let model = &mut self.findings.model;
             if self.windows.windowed(Probe::Gopark) {
                 model.close_window(ts);
-                log::debug!(
-                    "window sample closed: {} parks recorded so far",
-                    model.total.total_parks()
-                );
             }
             if self.windows.windowed(Probe::Create) {
                 model.close_lives_window(ts);

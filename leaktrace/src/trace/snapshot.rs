@@ -36,9 +36,10 @@ pub(super) const SNAPSHOT_PACE: u32 = 20;
 
 /// A snapshot's CPU (the walk and the detector after it) may be at most 1/SNAPSHOT_CPU_PACE
 /// of the time between snapshots: 0.5% of a CPU. On a small program a snapshot takes 1-5 ms
-/// and they come every `--snapshot-interval`; on the benchmark's HTTP service with a leak of 20,000
-/// goroutines one takes ~20 ms, and every 2 s that was 1% of a CPU, most of what leaktrace
-/// cost the service (its goal is 1.5% of the target's CPU, probes and proofs included).
+/// and they come every `--snapshot-interval`; on the benchmark's HTTP service with a leak
+/// of 20,000 goroutines one takes ~20 ms, and every 2 s that was 1% of a CPU, most of what
+/// leaktrace cost the service (its goal is 1.5% of the target's CPU, probes and proofs
+/// included).
 pub(super) const SNAPSHOT_CPU_PACE: u32 = 200;
 /// ... but snapshots come at least this often (or each `--snapshot-interval`, if longer): a
 /// million goroutines take ~0.8 s to walk in full, which would otherwise put the next

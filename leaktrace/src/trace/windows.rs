@@ -458,7 +458,6 @@ impl Windows {
     }
 }
 
-/// `total`, with the share of it `inside` is, when both are counted.
 /// Whether a window's parks by the runtime's count and by the probes' differ by more than
 /// [`COUNTS_DISAGREE`]; windows of fewer than [`PACE_PARKS`] are too small to judge.
 fn disagree(runtime: u64, probed: u64) -> bool {
@@ -466,6 +465,7 @@ fn disagree(runtime: u64, probed: u64) -> bool {
     r.max(p) >= PACE_PARKS && (r / p > COUNTS_DISAGREE || p / r > COUNTS_DISAGREE)
 }
 
+/// `total`, with the share of it `inside` is, when both are counted.
 fn share(total: u64, inside: u64) -> Option<(u64, f64)> {
     (total > 0 && inside > 0).then(|| (total, (inside as f64 / total as f64).min(1.0)))
 }
