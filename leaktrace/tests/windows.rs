@@ -224,7 +224,9 @@ fn the_alloc_probe_over_budget_runs_in_windows() {
 /// and large allocations). At tens of thousands of refills a second it cannot stay on within
 /// the default budget: it runs in windows, and its figures are scaled, say so, name the
 /// allocating site with the loop's object size, and fill `alloc_size_bytes` in report.json
-/// and histograms.hlog.
+/// and histograms.hlog. One window is all a 4 s trace may get: a window that saturates the
+/// loop (its refills trap at 200,000-270,000 a second) is followed by a gap of a thousand
+/// times its breakpoints' time in place (`LATENCY_SHARE`).
 #[test]
 fn the_fallback_allocation_sampler_runs_in_windows() {
     let _shared = shared();
@@ -237,7 +239,7 @@ fn the_fallback_allocation_sampler_runs_in_windows() {
     for f in ["runtime.(*mcache).refill", "runtime.(*mcache).allocLarge"] {
         let s = &p["sampling"][f];
         assert_eq!(s["mode"], "windows", "{f}: {p:#}");
-        assert!(s["windows"].as_u64().unwrap() >= 2, "{f}: {p:#}");
+        assert!(s["windows"].as_u64().unwrap() >= 1, "{f}: {p:#}");
     }
     assert!(
         p["hits"]["runtime.(*mcache).refill"].as_u64().unwrap() > 0,
