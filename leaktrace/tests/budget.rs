@@ -114,13 +114,60 @@ fn a_probe_hit_is_measured_at_start_up() {
         (0.1..us).contains(&push),
         "a hit on a push measured at {push} us, {us} us otherwise"
     );
-    // The probes on the runtime trap on emulated instructions, and are costed as such.
+    // The probes on the runtime trap on emulated instructions, and are costed as such: with
+    // their own program in place of the calibration's where it was timed.
+    let calibration = p["hit_cost_program_us"].as_f64().unwrap();
+    assert!((0.0..push).contains(&calibration), "{p:#}");
     for f in ["runtime.gopark", "runtime.ready"] {
-        assert_eq!(
-            p["hit_cost_us_by_function"][f].as_f64(),
-            Some(push),
-            "{f}: {p:#}"
-        );
+        let expected = match p["program_us_by_function"][f].as_f64() {
+            Some(ran) => push - calibration + ran,
+            None => push,
+        };
+        let cost = p["hit_cost_us_by_function"][f].as_f64().unwrap();
+        assert!((cost - expected).abs() < 1e-6, "{f}: {p:#}");
+    }
+}
+
+/// The fallback allocation sampler's programs walk the target's user stack: the kernel's
+/// BPF statistics time them over their first hits, and their hits are priced at that, above
+/// the calibration's program (a few reads and one record) and the park probe's.
+#[test]
+fn a_stack_walking_probe_is_priced_at_what_its_program_runs() {
+    let bin = build_fixture("allocloop", &newest(), &[]);
+    let mut fx = Fixture::start(&bin, &[]);
+    fx.stderr.wait_for("ready", Duration::from_secs(20));
+    let pid = fx.pid().to_string();
+    let (r, _) = record(
+        "budget-pricing",
+        &[
+            "-p",
+            &pid,
+            "-d",
+            "2s",
+            "--probes",
+            "refill,large,park,wake",
+            "--max-overhead",
+            "off",
+        ],
+    );
+    let p = &r["probes"];
+    let f = "runtime.(*mcache).refill";
+    let ran = p["program_us_by_function"][f]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the refill program was not timed: {p:#}"));
+    let calibration = p["hit_cost_program_us"].as_f64().unwrap();
+    assert!(
+        ran > calibration && calibration > 0.0,
+        "the refill program ran {ran} us a hit, the calibration's {calibration} us: {p:#}"
+    );
+    let push = p["hit_cost_push_us"].as_f64().unwrap();
+    let cost = p["hit_cost_us_by_function"][f].as_f64().unwrap();
+    assert!(
+        (cost - (push - calibration + ran)).abs() < 1e-6 && cost > push,
+        "a refill hit priced at {cost} us, a hit on a push {push} us: {p:#}"
+    );
+    if let Some(park) = p["program_us_by_function"]["runtime.gopark"].as_f64() {
+        assert!(ran > park, "{p:#}");
     }
 }
 

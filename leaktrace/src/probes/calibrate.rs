@@ -77,6 +77,10 @@ pub struct HitCost {
     pub emulated: Duration,
     /// On an instruction the kernel single-steps out of line.
     pub stepped: Duration,
+    /// Of either, what the `site` program itself ran, by the kernel's BPF statistics (zero
+    /// where they could not be read): a probe whose program does more (a user stack walk)
+    /// costs the difference more ([`super::HitCosts::set_program`]).
+    pub program: Duration,
 }
 
 impl HitCost {
@@ -85,6 +89,7 @@ impl HitCost {
         Self {
             emulated: d,
             stepped: d,
+            program: Duration::ZERO,
         }
     }
 }
@@ -106,6 +111,7 @@ pub fn hit_cost() -> HitCost {
                 // An emulated hit costs no more than a single-stepped one.
                 emulated: plausible(h.emulated, "on a push").min(stepped),
                 stepped,
+                program: h.program,
             }
         }
         Err(e) => {
@@ -195,7 +201,13 @@ fn measure() -> anyhow::Result<HitCost> {
         .ok_or_else(|| anyhow!("BPF object has no site program"))?
         .try_into()?;
     program.load()?;
+    // The kernel times each run of a program while its statistics are on (a reference
+    // count: they go off when the last holder closes its descriptor).
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .inspect_err(|e| log::debug!("BPF run-time statistics cannot be turned on: {e}"))
+        .ok();
     let mut links = Vec::new();
+    let mut ran: Option<Duration> = None;
     let mut probed = |at: u64| -> anyhow::Result<f64> {
         links.push(
             program
@@ -209,10 +221,30 @@ fn measure() -> anyhow::Result<HitCost> {
         // The first hits set up the probe (and its out-of-line slot) and wake an idle vCPU
         // up: a round to warm up, not counted.
         per_call_ns(CALLS / 10);
-        Ok(per_call_ns(CALLS))
+        let median = per_call_ns(CALLS);
+        // With the one probe on the push, what its program runs: the least mean over
+        // batches of calls, as the kernel times a run that was preempted with the time it
+        // was off the CPU (the figures are medians of calls for the same reason).
+        if at == PUSH_AT && stats.is_some() {
+            let runs = || program.info().map(|i| (i.run_count(), i.run_time())).ok();
+            for _ in 0..PROGRAM_BATCHES {
+                let before = runs();
+                per_call_ns(CALLS / 10);
+                let (Some((n0, t0)), Some((n, t))) = (before, runs()) else {
+                    break;
+                };
+                let batch = mean_run(n.saturating_sub(n0), t.saturating_sub(t0));
+                ran = match (ran, batch) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        Ok(median)
     };
     let push = probed(PUSH_AT)?;
     let both = probed(MOV_AT)?;
+    drop(stats);
     // Removing a uprobe waits for a kernel grace period (about 100 ms each); nothing here
     // needs to wait. The programs' descriptors are closed now (the links keep them loaded
     // until they go), the links on threads, at once.
@@ -225,7 +257,7 @@ fn measure() -> anyhow::Result<HitCost> {
         std::thread::spawn(move || drop(link));
     }
     log::debug!(
-        "calibration: {bare:.0} ns per call bare, {push:.0} ns with a probe on a push, {both:.0} ns with one on the next instruction too, in {:?}",
+        "calibration: {bare:.0} ns per call bare, {push:.0} ns with a probe on a push, {both:.0} ns with one on the next instruction too, the program {ran:?} a run, in {:?}",
         started.elapsed()
     );
     if push <= bare || both <= push {
@@ -236,5 +268,15 @@ fn measure() -> anyhow::Result<HitCost> {
     Ok(HitCost {
         emulated: Duration::from_nanos((push - bare) as u64),
         stepped: Duration::from_nanos((both - push) as u64),
+        program: ran.unwrap_or_default(),
     })
+}
+
+/// The batches of [`CALLS`]` / 10` calls the calibration program's run time is the least
+/// mean of.
+const PROGRAM_BATCHES: usize = 10;
+
+/// A program's mean run time over `runs` runs that took `time`, when there were runs.
+pub fn mean_run(runs: u64, time: Duration) -> Option<Duration> {
+    (runs > 0).then(|| Duration::from_nanos((time.as_nanos() / u128::from(runs)) as u64))
 }

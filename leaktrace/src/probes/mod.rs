@@ -377,6 +377,9 @@ pub struct HitCosts {
     pub measured: HitCost,
     /// The probes placed only on instructions the kernel emulates.
     emulated: HashSet<Probe>,
+    /// What each probe's own program ran per hit in the target, where the kernel's BPF
+    /// statistics measured it ([`crate::trace`]'s pricing).
+    programs: HashMap<Probe, Duration>,
 }
 
 impl HitCosts {
@@ -390,7 +393,11 @@ impl HitCosts {
                 })
             })
             .collect();
-        Self { measured, emulated }
+        Self {
+            measured,
+            emulated,
+            programs: HashMap::new(),
+        }
     }
 
     /// The same cost for every probe.
@@ -398,15 +405,32 @@ impl HitCosts {
         Self {
             measured: HitCost::uniform(d),
             emulated: HashSet::new(),
+            programs: HashMap::new(),
         }
     }
 
-    /// What one hit of `probe` costs (a site probe's, [`HitCosts::at`]).
+    /// What one hit of `probe` costs (a site probe's, [`HitCosts::at`]): the trap, and its
+    /// program where that was measured (the calibration's figures include the `site`
+    /// program's run, [`HitCost::program`]).
     pub fn of(&self, probe: Probe) -> Duration {
-        match self.emulated.contains(&probe) {
+        let trap = match self.emulated.contains(&probe) {
             true => self.measured.emulated,
             false => self.measured.stepped,
+        };
+        match self.programs.get(&probe) {
+            Some(ran) => trap.saturating_sub(self.measured.program) + *ran,
+            None => trap,
         }
+    }
+
+    /// Prices `probe`'s hits with what its program was measured to run per hit.
+    pub fn set_program(&mut self, probe: Probe, ran: Duration) {
+        self.programs.insert(probe, ran);
+    }
+
+    /// What `probe`'s program was measured to run per hit, if it was.
+    pub fn program(&self, probe: Probe) -> Option<Duration> {
+        self.programs.get(&probe).copied()
     }
 
     /// What one hit of a probe at `addr` (a link-time address of `binary`) costs.
@@ -686,6 +710,18 @@ impl Probes {
         !self.links.is_empty()
     }
 
+    /// How many times `probe`'s program has run and for how long in all, as far as the
+    /// kernel's BPF statistics counted (only while they are on).
+    pub fn program_runs(&self, probe: Probe) -> anyhow::Result<(u64, Duration)> {
+        let name = probe.program(self.multi);
+        let info = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("BPF object has no program {name}"))?
+            .info()?;
+        Ok((info.run_count(), info.run_time()))
+    }
+
     pub fn attached(&self) -> Vec<Probe> {
         Probe::ALL
             .into_iter()
@@ -877,8 +913,10 @@ mod tests {
             measured: HitCost {
                 emulated: Duration::from_micros(1),
                 stepped: Duration::from_micros(5),
+                program: Duration::from_nanos(300),
             },
             emulated: HashSet::from([Probe::Gopark, Probe::Ready]),
+            programs: HashMap::new(),
         };
         assert_eq!(
             over_budget(&rates, &attached, 0.01, &mixed),
@@ -889,5 +927,31 @@ mod tests {
             vec![Probe::ChanSend]
         );
         assert_eq!(Probe::from_name("recv"), Some(Probe::ChanRecv));
+    }
+
+    /// A probe whose program was measured is priced at the trap less the calibration
+    /// program's run, plus its own; the others at the calibration's figures.
+    #[test]
+    fn a_measured_program_prices_its_probes_hits() {
+        let mut costs = HitCosts {
+            measured: HitCost {
+                emulated: Duration::from_nanos(1000),
+                stepped: Duration::from_micros(10),
+                program: Duration::from_nanos(300),
+            },
+            emulated: HashSet::from([Probe::Refill, Probe::Gopark]),
+            programs: HashMap::new(),
+        };
+        assert_eq!(costs.of(Probe::Refill), Duration::from_nanos(1000));
+        costs.set_program(Probe::Refill, Duration::from_nanos(1400));
+        costs.set_program(Probe::Create, Duration::from_nanos(200));
+        assert_eq!(costs.of(Probe::Refill), Duration::from_nanos(2100));
+        assert_eq!(costs.of(Probe::Create), Duration::from_nanos(9900));
+        assert_eq!(costs.of(Probe::Gopark), Duration::from_nanos(1000));
+        assert_eq!(
+            costs.program(Probe::Refill),
+            Some(Duration::from_nanos(1400))
+        );
+        assert_eq!(costs.program(Probe::Gopark), None);
     }
 }

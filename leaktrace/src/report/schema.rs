@@ -30,9 +30,19 @@ pub struct ProbeSummary {
     /// And on a `push`, which the kernel emulates (Linux 6.12+): where the probes on a
     /// function's entry trap (its frame push, after the stack check).
     pub hit_cost_push_us: f64,
-    /// What one hit of each probe that fired cost, by probed function (one of the two
-    /// above; the targeted sites at the single-stepped figure, the most they cost).
+    /// Of each of the two above, what the calibration's own BPF program ran (0 where the
+    /// kernel's BPF statistics could not be turned on).
+    pub hit_cost_program_us: f64,
+    /// What one hit of each probe that fired cost, by probed function: one of the two
+    /// above (the targeted sites at the single-stepped figure, the most they cost), or,
+    /// where its program was timed (`program_us_by_function`), the trap with that program
+    /// in place of the calibration's.
     pub hit_cost_us_by_function: BTreeMap<String, f64>,
+    /// What each probe's own BPF program ran per hit in the target, by probed function,
+    /// timed by the kernel's BPF statistics over its first runs (absent where they could not
+    /// be turned on or the probe ran too seldom): the fallback allocation sampler's programs
+    /// walk the target's stack, and cost more than the calibration's.
+    pub program_us_by_function: BTreeMap<String, f64>,
     /// The target's activity, read just before any probe was placed on a running target:
     /// what judged which probes fit the budget.
     pub estimated_before_attach: Option<ActivityEstimate>,

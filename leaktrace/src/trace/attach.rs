@@ -402,7 +402,9 @@ impl Session {
             ))),
             None => None,
         };
+        let pricing = super::pricing::Pricing::start(&probes);
         let session = Self {
+            pricing,
             detect: DetectOptions {
                 min_age: opts.min_age,
             },

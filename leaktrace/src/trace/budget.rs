@@ -235,6 +235,7 @@ impl Session {
         }
         self.last_check = now; // when `counts` were read: hits during a detach count
         self.last_counts = counts;
+        self.price_programs();
         Ok(())
     }
 }

@@ -462,6 +462,7 @@ impl Ending {
                 shed: std::mem::take(&mut self.shed),
                 hit_cost_us: self.costs.measured.stepped.as_secs_f64() * 1e6,
                 hit_cost_push_us: self.costs.measured.emulated.as_secs_f64() * 1e6,
+                hit_cost_program_us: self.costs.measured.program.as_secs_f64() * 1e6,
                 hit_cost_us_by_function: Probe::ALL
                     .into_iter()
                     .filter(|p| counts.hits(*p) > 0)
@@ -470,6 +471,13 @@ impl Ending {
                             p.function().to_string(),
                             self.costs.of(p).as_secs_f64() * 1e6,
                         )
+                    })
+                    .collect(),
+                program_us_by_function: Probe::ALL
+                    .into_iter()
+                    .filter_map(|p| {
+                        let ran = self.costs.program(p)?;
+                        Some((p.function().to_string(), ran.as_secs_f64() * 1e6))
                     })
                     .collect(),
                 estimated_before_attach: self.estimated,

@@ -14,6 +14,7 @@ mod budget;
 mod finish;
 mod follow;
 mod options;
+mod pricing;
 mod session;
 mod sites;
 mod snapshot;

@@ -78,6 +78,8 @@ pub(super) struct Session {
     /// What the continuous probes cost at the last budget check (a fraction of a CPU): the
     /// windows have the rest of the budget.
     pub continuous_cost: f64,
+    /// The kernel's BPF statistics, on while the probes' programs are timed.
+    pub pricing: super::pricing::Pricing,
 }
 
 /// The target's memory now, with the madvise totals so far.

@@ -257,6 +257,13 @@ impl Windows {
         }
     }
 
+    /// A windowed probe's hits cost `cost` from now on (its program was timed).
+    pub(super) fn reprice(&mut self, probe: Probe, cost: Duration) {
+        if let Some(c) = self.cost_of.get_mut(&probe) {
+            *c = cost;
+        }
+    }
+
     /// The windowed probes' hits from `then` to `now`, and the CPU (seconds) they cost.
     pub(super) fn hits(&self, now: &Counts, then: &Counts) -> (u64, f64) {
         self.probes.iter().fold((0, 0.0), |(n, cpu), p| {
