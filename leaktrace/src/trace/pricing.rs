@@ -2,9 +2,10 @@
 //!
 //! The calibration times a hit of the `site` program: a trap, a few reads, one record, what
 //! a park or wake probe does. The fallback allocation sampler's programs (refill, large)
-//! walk the target's user stack instead: 1.36 us a run on the allocation loop, where a hit
-//! on a push cost 1.0-1.6 us in all, so the budget counted about half of what their windows
-//! cost. The kernel times every run of every BPF program while its statistics are on (a
+//! walk the target's user stack instead: 1.3-1.4 us a run on the allocation loop and
+//! 2.6-3.3 us on the benchmark's HTTP service (deep stacks), against 0.3 us for the
+//! calibration's, whose whole hit on a push cost 1.0-1.7 us: the budget counted a half to
+//! a third of what their windows cost. The kernel times every run of every BPF program while its statistics are on (a
 //! reference count: on while any holder keeps its descriptor). They are on from attach until
 //! every probe in place, continuously or in windows, has run [`PRICE_RUNS`] times, or
 //! [`PRICE_FOR`] has passed; each probe's hits are then priced at the trap with its own
