@@ -82,24 +82,24 @@ fn traced(fixture: &str, args: &[&str], spawn: bool, extra: &[&str]) -> Value {
     record(&name, &opts).0
 }
 
-#[test]
-fn a_probe_hit_is_measured_at_start_up() {
-    let bin = build_fixture("parkrate", &newest(), &[]);
-    let mut fx = Fixture::start(&bin, &["-pairs", "1", "-rate", "100"]);
+/// `record` as `name` with `opts`, attached to `fixture` run with `args` once it is ready,
+/// with no budget (`--max-overhead off`).
+fn unbudgeted(name: &str, fixture: &str, args: &[&str], opts: &[&str]) -> Value {
+    let bin = build_fixture(fixture, &newest(), &[]);
+    let mut fx = Fixture::start(&bin, args);
     fx.stderr.wait_for("ready", Duration::from_secs(20));
     let pid = fx.pid().to_string();
-    let (r, _) = record(
+    let opts = [&["-p", pid.as_str(), "--max-overhead", "off"][..], opts].concat();
+    record(name, &opts).0
+}
+
+#[test]
+fn a_probe_hit_is_measured_at_start_up() {
+    let r = unbudgeted(
         "budget-calibration",
-        &[
-            "-p",
-            &pid,
-            "-d",
-            "500ms",
-            "--probes",
-            "park,wake",
-            "--max-overhead",
-            "off",
-        ],
+        "parkrate",
+        &["-pairs", "1", "-rate", "100"],
+        &["-d", "500ms", "--probes", "park,wake"],
     );
     let p = &r["probes"];
     let us = p["hit_cost_us"].as_f64().unwrap();
@@ -133,22 +133,11 @@ fn a_probe_hit_is_measured_at_start_up() {
 /// the calibration's program (a few reads and one record) and the park probe's.
 #[test]
 fn a_stack_walking_probe_is_priced_at_what_its_program_runs() {
-    let bin = build_fixture("allocloop", &newest(), &[]);
-    let mut fx = Fixture::start(&bin, &[]);
-    fx.stderr.wait_for("ready", Duration::from_secs(20));
-    let pid = fx.pid().to_string();
-    let (r, _) = record(
+    let r = unbudgeted(
         "budget-pricing",
-        &[
-            "-p",
-            &pid,
-            "-d",
-            "2s",
-            "--probes",
-            "refill,large,park,wake",
-            "--max-overhead",
-            "off",
-        ],
+        "allocloop",
+        &[],
+        &["-d", "2s", "--probes", "refill,large,park,wake"],
     );
     let p = &r["probes"];
     let f = "runtime.(*mcache).refill";

@@ -764,7 +764,6 @@ fn mib(kib: u64) -> f64 {
 fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
     let w = res.workload;
     let _ = writeln!(md, "### {}\n", w.title());
-    let http = w == Workload::Http;
     let _ = writeln!(
         md,
         "Each traced window's ratio is over the mean of the untraced windows just before and \
@@ -783,6 +782,18 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
              share below, over the target's CPU, about half the machine.\n"
         );
     }
+    reps_table(md, res);
+    for mode in Mode::TRACED {
+        mode_summary(md, res, mode, seconds);
+    }
+    let _ = writeln!(md);
+}
+
+/// The table of every repetition: the untraced windows' rates, each traced mode's rate and
+/// ratio, and on the HTTP service the p99s.
+fn reps_table(md: &mut String, res: &Results) {
+    let w = res.workload;
+    let http = w == Workload::Http;
     let _ = writeln!(
         md,
         "| rep | untraced {u}: mean (min-max) |{}{}",
@@ -834,147 +845,151 @@ fn overhead_section(md: &mut String, res: &Results, seconds: u64) {
         );
     }
     let _ = writeln!(md);
-    for mode in Mode::TRACED {
-        let Some(r) = Spread::of(&res.ratios(mode, false)) else {
-            continue;
-        };
+}
+
+/// What `mode` cost the workload over the repetitions: its ratios against the goals, its
+/// probe hits, leaktrace's CPU and memory, and what the first run placed and shed.
+fn mode_summary(md: &mut String, res: &Results, mode: Mode, seconds: u64) {
+    let w = res.workload;
+    let http = w == Workload::Http;
+    let Some(r) = Spread::of(&res.ratios(mode, false)) else {
+        return;
+    };
+    let goal = if mode == Mode::Default {
+        format!("; goal >= {:.2}: {}", w.goal(), holds(r.median >= w.goal()))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(md, "- **{}**: throughput ratio {r}{goal}", mode.name());
+    if w.twinned()
+        && let Some(a) = Spread::of(&res.alone_ratios(mode))
+    {
+        let _ = writeln!(
+            md,
+            "  - the target's own rate over its untraced neighbours', without the twins: {a}"
+        );
+    }
+    if let Some(a) = Spread::of(&res.attach_ratios(mode)) {
+        let _ = writeln!(
+            md,
+            "  - while starting (the {} s lead-in leaktrace starts {} ms into: attach, first windows, the park sample): throughput ratio {a}",
+            LEAD_IN.as_secs(),
+            ATTACH_AFTER.as_millis()
+        );
+    }
+    if http && let Some(p) = Spread::of(&res.ratios(mode, true)) {
         let goal = if mode == Mode::Default {
-            format!("; goal >= {:.2}: {}", w.goal(), holds(r.median >= w.goal()))
+            format!("; goal <= {GOAL_P99:.2}: {}", holds(p.median <= GOAL_P99))
         } else {
             String::new()
         };
-        let _ = writeln!(md, "- **{}**: throughput ratio {r}{goal}", mode.name());
-        if w.twinned()
-            && let Some(a) = Spread::of(&res.alone_ratios(mode))
-        {
-            let _ = writeln!(
-                md,
-                "  - the target's own rate over its untraced neighbours', without the twins: {a}"
-            );
-        }
-        if let Some(a) = Spread::of(&res.attach_ratios(mode)) {
-            let _ = writeln!(
-                md,
-                "  - while starting (the {} s lead-in leaktrace starts {} ms into: attach, first windows, the park sample): throughput ratio {a}",
-                LEAD_IN.as_secs(),
-                ATTACH_AFTER.as_millis()
-            );
-        }
-        if http && let Some(p) = Spread::of(&res.ratios(mode, true)) {
-            let goal = if mode == Mode::Default {
-                format!("; goal <= {GOAL_P99:.2}: {}", holds(p.median <= GOAL_P99))
-            } else {
-                String::new()
-            };
-            let _ = writeln!(md, "  - p99 ratio {p}{goal}");
-        }
-        let ts: Vec<&Tracer> = res.tracers(mode).collect();
-        if ts.is_empty() {
-            continue;
-        }
-        let hits = Spread::of(&ts.iter().map(|t| t.hits_per_second()).collect::<Vec<_>>());
-        let cost = Spread::of(&ts.iter().map(|t| t.hit_cost_us).collect::<Vec<_>>());
-        let push = Spread::of(&ts.iter().map(|t| t.hit_cost_push_us).collect::<Vec<_>>());
-        let hit_cpu = Spread::of(&ts.iter().map(|t| t.hit_cpu).collect::<Vec<_>>());
-        let cpu = ts.iter().map(|t| t.cpu_seconds).fold(0.0, f64::max);
-        let attach_cpu = Spread::of(
-            &ts.iter()
-                .filter_map(|t| t.attach_cpu_seconds)
-                .collect::<Vec<_>>(),
-        );
-        let rss = ts.iter().map(|t| t.peak_rss_kib).max().unwrap_or(0);
-        if let (Some(h), Some(c), Some(e), Some(x)) = (hits, cost, push, hit_cpu) {
-            let _ = writeln!(
-                md,
-                "  - probe hits {:.0}/s (median of runs; {:.0}-{:.0}) at a measured {:.1} us per hit on a function's entry ({:.1}-{:.1}), {:.1} us on a return or a site ({:.1}-{:.1}): an estimated {:.2}% of a CPU ({:.2}-{:.2}%)",
-                h.median,
-                h.min,
-                h.max,
-                e.median,
-                e.min,
-                e.max,
-                c.median,
-                c.min,
-                c.max,
-                x.median * 100.0,
-                x.min * 100.0,
-                x.max * 100.0,
-            );
-        }
+        let _ = writeln!(md, "  - p99 ratio {p}{goal}");
+    }
+    let ts: Vec<&Tracer> = res.tracers(mode).collect();
+    if ts.is_empty() {
+        return;
+    }
+    let hits = Spread::of(&ts.iter().map(|t| t.hits_per_second()).collect::<Vec<_>>());
+    let cost = Spread::of(&ts.iter().map(|t| t.hit_cost_us).collect::<Vec<_>>());
+    let push = Spread::of(&ts.iter().map(|t| t.hit_cost_push_us).collect::<Vec<_>>());
+    let hit_cpu = Spread::of(&ts.iter().map(|t| t.hit_cpu).collect::<Vec<_>>());
+    let cpu = ts.iter().map(|t| t.cpu_seconds).fold(0.0, f64::max);
+    let attach_cpu = Spread::of(
+        &ts.iter()
+            .filter_map(|t| t.attach_cpu_seconds)
+            .collect::<Vec<_>>(),
+    );
+    let rss = ts.iter().map(|t| t.peak_rss_kib).max().unwrap_or(0);
+    if let (Some(h), Some(c), Some(e), Some(x)) = (hits, cost, push, hit_cpu) {
         let _ = writeln!(
             md,
-            "  - leaktrace itself: at most {cpu:.2} s of CPU per run (the lead-in and the {seconds} s window), peak RSS {:.1} MiB",
-            mib(rss)
+            "  - probe hits {:.0}/s (median of runs; {:.0}-{:.0}) at a measured {:.1} us per hit on a function's entry ({:.1}-{:.1}), {:.1} us on a return or a site ({:.1}-{:.1}): an estimated {:.2}% of a CPU ({:.2}-{:.2}%)",
+            h.median,
+            h.min,
+            h.max,
+            e.median,
+            e.min,
+            e.max,
+            c.median,
+            c.min,
+            c.max,
+            x.median * 100.0,
+            x.min * 100.0,
+            x.max * 100.0,
         );
-        if let Some(a) = attach_cpu {
-            let _ = writeln!(
-                md,
-                "  - of which starting (the lead-in), up to the measured window: {:.0} ms ({:.0}-{:.0})",
-                a.median * 1e3,
-                a.min * 1e3,
-                a.max * 1e3
-            );
-        }
-        if let Some(s) = Spread::of(&res.cpu_shares(mode)) {
-            let goal = if mode == Mode::Default {
-                format!(
-                    "; goal <= {:.1}%: {}",
-                    GOAL_CPU_SHARE * 100.0,
-                    holds(s.median <= GOAL_CPU_SHARE)
-                )
+    }
+    let _ = writeln!(
+        md,
+        "  - leaktrace itself: at most {cpu:.2} s of CPU per run (the lead-in and the {seconds} s window), peak RSS {:.1} MiB",
+        mib(rss)
+    );
+    if let Some(a) = attach_cpu {
+        let _ = writeln!(
+            md,
+            "  - of which starting (the lead-in), up to the measured window: {:.0} ms ({:.0}-{:.0})",
+            a.median * 1e3,
+            a.min * 1e3,
+            a.max * 1e3
+        );
+    }
+    if let Some(s) = Spread::of(&res.cpu_shares(mode)) {
+        let goal = if mode == Mode::Default {
+            format!(
+                "; goal <= {:.1}%: {}",
+                GOAL_CPU_SHARE * 100.0,
+                holds(s.median <= GOAL_CPU_SHARE)
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            md,
+            "  - leaktrace's CPU as a share of the target's over the measured window: {:.2}% ({:.2}-{:.2}%){goal}",
+            s.median * 100.0,
+            s.min * 100.0,
+            s.max * 100.0
+        );
+    }
+    if mode == Mode::Exact
+        && ts
+            .iter()
+            .all(|t| t.hits.get("runtime.mallocgc").copied().unwrap_or(0) == 0)
+    {
+        let _ = writeln!(
+            md,
+            "  - **the alloc probe never fired: not placed or shed at once, so this is not a measure of exact allocation tracing**"
+        );
+    }
+    if let Some(t) = ts.first() {
+        let _ = writeln!(
+            md,
+            "  - first run: probes left at the end: {}; hits {}",
+            if t.attached.is_empty() {
+                "none".to_string()
             } else {
-                String::new()
-            };
-            let _ = writeln!(
-                md,
-                "  - leaktrace's CPU as a share of the target's over the measured window: {:.2}% ({:.2}-{:.2}%){goal}",
-                s.median * 100.0,
-                s.min * 100.0,
-                s.max * 100.0
-            );
-        }
-        if mode == Mode::Exact
-            && ts
-                .iter()
-                .all(|t| t.hits.get("runtime.mallocgc").copied().unwrap_or(0) == 0)
-        {
-            let _ = writeln!(
-                md,
-                "  - **the alloc probe never fired: not placed or shed at once, so this is not a measure of exact allocation tracing**"
-            );
-        }
-        if let Some(t) = ts.first() {
-            let _ = writeln!(
-                md,
-                "  - first run: probes left at the end: {}; hits {}",
-                if t.attached.is_empty() {
-                    "none".to_string()
-                } else {
-                    t.attached.join(", ")
-                },
-                serde_json::to_string(&t.hits).unwrap_or_default()
-            );
-            for s in &t.shed {
-                let _ = writeln!(md, "  - budget: {s}");
-            }
-        }
-        if http {
-            let found = ts
-                .iter()
-                .filter(|t| {
-                    t.report["leaks"]
-                        .as_array()
-                        .is_some_and(|l| l.iter().any(|g| g["site"]["function"] == "main.backend"))
-                })
-                .count();
-            let _ = writeln!(
-                md,
-                "  - the leak group (main.backend, chan send) found in {found} of {} runs",
-                ts.len()
-            );
+                t.attached.join(", ")
+            },
+            serde_json::to_string(&t.hits).unwrap_or_default()
+        );
+        for s in &t.shed {
+            let _ = writeln!(md, "  - budget: {s}");
         }
     }
-    let _ = writeln!(md);
+    if http {
+        let found = ts
+            .iter()
+            .filter(|t| {
+                t.report["leaks"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|g| g["site"]["function"] == "main.backend"))
+            })
+            .count();
+        let _ = writeln!(
+            md,
+            "  - the leak group (main.backend, chan send) found in {found} of {} runs",
+            ts.len()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

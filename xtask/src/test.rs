@@ -68,7 +68,6 @@ pub fn test(plan: &TestPlan) -> anyhow::Result<()> {
         bail!("the tests load BPF programs and trace processes: run them as root (sudo ./x test)");
     }
     let start = Instant::now();
-    let since = SystemTime::now();
     must("format", &["fmt", "--all", "--", "--check"])?;
     must(
         "clippy",
@@ -91,7 +90,7 @@ pub fn test(plan: &TestPlan) -> anyhow::Result<()> {
         }
     }
     drop(hog);
-    report_hit_costs(&tmp, since);
+    report_hit_costs(&tmp);
     println!(
         "==> the tests' outputs (each trace's reports and leaktrace's stderr) are in {}",
         tmp.display()
@@ -238,10 +237,10 @@ fn scratch() -> anyhow::Result<PathBuf> {
 }
 
 /// Prints the probe hit costs leaktrace measured at start-up in the reports the tests wrote
-/// (report.json under `tmp` since `since`): how fast this machine was.
-fn report_hit_costs(tmp: &Path, since: SystemTime) {
+/// (report.json under `tmp`, this run's own directory): how fast this machine was.
+fn report_hit_costs(tmp: &Path) {
     let mut costs: Vec<f64> = Vec::new();
-    collect_hit_costs(tmp, since, 3, &mut costs);
+    collect_hit_costs(tmp, 3, &mut costs);
     if costs.is_empty() {
         return;
     }
@@ -255,7 +254,7 @@ fn report_hit_costs(tmp: &Path, since: SystemTime) {
     );
 }
 
-fn collect_hit_costs(dir: &Path, since: SystemTime, depth: u32, out: &mut Vec<f64>) {
+fn collect_hit_costs(dir: &Path, depth: u32, out: &mut Vec<f64>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -263,9 +262,8 @@ fn collect_hit_costs(dir: &Path, since: SystemTime, depth: u32, out: &mut Vec<f6
         let path = e.path();
         let Ok(meta) = e.metadata() else { continue };
         if meta.is_dir() && depth > 0 {
-            collect_hit_costs(&path, since, depth - 1, out);
+            collect_hit_costs(&path, depth - 1, out);
         } else if path.file_name().is_some_and(|n| n == "report.json")
-            && meta.modified().is_ok_and(|m| m >= since)
             && let Ok(text) = std::fs::read_to_string(&path)
             && let Ok(r) = serde_json::from_str::<serde_json::Value>(&text)
             && let Some(us) = r["probes"]["hit_cost_us"].as_f64()

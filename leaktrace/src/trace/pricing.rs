@@ -71,8 +71,11 @@ impl Session {
         if self.pricing.stats.is_none() {
             return;
         }
-        let mut in_place = self.probes.attached();
-        in_place.extend(self.windows.probes.iter().copied());
+        let attached = self.probes.attached();
+        let in_place: Vec<Probe> = Probe::ALL
+            .into_iter()
+            .filter(|p| attached.contains(p) || self.windows.windowed(*p))
+            .collect();
         let mut unpriced = 0;
         for p in in_place {
             let Some(&(n0, t0)) = self.pricing.at_start.get(&p) else {
